@@ -1,0 +1,3 @@
+from dewy.cli import main
+
+raise SystemExit(main())

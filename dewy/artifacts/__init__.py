@@ -1,0 +1,22 @@
+"""The Artifact interface: fetching a release's bytes by URL scheme, streamed to a file."""
+
+from __future__ import annotations
+
+from typing import BinaryIO, Protocol
+
+from dewy.urls import Plugins
+
+ARTIFACTS = Plugins("artifact", {
+    "ghr": "dewy.artifacts.ghr:GitHubAsset",
+    "file": "dewy.artifacts.file:LocalFile",
+})
+
+
+class Artifact(Protocol):
+    """One artifact, constructed from its URL, streamed into an open binary file without holding it in memory."""
+
+    async def download(self, out: BinaryIO) -> None:
+        """Write the artifact's bytes to ``out``; raise ArtifactError on failure."""
+
+    async def aclose(self) -> None:
+        """Release connections."""

@@ -1,0 +1,33 @@
+"""Failures dewy expects and reports in one line; anything else is a bug (exit 1)."""
+
+
+class DewyError(Exception):
+    """An expected failure whose message is written for the operator."""
+
+
+class UsageError(DewyError):
+    """Bad flags, URLs or configuration: dewy refuses to start (exit code 2)."""
+
+
+class RegistryError(DewyError):
+    """The registry could not be asked, or answered something unusable."""
+
+
+class ArtifactNotReady(RegistryError):
+    """The newest release has no matching artifact yet, but is young enough that CI may still be uploading."""
+
+
+class ArtifactError(DewyError):
+    """The artifact could not be fetched or failed verification."""
+
+
+class ArchiveError(DewyError):
+    """The archive is broken or tries to write outside its release directory."""
+
+
+class HookError(DewyError):
+    """A deploy hook exited non-zero or timed out."""
+
+
+class AppStartError(DewyError):
+    """A new app generation exited or failed its health check before becoming ready."""
