@@ -131,7 +131,7 @@ class Plugins:
     def url(self, raw: str) -> Url:
         url = Url.parse(raw)
         if url.scheme not in self.table:
-            known = ", ".join(f"{s}://" for s in sorted(self.table))
+            known = ", ".join(f"{s}://" for s in sorted(self.table)) or "none in this version"
             raise UsageError(f"{redact(raw)}: unknown {self.kind} scheme {url.scheme!r}; supported: {known}")
         return url
 

@@ -1,0 +1,33 @@
+"""``file:///PATH``: an artifact on a local or mounted filesystem, copied in chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import unquote
+
+from dewy.errors import ArtifactError
+from dewy.urls import Url
+
+CHUNK = 1 << 20
+
+
+class LocalFile:
+    def __init__(self, url: Url) -> None:
+        self.url = url
+        self.path = Path(unquote(url.path))
+
+    def _copy(self, out: BinaryIO) -> None:
+        try:
+            with self.path.open("rb") as src:
+                shutil.copyfileobj(src, out, CHUNK)
+        except OSError as exc:
+            raise ArtifactError(f"{self.url}: cannot read artifact: {exc.strerror}") from None
+
+    async def download(self, out: BinaryIO) -> None:
+        await asyncio.to_thread(self._copy, out)
+
+    async def aclose(self) -> None:
+        pass

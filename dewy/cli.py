@@ -1,0 +1,167 @@
+"""Command line: upstream-compatible flags, validated into Settings before anything starts.
+
+Kept import-light: ``dewy --version`` and ``dewy --help`` must not load HTTP
+clients or SDKs; the daemon and its backends are imported after parsing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dewy import __version__
+from dewy.errors import DewyError, UsageError
+from dewy.urls import Url, parse_duration
+
+DEFAULT_MAX_ARCHIVE = "4G"
+SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+@dataclass
+class Settings:
+    """Everything a run of dewy needs, from flags (and, later, /etc/dewy/NAME.toml)."""
+
+    command: str
+    registry: str
+    interval: float = 10.0
+    cache: str | None = None
+    notifiers: list[str] = field(default_factory=list)
+    log_level: str = "info"
+    log_format: str = "text"
+    before_deploy_hook: str | None = None
+    after_deploy_hook: str | None = None
+    hook_timeout: float = 300.0
+    slot: str | None = None
+    dir: Path = field(default_factory=Path.cwd)
+    ports: list[tuple[str, int]] = field(default_factory=list)
+    app_command: list[str] = field(default_factory=list)
+    health_path: str | None = None
+    health_timeout: float = 30.0
+    settle_time: float = 1.0
+    stop_timeout: float = 30.0
+    max_archive_size: int = 4 << 30
+    keep_releases: int = 7
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that fails with one line and exit code 2, as operators' scripts expect."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size(text: str) -> int:
+    value = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = value[-1:] if value[-1:] in SIZE_UNITS else ""
+    try:
+        size = int(float(value[: len(value) - len(unit)]) * SIZE_UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 500M, 4G)") from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than zero")
+    return size
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-r", "--registry", required=True, metavar="URL", help="where releases are listed: ghr://OWNER/REPO, file:///DIR, ...")
+    parser.add_argument("-i", "--interval", type=_duration, default=10.0, metavar="SECONDS", help="polling interval (default 10)")
+    parser.add_argument("-c", "--cache", metavar="URL", help="cache: file:///DIR (default $DEWY_CACHEDIR or ./.dewy/cache) or memory://")
+    parser.add_argument("--notifier", action="append", default=[], metavar="URL", help="where people are told (repeatable)")
+    parser.add_argument("--notify", action="append", default=[], metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("-l", "--log-level", choices=["debug", "info", "warn", "error"], default="info", type=str.lower)
+    parser.add_argument("-f", "--log-format", choices=["text", "json"], default="text", type=str.lower)
+    parser.add_argument("--before-deploy-hook", metavar="CMD", help="shell command run before a deploy; non-zero exit aborts it")
+    parser.add_argument("--after-deploy-hook", metavar="CMD", help="shell command run after a deploy; failure is only reported")
+    parser.add_argument("--hook-timeout", type=_duration, default=300.0, metavar="SECONDS", help="kill a hook after this long (default 300)")
+    parser.add_argument("-s", "--slot", metavar="NAME", help="deploy only versions whose build metadata is NAME (v1.2.3+NAME)")
+    parser.add_argument("-d", "--dir", type=Path, metavar="DIR", help="where releases/ and current live (default: working directory)")
+    parser.add_argument("--max-archive-size", type=_size, default=_size(DEFAULT_MAX_ARCHIVE), metavar="SIZE",
+                        help=f"refuse archives that expand past this (default {DEFAULT_MAX_ARCHIVE})")
+    parser.add_argument("--keep-releases", type=int, default=7, metavar="N", help="releases kept on disk (default 7)")
+    parser.add_argument("-v", "--version", action="version", version=f"dewy {__version__}")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="dewy", description="Pull-based deployment agent: deploys the newest semver release.")
+    parser.add_argument("-v", "--version", action="version", version=f"dewy {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    server = commands.add_parser("server", help="deploy and run a server app with zero-downtime restarts",
+                                 usage="dewy server --registry URL [options] [-p PORTS] -- COMMAND [ARGS...]")
+    _common(server)
+    server.add_argument("-p", "--port", action="append", default=[], metavar="PORTS", help="port(s) dewy holds for the app: 8000, 8000,8001, 8000-8005, 127.0.0.1:8000 (repeatable)")
+    server.add_argument("--health-path", metavar="PATH", help="HTTP path that must answer 2xx/3xx before the old generation is stopped")
+    server.add_argument("--health-timeout", type=_duration, default=30.0, metavar="SECONDS", help="how long a new generation may take to become healthy (default 30)")
+    server.add_argument("--settle-time", type=_duration, default=1.0, metavar="SECONDS", help="a new generation must stay alive this long to count as started (default 1)")
+    server.add_argument("--stop-timeout", type=_duration, default=30.0, metavar="SECONDS", help="SIGKILL an old generation this long after SIGTERM (default 30)")
+    assets = commands.add_parser("assets", help="deploy static files")
+    _common(assets)
+    container = commands.add_parser("container", help="deploy an OCI image (not built yet)", add_help=False)
+    container.add_argument("options", nargs=argparse.REMAINDER)
+    return parser
+
+
+def parse(argv: list[str]) -> Settings:
+    """Flags to Settings, or UsageError naming the first problem."""
+    app_command: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, app_command = argv[:at], argv[at + 1:]
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        raise UsageError("missing command: use dewy server, dewy assets or dewy container (see dewy --help)")
+    if args.command == "container":
+        raise UsageError("dewy container is not built yet in this version; use dewy server or dewy assets")
+    notifiers = args.notifier + args.notify
+    settings = Settings(
+        command=args.command, registry=args.registry, interval=args.interval, cache=args.cache,
+        notifiers=notifiers, log_level=args.log_level, log_format=args.log_format,
+        before_deploy_hook=args.before_deploy_hook, after_deploy_hook=args.after_deploy_hook,
+        hook_timeout=args.hook_timeout, slot=args.slot, dir=(args.dir or Path.cwd()).absolute(),
+        max_archive_size=args.max_archive_size, keep_releases=args.keep_releases, app_command=app_command,
+    )
+    if args.keep_releases < 1:
+        raise UsageError("--keep-releases must be at least 1")
+    if args.notify:
+        print("dewy: warning: --notify is deprecated; use --notifier", file=sys.stderr)
+    if args.command == "server":
+        from dewy.sockets import parse_ports
+
+        try:
+            settings.ports = parse_ports(args.port)
+        except ValueError as exc:
+            raise UsageError(f"--port: {exc}") from None
+        if not app_command:
+            raise UsageError("dewy server needs the app command after --, e.g. dewy server --registry URL -p 8000 -- ./current/app")
+        if args.health_path and not settings.ports:
+            raise UsageError("--health-path needs at least one --port to check the app through")
+        if args.health_path and not args.health_path.startswith("/"):
+            raise UsageError(f"--health-path {args.health_path!r} must start with /")
+        settings.health_path, settings.health_timeout = args.health_path, args.health_timeout
+        settings.settle_time, settings.stop_timeout = args.settle_time, args.stop_timeout
+    elif app_command:
+        raise UsageError(f"dewy {args.command} runs no app: remove the command after --")
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        settings = parse(argv)
+        from dewy.daemon import run
+
+        return run(settings)
+    except UsageError as exc:
+        print(f"dewy: error: {exc}", file=sys.stderr)
+        return 2
+    except DewyError as exc:
+        print(f"dewy: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,233 @@
+"""The daemon: the deploy cycle of DESIGN.md section 5, run once per interval, forever.
+
+Reads top to bottom like the contract: ask the registry, skip what runs or is
+quarantined, fetch and verify, before-hook, extract, switch ``current``,
+restart the app (rolling back on failure), after-hook, report, prune.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dewy import log
+from dewy.cache import CACHES, Cache
+from dewy.cli import Settings
+from dewy.errors import AppStartError, ArtifactNotReady, DewyError, HookError, UsageError
+from dewy.hooks import run_hook
+from dewy.notifiers import NOTIFIERS
+from dewy.registry import REGISTRIES, Registry, Release
+from dewy.releases import Releases
+from dewy.state import Deployed, State
+from dewy.store import ArtifactStore, default_cache_dir
+from dewy.urls import Url
+
+MAX_BACKOFF = 300.0
+
+
+@dataclass
+class Backoff:
+    """Delay before the next cycle: the interval when healthy, growing with jitter after failures."""
+
+    interval: float
+    failures: int = 0
+
+    def next_delay(self, retry_after: float | None = None) -> float:
+        if self.failures == 0:
+            return self.interval
+        grown = min(self.interval * 2 ** (self.failures - 1), max(MAX_BACKOFF, self.interval))
+        return max(grown * random.uniform(0.8, 1.2), retry_after or 0.0)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, registry: Registry, cache: Cache, store: ArtifactStore,
+                 releases: Releases, state: State, supervisor=None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.cache = cache
+        self.store = store
+        self.releases = releases
+        self.state = state
+        self.supervisor = supervisor
+        self.backoff = Backoff(settings.interval)
+        self.stopping = asyncio.Event()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Daemon:
+        """Build every backend now, so a bad URL or directory fails at startup (exit 2), not on the first tick."""
+        registry = REGISTRIES.load(REGISTRIES.url(settings.registry), slot=settings.slot)
+        cache_url = CACHES.url(settings.cache) if settings.cache else Url.parse("memory://")
+        cache = CACHES.load(cache_url)
+        for notifier in settings.notifiers:
+            NOTIFIERS.url(notifier)
+        cache_dir = Path(cache_url.path) if cache_url.scheme == "file" else default_cache_dir()
+        try:
+            settings.dir.mkdir(parents=True, exist_ok=True)
+            releases = Releases(settings.dir)
+            store = ArtifactStore(cache_dir / "artifacts" if cache_url.scheme == "file" else cache_dir)
+        except OSError as exc:
+            raise UsageError(f"cannot use {exc.filename}: {exc.strerror}") from None
+        state = State.load(settings.dir / ".dewy" / "state.json")
+        supervisor = None
+        if settings.command == "server":
+            from dewy.sockets import HeldSockets
+            from dewy.supervisor import Supervisor
+
+            sockets = HeldSockets(settings.ports) if settings.ports else None
+            supervisor = Supervisor(
+                settings.app_command, sockets, workdir=settings.dir, settle=settings.settle_time,
+                health_url_path=settings.health_path, health_timeout=settings.health_timeout,
+                stop_timeout=settings.stop_timeout,
+            )
+        return cls(settings, registry, cache, store, releases, state, supervisor)
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.info("signal", "SIGHUP ignored"))
+        loop.add_signal_handler(signal.SIGUSR1, self._restart_app)
+        log.info("started", f"dewy {self.settings.command} watching {Url.parse(self.settings.registry)}",
+                 dir=str(self.settings.dir))
+        try:
+            await self._resume_current()
+            while not self.stopping.is_set():
+                delay = await self.cycle()
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            log.info("stopping", "stopping")
+            if self.supervisor:
+                await self.supervisor.stop()
+            await self.registry.aclose()
+            await self.cache.aclose()
+        return 0
+
+    def _restart_app(self) -> None:
+        if self.supervisor is None:
+            log.info("signal", "SIGUSR1: no app to restart in assets mode")
+            return
+        log.info("signal", "SIGUSR1: restarting the app gracefully")
+        asyncio.get_running_loop().create_task(self._graceful_restart())
+
+    async def _graceful_restart(self) -> None:
+        try:
+            await self.supervisor.restart()
+        except DewyError as exc:
+            log.error("restart-failed", f"restart failed, the running generation keeps serving: {exc}")
+
+    async def _resume_current(self) -> None:
+        """Start the app from ``current`` before the first poll: a host serves even if the registry is down."""
+        current = self.releases.current_dir()
+        if self.supervisor is None or current is None:
+            return
+        tag = self.state.tag_of_release(current.name) or current.name
+        try:
+            await self.supervisor.start(current, tag)
+        except AppStartError as exc:
+            log.error("start-failed", f"the deployed release does not start: {exc}", version=tag)
+
+    async def cycle(self) -> float:
+        """One deploy cycle; returns how long to wait before the next. Never raises a DewyError."""
+        retry_after = None
+        try:
+            await self.tick()
+            self.backoff.failures = 0
+        except ArtifactNotReady as exc:
+            log.info("waiting", str(exc))
+        except DewyError as exc:
+            self.backoff.failures += 1
+            retry_after = getattr(exc, "retry_after", None)
+            log.error("deploy-failed", str(exc), failures=self.backoff.failures)
+        return self.backoff.next_delay(retry_after)
+
+    async def tick(self) -> None:
+        release = await self.registry.current()
+        deployed = self.state.current
+        if deployed and deployed.key == release.cache_key and self.releases.current_dir():
+            log.debug("up-to-date", f"{release.tag} is deployed", version=release.tag)
+            return
+        if release.cache_key in self.state.quarantine:
+            log.debug("quarantined", f"{release.tag} is quarantined: {self.state.quarantine[release.cache_key]}", version=release.tag)
+            return
+        await self.deploy(release)
+
+    async def deploy(self, release: Release) -> None:
+        previous = self.state.current
+        log.info("deploying", f"deploying {release.tag}", version=release.tag, previous_version=previous and previous.tag)
+        artifact = await self.store.fetch(release)
+        name = self.releases.new_name()
+        env = {
+            "DEWY_VERSION": release.tag,
+            "DEWY_PREVIOUS_VERSION": previous.tag if previous else "",
+            "DEWY_RELEASE_DIR": str(self.releases.directory / name),
+            "DEWY_COMMAND": self.settings.command,
+            "DEWY_ARTIFACT": str(artifact),
+        }
+        if self.settings.before_deploy_hook:
+            await run_hook("before", self.settings.before_deploy_hook, cwd=self.settings.dir, env=env,
+                           timeout=self.settings.hook_timeout)
+        release_dir = await asyncio.to_thread(self.releases.extract, artifact, name, self.settings.max_archive_size)
+        old_dir = self.releases.current_dir()
+        self.releases.switch(release_dir)
+        if self.supervisor:
+            await self._start_generation(release, release_dir, old_dir)
+        self.state.record(Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat()))
+        self.state.save()
+        log.info("deployed", f"deployed {release.tag}", version=release.tag,
+                 previous_version=previous and previous.tag, release_dir=str(release_dir))
+        if self.settings.after_deploy_hook:
+            try:
+                await run_hook("after", self.settings.after_deploy_hook, cwd=self.settings.dir, env=env,
+                               timeout=self.settings.hook_timeout)
+            except HookError as exc:
+                log.error("after-hook-failed", str(exc), version=release.tag)
+        await self._report(release)
+        self._prune()
+
+    async def _start_generation(self, release: Release, release_dir: Path, old_dir: Path | None) -> None:
+        """Restart onto the new release; if it does not come up, roll back and quarantine the version."""
+        try:
+            if self.supervisor.running:
+                await self.supervisor.restart(release_dir, release.tag)
+            else:
+                await self.supervisor.start(release_dir, release.tag)
+        except AppStartError as exc:
+            if old_dir:
+                self.releases.switch(old_dir)
+            else:
+                self.releases.current.unlink(missing_ok=True)
+            self.releases.remove(release_dir)
+            self.state.quarantine[release.cache_key] = str(exc)
+            self.state.save()
+            log.error("rollback", f"{release.tag} did not start and is quarantined; the previous version keeps serving: {exc}",
+                      version=release.tag, release_dir=str(old_dir) if old_dir else None)
+            await self._report(release, error=str(exc))
+            raise
+
+    async def _report(self, release: Release, error: str | None = None) -> None:
+        try:
+            await self.registry.report(release, self.settings.command, error)
+        except DewyError as exc:
+            log.warning("report-failed", f"could not record the deploy in the registry: {exc}", version=release.tag)
+
+    def _prune(self) -> None:
+        """Keep the newest releases on disk and only their artifacts in the store."""
+        current = self.releases.current_dir()
+        self.releases.prune(self.settings.keep_releases, {current} if current else set())
+        on_disk = {p.name for p in self.releases.directory.iterdir()}
+        self.state.history = [d for d in self.state.history if d.release in on_disk]
+        self.state.save()
+        self.store.prune({d.key for d in self.state.history})
+
+
+def run(settings: Settings) -> int:
+    log.setup(settings.log_level, settings.log_format)
+    daemon = Daemon.from_settings(settings)
+    return asyncio.run(daemon.serve())

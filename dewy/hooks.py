@@ -1,0 +1,34 @@
+"""Deploy hooks: operator shell commands run around a deploy, their output in dewy's log."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from dewy import log
+from dewy.errors import HookError
+
+OUTPUT_LIMIT = 64 * 1024
+
+
+async def run_hook(kind: str, command: str, *, cwd: Path, env: dict[str, str], timeout: float) -> None:
+    """Run ``/bin/sh -c command``; HookError on non-zero exit or timeout. Output is logged line by line."""
+    process = await asyncio.create_subprocess_exec(
+        "/bin/sh", "-c", command, cwd=cwd, env={**os.environ, **env},
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except asyncio.TimeoutError:
+        os.killpg(process.pid, 9)
+        await process.wait()
+        raise HookError(f"{kind} hook {command!r} timed out after {timeout:g}s and was killed") from None
+    text = output[-OUTPUT_LIMIT:].decode("utf-8", "replace")
+    for line in text.splitlines():
+        log.info(f"{kind}-hook-output", line, hook=kind)
+    if process.returncode != 0:
+        last = text.strip().splitlines()[-1:] or ["no output"]
+        raise HookError(f"{kind} hook {command!r} exited with status {process.returncode}: {last[0]}")
+    log.info(f"{kind}-hook", f"{kind} hook succeeded", hook=kind)

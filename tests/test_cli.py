@@ -1,0 +1,75 @@
+"""Startup validation: every bad input is one line on stderr and exit code 2, before anything runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dewy import __version__
+from dewy.cli import parse
+
+
+def dewy(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dewy", *args], capture_output=True, text=True, timeout=30, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["server", "-p", "8000", "--", "app"], "--registry"),
+        (["assets", "--registry", "ftp://host/x"], "unknown registry scheme 'ftp'"),
+        (["assets", "--registry", "file:///tmp/r?pre-relase=true"], "did you mean 'pre-release'"),
+        (["assets", "--registry", "file:///tmp/r?colour=1"], "unknown query key 'colour'"),
+        (["assets", "--registry", "file:///tmp/r?pre-release=maybe"], "not a boolean"),
+        (["server", "--registry", "file:///tmp/r", "-p", "80x", "--", "app"], "--port"),
+        (["server", "--registry", "file:///tmp/r", "-p", "9000-8000", "--", "app"], "--port"),
+        (["server", "--registry", "file:///tmp/r", "-p", "70000", "--", "app"], "--port"),
+        (["assets", "--registry", "file:///tmp/r", "-i", "0"], "greater than zero"),
+        (["assets", "--registry", "file:///tmp/r", "-i", "-5"], "interval"),
+        (["server", "--registry", "file:///tmp/r", "-p", "8000"], "needs the app command"),
+        (["assets", "--registry", "file:///tmp/r", "--", "app"], "runs no app"),
+        (["assets", "--registry", "file:///tmp/r", "--cache", "mem://"], "unknown cache scheme"),
+        (["assets", "--registry", "file:///tmp/r", "--log-level", "loud"], "--log-level"),
+        (["container", "--registry", "img://h/r"], "not built yet"),
+        (["deploy"], "invalid choice"),
+        ([], "missing command"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], expected: str, tmp_path) -> None:
+    result = dewy(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("dewy: error: ")
+    assert expected in lines[0]
+    assert not list(tmp_path.iterdir()), "a refused start must not create anything"
+
+
+def test_password_in_url_is_not_echoed(tmp_path) -> None:
+    result = dewy("assets", "--registry", "file:///tmp/r?token=hunter2&nope=1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "hunter2" not in result.stderr
+
+
+def test_version_flag() -> None:
+    for flag in ("-v", "--version"):
+        result = dewy(flag)
+        assert result.returncode == 0
+        assert result.stdout.strip() == f"dewy {__version__}"
+
+
+def test_ports_lists_and_ranges() -> None:
+    settings = parse(["server", "--registry", "file:///r", "-p", "8000,8001", "-p", "9000-9002", "--", "app", "--flag"])
+    assert [port for _, port in settings.ports] == [8000, 8001, 9000, 9001, 9002]
+    assert settings.app_command == ["app", "--flag"]
+
+
+def test_upstream_short_flags_and_deprecated_notify(capsys) -> None:
+    settings = parse(["assets", "-r", "file:///r", "-i", "5", "-c", "memory://", "-l", "debug", "-f", "json",
+                      "-s", "blue", "-d", "/srv/x", "--notify", "slack://ops"])
+    assert (settings.interval, settings.cache, settings.log_level, settings.log_format, settings.slot) == (5, "memory://", "debug", "json", "blue")
+    assert str(settings.dir) == "/srv/x"
+    assert settings.notifiers == ["slack://ops"]
+    assert "--notify is deprecated" in capsys.readouterr().err
