@@ -1,0 +1,257 @@
+"""A small GitHub REST API v3 client shared by the ghr:// registry and artifact backends.
+
+dewy needs four calls (list releases, get a release by tag, download an asset,
+upload an asset), so a full SDK would be weight without benefit. What matters is
+done here once: conditional requests so that an unchanged poll costs nothing
+against the rate limit, rate-limit answers turned into a ``retry_after`` the
+daemon honours, and a token that never leaves the API hosts nor appears in a
+message.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, BinaryIO
+from urllib.parse import unquote
+
+import httpx
+
+from dewy import __version__, log
+from dewy.errors import ArtifactError, DewyError, RegistryError, UsageError
+from dewy.urls import Url, redact
+
+DEFAULT_API_URL = "https://api.github.com"
+API_VERSION = "2022-11-28"
+JSON_MEDIA_TYPE = "application/vnd.github+json"
+BYTES_MEDIA_TYPE = "application/octet-stream"
+TIMEOUT = httpx.Timeout(30.0, connect=10.0)  # per network operation, so multi-GB downloads are fine
+CHUNK_SIZE = 1 << 16
+MAX_REDIRECTS = 5
+SECONDARY_LIMIT_WAIT = 60.0  # GitHub's advice when a rate-limit answer carries no timing header
+NAME = re.compile(r"[A-Za-z0-9._-]+\Z")
+
+
+class RateLimited(RegistryError, ArtifactError):
+    """GitHub refused because of a rate limit; the daemon waits ``retry_after`` seconds before trying again.
+
+    Both a RegistryError and an ArtifactError: polls and downloads spend the same quota.
+    """
+
+    def __init__(self, retry_after: float, anonymous: bool) -> None:
+        self.retry_after = retry_after
+        hint = " (set GITHUB_TOKEN for a higher limit)" if anonymous else ""
+        super().__init__(f"GitHub API rate limit exceeded; retrying after {math.ceil(retry_after)} s{hint}")
+
+
+def split_ghr(url: Url, expected: str) -> tuple[str, str, list[str]]:
+    """OWNER, REPO and the remaining path segments of a ghr:// URL; UsageError naming ``expected`` otherwise."""
+    segments = [unquote(s) for s in url.path.strip("/").split("/")]
+    if not NAME.match(url.netloc) or not NAME.match(segments[0]):
+        raise UsageError(f"{url}: expected {expected}")
+    return url.netloc, segments[0], segments[1:]
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A 200 answer kept for conditional requests: the validators to send back, the body, the next page."""
+
+    validators: dict[str, str]
+    body: Any
+    next_url: str | None
+
+
+class GitHub:
+    """The API at GITHUB_API_URL (default api.github.com) with the token from GITHUB_TOKEN or GH_TOKEN.
+
+    Failures are raised as ``error`` (RegistryError for polls, ArtifactError for
+    downloads), except rate limits, which are always :class:`RateLimited`.
+    """
+
+    def __init__(self, error: type[DewyError] = RegistryError) -> None:
+        self.api_url = (os.environ.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/")
+        if not re.match(r"https?://[^/]", self.api_url):
+            raise UsageError(f"GITHUB_API_URL={redact(self.api_url)!r} is not an http(s) URL (GitHub Enterprise: https://HOST/api/v3)")
+        self._token = (os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN") or "").strip()
+        self._error = error
+        self._stored: dict[str, _Stored] = {}
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        """Created on first use, so that a backend constructed only to validate its URL holds no connections."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(headers={"User-Agent": f"dewy/{__version__}"}, timeout=TIMEOUT)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def get_json(self, path: str) -> Any:
+        """GET an API path conditionally: a 304 costs no rate limit and reuses the stored body."""
+        return (await self._get(self.api_url + path)).body
+
+    async def get_all(self, path: str) -> list[Any]:
+        """Every item of a paginated listing, following ``Link: rel="next"``.
+
+        Every page is asked conditionally rather than trusting page 1's 304:
+        an older release edited on page 3 leaves page 1's ETag unchanged, and
+        a 304 on each page is just as free against the rate limit.
+        """
+        items: list[Any] = []
+        url: str | None = f"{self.api_url}{path}?per_page=100"
+        while url:
+            page = await self._get(url)
+            if not isinstance(page.body, list):
+                raise self._err(f"GitHub GET {self._shown(url)}: expected a JSON list")
+            items.extend(page.body)
+            url = page.next_url
+        return items
+
+    async def download(self, url: str, out: BinaryIO) -> None:
+        """Stream a release asset (its API ``url``) into ``out`` in chunks.
+
+        The API answers with a redirect to a presigned storage URL. Redirects are
+        followed by hand and never carry the token: httpx only strips it across
+        origins, and a presigned URL rejects it (S3 answers 400) wherever it lives.
+        """
+        headers = self._headers(accept=BYTES_MEDIA_TYPE)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self._send("GET", url, headers, stream=True)
+            try:
+                if not response.is_redirect:
+                    with self._network(response.request):
+                        async for chunk in response.aiter_bytes(CHUNK_SIZE):
+                            out.write(chunk)
+                    return
+                url = str(response.request.url.join(response.headers["Location"]))
+            finally:
+                await response.aclose()
+            headers = {"Accept": BYTES_MEDIA_TYPE}
+        raise self._err(f"GitHub GET {self._shown(url)}: more than {MAX_REDIRECTS} redirects")
+
+    async def upload(self, upload_url: str, name: str, data: bytes, content_type: str) -> None:
+        """Add an asset to a release through its ``upload_url`` template (uploads.github.com, or the Enterprise host)."""
+        url = upload_url.split("{", 1)[0]
+        await self._send("POST", url, self._headers({"Content-Type": content_type}), content=data, params={"name": name})
+
+    def _headers(self, extra: dict[str, str] | None = None, accept: str = JSON_MEDIA_TYPE) -> dict[str, str]:
+        headers = {"Accept": accept, "X-GitHub-Api-Version": API_VERSION, **(extra or {})}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return headers
+
+    async def _get(self, url: str) -> _Stored:
+        stored = self._stored.get(url)
+        response = await self._send("GET", url, self._headers(stored.validators if stored else None), follow=True)
+        if response.status_code == 304 and stored is not None:
+            return stored
+        where = f"GitHub GET {self._shown(url)}"
+        if response.status_code != 200:
+            raise self._err(f"{where}: unexpected HTTP {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise self._err(f"{where}: the answer is not JSON (for GitHub Enterprise, GITHUB_API_URL is https://HOST/api/v3)") from None
+        validators = {
+            header: response.headers[source]
+            for header, source in (("If-None-Match", "ETag"), ("If-Modified-Since", "Last-Modified"))
+            if source in response.headers
+        }
+        fresh = _Stored(validators, body, response.links.get("next", {}).get("url"))
+        if validators:
+            self._stored[url] = fresh
+        return fresh
+
+    async def _send(self, method: str, url: str, headers: dict[str, str], *, content: bytes | None = None,
+                    params: dict[str, str] | None = None, stream: bool = False, follow: bool = False) -> httpx.Response:
+        """One request; network failures and error statuses become one-line errors."""
+        request = self._http.build_request(method, url, headers=headers, content=content, params=params)
+        with self._network(request):
+            response = await self._http.send(request, stream=stream, follow_redirects=follow)
+        log.debug("github", f"{method} {self._shown(response.request.url)}: HTTP {response.status_code}",
+                  rate_limit_remaining=response.headers.get("X-RateLimit-Remaining"))
+        if response.status_code >= 400:
+            try:
+                with self._network(request):
+                    await response.aread()
+            finally:
+                await response.aclose()
+            raise self._failure(response)
+        return response
+
+    @contextmanager
+    def _network(self, request: httpx.Request) -> Iterator[None]:
+        """DNS, connection, TLS and timeout failures as one line naming the URL."""
+        try:
+            yield
+        except httpx.HTTPError as exc:
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise self._err(f"GitHub {request.method} {self._shown(request.url)}: {detail}") from exc
+
+    def _failure(self, response: httpx.Response) -> DewyError:
+        """The error for a 4xx/5xx answer, with GitHub's own ``message`` and what to do about it."""
+        status, headers = response.status_code, response.headers
+        message = _message(response)
+        if status in (403, 429) and ("Retry-After" in headers or headers.get("X-RateLimit-Remaining") == "0"
+                                     or "rate limit" in message.lower()):
+            return RateLimited(_retry_after(headers), anonymous=not self._token)
+        where = f"GitHub {response.request.method} {self._shown(response.request.url)}: HTTP {status} {message}"
+        if status == 401:
+            advice = "GitHub rejected the token; check GITHUB_TOKEN / GH_TOKEN" if self._token else "this GitHub requires a token; set GITHUB_TOKEN"
+        elif status == 404:
+            advice = "the repository, release or asset does not exist, or the token lacks access to it"
+            advice += "" if self._token else " (private repositories need GITHUB_TOKEN)"
+        elif status == 403:
+            advice = "the token lacks permission for this"
+        else:
+            return self._err(where)
+        return self._err(f"{where}: {advice}")
+
+    def _err(self, message: str) -> DewyError:
+        """The error to raise; the token is scrubbed in case a server or proxy ever echoes it."""
+        return self._error(message.replace(self._token, "***") if self._token else message)
+
+    def _shown(self, url: httpx.URL | str) -> str:
+        """A URL for messages: API URLs in full, others (presigned storage, uploads) without their query."""
+        text = str(url)
+        if not text.startswith(self.api_url + "/"):
+            text = str(httpx.URL(text).copy_with(query=None))
+        return redact(text)
+
+
+def _message(response: httpx.Response) -> str:
+    """GitHub's JSON ``message`` (with validation error codes), else the HTTP reason phrase."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason_phrase
+    if not isinstance(body, dict) or not body.get("message"):
+        return response.reason_phrase
+    codes = ", ".join(str(e.get("code")) for e in body.get("errors", []) if isinstance(e, dict) and e.get("code"))
+    return f"{body['message']} ({codes})" if codes else str(body["message"])
+
+
+def _retry_after(headers: httpx.Headers) -> float:
+    """Seconds to wait, as GitHub documents: Retry-After, else X-RateLimit-Reset, else one minute.
+
+    The reset time is measured against the server's Date header, so a skewed
+    host clock neither hammers GitHub nor waits for hours.
+    """
+    try:
+        if "Retry-After" in headers:
+            return max(float(headers["Retry-After"]), 1.0)
+        if headers.get("X-RateLimit-Remaining") == "0" and "X-RateLimit-Reset" in headers:
+            now = parsedate_to_datetime(headers["Date"]).timestamp() if "Date" in headers else time.time()
+            return max(float(headers["X-RateLimit-Reset"]) - now, 1.0)
+    except (ValueError, TypeError):
+        pass
+    return SECONDARY_LIMIT_WAIT

@@ -1,0 +1,90 @@
+"""GitHub Releases registry: ``ghr://OWNER/REPO?pre-release=true&artifact=NAME``."""
+
+from __future__ import annotations
+
+import socket
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote
+
+from dewy.artifacts.ghr import asset_url
+from dewy.errors import RegistryError, UsageError
+from dewy.github import GitHub, split_ghr
+from dewy.registry import Release, checksum_file, missing_artifact, select_artifact, shipped_name, shipped_text
+from dewy.urls import Url
+from dewy.versions import newest, parse_tag
+
+EXPECTED = "ghr://OWNER/REPO?pre-release=true&artifact=NAME"
+
+
+class GitHubReleases:
+    """The newest eligible release of one repository; deploys are recorded as release assets."""
+
+    def __init__(self, url: Url, *, slot: str | None = None) -> None:
+        self.owner, self.repo, rest = split_ghr(url, EXPECTED)
+        if rest:
+            raise UsageError(f"{url}: expected {EXPECTED}")
+        url.check_keys({"pre-release", "artifact"})
+        self.prerelease = url.flag("pre-release")
+        self.artifact = url.query.get("artifact") or None
+        self.slot = slot
+        self.where = f"ghr://{self.owner}/{self.repo}"
+        self.github = GitHub()
+
+    @property
+    def _api_path(self) -> str:
+        return f"/repos/{self.owner}/{self.repo}"
+
+    async def current(self) -> Release:
+        releases = await self.github.get_all(f"{self._api_path}/releases")
+        published = [r for r in releases if not r.get("draft") and (self.prerelease or not r.get("prerelease"))]
+        chosen = newest(published, lambda r: str(r.get("tag_name") or ""), prerelease=self.prerelease, slot=self.slot)
+        if chosen is None:
+            raise RegistryError(self._nothing_eligible(len(releases)))
+        tag = chosen["tag_name"]
+        # An asset whose state is not "uploaded" is still being uploaded: not usable yet.
+        assets = {a["name"]: a for a in chosen.get("assets", []) if a.get("state") == "uploaded"}
+        names = list(assets)
+        created_at = _timestamp(chosen.get("published_at") or chosen.get("created_at"))
+        name = select_artifact(names, self.artifact)
+        if name is None:
+            raise missing_artifact(self.where, tag, self.artifact, names, created_at)
+        checksums = checksum_file(names, name)
+        return Release(
+            tag=tag,
+            version=parse_tag(tag),
+            artifact_name=name,
+            artifact_url=asset_url(self.owner, self.repo, tag, name, assets[name]["id"]),
+            created_at=created_at,
+            checksums_url=asset_url(self.owner, self.repo, tag, checksums, assets[checksums]["id"]) if checksums else None,
+            id=str(chosen.get("id", "")),
+        )
+
+    def _nothing_eligible(self, count: int) -> str:
+        skipped = "drafts, non-semver tags" + ("" if self.prerelease else " and pre-releases (add pre-release=true)")
+        slot = f" for slot {self.slot!r}" if self.slot else ""
+        return f"{self.where}: no eligible release{slot} among {count} ({skipped} are skipped)"
+
+    async def report(self, release: Release, command: str, error: str | None = None) -> None:
+        """Attach the audit record ``shipped_to_<host>_<command>_at_<UTC>.txt`` to the release.
+
+        Failures are not recorded: a release has no place for them, and an
+        asset per failed attempt would bury the real artifacts.
+        """
+        if error is not None:
+            return
+        host = socket.gethostname()
+        name = shipped_name(host, command, datetime.now(timezone.utc))
+        data: dict[str, Any] = await self.github.get_json(f"{self._api_path}/releases/tags/{quote(release.tag, safe='+')}")
+        await self.github.upload(data["upload_url"], name, shipped_text(host, command, name).encode(), "text/plain")
+
+    async def aclose(self) -> None:
+        await self.github.aclose()
+
+
+def _timestamp(text: str | None) -> datetime | None:
+    """GitHub's ``2024-05-01T12:00:00Z``; None when absent or unreadable (then no upload grace applies)."""
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
