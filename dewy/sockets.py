@@ -1,0 +1,186 @@
+"""Listening sockets that dewy binds once and hands to every app generation (DESIGN section 6).
+
+dewy owns the sockets for its whole life, so connections queue in the kernel's
+backlog while generations come and go: that is what makes restarts zero-downtime.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Callable, Iterable
+
+from dewy.errors import UsageError
+
+BACKLOG = 1024
+FIRST_FD = 3  # where an app finds the sockets (systemd's SD_LISTEN_FDS_START)
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$")
+
+
+def parse_ports(specs: list[str]) -> list[tuple[str, int]]:
+    """Expand ``--port`` values into (host, port) pairs in the order given; host "" means all interfaces.
+
+    Each spec is a comma list of ``PORT``, ``FIRST-LAST``, ``HOST:PORT``, ``[IPV6]:PORT`` or ``:PORT``
+    (ranges work after a host too). Raises ValueError with a one-line reason.
+    """
+    result: list[tuple[str, int]] = []
+    for spec in specs:
+        for item in spec.split(","):
+            for address in _parse_item(spec, item.strip()):
+                if address in result:
+                    raise ValueError(f"bad port spec {spec!r}: {_where(*address)} is given twice")
+                result.append(address)
+    return result
+
+
+def _parse_item(spec: str, item: str) -> list[tuple[str, int]]:
+    def bad(reason: str) -> ValueError:
+        return ValueError(f"bad port spec {spec!r}: {reason}")
+
+    if not item:
+        raise bad("empty entry")
+    if item.startswith("["):
+        match = re.fullmatch(r"\[([^\]]*)\]:(.*)", item)
+        if not match:
+            raise bad(f"{item!r} is not [IPV6]:PORT")
+        host, ports = match.groups()
+        try:
+            host = str(ipaddress.IPv6Address(host))
+        except ValueError:
+            raise bad(f"{host!r} is not an IPv6 address") from None
+    elif ":" in item:
+        host, _, ports = item.rpartition(":")
+        if ":" in host:
+            raise bad(f"IPv6 addresses need brackets, e.g. [{host}]:{ports}")
+        if host and not _HOSTNAME.match(host):
+            raise bad(f"{host!r} is not a host name or IPv4 address")
+    else:
+        host, ports = "", item
+    first, dash, last = ports.partition("-")
+    low = _port(first, bad)
+    high = _port(last, bad) if dash else low
+    if high < low:
+        raise bad(f"range {ports} is reversed")
+    return [(host, port) for port in range(low, high + 1)]
+
+
+def _port(text: str, bad: Callable[[str], ValueError]) -> int:
+    if not text.isdigit() or not text.isascii():
+        raise bad(f"{text!r} is not a port number")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise bad(f"port {port} is outside 1-65535")
+    return port
+
+
+def _where(host: str, port: int) -> str:
+    return _display(host, port) if host else f"port {port}"
+
+
+def _display(host: str, port: int) -> str:
+    """How an operator wrote an address: ``8000`` (all interfaces), ``127.0.0.1:8000``, ``[::1]:8000``."""
+    if not host:
+        return str(port)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class HeldSockets:
+    """The listening sockets, bound once; an app generation gets them as fds 3, 4, ... in this order."""
+
+    def __init__(self, addresses: Iterable[tuple[str, int]]) -> None:
+        """Bind and listen on every address; a failure is a startup error naming the address."""
+        self._sockets: list[socket.socket] = []
+        try:
+            for host, port in addresses:
+                self._sockets.append(_listen(host, port))
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def from_fds(cls, fds: Iterable[int]) -> HeldSockets:
+        """Adopt already-listening TCP sockets (systemd fd store), taking ownership of the fds.
+
+        Names come from the bound addresses, so an adopting dewy hands the app exactly what the
+        previous one did. Adopted fds are made close-on-exec: only app generations get them.
+        On error no fd is closed.
+        """
+        held = cls(())
+        for fd in fds:
+            try:
+                sock = socket.socket(fileno=fd)
+            except OSError as exc:
+                held._disown()
+                raise UsageError(f"cannot adopt fd {fd}: {exc.strerror or exc}") from None
+            held._sockets.append(sock)
+            if (sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM
+                    or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+                held._disown()
+                raise UsageError(f"cannot adopt fd {fd}: not a listening TCP socket")
+            sock.set_inheritable(False)
+        return held
+
+    def _disown(self) -> None:
+        for sock in self._sockets:
+            sock.detach()
+        self._sockets.clear()
+
+    @property
+    def fds(self) -> list[int]:
+        """dewy's own fd numbers (close-on-exec); the supervisor maps them onto 3, 4, ... in the app."""
+        return [sock.fileno() for sock in self._sockets]
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) pairs, as the kernel reports them."""
+        return [sock.getsockname()[:2] for sock in self._sockets]
+
+    @property
+    def names(self) -> list[str]:
+        """``8000`` when bound to 0.0.0.0, else ``127.0.0.1:8000`` / ``[::1]:8000`` (the Server::Starter keys)."""
+        return [_display("" if host == "0.0.0.0" else host, port) for host, port in self.addresses]
+
+    @property
+    def fdnames(self) -> list[str]:
+        """Names for LISTEN_FDNAMES, which is colon-separated, so ':' becomes '_' (``127.0.0.1_8000``)."""
+        return [name.replace(":", "_") for name in self.names]
+
+    def server_starter_port(self) -> str:
+        """SERVER_STARTER_PORT as Perl's Server::Starter sets it: ``8000=3;127.0.0.1:8001=4``."""
+        return ";".join(f"{name}={FIRST_FD + i}" for i, name in enumerate(self.names))
+
+    def __len__(self) -> int:
+        return len(self._sockets)
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
+
+    def __enter__(self) -> HeldSockets:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    where = _where(host, port)
+    try:
+        if not host:
+            family, address = socket.AF_INET, ("0.0.0.0", port)
+        else:
+            family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {where}: {exc.strerror}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    return sock
