@@ -46,8 +46,9 @@ class Dewy:
             self.events.put(record)
         self.events.put({"event": "exited"})
 
-    def wait_for(self, event: str, timeout: float = 30, **fields: str) -> dict:
-        """The next log record with this event (and fields); fails on timeout or if dewy exits first."""
+    def wait_for(self, event: str | tuple[str, ...], timeout: float = 30, **fields: str) -> dict:
+        """The next log record with this event, or one of these (and fields); fails on timeout or if dewy exits first."""
+        wanted = (event,) if isinstance(event, str) else event
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -58,7 +59,7 @@ class Dewy:
             except queue.Empty:
                 continue
             self.seen.append(record)
-            if record.get("event") == event and all(record.get(k) == v for k, v in fields.items()):
+            if record.get("event") in wanted and all(record.get(k) == v for k, v in fields.items()):
                 return record
             if record.get("event") == "exited":
                 raise AssertionError(f"dewy exited ({self.process.wait()}) before {event}; log: {self.seen[-15:]}")

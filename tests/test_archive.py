@@ -1,0 +1,413 @@
+"""dewy.archive: real archives built with tarfile/zipfile, good and hostile."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from dewy.archive import DEFAULT_MAX_BYTES, extract
+from dewy.errors import ArchiveError
+
+TAR_MODES = {"app.tar.gz": "w:gz", "app.tgz": "w:gz", "app.tar.bz2": "w:bz2", "app.tar.xz": "w:xz", "app.tar": "w"}
+
+
+# Building archives.
+
+
+def reg(name: str, data: bytes = b"", mode: int = 0o644, **attrs: object) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), mode
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    return info, data
+
+
+def entry(name: str, type: bytes, linkname: str = "", mode: int = 0o755) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = type, linkname, mode
+    return info, None
+
+
+def sym(name: str, target: str) -> tuple[tarfile.TarInfo, bytes | None]:
+    return entry(name, tarfile.SYMTYPE, target)
+
+
+def hard(name: str, target: str) -> tuple[tarfile.TarInfo, bytes | None]:
+    return entry(name, tarfile.LNKTYPE, target)
+
+
+def dirent(name: str, mode: int = 0o755) -> tuple[tarfile.TarInfo, bytes | None]:
+    return entry(name, tarfile.DIRTYPE, mode=mode)
+
+
+def make_tar(path: Path, *members: tuple[tarfile.TarInfo, bytes | None]) -> Path:
+    with tarfile.open(path, TAR_MODES.get(path.name.lower(), "w:gz"), format=tarfile.PAX_FORMAT) as tf:
+        for info, data in members:
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def zentry(name: str, data: bytes = b"", mode: int | None = 0o100644) -> tuple[zipfile.ZipInfo, bytes]:
+    info = zipfile.ZipInfo(name)
+    if mode is None:
+        info.create_system = 0  # made on Windows: no Unix mode
+    else:
+        info.external_attr = mode << 16
+    return info, data
+
+
+def make_zip(path: Path, *members: tuple[zipfile.ZipInfo, bytes], compression: int = zipfile.ZIP_DEFLATED) -> Path:
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for info, data in members:
+            info.compress_type = compression
+            zf.writestr(info, data)
+    return path
+
+
+# Checking that a rejection left everything outside dest alone.
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    """A release directory a few levels down, so that escapes land inside tmp_path where we can see them."""
+    d = tmp_path / "srv" / "releases" / "r1"
+    d.mkdir(parents=True)
+    (tmp_path / "srv" / "releases" / "outside.txt").write_text("keep me")
+    return d
+
+
+def snapshot(root: Path, skip: Path) -> dict[str, object]:
+    seen: dict[str, object] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if Path(dirpath, d) != skip]
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            st = p.lstat()
+            content = os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else None
+            seen[str(p)] = (stat.S_IFMT(st.st_mode), st.st_mode, st.st_nlink, content)
+    passwd = os.lstat("/etc/passwd")
+    seen["/etc/passwd"] = (passwd.st_nlink, passwd.st_mode, passwd.st_mtime_ns, passwd.st_size)
+    return seen
+
+
+def rejected(archive: Path, dest: Path, *phrases: str, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+    """Extract expecting ArchiveError: one line, naming the archive and each phrase; nothing outside dest changed."""
+    root = dest.parents[2]
+    before = snapshot(root, dest)
+    with pytest.raises(ArchiveError) as raised:
+        extract(archive, dest, max_bytes=max_bytes)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(archive.name), message
+    for phrase in phrases:
+        assert phrase in message, message
+    assert snapshot(root, dest) == before
+    return message
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+# Good archives.
+
+
+@pytest.mark.parametrize("name", [*TAR_MODES, "APP.TAR.GZ"])
+def test_tar_formats_extract_content_modes_and_links(tmp_path: Path, dest: Path, name: str) -> None:
+    archive = make_tar(
+        tmp_path / name,
+        dirent("./"),
+        dirent("app"),
+        reg("app/run", b"#!/bin/sh\necho hi\n", 0o755),
+        reg("app/data.txt", b"data", 0o640),
+        sym("app/link", "data.txt"),
+        hard("app/hard", "app/data.txt"),
+        reg("./top/nested/file.txt", b"implicit parents"),
+        sym("top/up", "../app"),
+    )
+    extract(archive, dest)
+    assert (dest / "app/run").read_bytes() == b"#!/bin/sh\necho hi\n"
+    assert mode_of(dest / "app/run") == 0o755
+    assert mode_of(dest / "app/data.txt") == 0o640
+    assert os.readlink(dest / "app/link") == "data.txt"
+    assert (dest / "app/link").read_bytes() == b"data"
+    assert os.path.samefile(dest / "app/hard", dest / "app/data.txt")
+    assert (dest / "top/nested/file.txt").read_bytes() == b"implicit parents"
+    assert (dest / "top/up/run").exists()
+
+
+def test_zip_extracts_content_modes_dirs_and_symlinks(tmp_path: Path, dest: Path) -> None:
+    archive = make_zip(
+        tmp_path / "App.ZIP",
+        zentry("bin/", mode=0o40755),
+        zentry("bin/run", b"#!/bin/sh\n", 0o100755),
+        zentry("bin/secret", b"s", 0o100600),
+        zentry("bin/current", b"run", 0o120777),
+        zentry("windows/readme.txt", b"no unix mode", None),
+        zentry("empty-dir/", mode=None),
+    )
+    extract(archive, dest)
+    assert (dest / "bin/run").read_bytes() == b"#!/bin/sh\n"
+    assert mode_of(dest / "bin/run") == 0o755
+    assert mode_of(dest / "bin/secret") == 0o600
+    assert os.readlink(dest / "bin/current") == "run"
+    assert mode_of(dest / "windows/readme.txt") == 0o644
+    assert (dest / "empty-dir").is_dir() and mode_of(dest / "empty-dir") == 0o755
+
+
+def test_special_bits_stripped_exec_kept_owner_ignored_dirs_owner_writable(tmp_path: Path, dest: Path) -> None:
+    archive = make_tar(
+        tmp_path / "app.tar.gz",
+        dirent("ro", 0o3555),
+        reg("ro/suid", b"x", 0o4755, uid=4321, gid=4321, uname="nobody", gname="nogroup"),
+        reg("ro/sgid", b"x", 0o2750),
+        dirent("sticky", 0o1777),
+    )
+    extract(archive, dest)
+    assert mode_of(dest / "ro") == 0o755
+    assert mode_of(dest / "ro/suid") == 0o755
+    assert mode_of(dest / "ro/sgid") == 0o750
+    assert mode_of(dest / "sticky") == 0o777
+    assert (dest / "ro/suid").stat().st_uid == os.getuid()
+    zip_dest = dest.parent / "r2"
+    zip_dest.mkdir()
+    extract(make_zip(tmp_path / "app.zip", zentry("suid", b"x", 0o106755)), zip_dest)
+    assert mode_of(zip_dest / "suid") == 0o755
+
+
+def test_later_member_replaces_earlier_file(tmp_path: Path, dest: Path) -> None:
+    archive = make_tar(tmp_path / "app.tar", reg("f", b"old"), sym("l", "f"), reg("l", b"new"), reg("f", b"newer"))
+    extract(archive, dest)
+    assert not (dest / "l").is_symlink()
+    assert (dest / "l").read_bytes() == b"new"
+    assert (dest / "f").read_bytes() == b"newer"
+
+
+# Escapes.
+
+
+@pytest.mark.parametrize(
+    ("member", "problem"),
+    [
+        ("/abs/evil", "member '/abs/evil' is an absolute path"),
+        ("../x", "member '../x' escapes the release directory"),
+        ("a/../../x", "member 'a/../../x' escapes the release directory"),
+        ("..", "member '..' escapes the release directory"),
+    ],
+)
+def test_member_paths_outside_rejected(tmp_path: Path, dest: Path, member: str, problem: str) -> None:
+    rejected(make_tar(tmp_path / "app.tar.gz", reg(member, b"evil")), dest, problem)
+
+
+def test_dotdot_inside_release_allowed(tmp_path: Path, dest: Path) -> None:
+    extract(make_tar(tmp_path / "app.tar.gz", reg("a/../b", b"ok")), dest)
+    assert (dest / "b").read_bytes() == b"ok"
+
+
+def test_symlink_to_absolute_path_rejected(tmp_path: Path, dest: Path) -> None:
+    archive = make_tar(tmp_path / "app.tar.gz", sym("passwd", "/etc/passwd"))
+    rejected(archive, dest, "member 'passwd' is a symlink to the absolute path '/etc/passwd'")
+
+
+def test_symlink_climbing_out_rejected(tmp_path: Path, dest: Path) -> None:
+    archive = make_tar(tmp_path / "app.tar.gz", sym("sub/out", "../../x"))
+    rejected(archive, dest, "member 'sub/out' is a symlink to '../../x', which escapes the release directory")
+
+
+def test_symlink_to_parent_then_write_through_it_rejected(tmp_path: Path, dest: Path) -> None:
+    archive = make_tar(tmp_path / "app.tar.gz", sym("link", ".."), reg("link/evil", b"evil"))
+    rejected(archive, dest, "member 'link' is a symlink to '..', which escapes the release directory")
+
+
+def test_write_through_inside_symlink_rejected(tmp_path: Path, dest: Path) -> None:
+    """Even a link that stays inside is never written through: only real directories are."""
+    archive = make_tar(tmp_path / "app.tar.gz", dirent("sub"), sym("inner", "sub"), reg("inner/evil", b"x"))
+    rejected(archive, dest, "member 'inner/evil' would be written through the symlink 'inner'")
+
+
+def test_symlink_chain_escape_found_after_later_links(tmp_path: Path, dest: Path) -> None:
+    """Each link looks harmless when made; together a -> x/y/../.. resolves two levels above dest."""
+    archive = make_tar(tmp_path / "app.tar.gz", sym("a", "x/y/../.."), sym("x", "."), sym("y", "."))
+    rejected(archive, dest, "member 'a' is a symlink to 'x/y/../..', which escapes the release directory")
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "../outside.txt"])
+def test_hardlink_outside_rejected(tmp_path: Path, dest: Path, target: str) -> None:
+    archive = make_tar(tmp_path / "app.tar.gz", hard("h", target), reg("h", b"overwrite"))
+    rejected(archive, dest, f"member 'h' is a hardlink to {target!r}, outside the release directory")
+
+
+def test_hardlink_to_member_not_yet_extracted_rejected(tmp_path: Path, dest: Path) -> None:
+    archive = make_tar(tmp_path / "app.tar.gz", hard("h", "later"), reg("later", b"x"))
+    rejected(archive, dest, "member 'h' is a hardlink to 'later', which is not a file extracted earlier")
+
+
+@pytest.mark.parametrize(
+    ("type", "what"),
+    [(tarfile.CHRTYPE, "a character device"), (tarfile.BLKTYPE, "a block device"), (tarfile.FIFOTYPE, "a fifo")],
+)
+def test_special_files_rejected(tmp_path: Path, dest: Path, type: bytes, what: str) -> None:
+    archive = make_tar(tmp_path / "app.tar.gz", entry("dev", type))
+    rejected(archive, dest, f"member 'dev' is {what}")
+    assert not (dest / "dev").exists()
+
+
+def test_unknown_member_type_rejected(tmp_path: Path, dest: Path) -> None:
+    rejected(make_tar(tmp_path / "app.tar", entry("odd", b"Z")), dest, "member 'odd' has unsupported tar member type b'Z'")
+
+
+def test_file_replacing_directory_rejected(tmp_path: Path, dest: Path) -> None:
+    archive = make_tar(tmp_path / "app.tar", reg("d/f", b"x"), reg("d", b"y"))
+    rejected(archive, dest, "member 'd' would replace a directory of the same name")
+
+
+@pytest.mark.parametrize(
+    ("member", "problem"),
+    [
+        (zentry("../x", b"evil"), "member '../x' escapes the release directory"),
+        (zentry("/abs", b"evil"), "member '/abs' is an absolute path"),
+        (zentry("up", b"../../x", 0o120777), "member 'up' is a symlink to '../../x', which escapes"),
+        (zentry("pw", b"/etc/passwd", 0o120777), "member 'pw' is a symlink to the absolute path '/etc/passwd'"),
+        (zentry("null", b"", 0o020666), "member 'null' is a character device"),
+        (zentry("pipe", b"", 0o010644), "member 'pipe' is a fifo"),
+    ],
+)
+def test_zip_escapes_and_special_files_rejected(
+    tmp_path: Path, dest: Path, member: tuple[zipfile.ZipInfo, bytes], problem: str
+) -> None:
+    rejected(make_zip(tmp_path / "app.zip", member), dest, problem)
+
+
+def test_zip_symlink_then_write_through_rejected(tmp_path: Path, dest: Path) -> None:
+    archive = make_zip(tmp_path / "app.zip", zentry("link", b"..", 0o120777), zentry("link/evil", b"evil"))
+    rejected(archive, dest, "member 'link' is a symlink to '..', which escapes")
+
+
+# Damaged archives.
+
+
+def good_tar_gz(tmp_path: Path) -> bytes:
+    return make_tar(tmp_path / "good.tar.gz", reg("a", os.urandom(64 * 1024)), reg("b", b"b")).read_bytes()
+
+
+def test_truncated_tar_gz_rejected(tmp_path: Path, dest: Path) -> None:
+    data = good_tar_gz(tmp_path)
+    archive = tmp_path / "app.tar.gz"
+    archive.write_bytes(data[: len(data) // 2])
+    rejected(archive, dest, "app.tar.gz: member 'a' is truncated or corrupt: Compressed file ended")
+
+
+def test_gzip_crc_error_rejected(tmp_path: Path, dest: Path) -> None:
+    data = bytearray(good_tar_gz(tmp_path))
+    data[-8] ^= 0xFF  # the CRC32 in the gzip trailer
+    archive = tmp_path / "app.tar.gz"
+    archive.write_bytes(data)
+    rejected(archive, dest, "app.tar.gz is truncated or corrupt: CRC check failed")
+
+
+def test_tar_cut_between_members_rejected(tmp_path: Path, dest: Path) -> None:
+    """tarfile itself would call this a complete one-member archive."""
+    data = make_tar(tmp_path / "good.tar", reg("a", b"a" * 512), reg("b", b"b")).read_bytes()
+    archive = tmp_path / "app.tar"
+    archive.write_bytes(data[:1024])
+    rejected(archive, dest, "app.tar is truncated or corrupt: unexpected end of data")
+
+
+def test_tar_cut_inside_member_rejected(tmp_path: Path, dest: Path) -> None:
+    data = make_tar(tmp_path / "good.tar", reg("a", b"a" * 4096)).read_bytes()
+    archive = tmp_path / "app.tar"
+    archive.write_bytes(data[:2048])
+    rejected(archive, dest, "app.tar: member 'a' is truncated or corrupt: unexpected end of data")
+
+
+@pytest.mark.parametrize("name", ["app.tar.gz", "app.tar.xz", "app.tar.bz2", "app.zip", "app.tar"])
+def test_garbage_and_empty_files_rejected(tmp_path: Path, dest: Path, name: str) -> None:
+    archive = tmp_path / name
+    archive.write_bytes(b"this is not an archive at all" * 40)
+    rejected(archive, dest, f"{name} is truncated or corrupt: ")
+    archive.write_bytes(b"")
+    rejected(archive, dest, f"{name} is truncated or corrupt: ")
+
+
+def test_zip_bad_crc_rejected(tmp_path: Path, dest: Path) -> None:
+    data = bytearray(make_zip(tmp_path / "good.zip", zentry("f", b"hello world"), compression=zipfile.ZIP_STORED).read_bytes())
+    data[data.index(b"hello world")] ^= 0xFF
+    archive = tmp_path / "app.zip"
+    archive.write_bytes(data)
+    rejected(archive, dest, "app.zip: member 'f' is truncated or corrupt: Bad CRC-32")
+
+
+def test_zip_header_lying_small_rejected(tmp_path: Path, dest: Path) -> None:
+    """zipfile stops at the declared size; the CRC over the short data then fails instead of writing more."""
+    data = bytearray(make_zip(tmp_path / "good.zip", zentry("f", b"z" * 100_000)).read_bytes())
+    local, central = data.index(b"PK\x03\x04"), data.index(b"PK\x01\x02")
+    data[local + 22 : local + 26] = (10).to_bytes(4, "little")
+    data[central + 24 : central + 28] = (10).to_bytes(4, "little")
+    archive = tmp_path / "app.zip"
+    archive.write_bytes(data)
+    rejected(archive, dest, "app.zip: member 'f' is truncated or corrupt")
+    assert (dest / "f").stat().st_size <= 10
+
+
+# Size limit.
+
+
+def test_total_over_limit_rejected_and_stops_writing(tmp_path: Path, dest: Path) -> None:
+    archive = make_tar(tmp_path / "app.tar.gz", *(reg(f"f{i}", b"x" * 1000) for i in range(3)))
+    message = rejected(archive, dest, "member 'f2' exceeds the unpacked size limit of 2500 bytes", max_bytes=2500)
+    assert "--max-archive-size" in message
+    assert sum(p.stat().st_size for p in dest.iterdir()) <= 2500
+
+
+def test_zip_bomb_stops_at_limit(tmp_path: Path, dest: Path) -> None:
+    archive = make_zip(tmp_path / "app.zip", zentry("bomb", bytes(8 * 1024 * 1024)))
+    assert archive.stat().st_size < 100_000
+    rejected(archive, dest, "member 'bomb' exceeds the unpacked size limit of 1 MiB; raise it with --max-archive-size", max_bytes=1024 * 1024)
+    assert (dest / "bomb").stat().st_size <= 1024 * 1024
+
+
+def test_limit_exactly_reached_is_fine(tmp_path: Path, dest: Path) -> None:
+    extract(make_tar(tmp_path / "app.tar.gz", reg("a", b"x" * 1000), reg("b", b"y" * 1000)), dest, max_bytes=2000)
+    assert (dest / "b").read_bytes() == b"y" * 1000
+
+
+def test_limit_in_message_reads_like_the_flag(tmp_path: Path, dest: Path) -> None:
+    assert DEFAULT_MAX_BYTES == 4 * 1024**3
+    archive = make_tar(tmp_path / "app.tar", reg("a", b"x" * 2000))
+    rejected(archive, dest, "exceeds the unpacked size limit of 1 KiB", max_bytes=1024)
+    rejected(archive, dest, "exceeds the unpacked size limit of 0 bytes", max_bytes=0)
+
+
+def test_memory_stays_flat_for_large_member(tmp_path: Path, dest: Path) -> None:
+    size = 48 * 1024 * 1024
+    with tarfile.open(tmp_path / "big.tar.gz", "w:gz", compresslevel=1) as tf:
+        info = tarfile.TarInfo("big")
+        info.size = size
+        tf.addfile(info, io.BytesIO(bytes(size)))
+    tracemalloc.start()
+    try:
+        extract(tmp_path / "big.tar.gz", dest)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (dest / "big").stat().st_size == size
+    assert peak < 8 * 1024 * 1024
+
+
+# Suffixes.
+
+
+@pytest.mark.parametrize("name", ["app.rar", "app.gz", "app.tar.zst", "app"])
+def test_unsupported_suffix_rejected(tmp_path: Path, dest: Path, name: str) -> None:
+    archive = tmp_path / name
+    archive.write_bytes(b"whatever")
+    message = rejected(archive, dest, f"{name}: unsupported archive type")
+    for suffix in (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip"):
+        assert suffix in message
