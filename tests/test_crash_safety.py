@@ -56,9 +56,9 @@ def test_kill_9_during_download_extraction_and_switch(tmp_path) -> None:
     killed_in = set()
     for minor in range(2, 14):
         tag = f"v1.{minor}.0"
-        release(tag)
         dewy = start(tmp_path)
         dewy.wait_for(("deployed", "up-to-date"), version=f"v1.{minor - 1}.0")
+        release(tag)
         dewy.wait_for("deploying", version=tag)
         time.sleep(random.uniform(0, span))  # fault injection: the kill lands somewhere in the deploy
         killed_in.add(next((e["event"] for e in reversed(dewy.seen) if e.get("version") == tag), None))
