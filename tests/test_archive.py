@@ -48,7 +48,8 @@ def dirent(name: str, mode: int = 0o755) -> tuple[tarfile.TarInfo, bytes | None]
 
 
 def make_tar(path: Path, *members: tuple[tarfile.TarInfo, bytes | None]) -> Path:
-    with tarfile.open(path, TAR_MODES.get(path.name.lower(), "w:gz"), format=tarfile.PAX_FORMAT) as tf:
+    mode = next(m for suffix, m in TAR_MODES.items() if path.name.lower().endswith(suffix.removeprefix("app")))
+    with tarfile.open(path, mode, format=tarfile.PAX_FORMAT) as tf:
         for info, data in members:
             tf.addfile(info, io.BytesIO(data) if data is not None else None)
     return path
