@@ -1,0 +1,477 @@
+"""Runs the app of ``dewy server`` as numbered generations (DESIGN section 6).
+
+Each generation is spawned with dewy's held sockets as fds 3, 4, ... and both the
+systemd (LISTEN_*) and Server::Starter (SERVER_STARTER_*) conventions. A graceful
+restart starts generation N+1 next to N, waits until it is ready, and only then stops
+N; both accept from the same sockets meanwhile, so no connection is refused. A
+generation that dies on its own is restarted with exponential backoff.
+
+This is a library: dewy's own signals (SIGUSR1 -> restart(), SIGTERM -> stop()) are
+wired up by the daemon.
+
+Health check design
+-------------------
+Old and new generations accept from the same listening socket, so a plain HTTP probe
+may be answered by the old generation and prove nothing about the new one. The probe
+therefore makes sure the *new* generation accepted its connection before it sends the
+request: after connecting it looks up the server side of the connection in
+/proc/net/tcp{,6} (inode stays 0 until some process accept()s it), and checks whether
+that socket inode is among the fds of the new generation's process tree
+(/proc/PID/fd). A connection taken by anyone else is closed unanswered (the old
+generation sees an empty connection) and the probe retries. Limits: Linux /proc only;
+dewy must be allowed to read the app's /proc/PID/fd (same user, or root); TCP sockets
+only; an app that hands accepted connections to processes outside its own process
+tree never passes; each probe reads the whole TCP table, which costs a few ms on a
+host with very many connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+from dewy import log
+from dewy.errors import AppStartError
+from dewy.sockets import FIRST_FD, HeldSockets
+
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 60.0
+STABLE_UPTIME = 60.0  # a generation that lived this long resets the crash backoff
+HEALTH_INTERVAL = 0.2
+PROBE_TIMEOUT = 5.0
+
+# posix_spawn cannot chdir, and LISTEN_PID must be the app's own pid: a shell knows its
+# pid ($$) and keeps it through exec. $1 is the working directory, the rest the command.
+_SHIM = 'cd -- "$1" || exit 126; shift; [ -z "${LISTEN_FDS-}" ] || { LISTEN_PID=$$; export LISTEN_PID; }; exec "$@"'
+# Inherited from whatever started dewy (e.g. its own socket activation); they must not
+# reach the app unless dewy sets them for this generation.
+_PROTOCOL_VARS = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "SERVER_STARTER_PORT", "SERVER_STARTER_GENERATION")
+_DEFAULT_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
+
+
+class _Generation:
+    """One spawned app process; its exit is seen through a pidfd, so no SIGCHLD handler is involved."""
+
+    def __init__(self, number: int, version: str, release_dir: Path, pid: int) -> None:
+        self.number = number
+        self.version = version
+        self.release_dir = release_dir
+        self.pid = pid
+        self.loop = asyncio.get_running_loop()
+        self.started = self.loop.time()
+        self.exited: asyncio.Future[int | None] = self.loop.create_future()  # the wait status
+        self.stopper: asyncio.Task[None] | None = None
+        self._pidfd = os.pidfd_open(pid)
+        self.loop.add_reader(self._pidfd, self._reap)
+
+    def _reap(self) -> None:
+        self.loop.remove_reader(self._pidfd)
+        # The exited leader is not reaped yet, so its pid (= process group id) cannot be reused:
+        # kill what is left of the generation's process group so no straggler keeps serving.
+        with contextlib.suppress(OSError):
+            os.killpg(self.pid, signal.SIGKILL)
+        try:
+            status: int | None = os.waitpid(self.pid, 0)[1]
+        except ChildProcessError:  # reaped by someone else's waitpid(-1)
+            status = None
+        os.close(self._pidfd)
+        self.exited.set_result(status)
+
+    def signal(self, sig: int, group: bool = False) -> None:
+        if not self.exited.done():  # not reaped, so the pid is still ours
+            (os.killpg if group else os.kill)(self.pid, sig)
+
+    @property
+    def uptime(self) -> float:
+        return self.loop.time() - self.started
+
+
+def describe(status: int | None) -> str:
+    """A wait status for operators: ``exited with status 3`` / ``was killed by SIGKILL``."""
+    if status is None:
+        return "exited (status unknown)"
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was killed by signal {-code}"
+
+
+class Supervisor:
+    """Starts, restarts, crash-restarts and stops app generations; one restart at a time."""
+
+    def __init__(self, command: list[str], sockets: HeldSockets | None, *, workdir: Path, settle: float = 1.0,
+                 health_url_path: str | None = None, health_timeout: float = 30, stop_timeout: float = 30,
+                 env: dict[str, str] | None = None) -> None:
+        if not command:
+            raise ValueError("the app command is empty")
+        self.command = list(command)
+        self.sockets = sockets if sockets is not None and len(sockets) else None
+        self.workdir = Path(workdir).resolve()
+        self.settle = settle
+        self.health_url_path = health_url_path if self.sockets else None
+        self.health_timeout = health_timeout
+        self.stop_timeout = stop_timeout
+        self.env = dict(env or {})
+        self.state = "stopped"  # stopped | running | backoff (crashed, restart pending) | stopping
+        self.crashes = 0  # unexpected exits, including crash restarts that failed to become ready
+        self._current: _Generation | None = None
+        self._release: tuple[Path, str] | None = None  # what should be running
+        self._live: set[_Generation] = set()
+        self._counter = 0
+        self._lock = asyncio.Lock()
+        self._recovery: asyncio.Task[None] | None = None
+        self._next_delay = BACKOFF_FIRST
+        self._stopping = False
+        self._changed = asyncio.Event()
+
+    # -- observing -------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        """Number of the generation serving now (SERVER_STARTER_GENERATION), 0 if none."""
+        return self._current.number if self._current else 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._current.pid if self._current else None
+
+    @property
+    def version(self) -> str | None:
+        """The version that runs, or is being crash-restarted."""
+        return self._release[1] if self._release else None
+
+    @property
+    def release_dir(self) -> Path | None:
+        return self._release[0] if self._release else None
+
+    @property
+    def changed(self) -> asyncio.Event:
+        """Set at the next change of state, generation or crash count (a fresh Event after each change)."""
+        return self._changed
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Wait for ``predicate()`` to hold, re-checking at each change; TimeoutError after ``timeout``."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, release_dir: Path, version: str) -> None:
+        """Start the first generation and wait until it is ready; AppStartError if it is not."""
+        async with self._lock:
+            if self._current or self._recovery:
+                raise RuntimeError("the app is already started")
+            self._stopping = False
+            await self._launch(Path(release_dir), version)
+
+    async def restart(self, release_dir: Path | None = None, version: str | None = None) -> None:
+        """Graceful restart into ``release_dir``/``version`` (default: the same again, as for SIGUSR1).
+
+        The old generation keeps serving until the new one is ready and is stopped only then.
+        If the new one fails, it is killed, the old one keeps serving, and AppStartError is raised.
+        """
+        async with self._lock:
+            if self._release is None:
+                raise RuntimeError("restart() before a successful start()")
+            old = self._current
+            await self._launch(Path(release_dir or self._release[0]), version or self._release[1])
+            if self._recovery:
+                self._recovery.cancel()
+                self._recovery = None
+            if old:
+                await self._terminate(old)
+
+    async def stop(self) -> None:
+        """SIGTERM every generation (serving or starting), SIGKILL after stop_timeout, wait for all to exit."""
+        self._stopping = True
+        self.state = "stopping"
+        self._notify()
+        if self._recovery:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
+            self._recovery = None
+        await asyncio.gather(*(self._terminate(gen) for gen in list(self._live)))
+        self._current = None
+        self.state = "stopped"
+        self._notify()
+
+    # -- generations -----------------------------------------------------------------------
+
+    async def _launch(self, release_dir: Path, version: str) -> None:
+        """Spawn a generation, wait until ready and make it current; kill it on failure."""
+        if self._stopping:
+            raise AppStartError(f"not starting app version {version}: the app is being stopped")
+        gen = self._spawn(release_dir, version)
+        try:
+            await self._wait_ready(gen)
+        except BaseException:
+            await self._terminate(gen)
+            raise
+        self._current = gen
+        self._release = (release_dir, version)
+        self.state = "running"
+        gen.exited.add_done_callback(lambda _: self._on_exit(gen))
+        log.info("app-ready", f"app generation {gen.number} is ready", generation=gen.number, version=version, pid=gen.pid)
+        self._notify()
+
+    def _spawn(self, release_dir: Path, version: str) -> _Generation:
+        self._counter += 1
+        number = self._counter
+        env = {k: v for k, v in os.environ.items() if k not in _PROTOCOL_VARS}
+        env.update(self.env)
+        env.update(DEWY_VERSION=version, DEWY_RELEASE_DIR=str(release_dir), SERVER_STARTER_GENERATION=str(number))
+        copies: list[int] = []
+        actions: list[tuple] = []
+        try:
+            if self.sockets:
+                count = len(self.sockets)
+                env.update(LISTEN_FDS=str(count), LISTEN_FDNAMES=":".join(self.sockets.fdnames),
+                           SERVER_STARTER_PORT=self.sockets.server_starter_port())
+                # Copies numbered above the targets, so no dup2 overwrites a source still to be mapped;
+                # dup2 leaves the targets without close-on-exec, the copies keep it.
+                copies = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FIRST_FD + count) for fd in self.sockets.fds]
+                targets = range(FIRST_FD, FIRST_FD + count)
+                actions = [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd not in targets]
+                actions += [(os.POSIX_SPAWN_DUP2, copy, target) for copy, target in zip(copies, targets)]
+            else:
+                actions = [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds()]
+            pid = os.posix_spawn("/bin/sh", ["sh", "-c", _SHIM, "dewy-app", str(self.workdir), *self.command], env,
+                                 file_actions=actions, setpgroup=0, setsigdef=_DEFAULT_SIGNALS, setsigmask=())
+        except OSError as exc:
+            raise AppStartError(f"cannot start app version {version}: {exc.strerror or exc}") from None
+        finally:
+            for fd in copies:
+                os.close(fd)
+        gen = _Generation(number, version, release_dir, pid)
+        self._live.add(gen)
+        log.info("app-starting", f"starting app generation {number}", generation=number, version=version, pid=pid,
+                 release_dir=str(release_dir))
+        return gen
+
+    async def _wait_ready(self, gen: _Generation) -> None:
+        """Ready = alive for ``settle`` seconds and, if configured, healthy (see the module docstring)."""
+        await asyncio.wait([gen.exited], timeout=self.settle)
+        if gen.exited.done():
+            raise self._start_error(gen)
+        if self.health_url_path:
+            await self._wait_healthy(gen)
+
+    def _start_error(self, gen: _Generation) -> AppStartError:
+        if self._stopping:
+            what = "was stopped"
+        else:
+            what = describe(gen.exited.result())
+        message = f"app version {gen.version} (generation {gen.number}, pid {gen.pid}) {what} before it became ready"
+        log.error("app-start-failed", message, generation=gen.number, version=gen.version, pid=gen.pid)
+        return AppStartError(message)
+
+    async def _wait_healthy(self, gen: _Generation) -> None:
+        assert self.sockets and self.health_url_path
+        host, port = _connectable(*self.sockets.addresses[0])
+        url = f"http://{host if ':' not in host else f'[{host}]'}:{port}{self.health_url_path}"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.health_timeout
+        last = "no answer"
+        while True:
+            if gen.exited.done():
+                raise self._start_error(gen)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                message = (f"app version {gen.version} (generation {gen.number}) failed its health check "
+                           f"for {self.health_timeout:g}s: GET {url}: {last}")
+                log.error("app-start-failed", message, generation=gen.number, version=gen.version, pid=gen.pid)
+                raise AppStartError(message)
+            pause = HEALTH_INTERVAL
+            try:
+                async with asyncio.timeout(min(remaining, PROBE_TIMEOUT)):
+                    status = await _probe(host, port, self.health_url_path, gen.pid)
+            except TimeoutError:
+                last = "no answer in time"
+            except (OSError, ValueError) as exc:
+                last = str(exc) or type(exc).__name__
+            else:
+                if status is None:
+                    last, pause = "only other generations accepted the connection", 0.02
+                elif 200 <= status < 400:
+                    log.info("app-healthy", f"app generation {gen.number} answered {status}", generation=gen.number,
+                             version=gen.version, url=url)
+                    return
+                else:
+                    last = f"answered {status}"
+            await asyncio.wait([gen.exited], timeout=min(pause, max(deadline - loop.time(), 0)))
+
+    async def _terminate(self, gen: _Generation) -> None:
+        """Stop one generation once, however many callers ask for it."""
+        if gen.stopper is None:
+            gen.stopper = asyncio.create_task(self._stop_generation(gen))
+        await asyncio.shield(gen.stopper)
+
+    async def _stop_generation(self, gen: _Generation) -> None:
+        if not gen.exited.done():
+            log.info("app-stopping", f"stopping app generation {gen.number}", generation=gen.number, pid=gen.pid)
+            gen.signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(gen.exited), self.stop_timeout)
+            except TimeoutError:
+                log.warning("app-killed", f"app generation {gen.number} did not stop within {self.stop_timeout:g}s, "
+                            "sending SIGKILL", generation=gen.number, pid=gen.pid)
+                gen.signal(signal.SIGKILL, group=True)
+                await gen.exited
+        self._live.discard(gen)
+        status = describe(gen.exited.result())
+        log.info("app-stopped", f"app generation {gen.number} {status}", generation=gen.number, version=gen.version,
+                 pid=gen.pid, status=status)
+
+    # -- crashes ---------------------------------------------------------------------------
+
+    def _on_exit(self, gen: _Generation) -> None:
+        """The serving generation exited: unexpected unless we stopped it or replaced it."""
+        self._live.discard(gen)
+        if gen is not self._current or self._stopping or gen.stopper is not None:
+            return
+        self._current = None
+        self.crashes += 1
+        if gen.uptime >= STABLE_UPTIME:
+            self._next_delay = BACKOFF_FIRST
+        log.warning("app-exited", f"app generation {gen.number} {describe(gen.exited.result())}",
+                    generation=gen.number, version=gen.version, pid=gen.pid, uptime=round(gen.uptime, 3))
+        self.state = "backoff"
+        self._recovery = asyncio.create_task(self._recover())
+        self._notify()
+
+    async def _recover(self) -> None:
+        """Restart the crashed release with backoff until it is ready (or a restart()/stop() takes over)."""
+        while True:
+            delay = self._next_delay
+            self._next_delay = min(delay * 2, BACKOFF_MAX)
+            log.warning("app-restart-scheduled", f"restarting the app in {delay:g}s", delay=delay, version=self.version)
+            await asyncio.sleep(delay)
+            async with self._lock:
+                if self._current is not None or self._release is None:
+                    return
+                try:
+                    await self._launch(*self._release)
+                except AppStartError:
+                    self.crashes += 1
+                    self._notify()
+                    continue
+                self._recovery = None
+                return
+
+
+def _inheritable_fds() -> list[int]:
+    """fds a library opened without close-on-exec: closed in the app so only 0-2 and the sockets reach it."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):  # e.g. the fd listdir itself used
+                if os.get_inheritable(fd):
+                    found.append(fd)
+    return found
+
+
+def _connectable(host: str, port: int) -> tuple[str, int]:
+    """Where dewy itself reaches a held socket: loopback for a wildcard address."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port
+
+
+async def _probe(host: str, port: int, path: str, pid: int) -> int | None:
+    """GET ``path`` and return the status, or None when a process outside ``pid``'s tree accepted us."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        if not await _accepted_by(pid, writer.get_extra_info("peername"), writer.get_extra_info("sockname")):
+            return None
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: dewy-health-check\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        line = await reader.readline()
+        parts = line.split()
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+            raise ValueError(f"not an HTTP answer: {line[:80]!r}")
+        return int(parts[1])
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def _accepted_by(pid: int, server: tuple, client: tuple) -> bool:
+    """Wait until our connection is accepted, then tell whether ``pid`` or a descendant holds it."""
+    while (inode := _server_inode(server, client)) is None:
+        await asyncio.sleep(0.01)
+    link = f"socket:[{inode}]"
+    for _ in range(5):  # accept() creates the socket's inode just before it installs the fd
+        if any(link in _fd_links(p) for p in _process_tree(pid)):
+            return True
+        await asyncio.sleep(0.002)
+    return False
+
+
+def _server_inode(server: tuple, client: tuple) -> int | None:
+    """The inode of the accepted (server) side of a TCP connection, None while nobody accepted it."""
+    local, remote = _proc_net_address(server), _proc_net_address(client)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if fields[1] == local and fields[2] == remote:
+                    return int(fields[9]) or None
+    return None
+
+
+def _proc_net_address(address: tuple) -> str:
+    """An address as /proc/net/tcp prints it: 32-bit words in host byte order, in hex, then the port."""
+    host, port = address[:2]
+    if ":" in host:
+        words = struct.unpack("=4I", socket.inet_pton(socket.AF_INET6, host))
+        return "".join(f"{w:08X}" for w in words) + f":{port:04X}"
+    return f"{struct.unpack('=I', socket.inet_aton(host))[0]:08X}:{port:04X}"
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (an app may accept in worker processes)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, ()))
+    return tree
+
+
+def _fd_links(pid: int) -> set[str]:
+    links = set()
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return links
+    for name in names:
+        with contextlib.suppress(OSError):
+            links.add(os.readlink(f"/proc/{pid}/fd/{name}"))
+    return links
