@@ -81,7 +81,8 @@ class _StrictTarInfo(tarfile.TarInfo):
         except tarfile.HeaderError as e:
             if buf == bytes(tarfile.BLOCKSIZE):
                 raise  # the real end-of-archive marker
-            raise tarfile.ReadError("unexpected end of data" if len(buf) < tarfile.BLOCKSIZE else f"invalid header: {e}") from None
+            problem = "unexpected end of data" if len(buf) < tarfile.BLOCKSIZE else f"invalid header: {e}"
+            raise tarfile.ReadError(problem) from None
         if info.type in _TAR_META_TYPES and info.size > _MAX_TAR_META:
             raise tarfile.ReadError(f"{info.size}-byte extended header")
         return info
@@ -109,7 +110,8 @@ class _Extractor:
         try:
             yield
         except _DECODE_ERRORS as e:
-            raise self.error(name, f"is truncated or corrupt: {e or type(e).__name__}") from e
+            detail = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the library said
+            raise self.error(name, f"is truncated or corrupt: {detail}") from e
 
     @contextmanager
     def writing(self, name: str) -> Iterator[None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import stat
@@ -29,9 +30,9 @@ def reg(name: str, data: bytes = b"", mode: int = 0o644, **attrs: object) -> tup
     return info, data
 
 
-def entry(name: str, type: bytes, linkname: str = "", mode: int = 0o755) -> tuple[tarfile.TarInfo, bytes | None]:
+def entry(name: str, kind: bytes, linkname: str = "", mode: int = 0o755) -> tuple[tarfile.TarInfo, bytes | None]:
     info = tarfile.TarInfo(name)
-    info.type, info.linkname, info.mode = type, linkname, mode
+    info.type, info.linkname, info.mode = kind, linkname, mode
     return info, None
 
 
@@ -251,11 +252,11 @@ def test_hardlink_to_member_not_yet_extracted_rejected(tmp_path: Path, dest: Pat
 
 
 @pytest.mark.parametrize(
-    ("type", "what"),
+    ("kind", "what"),
     [(tarfile.CHRTYPE, "a character device"), (tarfile.BLKTYPE, "a block device"), (tarfile.FIFOTYPE, "a fifo")],
 )
-def test_special_files_rejected(tmp_path: Path, dest: Path, type: bytes, what: str) -> None:
-    archive = make_tar(tmp_path / "app.tar.gz", entry("dev", type))
+def test_special_files_rejected(tmp_path: Path, dest: Path, kind: bytes, what: str) -> None:
+    archive = make_tar(tmp_path / "app.tar.gz", entry("dev", kind))
     rejected(archive, dest, f"member 'dev' is {what}")
     assert not (dest / "dev").exists()
 
@@ -384,6 +385,25 @@ def test_limit_in_message_reads_like_the_flag(tmp_path: Path, dest: Path) -> Non
     archive = make_tar(tmp_path / "app.tar", reg("a", b"x" * 2000))
     rejected(archive, dest, "exceeds the unpacked size limit of 1 KiB", max_bytes=1024)
     rejected(archive, dest, "exceeds the unpacked size limit of 0 bytes", max_bytes=0)
+
+
+def test_data_after_end_of_tar_counts_against_limit(tmp_path: Path, dest: Path) -> None:
+    """The trailer is read to verify the gzip CRC; a bomb hidden there must not run for hours."""
+    tar = make_tar(tmp_path / "inner.tar", reg("a", b"a")).read_bytes()
+    archive = tmp_path / "app.tar.gz"
+    archive.write_bytes(gzip.compress(tar + bytes(4 * 1024 * 1024), compresslevel=1))
+    rejected(archive, dest, "app.tar.gz exceeds the unpacked size limit of 1 MiB", max_bytes=1024 * 1024)
+
+
+def test_oversized_tar_extended_header_rejected(tmp_path: Path, dest: Path) -> None:
+    """tarfile reads pax headers into memory whole, so their size is capped."""
+    info, data = reg("a", b"a")
+    info.pax_headers = {"comment": "x" * (2 * 1024 * 1024)}
+    rejected(make_tar(tmp_path / "app.tar", (info, data)), dest, "app.tar is truncated or corrupt:", "extended header")
+
+
+def test_write_failure_reported_as_archive_error(tmp_path: Path, dest: Path) -> None:
+    rejected(make_tar(tmp_path / "app.tar", reg("n" * 300, b"x")), dest, "cannot be extracted: File name too long")
 
 
 def test_memory_stays_flat_for_large_member(tmp_path: Path, dest: Path) -> None:
