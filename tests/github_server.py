@@ -122,7 +122,7 @@ class GitHubServer:
         self._httpd.github = self  # type: ignore[attr-defined]
         self.root = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         self.url = self.root + self.prefix  # what GITHUB_API_URL points at
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="github-server", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="github-server", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
