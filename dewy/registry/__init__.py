@@ -112,7 +112,7 @@ def checksum_file(names: list[str], artifact: str) -> str | None:
 
 def missing_artifact(where: str, tag: str, wanted: str | None, names: list[str], created_at: datetime | None) -> RegistryError:
     """The error for a release without a usable artifact: quiet while CI may still be uploading."""
-    what = f"artifact {wanted!r}" if wanted else "an archive for {}/{}".format(*(w[0] for w in host_words()))
+    what = f"artifact {wanted!r}" if wanted else "archive for {}/{}".format(*(w[0] for w in host_words()))
     age = datetime.now(timezone.utc) - created_at if created_at else None
     if age is not None and age < UPLOAD_GRACE:
         return ArtifactNotReady(f"{where}: release {tag} has no {what} yet (published {int(age.total_seconds())}s ago; waiting for the upload)")
