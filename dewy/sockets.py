@@ -67,6 +67,8 @@ def _parse_item(spec: str, item: str) -> list[tuple[str, int]]:
 
 
 def _port(text: str, bad: Callable[[str], ValueError]) -> int:
+    if not text:
+        raise bad("a port number is missing")
     if not text.isdigit() or not text.isascii():
         raise bad(f"{text!r} is not a port number")
     port = int(text)

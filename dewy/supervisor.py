@@ -146,6 +146,11 @@ class Supervisor:
         return self._current.pid if self._current else None
 
     @property
+    def live_pids(self) -> list[int]:
+        """Every generation not yet reaped: the serving one, one starting, old ones still draining."""
+        return sorted(gen.pid for gen in self._live)
+
+    @property
     def version(self) -> str | None:
         """The version that runs, or is being crash-restarted."""
         return self._release[1] if self._release else None
@@ -156,7 +161,7 @@ class Supervisor:
 
     @property
     def changed(self) -> asyncio.Event:
-        """Set at the next change of state, generation or crash count (a fresh Event after each change)."""
+        """Set at the next change (state, generation, crash count, live pids); a fresh Event after each change."""
         return self._changed
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:
@@ -262,6 +267,7 @@ class Supervisor:
         self._live.add(gen)
         log.info("app-starting", f"starting app generation {number}", generation=number, version=version, pid=pid,
                  release_dir=str(release_dir))
+        self._notify()
         return gen
 
     async def _wait_ready(self, gen: _Generation) -> None:
@@ -302,7 +308,8 @@ class Supervisor:
                 async with asyncio.timeout(min(remaining, PROBE_TIMEOUT)):
                     status = await _probe(host, port, self.health_url_path, gen.pid)
             except TimeoutError:
-                last = "no answer in time"
+                if remaining > PROBE_TIMEOUT:  # not merely cut short by the deadline
+                    last = f"no answer within {PROBE_TIMEOUT:g}s"
             except (OSError, ValueError) as exc:
                 last = str(exc) or type(exc).__name__
             else:
@@ -337,6 +344,7 @@ class Supervisor:
         status = describe(gen.exited.result())
         log.info("app-stopped", f"app generation {gen.number} {status}", generation=gen.number, version=gen.version,
                  pid=gen.pid, status=status)
+        self._notify()
 
     # -- crashes ---------------------------------------------------------------------------
 

@@ -100,8 +100,12 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-def serve(sock: socket.socket, sockets: dict[int, socket.socket]) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(sock.getsockname()[:2], Handler, bind_and_activate=False)
+class Server(ThreadingHTTPServer):
+    daemon_threads = False  # server_close() then waits for in-flight requests
+
+
+def serve(sock: socket.socket, sockets: dict[int, socket.socket]) -> Server:
+    server = Server(sock.getsockname()[:2], Handler, bind_and_activate=False)
     server.socket.close()
     # Non-blocking: another generation may take a connection between poll() and accept().
     sock.setblocking(False)

@@ -1,0 +1,361 @@
+"""Supervisor and held sockets with real processes and real sockets (tests/apps/httpapp.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dewy import log
+from dewy.errors import AppStartError, UsageError
+from dewy.sockets import HeldSockets, parse_ports
+from dewy.supervisor import Supervisor
+from tests.harness import APP, ClientLoop, get
+
+TEST_TIMEOUT = 25
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), TEST_TIMEOUT))
+
+
+def release(tmp_path: Path, version: str, **knobs: str) -> Path:
+    """A release directory: VERSION plus knob files (CRASH, UNHEALTHY, START_DELAY, IGNORE_TERM)."""
+    directory = tmp_path / "releases" / version
+    directory.mkdir(parents=True)
+    (directory / "VERSION").write_text(version)
+    for name, content in knobs.items():
+        (directory / name).write_text(content)
+    return directory
+
+
+def supervisor(tmp_path: Path, sockets: HeldSockets | None, *args: str, **options: Any) -> Supervisor:
+    settings: dict[str, Any] = {"settle": 0.3, "health_url_path": "/health" if sockets else None,
+                                "health_timeout": 5, "stop_timeout": 5}
+    settings.update(options)
+    return Supervisor([sys.executable, str(APP), *args], sockets, workdir=tmp_path, **settings)
+
+
+async def fetch(port: int, path: str = "/") -> tuple[int, str]:
+    return await asyncio.to_thread(get, port, path)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5) -> None:
+    """For state outside the supervisor (files, a client thread) that has no event to await."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def gone(pid: int) -> bool:
+    """Neither the process nor anything left in its process group exists."""
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture
+def events() -> Iterator[list[dict[str, Any]]]:
+    """dewy log records as dicts (event name, message and fields)."""
+    records: list[dict[str, Any]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append({"msg": record.getMessage(), **log.fields_of(record)})
+
+    handler, level = Collect(), log.logger.level
+    log.logger.addHandler(handler)
+    log.logger.setLevel(logging.DEBUG)
+    yield records
+    log.logger.removeHandler(handler)
+    log.logger.setLevel(level)
+
+
+# -- ports and sockets ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("specs, expected", [
+    (["8000"], [("", 8000)]),
+    (["8000,8001"], [("", 8000), ("", 8001)]),
+    (["8000-8002"], [("", 8000), ("", 8001), ("", 8002)]),
+    (["127.0.0.1:8000"], [("127.0.0.1", 8000)]),
+    (["[::1]:8000"], [("::1", 8000)]),
+    ([":8000"], [("", 8000)]),
+    (["9000", "127.0.0.1:8000-8001, 7000"], [("", 9000), ("127.0.0.1", 8000), ("127.0.0.1", 8001), ("", 7000)]),
+    (["8000", "127.0.0.1:8000"], [("", 8000), ("127.0.0.1", 8000)]),
+])
+def test_parse_ports(specs: list[str], expected: list[tuple[str, int]]) -> None:
+    assert parse_ports(specs) == expected
+
+
+@pytest.mark.parametrize("specs, reason", [
+    (["http"], "'http' is not a port number"),
+    (["0"], "port 0 is outside 1-65535"),
+    (["65536"], "port 65536 is outside 1-65535"),
+    (["8005-8000"], "range 8005-8000 is reversed"),
+    (["8000,8000"], "port 8000 is given twice"),
+    (["8000-8002", "8002"], "port 8002 is given twice"),
+    (["8000,"], "empty entry"),
+    (["127.0.0.1:"], "a port number is missing"),
+    (["::1:8000"], "IPv6 addresses need brackets"),
+    (["[127.0.0.1]:80"], "is not an IPv6 address"),
+    (["bad_host:80"], "is not a host name"),
+])
+def test_parse_ports_rejects(specs: list[str], reason: str) -> None:
+    with pytest.raises(ValueError, match=r"^bad port spec .*" + reason.replace("[", r"\[")) as caught:
+        parse_ports(specs)
+    assert "\n" not in str(caught.value)
+
+
+def test_held_sockets_names_binding_errors_and_adoption() -> None:
+    with HeldSockets([("127.0.0.1", 0), ("", 0)]) as held:
+        (_, first), (_, second) = held.addresses
+        assert held.names == [f"127.0.0.1:{first}", str(second)]
+        assert held.fdnames == [f"127.0.0.1_{first}", str(second)]
+        assert held.server_starter_port() == f"127.0.0.1:{first}=3;{second}=4"
+        assert not any(os.get_inheritable(fd) for fd in held.fds)
+
+        with pytest.raises(UsageError, match=rf"^cannot listen on 127.0.0.1:{first}: Address already in use$"):
+            HeldSockets([("127.0.0.1", 0), ("127.0.0.1", first)])
+
+        copies = [os.dup(fd) for fd in held.fds]
+        for fd in copies:
+            os.set_inheritable(fd, True)  # as systemd hands them over
+        with HeldSockets.from_fds(copies) as adopted:
+            assert adopted.names == held.names and adopted.fds == copies
+            assert not any(os.get_inheritable(fd) for fd in copies)
+
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(UsageError, match=f"cannot adopt fd {read_end}"):
+            HeldSockets.from_fds([read_end])
+        os.fstat(read_end)  # still open: adoption failures close nothing
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+# -- the app's view ---------------------------------------------------------------------------
+
+def test_app_gets_sockets_as_fd3_and_the_env_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    leaked = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(leaked, True)  # as a careless library would leave it
+    monkeypatch.setenv("SERVER_STARTER_PORT", "stale")
+    held = HeldSockets([("127.0.0.1", 0), ("127.0.0.1", 0)])
+    ports = [port for _, port in held.addresses]
+    rel = release(tmp_path, "v1.0.0")
+    sup = supervisor(tmp_path, held, env={"EXTRA": "yes"})
+
+    async def test() -> None:
+        await sup.start(rel, "v1.0.0")
+        try:
+            for port in ports:
+                status, body = await fetch(port, "/env")
+                assert status == 200
+                seen = json.loads(body)
+                assert seen["pid"] == sup.pid
+                assert seen["fds"] == [0, 1, 2, 3, 4]
+                assert seen["sockets"] == {"3": ["127.0.0.1", ports[0]], "4": ["127.0.0.1", ports[1]]}
+                assert seen["cwd"] == str(tmp_path.resolve())
+                env = seen["env"]
+                assert env["LISTEN_FDS"] == "2"
+                assert env["LISTEN_PID"] == str(sup.pid)
+                assert env["LISTEN_FDNAMES"] == f"127.0.0.1_{ports[0]}:127.0.0.1_{ports[1]}"
+                assert env["SERVER_STARTER_PORT"] == f"127.0.0.1:{ports[0]}=3;127.0.0.1:{ports[1]}=4"
+                assert env["SERVER_STARTER_GENERATION"] == "1"
+                assert env["DEWY_VERSION"] == "v1.0.0"
+                assert env["DEWY_RELEASE_DIR"] == str(rel)
+                assert env["EXTRA"] == "yes"
+            assert sup.generation == 1 and sup.state == "running" and sup.version == "v1.0.0"
+        finally:
+            await sup.stop()
+
+    try:
+        run(test)
+    finally:
+        os.close(leaked)
+        held.close()
+
+
+# -- restarts -----------------------------------------------------------------------------------
+
+def test_graceful_restart_loses_no_request(tmp_path: Path, events: list[dict[str, Any]]) -> None:
+    held = HeldSockets([("127.0.0.1", 0)])
+    port = held.addresses[0][1]
+    v1 = release(tmp_path, "v1")
+    v2 = release(tmp_path, "v2", START_DELAY="0.7")  # the old generation must keep answering meanwhile
+    sup = supervisor(tmp_path, held)
+
+    async def test() -> None:
+        await sup.start(v1, "v1")
+        old_pid = sup.pid
+        try:
+            with ClientLoop(port, max_requests=20_000, max_seconds=20) as client:
+                await eventually(lambda: client.ok >= 20)
+                in_flight = asyncio.create_task(fetch(port, "/sleep?s=1.5"))
+                began = time.monotonic()
+                await sup.restart(v2, "v2")
+                took = time.monotonic() - began
+                served_before, changes_before = client.ok, len(client.bodies)
+                await eventually(lambda: client.ok >= served_before + 50)
+            assert await in_flight == (200, "slept")  # the old generation finished it before exiting
+            assert client.failures == []
+            # Both generations answer while they overlap; once restart() returned, only v2 does.
+            assert client.bodies[0] == "v1" and client.bodies[-1] == "v2"
+            assert set(client.bodies) == {"v1", "v2"} and set(client.bodies[changes_before:]) <= {"v2"}
+            # Ready only once v2 itself answered: the old generation's answers do not count.
+            assert took >= 0.7
+            assert gone(old_pid)
+            assert sup.generation == 2 and sup.version == "v2" and sup.release_dir == v2
+            assert sup.live_pids == [sup.pid]
+            env = json.loads((await fetch(port, "/env"))[1])["env"]
+            assert (env["SERVER_STARTER_GENERATION"], env["DEWY_VERSION"]) == ("2", "v2")
+        finally:
+            await sup.stop()
+
+    try:
+        run(test)
+    finally:
+        held.close()
+    assert [e["generation"] for e in events if e.get("event") == "app-healthy"] == [1, 2]
+
+
+@pytest.mark.parametrize("knob, message", [
+    ("CRASH", r"app version v2 \(generation 2, pid \d+\) exited with status 3 before it became ready"),
+    ("UNHEALTHY", r"app version v2 \(generation 2\) failed its health check for 1.5s: GET http://127\.0\.0\.1:\d+/health: "),
+])
+def test_failed_new_generation_keeps_the_old_one_serving(tmp_path: Path, knob: str, message: str) -> None:
+    held = HeldSockets([("127.0.0.1", 0)])
+    port = held.addresses[0][1]
+    v1, v2 = release(tmp_path, "v1"), release(tmp_path, "v2", **{knob: ""})
+    sup = supervisor(tmp_path, held, health_timeout=1.5)
+
+    async def test() -> None:
+        await sup.start(v1, "v1")
+        pid = sup.pid
+        try:
+            with ClientLoop(port, max_requests=20_000, max_seconds=20) as client:
+                with pytest.raises(AppStartError, match=message):
+                    await sup.restart(v2, "v2")
+            # v2 took real requests while it was being checked (it accepts from the shared socket),
+            # and finished them when stopped: no client saw an error.
+            assert client.failures == [] and client.ok > 0 and client.bodies[-1] == "v1"
+            assert (sup.pid, sup.generation, sup.version, sup.state) == (pid, 1, "v1", "running")
+            assert sup.live_pids == [pid]  # the failed generation is gone
+            assert await fetch(port) == (200, "v1")
+            await sup.restart()  # SIGUSR1-style: the same release again
+            assert sup.generation == 3 and sup.version == "v1" and await fetch(port) == (200, "v1")
+        finally:
+            await sup.stop()
+
+    try:
+        run(test)
+    finally:
+        held.close()
+
+
+def test_first_start_failure_is_an_app_start_error(tmp_path: Path) -> None:
+    sup = supervisor(tmp_path, None)
+
+    async def test() -> None:
+        with pytest.raises(AppStartError, match=r"app version v1 .* exited with status 3 before it became ready"):
+            await sup.start(release(tmp_path, "v1", CRASH=""), "v1")
+        assert (sup.state, sup.pid, sup.live_pids) == ("stopped", None, [])
+
+    run(test)
+
+
+def test_crashed_app_is_restarted_with_backoff(tmp_path: Path, events: list[dict[str, Any]]) -> None:
+    held = HeldSockets([("127.0.0.1", 0)])
+    port = held.addresses[0][1]
+    v1 = release(tmp_path, "v1")
+    sup = supervisor(tmp_path, held)
+
+    async def test() -> None:
+        await sup.start(v1, "v1")
+        try:
+            (v1 / "CRASH").write_text("")  # the first restart attempt will fail too
+            os.kill(sup.pid, signal.SIGKILL)
+            await sup.wait_until(lambda: sup.state == "backoff", 5)
+            assert (sup.pid, sup.crashes) == (None, 1)
+            await sup.wait_until(lambda: sup.crashes == 2, 5)
+            (v1 / "CRASH").unlink()
+            await sup.wait_until(lambda: sup.state == "running", 10)
+            assert sup.generation == 3 and await fetch(port) == (200, "v1")
+        finally:
+            await sup.stop()
+
+    try:
+        run(test)
+    finally:
+        held.close()
+    assert [e["delay"] for e in events if e.get("event") == "app-restart-scheduled"] == [1.0, 2.0]
+    exited = [e for e in events if e.get("event") == "app-exited"]
+    assert len(exited) == 1 and "was killed by SIGKILL" in exited[0]["msg"]
+
+
+# -- stopping -----------------------------------------------------------------------------------
+
+def test_stop_kills_what_ignores_sigterm_and_a_starting_generation(tmp_path: Path, events: list[dict[str, Any]]) -> None:
+    held = HeldSockets([("127.0.0.1", 0)])
+    stubborn = release(tmp_path, "v1", IGNORE_TERM="")
+    slow = release(tmp_path, "v2", START_DELAY="30")
+    sup = supervisor(tmp_path, held, stop_timeout=0.5)
+
+    async def test() -> None:
+        await sup.start(stubborn, "v1")
+        restarting = asyncio.create_task(sup.restart(slow, "v2"))
+        await sup.wait_until(lambda: len(sup.live_pids) == 2, 5)
+        pids = sup.live_pids
+        await sup.stop()
+        with pytest.raises(AppStartError, match="was stopped before it became ready"):
+            await restarting
+        assert all(gone(pid) for pid in pids)
+        assert (sup.state, sup.pid, sup.live_pids) == ("stopped", None, [])
+
+    try:
+        run(test)
+    finally:
+        held.close()
+    assert [e["generation"] for e in events if e.get("event") == "app-killed"] == [1]
+
+
+def test_plain_worker_without_sockets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LISTEN_FDS", "7")  # as if dewy itself had been socket-activated
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+    report = tmp_path / "report.json"
+    sup = supervisor(tmp_path, None, "--report", str(report))
+    rel = release(tmp_path, "w1")
+
+    def reported() -> dict[str, Any]:
+        return json.loads(report.read_text()) if report.exists() else {}
+
+    async def test() -> None:
+        await sup.start(rel, "w1")
+        try:
+            await eventually(lambda: reported().get("pid") == sup.pid)
+            seen = reported()
+            assert seen["fds"] == [0, 1, 2] and seen["sockets"] == {}
+            assert not {"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "SERVER_STARTER_PORT"} & set(seen["env"])
+            assert seen["env"]["DEWY_VERSION"] == "w1" and seen["version"] == "w1"
+            first = sup.pid
+            await sup.restart()
+            await eventually(lambda: reported().get("pid") == sup.pid)
+            assert sup.pid != first and gone(first)
+        finally:
+            last = sup.pid
+            await sup.stop()
+        assert last is not None and gone(last)
+
+    run(test)
