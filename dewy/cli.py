@@ -104,13 +104,14 @@ def build_parser() -> Parser:
     server.add_argument("--stop-timeout", type=_duration, default=30.0, metavar="SECONDS", help="SIGKILL an old generation this long after SIGTERM (default 30)")
     assets = commands.add_parser("assets", help="deploy static files")
     _common(assets)
-    container = commands.add_parser("container", help="deploy an OCI image (not built yet)", add_help=False)
-    container.add_argument("options", nargs=argparse.REMAINDER)
+    commands.add_parser("container", help="deploy an OCI image (not built yet)")
     return parser
 
 
 def parse(argv: list[str]) -> Settings:
     """Flags to Settings, or UsageError naming the first problem."""
+    if argv[:1] == ["container"]:
+        raise UsageError("dewy container is not built yet in this version; use dewy server or dewy assets")
     app_command: list[str] = []
     if "--" in argv:
         at = argv.index("--")
@@ -118,8 +119,6 @@ def parse(argv: list[str]) -> Settings:
     args = build_parser().parse_args(argv)
     if args.command is None:
         raise UsageError("missing command: use dewy server, dewy assets or dewy container (see dewy --help)")
-    if args.command == "container":
-        raise UsageError("dewy container is not built yet in this version; use dewy server or dewy assets")
     notifiers = args.notifier + args.notify
     settings = Settings(
         command=args.command, registry=args.registry, interval=args.interval, cache=args.cache,
