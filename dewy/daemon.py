@@ -94,7 +94,6 @@ class Daemon:
         log.info("started", f"dewy {self.settings.command} watching {Url.parse(self.settings.registry)}",
                  dir=str(self.settings.dir))
         try:
-            await self._resume_current()
             while not self.stopping.is_set():
                 delay = await self.cycle()
                 try:
@@ -119,13 +118,16 @@ class Daemon:
     async def _graceful_restart(self) -> None:
         try:
             await self.supervisor.restart()
+            log.info("restarted", f"app restarted gracefully, generation {self.supervisor.generation}",
+                     version=self.supervisor.version, pid=self.supervisor.pid)
         except DewyError as exc:
             log.error("restart-failed", f"restart failed, the running generation keeps serving: {exc}")
 
     async def _resume_current(self) -> None:
-        """Start the app from ``current`` before the first poll: a host serves even if the registry is down."""
+        """Start the app from ``current`` if it is not running: before the first poll (a host serves even
+        if the registry is down), and on later ticks if that start failed."""
         current = self.releases.current_dir()
-        if self.supervisor is None or current is None:
+        if self.supervisor is None or current is None or self.supervisor.version is not None:
             return
         tag = self.state.tag_of_release(current.name) or current.name
         try:
@@ -148,6 +150,7 @@ class Daemon:
         return self.backoff.next_delay(retry_after)
 
     async def tick(self) -> None:
+        await self._resume_current()
         release = await self.registry.current()
         deployed = self.state.current
         if deployed and deployed.key == release.cache_key and self.releases.current_dir():
@@ -194,7 +197,7 @@ class Daemon:
     async def _start_generation(self, release: Release, release_dir: Path, old_dir: Path | None) -> None:
         """Restart onto the new release; if it does not come up, roll back and quarantine the version."""
         try:
-            if self.supervisor.running:
+            if self.supervisor.version is not None:
                 await self.supervisor.restart(release_dir, release.tag)
             else:
                 await self.supervisor.start(release_dir, release.tag)

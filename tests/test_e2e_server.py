@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import sys
@@ -118,14 +119,14 @@ def test_sigusr1_restarts_gracefully_and_sighup_is_ignored(tmp_path, port) -> No
     dewy = start(tmp_path, port)
     try:
         dewy.wait_for("deployed", version="v1.0.0")
-        before = get(port, "/pid")[1]
+        before = json.loads(get(port, "/env")[1])["pid"]
         with ClientLoop(port) as client:
             dewy.process.send_signal(signal.SIGHUP)
             dewy.wait_for("signal")
             dewy.process.send_signal(signal.SIGUSR1)
             dewy.wait_for("restarted")
         assert client.failures == []
-        assert get(port, "/pid")[1] != before
+        assert json.loads(get(port, "/env")[1])["pid"] != before
         assert dewy.process.poll() is None
         assert dewy.stop(signal.SIGQUIT) == 0
     finally:
