@@ -183,8 +183,6 @@ class Daemon:
             await self._start_generation(release, release_dir, old_dir)
         self.state.record(Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat()))
         self.state.save()
-        log.info("deployed", f"deployed {release.tag}", version=release.tag,
-                 previous_version=previous and previous.tag, release_dir=str(release_dir))
         if self.settings.after_deploy_hook:
             try:
                 await run_hook("after", self.settings.after_deploy_hook, cwd=self.settings.dir, env=env,
@@ -193,6 +191,8 @@ class Daemon:
                 log.error("after-hook-failed", str(exc), version=release.tag)
         await self._report(release)
         self._prune()
+        log.info("deployed", f"deployed {release.tag}", version=release.tag,
+                 previous_version=previous and previous.tag, release_dir=str(release_dir))
 
     async def _start_generation(self, release: Release, release_dir: Path, old_dir: Path | None) -> None:
         """Restart onto the new release; if it does not come up, roll back and quarantine the version."""

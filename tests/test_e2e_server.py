@@ -49,8 +49,8 @@ def test_three_releases_under_load_zero_failed_requests(tmp_path, port) -> None:
                 assert tag in get(port)[1]
         assert client.failures == []
         assert client.ok > 50
-        assert [next(t for t in ("v1.0.0", "v1.1.0", "v1.2.0", "v1.3.0") if t in b) for b in client.bodies] == [
-            "v1.0.0", "v1.1.0", "v1.2.0", "v1.3.0"]
+        # both generations answer while the new one proves ready; versions still appear in release order
+        assert list(dict.fromkeys(client.bodies)) == ["v1.0.0", "v1.1.0", "v1.2.0", "v1.3.0"]
         records = sorted(p.name for p in registry.glob("*/shipped_to_*_server_at_*.txt"))
         assert len(records) == 4
         assert dewy.stop() == 0
