@@ -65,7 +65,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="upgrades measured (default 5)")
     args = parser.parse_args()
 
-    rows, dewy_times, anchor_times = [], [], []
+    rows, dewy_times, anchor_times, breakdown, anchor_parts = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="dewy-bench-") as tmp, c.GitHubServer(token=c.TOKEN) as github:
         work = Path(tmp)
         name = c.host_artifact()
@@ -79,6 +79,7 @@ def main() -> int:
         )
         try:
             dewy.wait_for("deployed", version="v1.0.0", timeout=60)
+            first = (between(dewy.seen, "deploying", "deployed"), between(dewy.seen, "deploying", "app-healthy"))
             for i in range(1, args.repeat + 1):
                 tag = f"v1.0.{i}"
                 release = github.add_release(c.OWNER, c.REPO, tag, {name: artifact(tag)})
@@ -96,6 +97,8 @@ def main() -> int:
                 anchor_times.append(fetched + started)
                 parts = [between(records, a, b) for a, b in (("deploying", "downloaded"), ("downloaded", "app-starting"),
                                                              ("app-starting", "app-healthy"), ("app-healthy", "deployed"))]
+                breakdown.append(parts)
+                anchor_parts.append((fetched, started))
                 rows.append((tag, c.ms(total), *("?" if p is None else c.ms(p) for p in parts),
                              c.ms(fetched), c.ms(started), c.ms(fetched + started), f"{total / (fetched + started):.2f}x"))
         finally:
@@ -105,10 +108,19 @@ def main() -> int:
     c.table(f"deploy latency, {PAYLOAD >> 20} MB incompressible .tar.gz over ghr:// (loopback test server), upgrades",
             rows, ("release", "dewy total", "download", "extract+switch", "start+health", "stop old", "curl|tar",
                    "app start", "anchor total", "ratio"))
+    if None not in first:
+        print(f"(not in the medians) first deploy, no old generation to stop: v1.0.0 {c.ms(first[0])}, "
+              f"of which deploying -> app-healthy {c.ms(first[1])}")
     dewy_median, anchor_median = c.median(dewy_times), c.median(anchor_times)
     ratio = dewy_median / anchor_median
-    c.table("medians", [("dewy deploying -> deployed", c.ms(dewy_median)),
+    stages = ("download + sha256 + fsync", "extract + switch current", "start new generation + health check",
+              "stop old generation + save state")
+    stage_rows = [(f"  dewy: {stage}", c.ms(c.median([p[i] for p in breakdown if p[i] is not None])))
+                  for i, stage in enumerate(stages) if any(p[i] is not None for p in breakdown)]
+    c.table("medians", [("dewy deploying -> deployed", c.ms(dewy_median)), *stage_rows,
                         ("anchor curl | tar xz + app start", c.ms(anchor_median)),
+                        ("  anchor: curl | tar xz", c.ms(c.median([a for a, _ in anchor_parts]))),
+                        ("  anchor: app start to first 200 on /health", c.ms(c.median([b for _, b in anchor_parts]))),
                         ("ratio", f"{ratio:.2f}x (target <= {TARGET_RATIO}x)")], ("what", "median"))
     ok = c.verdict("deploy latency", ratio <= TARGET_RATIO,
                    f"dewy {c.ms(dewy_median)} vs anchor {c.ms(anchor_median)} = {ratio:.2f}x (target <= {TARGET_RATIO}x)")
