@@ -23,6 +23,10 @@ dewy must be allowed to read the app's /proc/PID/fd (same user, or root); TCP so
 only; an app that hands accepted connections to processes outside its own process
 tree never passes; each probe reads the whole TCP table, which costs a few ms on a
 host with very many connections.
+
+A starting generation takes real connections as soon as it calls accept(), before it is
+declared ready; one that then fails is stopped gracefully (SIGTERM), so those requests
+still complete, but they were served by the version that is being rejected.
 """
 
 from __future__ import annotations
@@ -279,12 +283,10 @@ class Supervisor:
             await self._wait_healthy(gen)
 
     def _start_error(self, gen: _Generation) -> AppStartError:
-        if self._stopping:
-            what = "was stopped"
-        else:
-            what = describe(gen.exited.result())
+        what = "was stopped" if self._stopping else describe(gen.exited.result())
         message = f"app version {gen.version} (generation {gen.number}, pid {gen.pid}) {what} before it became ready"
-        log.error("app-start-failed", message, generation=gen.number, version=gen.version, pid=gen.pid)
+        if not self._stopping:
+            log.error("app-start-failed", message, generation=gen.number, version=gen.version, pid=gen.pid)
         return AppStartError(message)
 
     async def _wait_healthy(self, gen: _Generation) -> None:
