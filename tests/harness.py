@@ -69,9 +69,16 @@ class Dewy:
             self.process.send_signal(sig)
         return self.process.wait(timeout)
 
-    def kill(self) -> None:
+    def kill(self) -> list[dict]:
+        """SIGKILL dewy; returns the log records it wrote before dying that were not yet consumed."""
         self.process.kill()
         self.process.wait(10)
+        self._reader.join(10)
+        rest = []
+        while not self.events.empty():
+            rest.append(self.events.get())
+        self.seen.extend(rest)
+        return rest
 
 
 def get(port: int, path: str = "/", timeout: float = 5) -> tuple[int, str]:
