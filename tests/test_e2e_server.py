@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import os
 import signal
 import sys
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import host_artifact, publish
+from tests.conftest import host_artifact, publish, tar_gz
+from tests.github_server import GitHubServer
 from tests.harness import APP, ClientLoop, Dewy, free_port, get
 
 
@@ -21,12 +23,12 @@ def release(registry: Path, tag: str, *knobs: str, **extra: bytes | str) -> Path
     return publish(registry, tag, files, checksums=True)
 
 
-def start(tmp_path: Path, port: int, *extra: str) -> Dewy:
+def start(tmp_path: Path, port: int, *extra: str, registry: str | None = None, env: dict[str, str] | None = None) -> Dewy:
     return Dewy(
-        ["server", "--registry", (tmp_path / "registry").as_uri(), "-i", "0.2", "-p", f"127.0.0.1:{port}",
+        ["server", "--registry", registry or (tmp_path / "registry").as_uri(), "-i", "0.2", "-p", f"127.0.0.1:{port}",
          "--settle-time", "0.3", "--health-path", "/health", "--health-timeout", "5", "--stop-timeout", "5",
          "-d", str(tmp_path / "app"), "-c", (tmp_path / "cache").as_uri(), *extra, "--", sys.executable, "current/app.py"],
-        cwd=tmp_path,
+        cwd=tmp_path, env=env,
     )
 
 
@@ -35,25 +37,67 @@ def port() -> int:
     return free_port()
 
 
-def test_three_releases_under_load_zero_failed_requests(tmp_path, port) -> None:
-    registry = tmp_path / "registry"
-    release(registry, "v1.0.0")
-    dewy = start(tmp_path, port)
+class GitHubRegistry:
+    """Releases published on the GitHub API test server, read by dewy through ghr://."""
+
+    def __init__(self, server: GitHubServer) -> None:
+        self.server = server
+        self.url = "ghr://acme/app"
+        self.env = {"GITHUB_API_URL": server.url, "GITHUB_TOKEN": "ghp_test_secret"}
+        self.tags: list[str] = []
+
+    def publish(self, tag: str) -> None:
+        data = tar_gz({"app.py": APP.read_text(), "VERSION": tag})
+        checksums = f"{hashlib.sha256(data).hexdigest()}  {host_artifact()}\n".encode()
+        self.server.add_release("acme", "app", tag, {host_artifact(): data, "checksums.txt": checksums})
+        self.tags.append(tag)
+
+    def audit_records(self) -> list[str]:
+        assets = (a.name for tag in self.tags for a in self.server.release("acme", "app", tag).assets)
+        return [name for name in assets if name.startswith("shipped_to_")]
+
+
+class DirectoryRegistry:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = root.as_uri()
+        self.env: dict[str, str] = {}
+
+    def publish(self, tag: str) -> None:
+        release(self.root, tag)
+
+    def audit_records(self) -> list[str]:
+        return [p.name for p in self.root.glob("*/shipped_to_*")]
+
+
+@pytest.fixture(params=["file", "ghr"])
+def registry(request, tmp_path):
+    if request.param == "file":
+        yield DirectoryRegistry(tmp_path / "registry")
+        return
+    with GitHubServer(token="ghp_test_secret") as server:
+        yield GitHubRegistry(server)
+
+
+def test_three_releases_under_load_zero_failed_requests(tmp_path, port, registry) -> None:
+    registry.publish("v1.0.0")
+    dewy = start(tmp_path, port, registry=registry.url, env=registry.env)
     try:
         dewy.wait_for("deployed", version="v1.0.0")
         assert "v1.0.0" in get(port)[1]
         with ClientLoop(port) as client:
             for tag in ("v1.1.0", "v1.2.0", "v1.3.0"):
-                release(registry, tag)
+                registry.publish(tag)
                 dewy.wait_for("deployed", version=tag)
                 assert tag in get(port)[1]
         assert client.failures == []
         assert client.ok > 50
         # both generations answer while the new one proves ready; versions still appear in release order
         assert list(dict.fromkeys(client.bodies)) == ["v1.0.0", "v1.1.0", "v1.2.0", "v1.3.0"]
-        records = sorted(p.name for p in registry.glob("*/shipped_to_*_server_at_*.txt"))
-        assert len(records) == 4
+        records = registry.audit_records()
+        assert len(records) == 4 and all(re.fullmatch(r"shipped_to_.+_server_at_\d{8}T\d{6}\.\d{9}Z\.txt", r) for r in records)
         assert dewy.stop() == 0
+        assert not any("ghp_test_secret" in json.dumps(e) for e in dewy.seen)
     finally:
         dewy.kill()
     with pytest.raises(OSError):
