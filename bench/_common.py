@@ -45,6 +45,12 @@ def table(title: str, rows: list[tuple], headers: tuple[str, ...]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
 
 
+def banner(title: str) -> None:
+    """The benchmark's name and how busy the machine is (other work on it makes figures noisy)."""
+    load = os.getloadavg()
+    print(f"== {title} ({os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} before the run)")
+
+
 def verdict(name: str, ok: bool | None, detail: str) -> bool | None:
     """One line per target; None means the benchmark could not be run here (skipped)."""
     word = "SKIP" if ok is None else "PASS" if ok else "FAIL"
@@ -161,12 +167,3 @@ def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
 def github_env(github: GitHubServer) -> dict[str, str]:
     return {"GITHUB_API_URL": github.url, "GITHUB_TOKEN": TOKEN, "GH_TOKEN": ""}
 
-
-def http_status(url: str) -> int:
-    parts = url.split("/", 3)
-    conn = http.client.HTTPConnection(parts[2], timeout=5)
-    try:
-        conn.request("GET", "/" + parts[3])
-        return conn.getresponse().status
-    finally:
-        conn.close()
