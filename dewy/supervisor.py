@@ -38,6 +38,7 @@ import os
 import signal
 import socket
 import struct
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,9 +52,28 @@ STABLE_UPTIME = 60.0  # a generation that lived this long resets the crash backo
 HEALTH_INTERVAL = 0.2
 PROBE_TIMEOUT = 5.0
 
-# posix_spawn cannot chdir, and LISTEN_PID must be the app's own pid: a shell knows its
-# pid ($$) and keeps it through exec. $1 is the working directory, the rest the command.
-_SHIM = 'cd -- "$1" || exit 126; shift; [ -z "${LISTEN_FDS-}" ] || { LISTEN_PID=$$; export LISTEN_PID; }; exec "$@"'
+# Runs in the child between posix_spawn and the app (argv: dewy's pid, workdir, socket count,
+# command). posix_spawn cannot chdir or prctl, and LISTEN_PID must be the app's own pid, which
+# exec keeps. PR_SET_PDEATHSIG: outside systemd nothing else would stop the app or free the
+# ports if dewy is killed (kill -9), and a restarted dewy must be able to bind them again.
+_SHIM = """
+import ctypes, os, signal, sys
+parent, workdir, count, command = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+if os.getppid() != parent:
+    os._exit(1)
+os.closerange(3 + count, os.sysconf("SC_OPEN_MAX"))
+for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+    signal.signal(sig, signal.SIG_DFL)
+if count:
+    os.environ["LISTEN_PID"] = str(os.getpid())
+try:
+    os.chdir(workdir)
+    os.execvp(command[0], command)
+except OSError as exc:
+    print(f"dewy: cannot run {command[0]!r} in {workdir}: {exc.strerror}", file=sys.stderr)
+    os._exit(127)
+"""
 # Inherited from whatever started dewy (e.g. its own socket activation); they must not
 # reach the app unless dewy sets them for this generation.
 _PROTOCOL_VARS = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "SERVER_STARTER_PORT", "SERVER_STARTER_GENERATION")
@@ -245,23 +265,20 @@ class Supervisor:
         env = {k: v for k, v in os.environ.items() if k not in _PROTOCOL_VARS}
         env.update(self.env)
         env.update(DEWY_VERSION=version, DEWY_RELEASE_DIR=str(release_dir), SERVER_STARTER_GENERATION=str(number))
+        count = len(self.sockets) if self.sockets else 0
         copies: list[int] = []
-        actions: list[tuple] = []
         try:
             if self.sockets:
-                count = len(self.sockets)
                 env.update(LISTEN_FDS=str(count), LISTEN_FDNAMES=":".join(self.sockets.fdnames),
                            SERVER_STARTER_PORT=self.sockets.server_starter_port())
                 # Copies numbered above the targets, so no dup2 overwrites a source still to be mapped;
-                # dup2 leaves the targets without close-on-exec, the copies keep it.
+                # dup2 leaves the targets without close-on-exec, the copies keep it. Every other fd is
+                # closed by the shim.
                 copies = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FIRST_FD + count) for fd in self.sockets.fds]
-                targets = range(FIRST_FD, FIRST_FD + count)
-                actions = [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd not in targets]
-                actions += [(os.POSIX_SPAWN_DUP2, copy, target) for copy, target in zip(copies, targets)]
-            else:
-                actions = [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds()]
-            pid = os.posix_spawn("/bin/sh", ["sh", "-c", _SHIM, "dewy-app", str(self.workdir), *self.command], env,
-                                 file_actions=actions, setpgroup=0, setsigdef=_DEFAULT_SIGNALS, setsigmask=())
+            actions = [(os.POSIX_SPAWN_DUP2, copy, FIRST_FD + i) for i, copy in enumerate(copies)]
+            argv = [sys.executable, "-I", "-S", "-c", _SHIM, str(os.getpid()), str(self.workdir), str(count), *self.command]
+            pid = os.posix_spawn(sys.executable, argv, env, file_actions=actions, setpgroup=0,
+                                 setsigdef=_DEFAULT_SIGNALS, setsigmask=())
         except OSError as exc:
             raise AppStartError(f"cannot start app version {version}: {exc.strerror or exc}") from None
         finally:
@@ -383,18 +400,6 @@ class Supervisor:
                     continue
                 self._recovery = None
                 return
-
-
-def _inheritable_fds() -> list[int]:
-    """fds a library opened without close-on-exec: closed in the app so only 0-2 and the sockets reach it."""
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2:
-            with contextlib.suppress(OSError):  # e.g. the fd listdir itself used
-                if os.get_inheritable(fd):
-                    found.append(fd)
-    return found
 
 
 def _connectable(host: str, port: int) -> tuple[str, int]:

@@ -6,7 +6,9 @@ import asyncio
 import json
 import logging
 import os
+import select
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -265,11 +267,12 @@ def test_failed_new_generation_keeps_the_old_one_serving(tmp_path: Path, knob: s
         held.close()
 
 
-def test_first_start_failure_is_an_app_start_error(tmp_path: Path) -> None:
-    sup = supervisor(tmp_path, None)
+@pytest.mark.parametrize("command, status", [([sys.executable, str(APP)], 3), (["./no-such-app"], 127)])
+def test_first_start_failure_is_an_app_start_error(tmp_path: Path, command: list[str], status: int) -> None:
+    sup = Supervisor(command, None, workdir=tmp_path, settle=0.3)
 
     async def test() -> None:
-        with pytest.raises(AppStartError, match=r"app version v1 .* exited with status 3 before it became ready"):
+        with pytest.raises(AppStartError, match=rf"^app version v1 .* exited with status {status} before it became ready$"):
             await sup.start(release(tmp_path, "v1", CRASH=""), "v1")
         assert (sup.state, sup.pid, sup.live_pids) == ("stopped", None, [])
 
@@ -359,3 +362,40 @@ def test_plain_worker_without_sockets(tmp_path: Path, monkeypatch: pytest.Monkey
         assert last is not None and gone(last)
 
     run(test)
+
+
+def test_app_dies_with_a_killed_dewy_and_frees_the_ports(tmp_path: Path) -> None:
+    """Outside systemd nothing else would stop an orphaned app, and a restarted dewy must bind again."""
+    rel = release(tmp_path, "v1")
+    script = f"""
+import asyncio, sys
+from pathlib import Path
+from dewy.sockets import HeldSockets
+from dewy.supervisor import Supervisor
+
+async def main():
+    held = HeldSockets([("127.0.0.1", 0)])
+    sup = Supervisor([sys.executable, {str(APP)!r}], held, workdir=Path({str(tmp_path)!r}), settle=0.2)
+    await sup.start(Path({str(rel)!r}), "v1")
+    print(held.addresses[0][1], sup.pid, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+    dewy = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parent.parent)
+    try:
+        ready, _, _ = select.select([dewy.stdout], [], [], 10)
+        assert ready, "the supervisor did not start the app"
+        port, app_pid = map(int, dewy.stdout.readline().split())
+        assert get(port) == (200, "v1")
+        app = os.pidfd_open(app_pid)
+        dewy.kill()
+        dewy.wait(5)
+        assert select.select([app], [], [], 5)[0], "the app outlived dewy"
+        os.close(app)
+        HeldSockets([("127.0.0.1", port)]).close()
+    finally:
+        dewy.kill()
+        dewy.wait(5)
+        dewy.stdout.close()
