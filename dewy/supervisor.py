@@ -56,6 +56,8 @@ PROBE_TIMEOUT = 5.0
 # command). posix_spawn cannot chdir or prctl, and LISTEN_PID must be the app's own pid, which
 # exec keeps. PR_SET_PDEATHSIG: outside systemd nothing else would stop the app or free the
 # ports if dewy is killed (kill -9), and a restarted dewy must be able to bind them again.
+# The death signal follows the spawning thread, i.e. the event loop's. The shim needs
+# sys.executable to be a Python interpreter (not a frozen one-file binary); it costs ~25 ms.
 _SHIM = """
 import ctypes, os, signal, sys
 parent, workdir, count, command = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
@@ -83,10 +85,9 @@ _DEFAULT_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
 class _Generation:
     """One spawned app process; its exit is seen through a pidfd, so no SIGCHLD handler is involved."""
 
-    def __init__(self, number: int, version: str, release_dir: Path, pid: int) -> None:
+    def __init__(self, number: int, version: str, pid: int) -> None:
         self.number = number
         self.version = version
-        self.release_dir = release_dir
         self.pid = pid
         self.loop = asyncio.get_running_loop()
         self.started = self.loop.time()
@@ -284,7 +285,7 @@ class Supervisor:
         finally:
             for fd in copies:
                 os.close(fd)
-        gen = _Generation(number, version, release_dir, pid)
+        gen = _Generation(number, version, pid)
         self._live.add(gen)
         log.info("app-starting", f"starting app generation {number}", generation=number, version=version, pid=pid,
                  release_dir=str(release_dir))
