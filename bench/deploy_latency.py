@@ -64,6 +64,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="upgrades measured (default 5)")
     args = parser.parse_args()
+    c.banner("deploy_latency")
 
     rows, dewy_times, anchor_times, breakdown, anchor_parts = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="dewy-bench-") as tmp, c.GitHubServer(token=c.TOKEN) as github:

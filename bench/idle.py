@@ -75,6 +75,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20, help="dewy --version runs (default 20)")
     parser.add_argument("--modules", action="store_true", help="list the imported modules even under target")
     args = parser.parse_args()
+    c.banner("idle")
     results: list[bool | None] = []
 
     with tempfile.TemporaryDirectory(prefix="dewy-bench-") as tmp, c.GitHubServer(token=c.TOKEN) as github:
