@@ -19,6 +19,7 @@ import os
 import posixpath
 import stat
 import tarfile
+import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -151,7 +152,7 @@ class _Extractor:
 
     def tar_member(self, tf: tarfile.TarFile, info: tarfile.TarInfo) -> None:
         if info.isreg():
-            self.file(info.name, info.mode, lambda: tf.extractfile(info))  # type: ignore[arg-type, return-value]
+            self.file(info.name, info.mode, lambda: tf.extractfile(info), info.mtime)  # type: ignore[arg-type, return-value]
         elif info.isdir():
             self.directory(info.name, info.mode)
         elif info.issym():
@@ -185,7 +186,7 @@ class _Extractor:
                 raise self.error(name, f"is a symlink with a target longer than {_MAX_LINK} bytes")
             self.symlink(name, os.fsdecode(target))
         elif stat.S_ISREG(mode) or stat.S_IFMT(mode) == 0:
-            self.file(name, mode & 0o777 or 0o644, lambda: zf.open(info))
+            self.file(name, mode & 0o777 or 0o644, lambda: zf.open(info), time.mktime((*info.date_time, 0, 0, -1)))
         elif stat.S_IFMT(mode) in _ZIP_SPECIAL:
             raise self.error(name, f"is {_ZIP_SPECIAL[stat.S_IFMT(mode)]}; releases may not contain special files")
         else:
@@ -193,8 +194,11 @@ class _Extractor:
 
     # Member kinds, common to both formats.
 
-    def file(self, name: str, mode: int, open_data: Callable[[], IO[bytes]]) -> None:
-        """Copy in chunks, counting as we go; the mode is applied to the open file, never through a path."""
+    def file(self, name: str, mode: int, open_data: Callable[[], IO[bytes]], mtime: float) -> None:
+        """Copy in chunks, counting as we go; mode and mtime are applied to the open file, never through a path.
+
+        The archive's mtime is kept so web servers' Last-Modified/ETag of unchanged assets survive a deploy.
+        """
         rel = self.relative(name)
         path = self.make_room(name, rel, is_dir=False)
         with self.reading(name):
@@ -208,6 +212,8 @@ class _Extractor:
                 self.count(len(chunk), name)
                 out.write(chunk)
             os.fchmod(out.fileno(), mode & 0o777)
+            out.flush()  # a write after utime would reset the mtime
+            os.utime(out.fileno(), (mtime, mtime))
         self.files.add(rel)
 
     def directory(self, name: str, mode: int) -> None:

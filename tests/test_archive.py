@@ -432,3 +432,20 @@ def test_unsupported_suffix_rejected(tmp_path: Path, dest: Path, name: str) -> N
     message = rejected(archive, dest, f"{name}: unsupported archive type")
     for suffix in (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip"):
         assert suffix in message
+
+
+def test_file_mtimes_are_kept_for_web_server_caching(tmp_path: Path) -> None:
+    when = 1_600_000_000
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("style.css")
+        info.size, info.mtime = 3, when
+        tar.addfile(info, io.BytesIO(b"a{}"))
+    (tmp_path / "site.tar.gz").write_bytes(buffer.getvalue())
+    with zipfile.ZipFile(tmp_path / "site.zip", "w") as zf:
+        zf.writestr(zipfile.ZipInfo("app.js", date_time=(2020, 9, 13, 12, 26, 40)), "x")
+    for name, member in (("site.tar.gz", "style.css"), ("site.zip", "app.js")):
+        dest = tmp_path / name.replace(".", "-")
+        dest.mkdir()
+        extract(tmp_path / name, dest)
+        assert abs((dest / member).stat().st_mtime - when) < 86400 + 1, name  # zip stores local time
