@@ -42,7 +42,7 @@ _TAR_OPENERS: dict[str, Callable[[Path], IO[bytes]]] = {
     ".tar.xz": lzma.open,
     ".tar": lambda path: open(path, "rb"),
 }
-_SUFFIXES = (*_TAR_OPENERS, ".zip")
+SUFFIXES = (*_TAR_OPENERS, ".zip")
 
 _TAR_META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 _TAR_SPECIAL = {tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device", tarfile.FIFOTYPE: "a fifo"}
@@ -61,9 +61,9 @@ def extract(archive: Path, dest: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) ->
     files (the caller deletes it), but nothing is ever written outside dest.
     """
     lower = archive.name.lower()
-    suffix = next((s for s in _SUFFIXES if lower.endswith(s)), None)
+    suffix = next((s for s in SUFFIXES if lower.endswith(s)), None)
     if suffix is None:
-        raise ArchiveError(f"{archive.name}: unsupported archive type; dewy extracts {' '.join(_SUFFIXES)}")
+        raise ArchiveError(f"{archive.name}: unsupported archive type; dewy extracts {' '.join(SUFFIXES)}")
     extractor = _Extractor(archive.name, dest, max_bytes)
     if suffix == ".zip":
         extractor.zip(archive)

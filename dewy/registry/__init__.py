@@ -17,6 +17,7 @@ from typing import Protocol
 
 import semver
 
+from dewy.archive import SUFFIXES
 from dewy.errors import ArtifactNotReady, RegistryError
 from dewy.urls import Plugins
 
@@ -25,7 +26,6 @@ REGISTRIES = Plugins("registry", {
     "file": "dewy.registry.file:DirectoryRegistry",
 })
 
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip")
 CHECKSUM_FILES = ("checksums.txt", "sha256sums", "sha256sums.txt")
 UPLOAD_GRACE = timedelta(minutes=30)
 
@@ -79,7 +79,7 @@ def host_words() -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def is_archive(name: str) -> bool:
-    return name.lower().endswith(ARCHIVE_SUFFIXES)
+    return name.lower().endswith(SUFFIXES)
 
 
 def _has_word(name: str, words: tuple[str, ...]) -> bool:
