@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import os
 import signal
 import sys
@@ -35,6 +36,18 @@ def start(tmp_path: Path, port: int, *extra: str, registry: str | None = None, e
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture
+def serving(tmp_path, port):
+    """dewy serving v1.0.0 from a file:// registry at tmp_path/registry; killed after the test."""
+    release(tmp_path / "registry", "v1.0.0")
+    dewy = start(tmp_path, port)
+    try:
+        dewy.wait_for("deployed", version="v1.0.0")
+        yield dewy
+    finally:
+        dewy.kill()
 
 
 class GitHubRegistry:
@@ -104,52 +117,38 @@ def test_three_releases_under_load_zero_failed_requests(tmp_path, port, registry
         get(port, timeout=1)  # the app stopped with dewy
 
 
-def test_releases_and_cache_pruned_to_seven(tmp_path, port) -> None:
-    registry = tmp_path / "registry"
-    release(registry, "v1.0.0")
-    dewy = start(tmp_path, port)
-    try:
-        dewy.wait_for("deployed", version="v1.0.0")
-        for minor in range(1, 10):
-            tag = f"v1.{minor}.0"
-            release(registry, tag)
-            dewy.wait_for("deployed", version=tag)
-        releases = sorted((tmp_path / "app" / "releases").iterdir())
-        assert len(releases) == 7
-        assert (tmp_path / "app" / "current").resolve() == releases[-1]
-        cached = sorted(p.name for p in (tmp_path / "cache" / "artifacts").iterdir())
-        assert cached == sorted(f"v1.{m}.0--{host_artifact()}" for m in range(3, 10))
-    finally:
-        dewy.kill()
+def test_releases_and_cache_pruned_to_seven(tmp_path, port, serving) -> None:
+    registry, dewy = tmp_path / "registry", serving
+    for minor in range(1, 10):
+        tag = f"v1.{minor}.0"
+        release(registry, tag)
+        dewy.wait_for("deployed", version=tag)
+    releases = sorted((tmp_path / "app" / "releases").iterdir())
+    assert len(releases) == 7
+    assert (tmp_path / "app" / "current").resolve() == releases[-1]
+    cached = sorted(p.name for p in (tmp_path / "cache" / "artifacts").iterdir())
+    assert cached == sorted(f"v1.{m}.0--{host_artifact()}" for m in range(3, 10))
 
 
-def test_crashing_and_unhealthy_releases_roll_back_and_are_quarantined(tmp_path, port) -> None:
-    registry = tmp_path / "registry"
-    release(registry, "v1.0.0")
-    dewy = start(tmp_path, port)
-    try:
-        dewy.wait_for("deployed", version="v1.0.0")
-        with ClientLoop(port) as client:
-            for bad, knob in (("v1.1.0", "CRASH"), ("v1.2.0", "UNHEALTHY")):
-                release(registry, bad, knob)
-                dewy.wait_for("rollback", version=bad)
-                assert "v1.0.0" in get(port)[1]
-                assert (tmp_path / "app" / "current" / "VERSION").read_text() == "v1.0.0"
-                for _ in range(3):
-                    dewy.wait_for("quarantined", version=bad)
-                assert not [e for e in dewy.seen if e.get("event") == "deploying" and e.get("version") == bad][1:], \
-                    "a quarantined version must not be retried"
-            release(registry, "v1.3.0")
-            dewy.wait_for("deployed", version="v1.3.0")
-        assert client.failures == []
-        assert "v1.3.0" in get(port)[1]
-    finally:
-        dewy.kill()
+def test_crashing_and_unhealthy_releases_roll_back_and_are_quarantined(tmp_path, port, serving) -> None:
+    registry, dewy = tmp_path / "registry", serving
+    with ClientLoop(port) as client:
+        for bad, knob in (("v1.1.0", "CRASH"), ("v1.2.0", "UNHEALTHY")):
+            release(registry, bad, knob)
+            dewy.wait_for("rollback", version=bad)
+            assert "v1.0.0" in get(port)[1]
+            assert (tmp_path / "app" / "current" / "VERSION").read_text() == "v1.0.0"
+            for _ in range(3):
+                dewy.wait_for("quarantined", version=bad)
+            assert not [e for e in dewy.seen if e.get("event") == "deploying" and e.get("version") == bad][1:], \
+                "a quarantined version must not be retried"
+        release(registry, "v1.3.0")
+        dewy.wait_for("deployed", version="v1.3.0")
+    assert client.failures == []
+    assert "v1.3.0" in get(port)[1]
     # quarantine is persistent: a restarted dewy does not retry v1.2.0 after v1.3.0 disappears
-    (registry / "v1.3.0" / host_artifact()).unlink()
-    for p in (registry / "v1.3.0").iterdir():
-        p.unlink()
-    (registry / "v1.3.0").rmdir()
+    dewy.kill()
+    shutil.rmtree(registry / "v1.3.0")
     dewy = start(tmp_path, port)
     try:
         dewy.wait_for("quarantined", version="v1.2.0")
@@ -157,40 +156,28 @@ def test_crashing_and_unhealthy_releases_roll_back_and_are_quarantined(tmp_path,
         dewy.kill()
 
 
-def test_sigusr1_restarts_gracefully_and_sighup_is_ignored(tmp_path, port) -> None:
-    registry = tmp_path / "registry"
-    release(registry, "v1.0.0")
-    dewy = start(tmp_path, port)
-    try:
-        dewy.wait_for("deployed", version="v1.0.0")
-        before = json.loads(get(port, "/env")[1])["pid"]
-        with ClientLoop(port) as client:
-            dewy.process.send_signal(signal.SIGHUP)
-            dewy.wait_for("signal")
-            dewy.process.send_signal(signal.SIGUSR1)
-            dewy.wait_for("restarted")
-        assert client.failures == []
-        assert json.loads(get(port, "/env")[1])["pid"] != before
-        assert dewy.process.poll() is None
-        assert dewy.stop(signal.SIGQUIT) == 0
-    finally:
-        dewy.kill()
+def test_sigusr1_restarts_gracefully_and_sighup_is_ignored(port, serving) -> None:
+    dewy = serving
+    before = json.loads(get(port, "/env")[1])["pid"]
+    with ClientLoop(port) as client:
+        dewy.process.send_signal(signal.SIGHUP)
+        dewy.wait_for("signal")
+        dewy.process.send_signal(signal.SIGUSR1)
+        dewy.wait_for("restarted")
+    assert client.failures == []
+    assert json.loads(get(port, "/env")[1])["pid"] != before
+    assert dewy.process.poll() is None
+    assert dewy.stop(signal.SIGQUIT) == 0
 
 
-def test_bad_archive_and_checksum_keep_the_old_version(tmp_path, port) -> None:
-    registry = tmp_path / "registry"
-    release(registry, "v1.0.0")
-    dewy = start(tmp_path, port)
-    try:
-        dewy.wait_for("deployed", version="v1.0.0")
-        evil = release(registry, "v1.1.0")
-        evil.write_bytes(evil.read_bytes()[:100])  # truncated after its checksum was published
-        failure = dewy.wait_for("deploy-failed")
-        assert "sha256 mismatch" in failure["msg"]
-        (registry / "v1.1.0" / "checksums.txt").write_text(f"{hashlib.sha256(evil.read_bytes()).hexdigest()}  {evil.name}\n")
-        failure = dewy.wait_for("deploy-failed")
-        assert "truncated or corrupt" in failure["msg"]
-        assert "v1.0.0" in get(port)[1]
-        assert not any(p.name.startswith(".") for p in (tmp_path / "app" / "releases").iterdir())
-    finally:
-        dewy.kill()
+def test_bad_archive_and_checksum_keep_the_old_version(tmp_path, port, serving) -> None:
+    registry, dewy = tmp_path / "registry", serving
+    evil = release(registry, "v1.1.0")
+    evil.write_bytes(evil.read_bytes()[:100])  # truncated after its checksum was published
+    failure = dewy.wait_for("deploy-failed")
+    assert "sha256 mismatch" in failure["msg"]
+    (registry / "v1.1.0" / "checksums.txt").write_text(f"{hashlib.sha256(evil.read_bytes()).hexdigest()}  {evil.name}\n")
+    failure = dewy.wait_for("deploy-failed")
+    assert "truncated or corrupt" in failure["msg"]
+    assert "v1.0.0" in get(port)[1]
+    assert not any(p.name.startswith(".") for p in (tmp_path / "app" / "releases").iterdir())
