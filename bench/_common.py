@@ -105,7 +105,10 @@ def event_time(record: dict) -> float:
 
 
 def drain(dewy: Dewy) -> list[dict]:
-    """Everything dewy logged that no wait_for consumed yet (non-blocking)."""
+    """Everything dewy logged that no wait_for consumed yet (non-blocking), also appended to ``seen``.
+
+    After the harness's ``kill()`` these are already in ``seen``: slice ``seen`` from a mark instead.
+    """
     records = []
     while not dewy.events.empty():
         record = dewy.events.get_nowait()

@@ -61,6 +61,7 @@ def main() -> int:
             dewy.wait_for("deployed", version=newest, timeout=30)
             dewy.wait_for("up-to-date", version=newest, timeout=30)  # the first full poll after the deploy
             used0, seen0, window0 = github.rate_limit_used, len(github.requests), time.monotonic()
+            mark = len(dewy.seen)
             setup_requests = seen0
             setup_counted = used0
             time.sleep(max(args.seconds - (window0 - began), 5))
@@ -71,7 +72,8 @@ def main() -> int:
         finally:
             dewy.stop()
             dewy.kill()
-        records = c.drain(dewy)
+        c.drain(dewy)
+        records = dewy.seen[mark:]  # harness's kill() moves the unread records into seen
         polls = sum(1 for r in records if r.get("event") == "up-to-date")
         errors = [r.get("msg") for r in records if r.get("event") == "deploy-failed"]
         anchor_sent, anchor_counted, anchor_seconds = naive_poller(github, 10)
