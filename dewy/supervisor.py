@@ -293,12 +293,17 @@ class Supervisor:
         return gen
 
     async def _wait_ready(self, gen: _Generation) -> None:
-        """Ready = alive for ``settle`` seconds and, if configured, healthy (see the module docstring)."""
-        await asyncio.wait([gen.exited], timeout=self.settle)
-        if gen.exited.done():
-            raise self._start_error(gen)
+        """Ready = healthy, if configured (see the module docstring), and alive for ``settle`` seconds.
+
+        The settle time runs from the spawn, concurrently with the health check, so a healthy app
+        is not kept waiting twice.
+        """
         if self.health_url_path:
             await self._wait_healthy(gen)
+        settled_at = gen.started + self.settle
+        await asyncio.wait([gen.exited], timeout=max(0.0, settled_at - gen.loop.time()))
+        if gen.exited.done():
+            raise self._start_error(gen)
 
     def _start_error(self, gen: _Generation) -> AppStartError:
         what = "was stopped" if self._stopping else describe(gen.exited.result())
@@ -324,9 +329,16 @@ class Supervisor:
                 log.error("app-start-failed", message, generation=gen.number, version=gen.version, pid=gen.pid)
                 raise AppStartError(message)
             pause = HEALTH_INTERVAL
+            probe = asyncio.ensure_future(
+                asyncio.wait_for(_probe(host, port, self.health_url_path, gen.pid), min(remaining, PROBE_TIMEOUT)))
+            await asyncio.wait([probe, gen.exited], return_when=asyncio.FIRST_COMPLETED)
+            if not probe.done():  # the app died while its health was being asked for: no need to wait
+                probe.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await probe
+                raise self._start_error(gen)
             try:
-                async with asyncio.timeout(min(remaining, PROBE_TIMEOUT)):
-                    status = await _probe(host, port, self.health_url_path, gen.pid)
+                status = probe.result()
             except TimeoutError:
                 if remaining > PROBE_TIMEOUT:  # not merely cut short by the deadline
                     last = f"no answer within {PROBE_TIMEOUT:g}s"
@@ -434,7 +446,8 @@ async def _accepted_by(pid: int, server: tuple, client: tuple) -> bool:
         await asyncio.sleep(0.01)
     link = f"socket:[{inode}]"
     for _ in range(5):  # accept() creates the socket's inode just before it installs the fd
-        if any(link in _fd_links(p) for p in _process_tree(pid)):
+        # The app's own process first: most apps accept there, and it spares a scan of all of /proc.
+        if link in _fd_links(pid) or any(link in _fd_links(p) for p in _process_tree(pid)[1:]):
             return True
         await asyncio.sleep(0.002)
     return False

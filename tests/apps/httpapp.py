@@ -111,7 +111,7 @@ def serve(sock: socket.socket, sockets: dict[int, socket.socket]) -> Server:
     sock.setblocking(False)
     server.socket = sock
     server.app_sockets = sockets
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}).start()
     return server
 
 
@@ -119,10 +119,14 @@ def main(argv: list[str]) -> int:
     if (RELEASE / "CRASH").exists():
         print("httpapp: CRASH file present, exiting", file=sys.stderr)
         return 3
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, signal.SIG_IGN if (RELEASE / "IGNORE_TERM").exists() else lambda *_: stop.set())
+    if (RELEASE / "IGNORE_TERM").exists():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        # Blocked here, so the server threads inherit the block and only sigtimedwait() in this
+        # thread takes SIGTERM (a Python handler would wait for the main thread to wake up).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     delay = RELEASE / "START_DELAY"
-    if delay.exists() and stop.wait(float(delay.read_text())):
+    if delay.exists() and signal.sigtimedwait({signal.SIGTERM}, float(delay.read_text())):
         return 0
     sockets = {fd: socket.socket(fileno=fd) for fd in inherited_fds()}
     servers = [serve(sock, sockets) for sock in sockets.values()]
@@ -130,7 +134,9 @@ def main(argv: list[str]) -> int:
         target = Path(argv[argv.index("--report") + 1])
         target.with_suffix(".tmp").write_text(json.dumps(report(sockets)))
         target.with_suffix(".tmp").rename(target)
-    stop.wait()
+    if (RELEASE / "IGNORE_TERM").exists():
+        threading.Event().wait()
+    signal.sigwait({signal.SIGTERM})
     for server in servers:
         server.shutdown()
     for server in servers:
