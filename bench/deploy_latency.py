@@ -1,8 +1,12 @@
 """Deploy latency after detection: a 10 MB artifact from the loopback GitHub test server.
 
-dewy: time from its ``deploying`` log event to its ``deployed`` event for an
-upgrade (download, verify, extract, switch ``current``, start the new
-generation, health check, stop the old generation).
+dewy: time from its ``deploying`` log event (a new version detected) to its
+``app-healthy`` event (the new generation answered its health check on the held
+socket: the new version serves), for an upgrade: download, verify, extract,
+switch ``current``, start the new generation, health check. The bookkeeping that
+follows (SIGTERM to the old generation, which drains in the background, state
+file, audit record upload, pruning) is printed too but is not in the ratio: the
+anchor does none of it.
 Anchor: ``curl -sL <asset URL> | tar xz -C DIR`` of the same artifact, plus the
 app's own start time (spawned on a bound socket until its first 200 on /health).
 Target: dewy's median within 1.5x of the anchor's median.
@@ -66,7 +70,7 @@ def main() -> int:
     args = parser.parse_args()
     c.banner("deploy_latency")
 
-    rows, dewy_times, anchor_times, breakdown, anchor_parts = [], [], [], [], []
+    rows, dewy_times, anchor_times, breakdown, anchor_parts, cycle = [], [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="dewy-bench-") as tmp, c.GitHubServer(token=c.TOKEN) as github:
         work = Path(tmp)
         name = c.host_artifact()
@@ -88,7 +92,7 @@ def main() -> int:
                 dewy.wait_for("deploying", version=tag, timeout=60)
                 dewy.wait_for("deployed", version=tag, timeout=60)
                 records = dewy.seen[start:]
-                total = between(records, "deploying", "deployed")
+                total = between(records, "deploying", "app-healthy")
                 status, body = c.get(port)
                 if body != tag:
                     raise RuntimeError(f"after deploying {tag} the app answers {status} {body!r}")
@@ -98,6 +102,7 @@ def main() -> int:
                 anchor_times.append(fetched + started)
                 parts = [between(records, a, b) for a, b in (("deploying", "downloaded"), ("downloaded", "app-starting"),
                                                              ("app-starting", "app-healthy"), ("app-healthy", "deployed"))]
+                cycle.append(between(records, "deploying", "deployed"))
                 breakdown.append(parts)
                 anchor_parts.append((fetched, started))
                 rows.append((tag, c.ms(total), *("?" if p is None else c.ms(p) for p in parts),
@@ -107,7 +112,7 @@ def main() -> int:
             dewy.kill()
 
     c.table(f"deploy latency, {PAYLOAD >> 20} MB incompressible .tar.gz over ghr:// (loopback test server), upgrades",
-            rows, ("release", "dewy total", "download", "extract+switch", "start+health", "stop old", "curl|tar",
+            rows, ("release", "dewy to serving", "download", "extract+switch", "start+health", "bookkeeping", "curl|tar",
                    "app start", "anchor total", "ratio"))
     if None not in first:
         print(f"(not in the medians) first deploy, no old generation to stop: v1.0.0 {c.ms(first[0])}, "
@@ -115,10 +120,11 @@ def main() -> int:
     dewy_median, anchor_median = c.median(dewy_times), c.median(anchor_times)
     ratio = dewy_median / anchor_median
     stages = ("download + sha256 + fsync", "extract + switch current", "start new generation + health check",
-              "stop old generation + save state")
+              "after serving: retire old, state, audit record, prune")
     stage_rows = [(f"  dewy: {stage}", c.ms(c.median([p[i] for p in breakdown if p[i] is not None])))
                   for i, stage in enumerate(stages) if any(p[i] is not None for p in breakdown)]
-    c.table("medians", [("dewy deploying -> deployed", c.ms(dewy_median)), *stage_rows,
+    c.table("medians", [("dewy deploying -> new version serving", c.ms(dewy_median)), *stage_rows,
+                        ("dewy deploying -> deployed (whole cycle)", c.ms(c.median(cycle))),
                         ("anchor curl | tar xz + app start", c.ms(anchor_median)),
                         ("  anchor: curl | tar xz", c.ms(c.median([a for a, _ in anchor_parts]))),
                         ("  anchor: app start to first 200 on /health", c.ms(c.median([b for _, b in anchor_parts]))),

@@ -225,8 +225,10 @@ class Daemon:
         current = self.releases.current_dir()
         self.releases.prune(self.settings.keep_releases, {current} if current else set())
         on_disk = {p.name for p in self.releases.directory.iterdir()}
-        self.state.history = [d for d in self.state.history if d.release in on_disk]
-        self.state.save()
+        kept = [d for d in self.state.history if d.release in on_disk]
+        if kept != self.state.history:
+            self.state.history = kept
+            self.state.save()
         self.store.prune({d.key for d in self.state.history})
 
 

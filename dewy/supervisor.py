@@ -14,8 +14,8 @@ Health check design
 Old and new generations accept from the same listening socket, so a plain HTTP probe
 may be answered by the old generation and prove nothing about the new one. The probe
 therefore makes sure the *new* generation accepted its connection before it sends the
-request: after connecting it looks up the server side of the connection in
-/proc/net/tcp{,6} (inode stays 0 until some process accept()s it), and checks whether
+request: after connecting it looks up the server side of the connection with sock_diag
+(netlink; its inode stays 0 until some process accept()s it), and checks whether
 that socket inode is among the fds of the new generation's process tree
 (/proc/PID/fd). A connection taken by anyone else is closed unanswered (the old
 generation sees an empty connection) and the probe retries. Limits: Linux /proc only;
@@ -214,6 +214,9 @@ class Supervisor:
 
         The old generation keeps serving until the new one is ready and is stopped only then.
         If the new one fails, it is killed, the old one keeps serving, and AppStartError is raised.
+        Returns once the new generation serves and the old one was told to stop: the old one drains
+        its in-flight requests in the background (up to stop_timeout), so a deploy is not held up by
+        a slow drain (long polls, websockets); ``stop()`` still waits for it.
         """
         async with self._lock:
             if self._release is None:
@@ -224,7 +227,7 @@ class Supervisor:
                 self._recovery.cancel()
                 self._recovery = None
             if old:
-                await self._terminate(old)
+                self._retire(old)
 
     async def stop(self) -> None:
         """SIGTERM every generation (serving or starting), SIGKILL after stop_timeout, wait for all to exit."""
@@ -330,7 +333,8 @@ class Supervisor:
                 raise AppStartError(message)
             pause = HEALTH_INTERVAL
             probe = asyncio.ensure_future(
-                asyncio.wait_for(_probe(host, port, self.health_url_path, gen.pid), min(remaining, PROBE_TIMEOUT)))
+                asyncio.wait_for(_probe(host, port, self.health_url_path, gen.pid, [g.pid for g in self._live if g is not gen]),
+                                 min(remaining, PROBE_TIMEOUT)))
             await asyncio.wait([probe, gen.exited], return_when=asyncio.FIRST_COMPLETED)
             if not probe.done():  # the app died while its health was being asked for: no need to wait
                 probe.cancel()
@@ -346,7 +350,7 @@ class Supervisor:
                 last = str(exc) or type(exc).__name__
             else:
                 if status is None:
-                    last, pause = "only other generations accepted the connection", 0.02
+                    last, pause = "only other generations accepted the connection", 0.005
                 elif 200 <= status < 400:
                     log.info("app-healthy", f"app generation {gen.number} answered {status}", generation=gen.number,
                              version=gen.version, url=url)
@@ -355,11 +359,15 @@ class Supervisor:
                     last = f"answered {status}"
             await asyncio.wait([gen.exited], timeout=min(pause, max(deadline - loop.time(), 0)))
 
-    async def _terminate(self, gen: _Generation) -> None:
-        """Stop one generation once, however many callers ask for it."""
+    def _retire(self, gen: _Generation) -> asyncio.Task[None]:
+        """Start stopping one generation (once, however many callers ask for it)."""
         if gen.stopper is None:
             gen.stopper = asyncio.create_task(self._stop_generation(gen))
-        await asyncio.shield(gen.stopper)
+        return gen.stopper
+
+    async def _terminate(self, gen: _Generation) -> None:
+        """Stop one generation and wait until it has exited."""
+        await asyncio.shield(self._retire(gen))
 
     async def _stop_generation(self, gen: _Generation) -> None:
         if not gen.exited.done():
@@ -420,11 +428,12 @@ def _connectable(host: str, port: int) -> tuple[str, int]:
     return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port
 
 
-async def _probe(host: str, port: int, path: str, pid: int) -> int | None:
-    """GET ``path`` and return the status, or None when a process outside ``pid``'s tree accepted us."""
+async def _probe(host: str, port: int, path: str, pid: int, others: list[int]) -> int | None:
+    """GET ``path`` and return the status, or None when a process outside ``pid``'s tree accepted us
+    (``others``: the other generations, the usual takers while ``pid`` starts)."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        if not await _accepted_by(pid, writer.get_extra_info("peername"), writer.get_extra_info("sockname")):
+        if not await _accepted_by(pid, others, writer.get_extra_info("peername"), writer.get_extra_info("sockname")):
             return None
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: dewy-health-check\r\n"
@@ -440,39 +449,47 @@ async def _probe(host: str, port: int, path: str, pid: int) -> int | None:
             await writer.wait_closed()
 
 
-async def _accepted_by(pid: int, server: tuple, client: tuple) -> bool:
+async def _accepted_by(pid: int, others: list[int], server: tuple, client: tuple) -> bool:
     """Wait until our connection is accepted, then tell whether ``pid`` or a descendant holds it."""
     while (inode := _server_inode(server, client)) is None:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.002)
     link = f"socket:[{inode}]"
     for _ in range(5):  # accept() creates the socket's inode just before it installs the fd
-        # The app's own process first: most apps accept there, and it spares a scan of all of /proc.
-        if link in _fd_links(pid) or any(link in _fd_links(p) for p in _process_tree(pid)[1:]):
+        # Cheap looks first: the app's own process (most apps accept there), then the other
+        # generations; only then a scan of all of /proc for the app's worker processes.
+        if link in _fd_links(pid):
+            return True
+        if any(link in _fd_links(other) for other in others):
+            return False
+        if any(link in _fd_links(p) for p in _process_tree(pid)[1:]):
             return True
         await asyncio.sleep(0.002)
     return False
 
 
+# sock_diag (netlink): the kernel looks one socket up by its addresses, however many connections
+# the host has; /proc/net/tcp lists them all (20+ ms per read with 12k sockets in TIME_WAIT).
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST = 1
+_NLMSG_ERROR = 2
+_NO_COOKIE = 0xFFFFFFFF
+_INODE_OFFSET = 16 + 4 + 48 + 16  # nlmsghdr, inet_diag_msg: family..retrans, sockid, expires..uid
+
+
 def _server_inode(server: tuple, client: tuple) -> int | None:
     """The inode of the accepted (server) side of a TCP connection, None while nobody accepted it."""
-    local, remote = _proc_net_address(server), _proc_net_address(client)
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as lines:
-            next(lines)
-            for line in lines:
-                fields = line.split()
-                if fields[1] == local and fields[2] == remote:
-                    return int(fields[9]) or None
-    return None
-
-
-def _proc_net_address(address: tuple) -> str:
-    """An address as /proc/net/tcp prints it: 32-bit words in host byte order, in hex, then the port."""
-    host, port = address[:2]
-    if ":" in host:
-        words = struct.unpack("=4I", socket.inet_pton(socket.AF_INET6, host))
-        return "".join(f"{w:08X}" for w in words) + f":{port:04X}"
-    return f"{struct.unpack('=I', socket.inet_aton(host))[0]:08X}:{port:04X}"
+    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    packed = [socket.inet_pton(family, host).ljust(16, b"\0") for host in (server[0], client[0])]
+    sockid = struct.pack("!HH16s16s", server[1], client[1], *packed) + struct.pack("=III", 0, _NO_COOKIE, _NO_COOKIE)
+    request = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
+    message = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0) + request
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as diag:
+        diag.send(message)
+        answer = diag.recv(4096)
+    if struct.unpack_from("=H", answer, 4)[0] == _NLMSG_ERROR:
+        return None
+    return struct.unpack_from("=I", answer, _INODE_OFFSET)[0] or None
 
 
 def _process_tree(pid: int) -> list[int]:

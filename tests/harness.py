@@ -46,9 +46,17 @@ class Dewy:
             self.events.put(record)
         self.events.put({"event": "exited"})
 
-    def wait_for(self, event: str | tuple[str, ...], timeout: float = 30, **fields: str) -> dict:
-        """The next log record with this event, or one of these (and fields); fails on timeout or if dewy exits first."""
+    def wait_for(self, event: str | tuple[str, ...], timeout: float = 30, *, already: bool = False, **fields: str) -> dict:
+        """The next log record with this event, or one of these (and fields); fails on timeout or if dewy exits first.
+
+        ``already``: a matching record that was read while waiting for something else counts too
+        (for events whose order against the awaited one is not fixed).
+        """
         wanted = (event,) if isinstance(event, str) else event
+        if already:
+            for record in self.seen:
+                if record.get("event") in wanted and all(record.get(k) == v for k, v in fields.items()):
+                    return record
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()

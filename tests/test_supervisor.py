@@ -207,11 +207,13 @@ def test_graceful_restart_loses_no_request(tmp_path: Path, events: list[dict[str
                 await eventually(lambda: client.ok >= 20)
                 in_flight = asyncio.create_task(fetch(port, "/sleep?s=1.5"))
                 await sup.restart(v2, "v2")
+                # restart() returns while the old generation drains; once it has exited only v2 answers
+                await sup.wait_until(lambda: old_pid not in sup.live_pids, 10)
                 served_before, changes_before = client.ok, len(client.bodies)
                 await eventually(lambda: client.ok >= served_before + 50)
             assert await in_flight == (200, "slept")  # the old generation finished it before exiting
             assert client.failures == []
-            # Both generations answer while they overlap; once restart() returned, only v2 does.
+            # Both generations answer while they overlap; once the old one has exited, only v2 does.
             assert client.bodies[0] == "v1" and client.bodies[-1] == "v2"
             assert set(client.bodies) == {"v1", "v2"} and set(client.bodies[changes_before:]) <= {"v2"}
             # Ready only once v2 itself answered: the old generation's answers do not count.
@@ -355,6 +357,7 @@ def test_plain_worker_without_sockets(tmp_path: Path, monkeypatch: pytest.Monkey
             first = sup.pid
             await sup.restart()
             await eventually(lambda: reported().get("pid") == sup.pid)
+            await sup.wait_until(lambda: first not in sup.live_pids, 10)
             assert sup.pid != first and gone(first)
         finally:
             last = sup.pid
