@@ -132,12 +132,12 @@ def listen(port: int) -> socket.socket:
     return sock
 
 
-def spawn_app(app: Path, sock: socket.socket, cwd: Path, generation: int = 1, prefix: list[str] = ()) -> subprocess.Popen:
+def spawn_app(app: Path, sock: socket.socket, cwd: Path, generation: int = 1) -> subprocess.Popen:
     """The app on ``sock`` the Server::Starter way (SERVER_STARTER_PORT names the inherited fd)."""
     fd = sock.fileno()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "SERVER_STARTER_", "DEWY_"))}
     env.update(SERVER_STARTER_PORT=f"127.0.0.1:{sock.getsockname()[1]}={fd}", SERVER_STARTER_GENERATION=str(generation))
-    return subprocess.Popen([PYTHON, *prefix, str(app)], cwd=cwd, env=env, pass_fds=(fd,),
+    return subprocess.Popen([PYTHON, str(app)], cwd=cwd, env=env, pass_fds=(fd,),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

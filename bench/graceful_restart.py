@@ -29,8 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
 PAUSE = 0.5  # steady load between two restarts
-WRAPPER = Path(__file__).resolve().parent / "_probe" / "term_in_main.py"
-APP_PREFIX: list[str] = []  # with --term-in-main: [WRAPPER]
 STOP_WAIT = 5.0  # how long an old generation may take to exit after SIGTERM before it counts as stuck
 
 
@@ -98,7 +96,7 @@ def run_dewy(work: Path, port: int, clients: int, restarts: int) -> dict:
     c.publish(registry, "v1.0.0", c.app_release("v1.0.0"))
     dewy = c.Dewy(["server", "--registry", registry.as_uri(), "-i", "5", "-p", f"127.0.0.1:{port}",
                    "--settle-time", "0.2", "--health-path", "/health", "--stop-timeout", f"{STOP_WAIT:g}",
-                   "-d", str(work / "dewy"), "-c", (work / "cache").as_uri(), "--", c.PYTHON, *APP_PREFIX, "current/app.py"],
+                   "-d", str(work / "dewy"), "-c", (work / "cache").as_uri(), "--", c.PYTHON, "current/app.py"],
                   cwd=work)
     failed_restarts = []
     try:
@@ -144,7 +142,7 @@ def run_start_server(work: Path, port: int, clients: int, restarts: int) -> dict
     (release / "VERSION").write_text("v1.0.0")
     status = work / "start_server.status"
     server = subprocess.Popen(["start_server", f"--port=127.0.0.1:{port}", f"--status-file={status}",
-                               "--", c.PYTHON, *APP_PREFIX, str(release / "app.py")],
+                               "--", c.PYTHON, str(release / "app.py")],
                               cwd=release, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         c.wait_http_ok(port)
@@ -179,7 +177,7 @@ def run_naive(work: Path, port: int, clients: int, restarts: int) -> dict:
     def start(generation: int) -> subprocess.Popen:
         sock = c.listen(port)  # the app alone holds its socket, so it closes when the app exits
         try:
-            return c.spawn_app(release / "app.py", sock, cwd=release, generation=generation, prefix=APP_PREFIX)
+            return c.spawn_app(release / "app.py", sock, cwd=release, generation=generation)
         finally:
             sock.close()
 
@@ -212,12 +210,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--restarts", type=int, default=10, help="restarts per contender (default 10)")
     parser.add_argument("--clients", type=int, default=2, help="client threads (default 2)")
-    parser.add_argument("--term-in-main", action="store_true",
-                        help="diagnostic: run the app through bench/_probe/term_in_main.py (SIGTERM blocked in its threads)")
     args = parser.parse_args()
-    c.banner("graceful_restart" + (" (app run through term_in_main.py)" if args.term_in_main else ""))
-    if args.term_in_main:
-        APP_PREFIX.append(str(WRAPPER))
+    c.banner("graceful_restart")
 
     contenders = [("dewy (SIGUSR1)", run_dewy)]
     if shutil.which("start_server"):
