@@ -19,7 +19,7 @@ from dewy.cache import CACHES, Cache
 from dewy.cli import Settings
 from dewy.errors import AppStartError, ArtifactNotReady, DewyError, HookError, UsageError
 from dewy.hooks import run_hook
-from dewy.notifiers import NOTIFIERS
+from dewy.notifiers import NOTIFIERS, Notifications
 from dewy.registry import REGISTRIES, Registry, Release
 from dewy.releases import Releases
 from dewy.state import Deployed, State
@@ -45,13 +45,14 @@ class Backoff:
 
 class Daemon:
     def __init__(self, settings: Settings, registry: Registry, cache: Cache, store: ArtifactStore,
-                 releases: Releases, state: State, supervisor=None) -> None:
+                 releases: Releases, state: State, notifications: Notifications, supervisor=None) -> None:
         self.settings = settings
         self.registry = registry
         self.cache = cache
         self.store = store
         self.releases = releases
         self.state = state
+        self.notifications = notifications
         self.supervisor = supervisor
         self.backoff = Backoff(settings.interval)
         self.stopping = asyncio.Event()
@@ -62,8 +63,12 @@ class Daemon:
         registry = REGISTRIES.load(REGISTRIES.url(settings.registry), slot=settings.slot)
         cache_url = CACHES.url(settings.cache) if settings.cache else Url.parse("memory://")
         cache = CACHES.load(cache_url)
-        for notifier in settings.notifiers:
-            NOTIFIERS.url(notifier)
+        ttl = getattr(cache, "ttl", None)
+        if ttl:  # a shared cache with ttl=: one host of the fleet asks the registry per ttl, the rest read it
+            from dewy.registry.shared import SharedRegistry
+
+            registry = SharedRegistry(registry, cache, ttl, key=f"registry:{settings.registry}:{settings.slot or ''}")
+        notifications = Notifications([NOTIFIERS.load(NOTIFIERS.url(n)) for n in settings.notifiers], settings.dir.name)
         cache_dir = Path(cache_url.path) if cache_url.scheme == "file" else default_cache_dir()
         try:
             settings.dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +88,7 @@ class Daemon:
                 health_url_path=settings.health_path, health_timeout=settings.health_timeout,
                 stop_timeout=settings.stop_timeout,
             )
-        return cls(settings, registry, cache, store, releases, state, supervisor)
+        return cls(settings, registry, cache, store, releases, state, notifications, supervisor)
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
@@ -106,6 +111,7 @@ class Daemon:
                 await self.supervisor.stop()
             await self.registry.aclose()
             await self.cache.aclose()
+            await self.notifications.aclose()
         return 0
 
     def _restart_app(self) -> None:
@@ -141,12 +147,16 @@ class Daemon:
         try:
             await self.tick()
             self.backoff.failures = 0
+            await self.notifications.cycle_succeeded()
         except ArtifactNotReady as exc:
             log.info("waiting", str(exc))
         except DewyError as exc:
             self.backoff.failures += 1
             retry_after = getattr(exc, "retry_after", None)
             log.error("deploy-failed", str(exc), failures=self.backoff.failures)
+            if not isinstance(exc, AppStartError):  # a rollback was notified as such
+                output = {"hook output": exc.output} if isinstance(exc, HookError) and exc.output else {}
+                await self.notifications.error("error", str(exc), **output)
         return self.backoff.next_delay(retry_after)
 
     async def tick(self) -> None:
@@ -183,16 +193,22 @@ class Daemon:
             await self._start_generation(release, release_dir, old_dir)
         self.state.record(Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat()))
         self.state.save()
+        details = {}
         if self.settings.after_deploy_hook:
             try:
-                await run_hook("after", self.settings.after_deploy_hook, cwd=self.settings.dir, env=env,
-                               timeout=self.settings.hook_timeout)
+                output = await run_hook("after", self.settings.after_deploy_hook, cwd=self.settings.dir, env=env,
+                                        timeout=self.settings.hook_timeout)
+                if output.strip():
+                    details["after hook output"] = output
             except HookError as exc:
                 log.error("after-hook-failed", str(exc), version=release.tag)
+                await self.notifications.error("error", f"{release.tag} is deployed but {exc}", version=release.tag,
+                                               **({"hook output": exc.output} if exc.output else {}))
         await self._report(release)
         self._prune()
         log.info("deployed", f"deployed {release.tag}", version=release.tag,
                  previous_version=previous and previous.tag, release_dir=str(release_dir))
+        await self.notifications.deployed(release.tag, previous and previous.tag, **details)
 
     async def _start_generation(self, release: Release, release_dir: Path, old_dir: Path | None) -> None:
         """Restart onto the new release; if it does not come up, roll back and quarantine the version."""
@@ -212,6 +228,8 @@ class Daemon:
             log.error("rollback", f"{release.tag} did not start and is quarantined; the previous version keeps serving: {exc}",
                       version=release.tag, release_dir=str(old_dir) if old_dir else None)
             await self._report(release, error=str(exc))
+            await self.notifications.error("rollback", f"{release.tag} did not start and was rolled back", version=release.tag,
+                                           reason=str(exc))
             raise
 
     async def _report(self, release: Release, error: str | None = None) -> None:

@@ -28,6 +28,8 @@ class ArchiveError(DewyError):
 class HookError(DewyError):
     """A deploy hook exited non-zero or timed out."""
 
+    output: str = ""  # the end of what the hook printed, quoted in notifications
+
 
 class AppStartError(DewyError):
     """A new app generation exited or failed its health check before becoming ready."""

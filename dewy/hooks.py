@@ -10,10 +10,12 @@ from dewy import log
 from dewy.errors import HookError
 
 OUTPUT_LIMIT = 64 * 1024
+EXCERPT_LIMIT = 1500  # what notifications quote of a hook's output
 
 
-async def run_hook(kind: str, command: str, *, cwd: Path, env: dict[str, str], timeout: float) -> None:
-    """Run ``/bin/sh -c command``; HookError on non-zero exit or timeout. Output is logged line by line."""
+async def run_hook(kind: str, command: str, *, cwd: Path, env: dict[str, str], timeout: float) -> str:
+    """Run ``/bin/sh -c command``; HookError on non-zero exit or timeout. Output is logged line by line;
+    the end of it is returned (and carried by the HookError as ``output``) for notifications."""
     process = await asyncio.create_subprocess_exec(
         "/bin/sh", "-c", command, cwd=cwd, env={**os.environ, **env},
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -30,5 +32,8 @@ async def run_hook(kind: str, command: str, *, cwd: Path, env: dict[str, str], t
         log.info(f"{kind}-hook-output", line, hook=kind)
     if process.returncode != 0:
         last = text.strip().splitlines()[-1:] or ["no output"]
-        raise HookError(f"{kind} hook {command!r} exited with status {process.returncode}: {last[0]}")
+        error = HookError(f"{kind} hook {command!r} exited with status {process.returncode}: {last[0]}")
+        error.output = text[-EXCERPT_LIMIT:]
+        raise error
     log.info(f"{kind}-hook", f"{kind} hook succeeded", hook=kind)
+    return text[-EXCERPT_LIMIT:]
