@@ -9,6 +9,8 @@ from dewy.urls import Plugins
 ARTIFACTS = Plugins("artifact", {
     "ghr": "dewy.artifacts.ghr:GitHubAsset",
     "file": "dewy.artifacts.file:LocalFile",
+    "s3": "dewy.artifacts.s3:S3Object",
+    "gs": "dewy.artifacts.gs:GCSObject",
 })
 
 

@@ -14,6 +14,9 @@ from dewy.urls import Plugins
 CACHES = Plugins("cache", {
     "file": "dewy.cache.file:FileCache",
     "memory": "dewy.cache.memory:MemoryCache",
+    "redis": "dewy.cache.redis:RedisCache",
+    "rediss": "dewy.cache.redis:RedisCache",
+    "consul": "dewy.cache.consul:ConsulCache",
 })
 
 

@@ -17,7 +17,11 @@ from typing import Protocol
 from dewy import log
 from dewy.urls import Plugins
 
-NOTIFIERS = Plugins("notifier", {})
+NOTIFIERS = Plugins("notifier", {
+    "slack": "dewy.notifiers.slack:SlackNotifier",
+    "mail": "dewy.notifiers.mail:MailNotifier",
+    "smtp": "dewy.notifiers.mail:MailNotifier",
+})
 
 ERROR_LIMIT = 3
 NOTIFY_TIMEOUT = 30.0

@@ -24,6 +24,9 @@ from dewy.urls import Plugins
 REGISTRIES = Plugins("registry", {
     "ghr": "dewy.registry.ghr:GitHubReleases",
     "file": "dewy.registry.file:DirectoryRegistry",
+    "s3": "dewy.registry.s3:S3Registry",
+    "gs": "dewy.registry.gs:GCSRegistry",
+    "grpc": "dewy.registry.grpc:GrpcRegistry",
 })
 
 CHECKSUM_FILES = ("checksums.txt", "sha256sums", "sha256sums.txt")
