@@ -43,6 +43,20 @@ class Settings:
     stop_timeout: float = 30.0
     max_archive_size: int = 4 << 30
     keep_releases: int = 7
+    name: str | None = None  # the instance name of dewy@NAME (from --config /etc/dewy/NAME.toml)
+    app: AppLimits = field(default_factory=lambda: AppLimits())
+
+
+@dataclass
+class AppLimits:
+    """Who the app runs as and what it may use; applied to its transient systemd unit."""
+
+    user: str | None = None
+    group: str | None = None
+    memory_max: int | None = None  # bytes
+    cpu_quota: float | None = None  # percent of one CPU, e.g. 150.0
+    tasks_max: int | None = None
+    environment: dict[str, str] = field(default_factory=dict)
 
 
 class Parser(argparse.ArgumentParser):
