@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -41,9 +42,10 @@ import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from dewy import log
-from dewy.errors import AppStartError
+from dewy.errors import AppStartError, DewyError
 from dewy.sockets import FIRST_FD, HeldSockets
 
 BACKOFF_FIRST = 1.0
@@ -52,28 +54,49 @@ STABLE_UPTIME = 60.0  # a generation that lived this long resets the crash backo
 HEALTH_INTERVAL = 0.2
 PROBE_TIMEOUT = 5.0
 
-# Runs in the child between posix_spawn and the app (argv: dewy's pid, workdir, socket count,
-# command). posix_spawn cannot chdir or prctl, and LISTEN_PID must be the app's own pid, which
-# exec keeps. PR_SET_PDEATHSIG: outside systemd nothing else would stop the app or free the
-# ports if dewy is killed (kill -9), and a restarted dewy must be able to bind them again.
-# The death signal follows the spawning thread, i.e. the event loop's. The shim needs
-# sys.executable to be a Python interpreter (not a frozen one-file binary); it costs ~25 ms.
+# Runs in the child between posix_spawn and the app (argv: JSON options, then the command).
+# posix_spawn cannot chdir, prctl or change user, and LISTEN_PID must be the app's own pid,
+# which exec keeps. Options:
+# - parent: PR_SET_PDEATHSIG. Outside systemd nothing else would stop the app or free the
+#   ports if dewy is killed (kill -9), and a restarted dewy must be able to bind them again.
+#   The death signal follows the spawning thread, i.e. the event loop's. Under systemd the app
+#   lives in its own scope and must outlive dewy's restarts, so there is none.
+# - gate: an fd to read one byte from before going on: dewy opens it once systemd has moved
+#   this process into the generation's scope, so the app never runs outside its limits.
+# - user/group: the app's identity (dewy runs as root to manage units).
+# The shim needs sys.executable to be a Python interpreter (not a frozen binary); ~15-25 ms.
 _SHIM = """
-import ctypes, os, signal, sys
-parent, workdir, count, command = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
-ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-if os.getppid() != parent:
+import ctypes, json, os, signal, sys
+options, command = json.loads(sys.argv[1]), sys.argv[2:]
+if options["parent"]:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    if os.getppid() != options["parent"]:
+        os._exit(1)
+if options["gate"] is not None and os.read(options["gate"], 1) != b"1":
     os._exit(1)
+count = options["count"]
 os.closerange(3 + count, os.sysconf("SC_OPEN_MAX"))
 for sig in (signal.SIGPIPE, signal.SIGXFSZ):
     signal.signal(sig, signal.SIG_DFL)
 if count:
     os.environ["LISTEN_PID"] = str(os.getpid())
 try:
-    os.chdir(workdir)
+    if options["user"] or options["group"]:
+        import grp, pwd
+        account = pwd.getpwnam(options["user"]) if options["user"] else None
+        gid = grp.getgrnam(options["group"]).gr_gid if options["group"] else account.pw_gid
+        if account:
+            os.initgroups(account.pw_name, gid)
+            os.environ.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
+        else:
+            os.setgroups([])
+        os.setgid(gid)
+        if account:
+            os.setuid(account.pw_uid)
+    os.chdir(options["workdir"])
     os.execvp(command[0], command)
-except OSError as exc:
-    print(f"dewy: cannot run {command[0]!r} in {workdir}: {exc.strerror}", file=sys.stderr)
+except (OSError, KeyError) as exc:
+    print(f"dewy: cannot run {command[0]!r} in {options['workdir']}: {exc}", file=sys.stderr)
     os._exit(127)
 """
 # Inherited from whatever started dewy (e.g. its own socket activation); they must not
@@ -85,10 +108,11 @@ _DEFAULT_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
 class _Generation:
     """One spawned app process; its exit is seen through a pidfd, so no SIGCHLD handler is involved."""
 
-    def __init__(self, number: int, version: str, pid: int) -> None:
+    def __init__(self, number: int, version: str, pid: int, unit: str | None = None) -> None:
         self.number = number
         self.version = version
         self.pid = pid
+        self.unit = unit  # its transient systemd scope, when placed in one
         self.loop = asyncio.get_running_loop()
         self.started = self.loop.time()
         self.exited: asyncio.Future[int | None] = self.loop.create_future()  # the wait status
@@ -131,12 +155,23 @@ def describe(status: int | None) -> str:
         return f"was killed by signal {-code}"
 
 
+class Placement(Protocol):
+    """Where generations run beyond their own process group (dewy.units: a transient systemd scope each)."""
+
+    async def place(self, pid: int, generation: int, version: str) -> str:
+        """Put the paused process ``pid`` into a new unit; returns the unit's name."""
+
+    async def stop(self, unit: str) -> None:
+        """Stop the unit (its whole cgroup) and wait until it is gone."""
+
+
 class Supervisor:
     """Starts, restarts, crash-restarts and stops app generations; one restart at a time."""
 
     def __init__(self, command: list[str], sockets: HeldSockets | None, *, workdir: Path, settle: float = 1.0,
                  health_url_path: str | None = None, health_timeout: float = 30, stop_timeout: float = 30,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, placement: Placement | None = None,
+                 user: str | None = None, group: str | None = None, output: tuple[int, int] | None = None) -> None:
         if not command:
             raise ValueError("the app command is empty")
         self.command = list(command)
@@ -147,6 +182,9 @@ class Supervisor:
         self.health_timeout = health_timeout
         self.stop_timeout = stop_timeout
         self.env = dict(env or {})
+        self.placement = placement
+        self.user, self.group = user, group
+        self.output = output  # fds for the app's stdout and stderr (journal streams), else dewy's own
         self.state = "stopped"  # stopped | running | backoff (crashed, restart pending) | stopping
         self.crashes = 0  # unexpected exits, including crash restarts that failed to become ready
         self._current: _Generation | None = None
@@ -201,6 +239,26 @@ class Supervisor:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    async def adopt(self, pid: int, unit: str | None, generation: int, version: str, release_dir: Path) -> bool:
+        """Take over a generation a previous dewy started (it survived dewy's restart in its own unit).
+
+        False if that process is gone; then the caller starts a new generation as usual.
+        """
+        async with self._lock:
+            try:
+                gen = _Generation(generation, version, pid, unit)
+            except ProcessLookupError:
+                return False
+            self._counter = max(self._counter, generation)
+            self._live.add(gen)
+            self._current, self._release, self._stopping = gen, (Path(release_dir), version), False
+            self.state = "running"
+            gen.exited.add_done_callback(lambda _: self._on_exit(gen))
+            log.info("app-adopted", f"adopted app generation {generation} (pid {pid})", generation=generation,
+                     version=version, pid=pid, unit=unit)
+            self._notify()
+            return True
+
     async def start(self, release_dir: Path, version: str) -> None:
         """Start the first generation and wait until it is ready; AppStartError if it is not."""
         async with self._lock:
@@ -250,7 +308,7 @@ class Supervisor:
         """Spawn a generation, wait until ready and make it current; kill it on failure."""
         if self._stopping:
             raise AppStartError(f"not starting app version {version}: the app is being stopped")
-        gen = self._spawn(release_dir, version)
+        gen = await self._spawn(release_dir, version)
         try:
             await self._wait_ready(gen)
         except BaseException:
@@ -263,35 +321,50 @@ class Supervisor:
         log.info("app-ready", f"app generation {gen.number} is ready", generation=gen.number, version=version, pid=gen.pid)
         self._notify()
 
-    def _spawn(self, release_dir: Path, version: str) -> _Generation:
+    async def _spawn(self, release_dir: Path, version: str) -> _Generation:
         self._counter += 1
         number = self._counter
         env = {k: v for k, v in os.environ.items() if k not in _PROTOCOL_VARS}
         env.update(self.env)
         env.update(DEWY_VERSION=version, DEWY_RELEASE_DIR=str(release_dir), SERVER_STARTER_GENERATION=str(number))
         count = len(self.sockets) if self.sockets else 0
+        gate = os.pipe2(os.O_CLOEXEC) if self.placement else None
         copies: list[int] = []
         try:
+            actions = [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(self.output or (), (1, 2))]
             if self.sockets:
                 env.update(LISTEN_FDS=str(count), LISTEN_FDNAMES=":".join(self.sockets.fdnames),
                            SERVER_STARTER_PORT=self.sockets.server_starter_port())
-                # Copies numbered above the targets, so no dup2 overwrites a source still to be mapped;
-                # dup2 leaves the targets without close-on-exec, the copies keep it. Every other fd is
-                # closed by the shim.
-                copies = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FIRST_FD + count) for fd in self.sockets.fds]
-            actions = [(os.POSIX_SPAWN_DUP2, copy, FIRST_FD + i) for i, copy in enumerate(copies)]
-            argv = [sys.executable, "-I", "-S", "-c", _SHIM, str(os.getpid()), str(self.workdir), str(count), *self.command]
+            # Copies numbered above every target, so no dup2 overwrites a source still to be mapped;
+            # dup2 leaves the targets without close-on-exec, the copies keep it. Every other fd is
+            # closed by the shim.
+            sources = [*(self.sockets.fds if self.sockets else ()), *([gate[0]] if gate else ())]
+            copies = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FIRST_FD + count + 1) for fd in sources]
+            actions += [(os.POSIX_SPAWN_DUP2, copy, FIRST_FD + i) for i, copy in enumerate(copies)]
+            options = {"parent": 0 if self.placement else os.getpid(), "gate": FIRST_FD + count if gate else None,
+                       "count": count, "workdir": str(self.workdir), "user": self.user, "group": self.group}
+            argv = [sys.executable, "-I", "-S", "-c", _SHIM, json.dumps(options), *self.command]
             pid = os.posix_spawn(sys.executable, argv, env, file_actions=actions, setpgroup=0,
                                  setsigdef=_DEFAULT_SIGNALS, setsigmask=())
         except OSError as exc:
+            if gate:
+                os.close(gate[1])
             raise AppStartError(f"cannot start app version {version}: {exc.strerror or exc}") from None
         finally:
-            for fd in copies:
+            for fd in [*copies, *(gate[:1] if gate else ())]:
                 os.close(fd)
         gen = _Generation(number, version, pid)
         self._live.add(gen)
         log.info("app-starting", f"starting app generation {number}", generation=number, version=version, pid=pid,
                  release_dir=str(release_dir))
+        if gate:
+            try:
+                gen.unit = await self.placement.place(pid, number, version)
+                os.write(gate[1], b"1")
+            except DewyError as exc:
+                log.error("app-start-failed", f"cannot place app generation {number} in its unit: {exc}", generation=number)
+            finally:
+                os.close(gate[1])  # without the byte the shim exits: the app never runs outside its unit
         self._notify()
         return gen
 
@@ -370,6 +443,16 @@ class Supervisor:
         await asyncio.shield(self._retire(gen))
 
     async def _stop_generation(self, gen: _Generation) -> None:
+        if gen.unit and self.placement:
+            # systemd signals the whole cgroup: SIGTERM, SIGKILL after the unit's stop timeout
+            log.info("app-stopping", f"stopping app generation {gen.number}", generation=gen.number, pid=gen.pid,
+                     unit=gen.unit)
+            try:
+                await self.placement.stop(gen.unit)
+            except DewyError as exc:
+                log.warning("app-stopping", f"systemd could not stop {gen.unit}: {exc}; signalling it", unit=gen.unit)
+            else:
+                await gen.exited
         if not gen.exited.done():
             log.info("app-stopping", f"stopping app generation {gen.number}", generation=gen.number, pid=gen.pid)
             gen.signal(signal.SIGTERM)
@@ -395,6 +478,8 @@ class Supervisor:
             return
         self._current = None
         self.crashes += 1
+        if gen.unit and self.placement:  # the leader is gone; what it left in its unit goes too
+            asyncio.create_task(self._terminate(gen))
         if gen.uptime >= STABLE_UPTIME:
             self._next_delay = BACKOFF_FIRST
         log.warning("app-exited", f"app generation {gen.number} {describe(gen.exited.result())}",
