@@ -124,6 +124,25 @@ class HeldSockets:
             sock.set_inheritable(False)
         return held
 
+    @classmethod
+    def reuse(cls, addresses: Iterable[tuple[str, int]], inherited: Iterable[int]) -> HeldSockets:
+        """The configured addresses, each taken from ``inherited`` (systemd's fd store, after dewy itself
+        restarted) when one is bound there, else bound anew; inherited sockets no longer configured are closed."""
+        spare = cls.from_fds(inherited)
+        pool = {address: sock for address, sock in zip(spare.addresses, spare._sockets)}
+        held = cls(())
+        try:
+            for host, port in addresses:
+                sock = pool.pop(_resolve(host, port)[1][:2], None)
+                held._sockets.append(sock or _listen(host, port))
+        except BaseException:
+            held.close()
+            raise
+        finally:
+            for sock in pool.values():
+                sock.close()
+        return held
+
     def _disown(self) -> None:
         for sock in self._sockets:
             sock.detach()
@@ -168,15 +187,20 @@ class HeldSockets:
         self.close()
 
 
+def _resolve(host: str, port: int) -> tuple[int, tuple]:
+    """The socket family and address that ``host:port`` binds to (``""`` is every IPv4 interface)."""
+    if not host:
+        return socket.AF_INET, ("0.0.0.0", port)
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {_where(host, port)}: {exc.strerror}") from None
+    return family, address
+
+
 def _listen(host: str, port: int) -> socket.socket:
     where = _where(host, port)
-    try:
-        if not host:
-            family, address = socket.AF_INET, ("0.0.0.0", port)
-        else:
-            family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as exc:
-        raise UsageError(f"cannot listen on {where}: {exc.strerror}") from None
+    family, address = _resolve(host, port)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

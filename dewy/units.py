@@ -41,10 +41,13 @@ class Systemd:
         self._removed: dict[str, asyncio.Event] = {}
 
     async def connect(self) -> None:
-        from dbus_next import BusType, Message
+        from dbus_next import BusType
         from dbus_next.aio import MessageBus
 
-        self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        try:
+            self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        except OSError as exc:
+            raise SystemdError(f"cannot reach systemd on the system bus: {exc}") from None
         self._bus.add_message_handler(self._on_signal)
         await self._call("AddMatch", "s", [f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}'"],
                          destination="org.freedesktop.DBus", path="/org/freedesktop/DBus", interface="org.freedesktop.DBus")
@@ -68,6 +71,8 @@ class Systemd:
                     path: str = MANAGER_PATH, interface: str = MANAGER) -> list:
         from dbus_next import Message, MessageType
 
+        if self._bus is None:
+            await self.connect()
         reply = await self._bus.call(Message(destination=destination, path=path, interface=interface,
                                              member=member, signature=signature, body=body))
         if reply.message_type == MessageType.ERROR:
@@ -146,3 +151,30 @@ class Systemd:
     async def aclose(self) -> None:
         if self._bus:
             self._bus.disconnect()
+
+
+class AppScopes:
+    """The supervisor's Placement under systemd: generation N of app NAME runs in ``dewy-NAME-gN.scope``."""
+
+    def __init__(self, systemd: Systemd, instance: str, limits, stop_timeout: float) -> None:
+        self.systemd = systemd
+        self.instance = instance
+        self.properties: dict[str, tuple[str, Any]] = {
+            "TimeoutStopUSec": ("t", int(stop_timeout * 1_000_000)),
+            "SendSIGKILL": ("b", True),
+        }
+        if limits.memory_max:
+            self.properties["MemoryMax"] = ("t", limits.memory_max)
+        if limits.cpu_quota:
+            self.properties["CPUQuotaPerSecUSec"] = ("t", int(limits.cpu_quota * 10_000))
+        if limits.tasks_max:
+            self.properties["TasksMax"] = ("t", limits.tasks_max)
+
+    async def place(self, pid: int, generation: int, version: str) -> str:
+        name = f"dewy-{self.instance}-g{generation}.scope"
+        await self.systemd.start_scope(name, pid, f"dewy app {self.instance} {version} (generation {generation})",
+                                       self.properties)
+        return name
+
+    async def stop(self, unit: str) -> None:
+        await self.systemd.stop(unit)

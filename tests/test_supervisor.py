@@ -402,3 +402,18 @@ asyncio.run(main())
         dewy.kill()
         dewy.wait(5)
         dewy.stdout.close()
+
+
+def test_reuse_takes_inherited_sockets_and_binds_the_rest() -> None:
+    """After dewy restarts, the listening sockets systemd kept are reused, never bound twice."""
+    first = HeldSockets([("127.0.0.1", 0), ("127.0.0.1", 0)])
+    kept_port = first.addresses[0][1]
+    kept_fd, dropped_fd = (os.dup(fd) for fd in first.fds)  # what systemd's fd store hands back
+    first.close()
+    inode = os.fstat(kept_fd).st_ino
+    with HeldSockets.reuse([("127.0.0.1", kept_port), ("127.0.0.1", 0)], [kept_fd, dropped_fd]) as held:
+        assert held.addresses[0] == ("127.0.0.1", kept_port)
+        assert os.fstat(held.fds[0]).st_ino == inode
+        assert held.addresses[1][1] not in (0, kept_port)
+    with pytest.raises(OSError):
+        os.fstat(dropped_fd)  # a socket no longer configured is closed
