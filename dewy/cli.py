@@ -17,6 +17,8 @@ from dewy.urls import Url, parse_duration
 
 DEFAULT_MAX_ARCHIVE = "4G"
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Settings:
     max_archive_size: int = 4 << 30
     keep_releases: int = 7
     name: str | None = None  # the instance name of dewy@NAME (from --config /etc/dewy/NAME.toml)
+    source: Path | None = None  # the --config file these settings came from (None: flags)
     app: AppLimits = field(default_factory=lambda: AppLimits())
 
 
@@ -66,23 +69,50 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+# Validators shared with dewy.config: each raises ValueError with a reason that does not
+# name the option, so flags and config files report the same problem in their own terms.
 
 
-def _size(text: str) -> int:
+def parse_size(text: str) -> int:
+    """``500M``, ``4G``, ``512MiB``, ``1048576`` to bytes; must be positive."""
     value = text.strip().lower().removesuffix("b").removesuffix("i")
     unit = value[-1:] if value[-1:] in SIZE_UNITS else ""
     try:
         size = int(float(value[: len(value) - len(unit)]) * SIZE_UNITS[unit])
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 500M, 4G)") from None
+        raise ValueError(f"{text!r} is not a size (examples: 500M, 4G)") from None
     if size <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than zero")
+        raise ValueError(f"{text!r} must be greater than zero")
     return size
+
+
+def check_keep_releases(count: int) -> int:
+    if count < 1:
+        raise ValueError("must be at least 1")
+    return count
+
+
+def check_health_path(path: str) -> str:
+    if not path.startswith("/"):
+        raise ValueError(f"{path!r} must start with /")
+    return path
+
+
+def _argument(check):
+    """A shared validator as an argparse type (argparse then names the flag)."""
+
+    def convert(text: str):
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = check.__name__
+    return convert
+
+
+_duration = _argument(parse_duration)
+_size = _argument(parse_size)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -91,8 +121,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--cache", metavar="URL", help="cache: file:///DIR (default $DEWY_CACHEDIR or ./.dewy/cache) or memory://")
     parser.add_argument("--notifier", action="append", default=[], metavar="URL", help="where people are told (repeatable)")
     parser.add_argument("--notify", action="append", default=[], metavar="URL", help=argparse.SUPPRESS)
-    parser.add_argument("-l", "--log-level", choices=["debug", "info", "warn", "error"], default="info", type=str.lower)
-    parser.add_argument("-f", "--log-format", choices=["text", "json"], default="text", type=str.lower)
+    parser.add_argument("-l", "--log-level", choices=LOG_LEVELS, default="info", type=str.lower)
+    parser.add_argument("-f", "--log-format", choices=LOG_FORMATS, default="text", type=str.lower)
     parser.add_argument("--before-deploy-hook", metavar="CMD", help="shell command run before a deploy; non-zero exit aborts it")
     parser.add_argument("--after-deploy-hook", metavar="CMD", help="shell command run after a deploy; failure is only reported")
     parser.add_argument("--hook-timeout", type=_duration, default=300.0, metavar="SECONDS", help="kill a hook after this long (default 300)")
@@ -102,11 +132,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help=f"refuse archives that expand past this (default {DEFAULT_MAX_ARCHIVE})")
     parser.add_argument("--keep-releases", type=int, default=7, metavar="N", help="releases kept on disk (default 7)")
     parser.add_argument("-v", "--version", action="version", version=f"dewy {__version__}")
+    _config_misplaced(parser)
+
+
+def _config_misplaced(parser: argparse.ArgumentParser) -> None:
+    """Accept --config after a command only to refuse it with a clear message (see parse)."""
+    parser.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="dewy", description="Pull-based deployment agent: deploys the newest semver release.")
     parser.add_argument("-v", "--version", action="version", version=f"dewy {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="read the settings from a TOML file such as /etc/dewy/NAME.toml instead of flags")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     server = commands.add_parser("server", help="deploy and run a server app with zero-downtime restarts",
                                  usage="dewy server --registry URL [options] [-p PORTS] -- COMMAND [ARGS...]")
@@ -118,8 +155,12 @@ def build_parser() -> Parser:
     server.add_argument("--stop-timeout", type=_duration, default=30.0, metavar="SECONDS", help="SIGKILL an old generation this long after SIGTERM (default 30)")
     assets = commands.add_parser("assets", help="deploy static files")
     _common(assets)
-    commands.add_parser("container", help="deploy an OCI image (not built yet)")
+    _config_misplaced(commands.add_parser("container", help="deploy an OCI image (not built yet)"))
     return parser
+
+
+def _config_with_command(command: str) -> UsageError:
+    return UsageError(f"--config cannot be combined with dewy {command}: the file sets the mode (mode = \"server\" or \"assets\")")
 
 
 def parse(argv: list[str]) -> Settings:
@@ -130,7 +171,21 @@ def parse(argv: list[str]) -> Settings:
     if "--" in argv:
         at = argv.index("--")
         argv, app_command = argv[:at], argv[at + 1:]
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError:
+        command = next((a for a in argv if a in ("server", "assets", "container")), None)
+        if command and any(a == "--config" or a.startswith("--config=") for a in argv):
+            raise _config_with_command(command) from None  # not "--registry is required"
+        raise
+    if getattr(args, "config", None) is not None:
+        if args.command is not None:
+            raise _config_with_command(args.command)
+        if app_command:
+            raise UsageError("--config takes no command after --: set command = [...] in the file's [server] table")
+        from dewy.config import load
+
+        return load(Path(args.config))
     if args.command is None:
         raise UsageError("missing command: use dewy server, dewy assets or dewy container (see dewy --help)")
     notifiers = args.notifier + args.notify
@@ -141,8 +196,10 @@ def parse(argv: list[str]) -> Settings:
         hook_timeout=args.hook_timeout, slot=args.slot, dir=(args.dir or Path.cwd()).absolute(),
         max_archive_size=args.max_archive_size, keep_releases=args.keep_releases, app_command=app_command,
     )
-    if args.keep_releases < 1:
-        raise UsageError("--keep-releases must be at least 1")
+    try:
+        check_keep_releases(args.keep_releases)
+    except ValueError as exc:
+        raise UsageError(f"--keep-releases {exc}") from None
     if args.notify:
         print("dewy: warning: --notify is deprecated; use --notifier", file=sys.stderr)
     if args.command == "server":
@@ -156,8 +213,11 @@ def parse(argv: list[str]) -> Settings:
             raise UsageError("dewy server needs the app command after --, e.g. dewy server --registry URL -p 8000 -- ./current/app")
         if args.health_path and not settings.ports:
             raise UsageError("--health-path needs at least one --port to check the app through")
-        if args.health_path and not args.health_path.startswith("/"):
-            raise UsageError(f"--health-path {args.health_path!r} must start with /")
+        if args.health_path:
+            try:
+                check_health_path(args.health_path)
+            except ValueError as exc:
+                raise UsageError(f"--health-path {exc}") from None
         settings.health_path, settings.health_timeout = args.health_path, args.health_timeout
         settings.settle_time, settings.stop_timeout = args.settle_time, args.stop_timeout
     elif app_command:
@@ -169,9 +229,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         settings = parse(argv)
+        from dewy.config import load_credentials
+
+        load_credentials()
         from dewy.daemon import run
 
-        return run(settings)
+        try:
+            return run(settings)
+        except UsageError as exc:
+            if settings.source is None:
+                raise
+            from dewy.config import locate
+
+            raise locate(settings, exc) from None  # a backend's complaint about a URL, with the file's line
     except UsageError as exc:
         print(f"dewy: error: {exc}", file=sys.stderr)
         return 2

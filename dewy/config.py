@@ -1,0 +1,586 @@
+"""Config files (``dewy --config /etc/dewy/NAME.toml``) and systemd credentials.
+
+A config file holds the same settings as the command line, with snake_case keys
+(``log_level`` for ``--log-level``), server options in a ``[server]`` table and the
+app's user and resource limits in an ``[app]`` table. Values are checked with the
+same validators as the flags; every problem is one line ``FILE:LINE: message``
+(a UsageError: exit code 2). tomllib reports no positions, so :func:`key_lines`
+finds each key's line in the text.
+
+The instance name is the file's stem (``demo`` for ``/etc/dewy/demo.toml``, as in
+``dewy@demo``); without ``dir``, releases live in ``/var/lib/dewy/NAME``, the
+StateDirectory that ``dewy@.service`` gives each instance.
+
+Secrets do not belong in the file: they come from the environment
+(``EnvironmentFile=/etc/dewy/NAME.env``) or from systemd credentials, which
+:func:`load_credentials` exports as environment variables.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Callable, MutableMapping
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any
+
+from dewy.cli import (
+    LOG_FORMATS, LOG_LEVELS, AppLimits, Settings, check_health_path, check_keep_releases, parse_size,
+)
+from dewy.errors import UsageError
+from dewy.urls import parse_duration, redact
+
+STATE_ROOT = Path("/var/lib/dewy")  # default dir: STATE_ROOT/NAME (systemd: StateDirectory=dewy/%i)
+MODES = ("server", "assets", "container")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+CREDENTIAL_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")  # GITHUB_TOKEN, SLACK_TOKEN, AWS_SECRET_ACCESS_KEY, ...
+
+Key = tuple[str, ...]
+
+
+class Bad(ValueError):
+    """A value that cannot be used; the message does not name the key (the caller adds it)."""
+
+
+# -- values -------------------------------------------------------------------------------
+
+
+def _kind(value: Any) -> str:
+    """How TOML calls the type of ``value``, with short scalars shown."""
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a float ({value})"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"a string ({redact(shown)!r})" if "://" in value else f"a string ({shown!r})"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, (datetime, date, time)):
+        return "a date/time"
+    return type(value).__name__
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise Bad(f"expected a string, not {_kind(value)}")
+    if not value.strip():
+        raise Bad("must not be empty")
+    return value
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Bad(f"expected an integer, not {_kind(value)}")
+    return value
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise Bad(f"expected a duration: seconds as a number, or a string such as \"30s\" or \"5m\", not {_kind(value)}")
+    return parse_duration(str(value))
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise Bad(f"expected a size: a string such as \"512M\" or \"4G\", or bytes as an integer, not {_kind(value)}")
+    return parse_size(str(value))
+
+
+def _positive(value: Any) -> int:
+    if _integer(value) < 1:
+        raise Bad(f"{value} must be at least 1")
+    return value
+
+
+def _keep_releases(value: Any) -> int:
+    try:
+        return check_keep_releases(_integer(value))
+    except Bad:
+        raise
+    except ValueError as exc:
+        raise Bad(f"{value} {exc}") from None
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if _string(value).lower() not in choices:
+            raise Bad(f"{value!r} is not one of {', '.join(choices)}")
+        return value.lower()
+
+    return convert
+
+
+def _mode(value: Any) -> str:
+    mode = _choice(MODES)(value)
+    if mode == "container":
+        raise Bad("\"container\" is not built yet in this version; use \"server\" or \"assets\"")
+    return mode
+
+
+def _url(kind: str) -> Callable[[Any], str]:
+    """A backend URL, checked for a known scheme now (the backend checks the rest at startup)."""
+
+    def convert(value: Any) -> str:
+        raw = _string(value)
+        if kind == "registry":
+            from dewy.registry import REGISTRIES as plugins
+        elif kind == "cache":
+            from dewy.cache import CACHES as plugins
+        else:
+            from dewy.notifiers import NOTIFIERS as plugins
+        try:
+            plugins.url(raw)
+        except UsageError as exc:
+            raise Bad(str(exc)) from None
+        return raw
+
+    return convert
+
+
+def _list(item: Callable[[Any], Any], example: str) -> Callable[[Any], list]:
+    """A list whose items are checked by ``item``; an item's problem is reported as ``key[i]``."""
+
+    def convert(value: Any) -> list:
+        if not isinstance(value, list):
+            raise Bad(f"expected a list such as {example}, not {_kind(value)}")
+        out = []
+        for index, element in enumerate(value):
+            try:
+                out.append(item(element))
+            except ValueError as exc:
+                raise Bad(str(exc), index) from None
+        return out
+
+    return convert
+
+
+def _path(value: Any) -> Path:
+    path = Path(_string(value))
+    if not path.is_absolute():
+        raise Bad(f"{value!r} must be an absolute path")
+    return path
+
+
+def _port_spec(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise Bad(f"expected a port (8000) or a port spec string (\"8000-8005\", \"127.0.0.1:8000\"), not {_kind(value)}")
+    from dewy.sockets import parse_ports
+
+    parse_ports([str(value)])
+    return str(value)
+
+
+def _ports(value: Any) -> list[tuple[str, int]]:
+    specs = _list(_port_spec, '[8000, "8001-8003", "127.0.0.1:9000"]')(value)
+    from dewy.sockets import parse_ports
+
+    return parse_ports(specs)  # the whole list: a port given twice
+
+
+def _command(value: Any) -> list[str]:
+    command = _list(_command_word, '["./current/app", "--port", "8000"]')(value)
+    if not command:
+        raise Bad("must not be empty: the app to run, such as [\"./current/app\"]")
+    return command
+
+
+def _command_word(value: Any) -> str:
+    if not isinstance(value, str):
+        raise Bad(f"expected a string, not {_kind(value)}")
+    return value
+
+
+def _health_path(value: Any) -> str:
+    return check_health_path(_string(value))
+
+
+def _account(value: Any) -> str:
+    """A user or group: a name, or a numeric id."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if not isinstance(value, str):
+        raise Bad(f"expected a name (string) or a numeric id, not {_kind(value)}")
+    return _string(value)
+
+
+def _percent(value: Any) -> float:
+    """CPU time as a percentage of one CPU (systemd's CPUQuota=): "150%" is one and a half CPUs."""
+    if not isinstance(value, str):
+        raise Bad(f"expected a percentage of one CPU as a string such as \"150%\", not {_kind(value)}")
+    try:
+        if not value.strip().endswith("%"):
+            raise ValueError
+        percent = float(value.strip()[:-1])
+    except ValueError:
+        raise Bad(f"{value!r} is not a percentage such as \"150%\"") from None
+    if not percent > 0:
+        raise Bad(f"{value!r} must be greater than zero")
+    return percent
+
+
+def _environment(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise Bad(f"expected a table of strings such as {{ TZ = \"UTC\" }}, not {_kind(value)}")
+    for name, item in value.items():
+        if not ENV_NAME.fullmatch(name):
+            raise Bad(f"{name!r} is not an environment variable name", name)
+        if not isinstance(item, str):
+            raise Bad(f"expected a string, not {_kind(item)}", name)
+    return dict(value)
+
+
+# -- schema -------------------------------------------------------------------------------
+
+# key -> (converter, Settings/AppLimits field)
+TOP: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "mode": (_mode, "command"),
+    "registry": (_url("registry"), "registry"),
+    "interval": (_duration, "interval"),
+    "cache": (_url("cache"), "cache"),
+    "notifiers": (_list(_url("notifier"), '["slack://deploys"]'), "notifiers"),
+    "log_level": (_choice(LOG_LEVELS), "log_level"),
+    "log_format": (_choice(LOG_FORMATS), "log_format"),
+    "before_deploy_hook": (_string, "before_deploy_hook"),
+    "after_deploy_hook": (_string, "after_deploy_hook"),
+    "hook_timeout": (_duration, "hook_timeout"),
+    "slot": (_string, "slot"),
+    "dir": (_path, "dir"),
+    "max_archive_size": (_size, "max_archive_size"),
+    "keep_releases": (_keep_releases, "keep_releases"),
+}
+SERVER: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "ports": (_ports, "ports"),
+    "command": (_command, "app_command"),
+    "health_path": (_health_path, "health_path"),
+    "health_timeout": (_duration, "health_timeout"),
+    "settle_time": (_duration, "settle_time"),
+    "stop_timeout": (_duration, "stop_timeout"),
+}
+APP: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "user": (_account, "user"),
+    "group": (_account, "group"),
+    "memory_max": (_size, "memory_max"),
+    "cpu_quota": (_percent, "cpu_quota"),
+    "tasks_max": (_positive, "tasks_max"),
+    "environment": (_environment, "environment"),
+}
+TABLES = {"server": SERVER, "app": APP}
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+def load(path: Path) -> Settings:
+    """Read a config file into Settings, or raise UsageError ``FILE:LINE: message`` naming the first problem."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: not UTF-8 text") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _syntax_error(path, text, exc) from None
+    return _Reader(path, text).settings(document)
+
+
+def _syntax_error(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> UsageError:
+    message = str(exc)
+    match = re.search(r" \(at line (\d+), column (\d+)\)$", message)
+    if match:
+        line, where = int(match[1]), f" (column {match[2]})"
+    else:
+        line, where = text.count("\n") + 1, " (at the end of the file)"
+    reason = message[: match.start()] if match else message.removesuffix(" (at end of document)")
+    if reason == "Cannot overwrite a value":
+        reason = "a key is set twice (TOML: cannot overwrite a value)"
+    return UsageError(f"{path}:{line}: TOML syntax error: {reason}{where}")
+
+
+class _Reader:
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = key_lines(text)
+
+    def error(self, key: Key, message: str) -> UsageError:
+        return UsageError(f"{self.path}:{line_of(self.lines, key)}: {message}")
+
+    def convert(self, key: Key, converter: Callable[[Any], Any], value: Any) -> Any:
+        try:
+            return converter(value)
+        except ValueError as exc:
+            # Bad(message, index) or Bad(message, name): the problem is in one item of a list or table
+            where = ".".join(key) + "".join(f"[{extra}]" if isinstance(extra, int) else f".{extra}" for extra in exc.args[1:])
+            raise self.error(key + tuple(str(extra) for extra in exc.args[1:] if isinstance(extra, str)),
+                             f"{where}: {exc.args[0]}") from None
+
+    def settings(self, document: dict[str, Any]) -> Settings:
+        name = self.path.stem
+        values: dict[str, Any] = {}
+        for key, value in document.items():
+            if key in TABLES:
+                if not isinstance(value, dict):
+                    raise self.error((key,), f"{key}: expected a table ([{key}]), not {_kind(value)}")
+            elif key in TOP:
+                converter, field_name = TOP[key]
+                values[field_name] = self.convert((key,), converter, value)
+            else:
+                raise self.unknown((), key, value)
+        if "command" not in values:
+            raise self.error((), "missing key 'mode': set mode = \"server\" or mode = \"assets\"")
+        if "registry" not in values:
+            raise self.error((), "missing key 'registry': where releases are listed, such as registry = \"ghr://OWNER/REPO\"")
+        mode = values["command"]
+        server = self.table(document, "server")
+        app = self.table(document, "app")
+        for table in ("server", "app"):
+            if table in document and mode != "server":
+                raise self.error((table,), f"[{table}] applies to mode = \"server\" only; this file has mode = \"{mode}\"")
+        if mode == "server":
+            if "app_command" not in server:
+                if "server" in document:
+                    raise self.error(("server",), "missing key 'command' in [server]: the app to run, such as command = [\"./current/app\"]")
+                raise self.error(("mode",), "mode = \"server\" needs a [server] table with the app to run: command = [\"./current/app\"]")
+            if "health_path" in server and not server.get("ports"):
+                raise self.error(("server", "health_path"), "server.health_path needs server.ports to check the app through")
+        values.setdefault("dir", STATE_ROOT / name)
+        return Settings(**values, **server, name=name, source=self.path, app=AppLimits(**app))
+
+    def table(self, document: dict[str, Any], table: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in document.get(table, {}).items():
+            if key not in TABLES[table]:
+                raise self.unknown((table,), key, value)
+            converter, field_name = TABLES[table][key]
+            out[field_name] = self.convert((table, key), converter, value)
+        return out
+
+    def unknown(self, table: Key, key: str, value: Any) -> UsageError:
+        """Unknown key or table, with the closest known one, or the table it belongs in."""
+        here = TOP.keys() | TABLES.keys() if not table else TABLES[table[0]].keys()
+        full = ".".join(table + (key,))
+        what = f"table [{full}]" if isinstance(value, dict) else f"key {key!r}"
+        where = f" in [{'.'.join(table)}]" if table else ""
+        message = f"unknown {what}{where}"
+        close = _close(key, here)
+        if close:
+            shown = f"[{close}]" if close in TABLES and not table else repr(close)
+            return self.error(table + (key,), f"{message}; did you mean {shown}?")
+        # the right key in the wrong place: the keys after a [table] header belong to that table
+        current = table[0] if table else ""
+        elsewhere = {"": TOP.keys(), **{name: keys.keys() for name, keys in TABLES.items()}}
+        for other, keys in elsewhere.items():
+            close = _close(key, keys) if other != current else None
+            if close:
+                place = ("a top-level key: it goes above the first [table] header" if other == ""
+                         else f"a key of [{other}]: it goes after the [{other}] header")
+                hint = f"{close!r} is {place}" if close == key else f"did you mean {close!r}? ({close!r} is {place})"
+                return self.error(table + (key,), f"{message}; {hint}")
+        return self.error(table + (key,), f"{message}; known keys{where}: {', '.join(sorted(here))}")
+
+
+def _close(key: str, known) -> str | None:
+    normal = key.lower().replace("-", "_")
+    if normal in known:
+        return normal
+    matches = difflib.get_close_matches(normal, sorted(known), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def locate(settings: Settings, exc: UsageError) -> UsageError:
+    """A startup error about a URL or the ports (raised by a backend) with the config file's line added."""
+    message = str(exc)
+    source = settings.source
+    if source is None:
+        return exc
+    try:
+        lines = key_lines(source.read_text())
+    except (OSError, ValueError):
+        return exc
+    urls = [(("registry",), settings.registry), (("cache",), settings.cache or "")]
+    urls += [(("notifiers",), url) for url in settings.notifiers]
+    for key, url in urls:
+        if url and message.startswith(redact(url) + ":"):
+            return UsageError(f"{source}:{line_of(lines, key)}: {'.'.join(key)}: {message}")
+    if message.startswith("cannot listen on"):
+        return UsageError(f"{source}:{line_of(lines, ('server', 'ports'))}: server.ports: {message}")
+    return exc
+
+
+# -- line numbers -------------------------------------------------------------------------
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def line_of(lines: dict[Key, int], key: Key) -> int:
+    """The line of ``key``, else of the nearest enclosing key or table, else 1."""
+    while key:
+        if key in lines:
+            return lines[key]
+        key = key[:-1]
+    return 1
+
+
+def key_lines(text: str) -> dict[Key, int]:
+    """The 1-based line of every table header and ``key = value`` in valid TOML, by full key path.
+
+    Keys inside inline tables are not listed (their enclosing key's line stands for them).
+    """
+    lines: dict[Key, int] = {}
+    table: Key = ()
+    i, n, line = 0, len(text), 1
+    while i < n:
+        char = text[i]
+        if char == "\n":
+            line, i = line + 1, i + 1
+        elif char in " \t\r":
+            i += 1
+        elif char == "#":
+            i = _line_end(text, i)
+        elif char == "[":
+            start = i + (2 if text.startswith("[[", i) else 1)
+            parts, i = _read_key(text, start)
+            table = tuple(parts)
+            _record(lines, table, 1, line)
+            i = _line_end(text, i)
+        else:
+            parts, i = _read_key(text, i)
+            _record(lines, table + tuple(parts), len(table) + 1, line)
+            i, line = _skip_value(text, i + 1, line)
+    return lines
+
+
+def _record(lines: dict[Key, int], key: Key, first: int, line: int) -> None:
+    for length in range(first, len(key) + 1):
+        lines.setdefault(key[:length], line)
+
+
+def _find(text: str, sub: str, i: int) -> int:
+    found = text.find(sub, i)
+    return len(text) if found < 0 else found
+
+
+def _line_end(text: str, i: int) -> int:
+    return _find(text, "\n", i)
+
+
+def _read_key(text: str, i: int) -> tuple[list[str], int]:
+    """A dotted key starting at ``i``; returns its parts and the index of the following ``=`` or ``]``."""
+    parts = []
+    n = len(text)
+    while i < n:
+        while i < n and text[i] in " \t":
+            i += 1
+        if i < n and text[i] == '"':
+            end = _basic_string_end(text, i + 1)
+            parts.append(tomllib.loads(f"k = {text[i:end]}")["k"])
+            i = end
+        elif i < n and text[i] == "'":
+            end = _find(text, "'", i + 1) + 1
+            parts.append(text[i + 1:end - 1])
+            i = end
+        else:
+            match = _BARE_KEY.match(text, i)
+            if not match:
+                break
+            parts.append(match[0])
+            i = match.end()
+        while i < n and text[i] in " \t":
+            i += 1
+        if i < n and text[i] == ".":
+            i += 1
+            continue
+        break
+    return parts, i
+
+
+def _basic_string_end(text: str, i: int) -> int:
+    """Index just past the closing quote of a one-line basic string whose content starts at ``i``."""
+    while i < len(text) and text[i] != '"':
+        i += 2 if text[i] == "\\" else 1
+    return i + 1
+
+
+def _skip_value(text: str, i: int, line: int) -> tuple[int, int]:
+    """Skip a value (strings, arrays and inline tables may span lines) and the rest of its line."""
+    n, depth = len(text), 0
+    while i < n:
+        char = text[i]
+        if text.startswith('"""', i) or text.startswith("'''", i):
+            quote, j = text[i] * 3, i + 3
+            while j < n and not text.startswith(quote, j):
+                j += 2 if quote == '"""' and text[j] == "\\" else 1
+            j += 3
+            for _ in range(2):  # up to two quotes of the content may sit right before the delimiter
+                if j < n and text[j] == quote[0]:
+                    j += 1
+            line += text.count("\n", i, j)
+            i = j
+        elif char == '"':
+            i = _basic_string_end(text, i + 1)
+        elif char == "'":
+            i = _find(text, "'", i + 1) + 1
+        elif char == "#":
+            i = _line_end(text, i)
+        elif char == "\n":
+            line, i = line + 1, i + 1
+            if depth == 0:
+                break
+        else:
+            if char in "[{":
+                depth += 1
+            elif char in "]}":
+                depth -= 1
+            i += 1
+    return i, line
+
+
+# -- credentials --------------------------------------------------------------------------
+
+
+def load_credentials(directory: str | os.PathLike | None = None,
+                     environ: MutableMapping[str, str] | None = None) -> list[str]:
+    """Export systemd credentials named like environment variables; returns the names set (never the values).
+
+    Each file in ``$CREDENTIALS_DIRECTORY`` (systemd's ``LoadCredential=`` /
+    ``LoadCredentialEncrypted=`` / ``SetCredential=``) whose name is an upper-case
+    environment variable name (``GITHUB_TOKEN``, ``SLACK_TOKEN``, ``MAIL_PASSWORD``...)
+    becomes that variable, its content stripped of one trailing newline. Other
+    files (``tls.key``) are left alone. A credential overrides a variable of the same
+    name from the environment (``EnvironmentFile=``): it is the more deliberate mechanism.
+    """
+    environ = os.environ if environ is None else environ
+    directory = directory if directory is not None else environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return []
+    try:
+        entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+    except OSError as exc:
+        raise UsageError(f"CREDENTIALS_DIRECTORY={directory}: cannot read it: {exc.strerror}") from None
+    names = []
+    for entry in entries:
+        if not CREDENTIAL_NAME.fullmatch(entry.name) or entry.is_dir():
+            continue
+        try:
+            data = Path(entry.path).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read credential {entry.name}: {exc.strerror}") from None
+        data = data.removesuffix(b"\n")
+        if b"\0" in data:
+            raise UsageError(f"credential {entry.name} contains a NUL byte and cannot be an environment variable")
+        environ[entry.name] = os.fsdecode(data)
+        names.append(entry.name)
+    return names
