@@ -33,3 +33,7 @@ class HookError(DewyError):
 
 class AppStartError(DewyError):
     """A new app generation exited or failed its health check before becoming ready."""
+
+
+class CacheError(DewyError):
+    """A shared cache (Redis, Consul) could not be reached or refused the request."""

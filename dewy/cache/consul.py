@@ -1,0 +1,185 @@
+"""``consul://HOST:PORT/PREFIX?ttl=``: a cache shared by a fleet, in Consul's KV store (HTTP API).
+
+Each dewy key is one Consul key, ``PREFIX/<key>`` (default prefix ``dewy``; the
+key is percent-encoded so that it stays one path segment). The ACL token comes
+from ``CONSUL_HTTP_TOKEN`` and is sent as ``X-Consul-Token``; it never appears in
+a message.
+
+Consul KV has no expiry of its own. Sessions with a TTL could delete keys, but
+Consul accepts session TTLs of 10 s to 24 h only, invalidates them up to twice
+the TTL late, and would cost a session per lock. Instead the expiry time is
+stored in the value, like the ``file://`` cache: the first line is the UNIX time
+at which the value expires (or ``-``), the rest is the value. Readers treat an
+expired value as absent, and ``add`` replaces an expired value only with a
+check-and-set on the ModifyIndex it read (``?cas=0`` creates only), so two hosts
+can never both take a lock. This compares hosts' clocks, which NTP keeps well
+within a TTL of seconds. Expired keys are removed (``?cas=`` again) when read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import quote, unquote
+
+import httpx
+
+from dewy import __version__
+from dewy.errors import CacheError, UsageError
+from dewy.urls import Url
+
+DEFAULT_PORT = 8500
+DEFAULT_PREFIX = "dewy"
+TIMEOUT = httpx.Timeout(5.0)
+EXPECTED = "consul://HOST[:PORT]/PREFIX?ttl=SECONDS"
+
+
+class ConsulCache:
+    def __init__(self, url: Url) -> None:
+        url.check_keys({"ttl"})
+        if not url.host:
+            raise UsageError(f"{url}: expected {EXPECTED}")
+        self.prefix = url.path.strip("/") or DEFAULT_PREFIX
+        self.ttl: float | None = url.seconds("ttl")
+        host = f"[{url.host}]" if ":" in url.host else url.host
+        self.base = f"http://{host}:{url.port or DEFAULT_PORT}"
+        self.where = f"consul://{host}:{url.port or DEFAULT_PORT}/{self.prefix}"
+        token = os.environ.get("CONSUL_HTTP_TOKEN", "").strip()
+        self._headers = {"User-Agent": f"dewy/{__version__}", **({"X-Consul-Token": token} if token else {})}
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"ConsulCache({self.where!r}, ttl={self.ttl})"
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        """One client per event loop, created on first use (no connection at construction time)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client = httpx.AsyncClient(base_url=self.base, headers=self._headers, timeout=TIMEOUT)
+            self._loop = loop
+        return self._client
+
+    def _path(self, key: str) -> str:
+        """The URL path of ``key``: percent-encoded once for Consul's key name, once more for the URL."""
+        return "/v1/kv/" + quote(f"{self.prefix}/{_name(key)}", safe="/:@")
+
+    @contextmanager
+    def _network(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except httpx.HTTPError as exc:
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise CacheError(f"{self.where}: {what} failed: {detail}") from None
+
+    async def _request(self, method: str, key: str | None, *, params: dict[str, Any] | None = None,
+                       content: bytes | None = None, missing_ok: bool = False) -> httpx.Response | None:
+        path = self._path(key) if key is not None else "/v1/kv/" + quote(self.prefix + "/", safe="/:@")
+        what = f"{method} {key if key is not None else self.prefix + '/'}"
+        with self._network(what):
+            response = await self._http.request(method, path, params=params, content=content)
+        if response.status_code == 404 and missing_ok:
+            return None
+        if response.status_code == 403:
+            raise CacheError(f"{self.where}: {what}: permission denied by Consul's ACLs "
+                             f"({_excerpt(response)}); check CONSUL_HTTP_TOKEN and the token's key policy")
+        if response.status_code != 200:
+            raise CacheError(f"{self.where}: {what}: HTTP {response.status_code} {_excerpt(response)}")
+        return response
+
+    async def _entry(self, key: str) -> tuple[bytes, float | None, int] | None:
+        """Value, expiry and ModifyIndex of ``key``, or None if absent."""
+        response = await self._request("GET", key, missing_ok=True)
+        if response is None:
+            return None
+        entries = _json(response, self.where)
+        if not entries:
+            return None
+        return _decode(entries[0]) + (int(entries[0].get("ModifyIndex", 0)),)
+
+    async def _cas(self, method: str, key: str, index: int, content: bytes | None = None) -> bool:
+        response = await self._request(method, key, params={"cas": str(index)}, content=content)
+        return response.content.strip() == b"true"
+
+    async def get(self, key: str) -> bytes | None:
+        entry = await self._entry(key)
+        if entry is None:
+            return None
+        value, expires, index = entry
+        if _expired(expires):
+            await self._cas("DELETE", key, index)  # tidy up; losing the race to a writer is fine
+            return None
+        return value
+
+    async def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        await self._request("PUT", key, content=_encode(value, ttl))
+
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        entry = await self._entry(key)
+        if entry is None:
+            return await self._cas("PUT", key, 0, _encode(value, ttl))  # cas=0: only if the key does not exist
+        _, expires, index = entry
+        if not _expired(expires):
+            return False
+        return await self._cas("PUT", key, index, _encode(value, ttl))  # replace the expired value we saw, nothing newer
+
+    async def delete(self, key: str) -> None:
+        await self._request("DELETE", key)
+
+    async def keys(self) -> list[str]:
+        response = await self._request("GET", None, params={"recurse": "true"}, missing_ok=True)
+        if response is None:
+            return []
+        start = len(self.prefix) + 1
+        return [unquote(e["Key"][start:]) for e in _json(response, self.where) if not _expired(_decode(e)[1])]
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            try:
+                await client.aclose()
+            except RuntimeError:
+                pass  # connections of a finished event loop; nothing left to release
+
+
+def _name(key: str) -> str:
+    """A dewy key as one Consul path segment (``/`` and other specials percent-encoded)."""
+    return quote(key, safe=":@-._~")
+
+
+def _encode(value: bytes, ttl: float | None) -> bytes:
+    return (repr(time.time() + ttl).encode() if ttl else b"-") + b"\n" + value
+
+
+def _decode(entry: dict[str, Any]) -> tuple[bytes, float | None]:
+    raw = base64.b64decode(entry.get("Value") or "")
+    header, _, value = raw.partition(b"\n")
+    try:
+        expires = None if header == b"-" else float(header)
+    except ValueError:  # not written by dewy: a value without expiry
+        return raw, None
+    return value, expires
+
+
+def _expired(expires: float | None) -> bool:
+    return expires is not None and expires <= time.time()
+
+
+def _json(response: httpx.Response, where: str) -> list[dict[str, Any]]:
+    try:
+        body = response.json()
+    except ValueError:
+        raise CacheError(f"{where}: the answer is not JSON (is this Consul's HTTP API?)") from None
+    if not isinstance(body, list):
+        raise CacheError(f"{where}: expected a JSON list of KV entries")
+    return body
+
+
+def _excerpt(response: httpx.Response) -> str:
+    return response.text.strip()[:200] or response.reason_phrase
