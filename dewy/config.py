@@ -280,7 +280,7 @@ TABLES = {"server": SERVER, "app": APP}
 
 def load(path: Path) -> Settings:
     """Read a config file into Settings, or raise UsageError ``FILE:LINE: message`` naming the first problem."""
-    path = Path(path)
+    path = Path(path).absolute()  # errors and Settings.source name the file the same way from any cwd
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -410,11 +410,11 @@ def locate(settings: Settings, exc: UsageError) -> UsageError:
         lines = key_lines(source.read_text())
     except (OSError, ValueError):
         return exc
-    urls = [(("registry",), settings.registry), (("cache",), settings.cache or "")]
-    urls += [(("notifiers",), url) for url in settings.notifiers]
-    for key, url in urls:
+    urls = [("registry", "registry", settings.registry), ("cache", "cache", settings.cache or "")]
+    urls += [("notifiers", f"notifiers[{index}]", url) for index, url in enumerate(settings.notifiers)]
+    for key, shown, url in urls:
         if url and message.startswith(redact(url) + ":"):
-            return UsageError(f"{source}:{line_of(lines, key)}: {'.'.join(key)}: {message}")
+            return UsageError(f"{source}:{line_of(lines, (key,))}: {shown}: {message}")
     if message.startswith("cannot listen on"):
         return UsageError(f"{source}:{line_of(lines, ('server', 'ports'))}: server.ports: {message}")
     return exc
