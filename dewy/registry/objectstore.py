@@ -1,0 +1,152 @@
+"""The object-store layout shared by ``file://``, ``s3://`` and ``gs://``: ``PREFIX/<semver>/<artifact>``.
+
+A backend answers four small questions about its store, each a blocking call
+that this base runs in a worker thread: which directories lie under the prefix,
+which files lie directly in one of them (and since when the directory exists),
+what URL names one file, and how to write one small file. Everything else is
+here, once: the newest eligible version, the artifact and checksum choice, the
+upload grace measured from the directory's time, and the audit record
+``PREFIX/<tag>/shipped_to_<host>_<command>_at_<UTC>.txt``.
+
+Backends raise RegistryError with one line naming the URL, what failed and
+what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from dewy.errors import RegistryError
+from dewy.registry import Release, checksum_file, missing_artifact, select_artifact, shipped_name, shipped_text
+from dewy.urls import Url
+from dewy.versions import newest, parse_tag
+
+AUDIT_PREFIX = "shipped_to_"
+# How long the file listing of an unchanged newest version is reused (remote stores only):
+# a poll then costs one list request, and a change inside the version directory is seen within this time.
+LISTING_TTL = 300.0
+SHOWN_NAMES = 20
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The files directly in one version directory, and when that directory appeared (None: unknown)."""
+
+    names: list[str]
+    created: datetime | None
+
+
+def earliest(times: Iterable[datetime | None]) -> datetime | None:
+    """The oldest of some object times: when a version "directory" of an object store appeared."""
+    known = [t if t.tzinfo else t.replace(tzinfo=timezone.utc) for t in times if t is not None]
+    return min(known) if known else None
+
+
+def relative_name(key: str, directory: str) -> str | None:
+    """``key`` relative to ``directory`` (which ends in ``/``) if it is a file directly in it, else None."""
+    if not key.startswith(directory):
+        return None
+    name = key[len(directory):]
+    return name if name and "/" not in name else None
+
+
+class ObjectStoreRegistry(ABC):
+    """Releases as version directories holding their artifacts. Subclasses implement the four backend calls."""
+
+    QUERY_KEYS = frozenset({"pre-release", "artifact"})
+    # Reuse the file listing of the newest version while it stays the newest (up to LISTING_TTL):
+    # right for remote stores where each list request costs time and money, not for a local directory.
+    reuse_listing = True
+
+    def __init__(self, url: Url, *, slot: str | None = None) -> None:
+        url.check_keys(self.QUERY_KEYS)
+        self.url = url
+        self.prerelease = url.flag("pre-release")
+        self.artifact = url.query.get("artifact") or None
+        self.slot = slot
+        self._known: tuple[Release, float] | None = None
+
+    # ------------------------------------------------------------ backend (blocking, run in a thread)
+
+    @abstractmethod
+    def list_versions(self) -> Iterable[str]:
+        """Names of the directories directly under the prefix (any names; non-semver ones are ignored here)."""
+
+    @abstractmethod
+    def list_files(self, tag: str) -> Listing:
+        """The files directly in directory ``tag``."""
+
+    @abstractmethod
+    def file_url(self, tag: str, name: str) -> str:
+        """The artifact URL (any scheme in dewy.artifacts) of file ``name`` in directory ``tag``."""
+
+    @abstractmethod
+    def write_file(self, tag: str, name: str, data: bytes) -> None:
+        """Create the small file ``name`` in directory ``tag``."""
+
+    def close(self) -> None:
+        """Release the backend's connections."""
+
+    # ------------------------------------------------------------ the Registry interface
+
+    async def current(self) -> Release:
+        return await asyncio.to_thread(self.newest_release)
+
+    async def report(self, release: Release, command: str, error: str | None = None) -> None:
+        """Write the audit record into the version's directory. Failed deploys are not recorded (as for GitHub)."""
+        if error is not None:
+            return
+        host = socket.gethostname()
+        name = shipped_name(host, command, datetime.now(timezone.utc))
+        await asyncio.to_thread(self.write_file, release.tag, name, shipped_text(host, command, name).encode())
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    # ------------------------------------------------------------ the shared logic
+
+    def newest_release(self) -> Release:
+        tags = [name for name in self.list_versions() if parse_tag(name) is not None]
+        tag = newest(tags, str, prerelease=self.prerelease, slot=self.slot)
+        if tag is None:
+            raise RegistryError(self._nothing_eligible(tags))
+        if self._known is not None:
+            known, listed_at = self._known
+            if known.tag == tag and time.monotonic() - listed_at < LISTING_TTL:
+                return known
+        listing = self.list_files(tag)
+        names = sorted(n for n in listing.names if not n.startswith(AUDIT_PREFIX))
+        name = select_artifact(names, self.artifact)
+        if name is None:
+            self._known = None
+            shown = names[:SHOWN_NAMES] + ([f"... {len(names) - SHOWN_NAMES} more"] if len(names) > SHOWN_NAMES else [])
+            raise missing_artifact(str(self.url), tag, self.artifact, shown, listing.created)
+        checksums = checksum_file(names, name)
+        release = Release(
+            tag=tag,
+            version=parse_tag(tag),
+            artifact_name=name,
+            artifact_url=self.file_url(tag, name),
+            created_at=listing.created,
+            checksums_url=self.file_url(tag, checksums) if checksums else None,
+            id=tag,
+        )
+        if self.reuse_listing:
+            self._known = (release, time.monotonic())
+        return release
+
+    def _nothing_eligible(self, tags: list[str]) -> str:
+        found = f"{len(tags)} version directories" if tags else "no directory named by a semantic version (like v1.2.3/)"
+        hints = []
+        if self.slot:
+            hints.append(f"none for slot {self.slot!r}")
+        if not self.prerelease and any(parse_tag(t).prerelease for t in tags):
+            hints.append("pre-releases are skipped without pre-release=true")
+        detail = f" ({'; '.join(hints)})" if hints else ""
+        return f"{self.url}: no release directory to deploy: found {found}{detail}"
