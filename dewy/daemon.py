@@ -22,8 +22,10 @@ from dewy.hooks import run_hook
 from dewy.notifiers import NOTIFIERS, Notifications
 from dewy.registry import REGISTRIES, Registry, Release
 from dewy.releases import Releases
+from dewy.service import PlainProcess, detect
 from dewy.state import Deployed, State
 from dewy.store import ArtifactStore, default_cache_dir
+from dewy.supervisor import Supervisor
 from dewy.urls import Url
 
 MAX_BACKOFF = 300.0
@@ -45,7 +47,8 @@ class Backoff:
 
 class Daemon:
     def __init__(self, settings: Settings, registry: Registry, cache: Cache, store: ArtifactStore,
-                 releases: Releases, state: State, notifications: Notifications, supervisor=None) -> None:
+                 releases: Releases, state: State, notifications: Notifications, host: PlainProcess,
+                 supervisor: Supervisor | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.cache = cache
@@ -53,12 +56,13 @@ class Daemon:
         self.releases = releases
         self.state = state
         self.notifications = notifications
+        self.host = host
         self.supervisor = supervisor
         self.backoff = Backoff(settings.interval)
         self.stopping = asyncio.Event()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Daemon:
+    def from_settings(cls, settings: Settings, host: PlainProcess) -> Daemon:
         """Build every backend now, so a bad URL or directory fails at startup (exit 2), not on the first tick."""
         registry = REGISTRIES.load(REGISTRIES.url(settings.registry), slot=settings.slot)
         cache_url = CACHES.url(settings.cache) if settings.cache else Url.parse("memory://")
@@ -68,7 +72,7 @@ class Daemon:
             from dewy.registry.shared import SharedRegistry
 
             registry = SharedRegistry(registry, cache, ttl, key=f"registry:{settings.registry}:{settings.slot or ''}")
-        notifications = Notifications([NOTIFIERS.load(NOTIFIERS.url(n)) for n in settings.notifiers], settings.dir.name)
+        notifications = Notifications([NOTIFIERS.load(NOTIFIERS.url(n)) for n in settings.notifiers], app_name(settings))
         cache_dir = Path(cache_url.path) if cache_url.scheme == "file" else default_cache_dir()
         try:
             settings.dir.mkdir(parents=True, exist_ok=True)
@@ -79,16 +83,15 @@ class Daemon:
         state = State.load(settings.dir / ".dewy" / "state.json")
         supervisor = None
         if settings.command == "server":
-            from dewy.sockets import HeldSockets
             from dewy.supervisor import Supervisor
 
-            sockets = HeldSockets(settings.ports) if settings.ports else None
             supervisor = Supervisor(
-                settings.app_command, sockets, workdir=settings.dir, settle=settings.settle_time,
-                health_url_path=settings.health_path, health_timeout=settings.health_timeout,
-                stop_timeout=settings.stop_timeout,
+                settings.app_command, host.sockets(settings.ports) if settings.ports else None, workdir=settings.dir,
+                settle=settings.settle_time, health_url_path=settings.health_path, health_timeout=settings.health_timeout,
+                stop_timeout=settings.stop_timeout, env=settings.app.environment, placement=host.placement(settings),
+                user=settings.app.user, group=settings.app.group, output=host.app_output(app_name(settings)),
             )
-        return cls(settings, registry, cache, store, releases, state, notifications, supervisor)
+        return cls(settings, registry, cache, store, releases, state, notifications, host, supervisor)
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
@@ -98,21 +101,75 @@ class Daemon:
         loop.add_signal_handler(signal.SIGUSR1, self._restart_app)
         log.info("started", f"dewy {self.settings.command} watching {Url.parse(self.settings.registry)}",
                  dir=str(self.settings.dir))
+        background = [asyncio.create_task(self._watchdog())]
         try:
+            await self._adopt_or_resume()
+            if self.supervisor:
+                background.append(asyncio.create_task(self._track_app()))
+            self.host.ready(self.status())
             while not self.stopping.is_set():
                 delay = await self.cycle()
+                self.host.status(self.status())
                 try:
                     await asyncio.wait_for(self.stopping.wait(), delay)
                 except asyncio.TimeoutError:
                     pass
         finally:
-            log.info("stopping", "stopping")
+            self.host.stopping()
+            for task in background:
+                task.cancel()
             if self.supervisor:
-                await self.supervisor.stop()
+                if await self.host.restarting():
+                    log.info("stopping", "dewy is restarting: the app keeps serving and the next dewy adopts it",
+                             pid=self.supervisor.pid)
+                else:
+                    log.info("stopping", "stopping the app and dewy")
+                    await self.supervisor.stop()
+                    self.state.app = None
+                    self.state.save()
             await self.registry.aclose()
             await self.cache.aclose()
             await self.notifications.aclose()
+            await self.host.aclose()
         return 0
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 from the event loop itself: a frozen or blocked dewy stops pinging and systemd restarts it."""
+        interval = self.host.watchdog_interval()
+        while interval:
+            self.host.ping()
+            await asyncio.sleep(interval)
+
+    async def _track_app(self) -> None:
+        """Record the serving generation (for adoption by a restarted dewy, and for ``dewy status``)."""
+        while True:
+            await self.supervisor.changed.wait()
+            app = self.supervisor.serving()
+            if app != self.state.app:
+                self.state.app = app
+                self.state.save()
+                self.host.status(self.status())
+
+    def status(self) -> str:
+        """systemd's STATUS= line: what is deployed, the app, the last check and its error."""
+        deployed = self.state.current.tag if self.state.current else "nothing deployed yet"
+        parts = [deployed]
+        if self.supervisor and self.supervisor.pid:
+            parts.append(f"app pid {self.supervisor.pid}, generation {self.supervisor.generation}")
+        if self.state.last_check:
+            parts.append(f"last check {self.state.last_check[11:19]} UTC")
+        if self.state.last_error:
+            parts.append(f"last error: {self.state.last_error}")
+        return "; ".join(parts)[:400]
+
+    async def _adopt_or_resume(self) -> None:
+        """Take over the generation a previous dewy left running (systemd restart), else start from ``current``."""
+        app = self.state.app
+        if self.supervisor and app and self.supervisor.placement:
+            if await self.supervisor.adopt(app["pid"], app.get("unit"), app["generation"], app["version"],
+                                           Path(app["release_dir"])):
+                return
+        await self._resume_current()
 
     def _restart_app(self) -> None:
         if self.supervisor is None:
@@ -144,6 +201,7 @@ class Daemon:
     async def cycle(self) -> float:
         """One deploy cycle; returns how long to wait before the next. Never raises a DewyError."""
         retry_after = None
+        error = None
         try:
             await self.tick()
             self.backoff.failures = 0
@@ -151,13 +209,25 @@ class Daemon:
         except ArtifactNotReady as exc:
             log.info("waiting", str(exc))
         except DewyError as exc:
+            error = str(exc)
             self.backoff.failures += 1
             retry_after = getattr(exc, "retry_after", None)
             log.error("deploy-failed", str(exc), failures=self.backoff.failures)
             if not isinstance(exc, AppStartError):  # a rollback was notified as such
                 output = {"hook output": exc.output} if isinstance(exc, HookError) and exc.output else {}
                 await self.notifications.error("error", str(exc), **output)
+        self._record_check(error)
         return self.backoff.next_delay(retry_after)
+
+    def _record_check(self, error: str | None) -> None:
+        """Keep the last check and its error in the state file for ``dewy status``: at once when the error
+        changes, else at most once a minute (no disk write every poll)."""
+        now = datetime.now(timezone.utc)
+        previous = datetime.fromisoformat(self.state.last_check) if self.state.last_check else None
+        self.state.last_check = now.isoformat()
+        if error != self.state.last_error or previous is None or (now - previous).total_seconds() >= 60:
+            self.state.last_error = error
+            self.state.save()
 
     async def tick(self) -> None:
         await self._resume_current()
@@ -250,7 +320,13 @@ class Daemon:
         self.store.prune({d.key for d in self.state.history})
 
 
+def app_name(settings: Settings) -> str:
+    """The app's name in logs, journal fields, unit names and notifications: NAME of dewy@NAME, else the dir's name."""
+    return settings.name or settings.dir.name
+
+
 def run(settings: Settings) -> int:
-    log.setup(settings.log_level, settings.log_format)
-    daemon = Daemon.from_settings(settings)
+    host = detect()
+    log.setup(settings.log_level, settings.log_format, handler=host.log_handler(app_name(settings)))
+    daemon = Daemon.from_settings(settings, host)
     return asyncio.run(daemon.serve())

@@ -70,9 +70,11 @@ def _quote(value: Any) -> str:
     return json.dumps(text) if (not text or any(c in text for c in ' "=\n')) else text
 
 
-def setup(level: str = "info", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+def setup(level: str = "info", fmt: str = "text", handler: logging.Handler | None = None) -> None:
+    """Log to ``handler`` (the journal under systemd), else to stderr as text or JSON."""
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logger.handlers[:] = [handler]
     logger.setLevel(LEVELS[level])
     logger.propagate = False

@@ -27,6 +27,9 @@ class State:
     current: Deployed | None = None
     history: list[Deployed] = field(default_factory=list)  # newest last; matches releases/ on disk
     quarantine: dict[str, str] = field(default_factory=dict)  # cache key -> reason
+    app: dict | None = None  # the serving generation: pid, unit, generation, version, release_dir (for adoption)
+    last_check: str | None = None  # UTC ISO time of the last deploy cycle
+    last_error: str | None = None  # its error, None when it succeeded
 
     @classmethod
     def load(cls, path: Path) -> State:
@@ -43,6 +46,9 @@ class State:
             current=Deployed(**data["current"]) if data.get("current") else None,
             history=[Deployed(**d) for d in data.get("history", [])],
             quarantine=dict(data.get("quarantine", {})),
+            app=data.get("app"),
+            last_check=data.get("last_check"),
+            last_error=data.get("last_error"),
         )
 
     def save(self) -> None:
@@ -51,6 +57,9 @@ class State:
             "current": asdict(self.current) if self.current else None,
             "history": [asdict(d) for d in self.history],
             "quarantine": self.quarantine,
+            "app": self.app,
+            "last_check": self.last_check,
+            "last_error": self.last_error,
         }
         write_atomic(self.path, json.dumps(data, indent=2).encode())
 

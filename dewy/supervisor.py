@@ -222,6 +222,14 @@ class Supervisor:
     def release_dir(self) -> Path | None:
         return self._release[0] if self._release else None
 
+    def serving(self) -> dict | None:
+        """The serving generation as a restarted dewy needs it to adopt it; None when nothing serves."""
+        gen = self._current
+        if gen is None or self._release is None:
+            return None
+        return {"pid": gen.pid, "unit": gen.unit, "generation": gen.number, "version": gen.version,
+                "release_dir": str(self._release[0])}
+
     @property
     def changed(self) -> asyncio.Event:
         """Set at the next change (state, generation, crash count, live pids); a fresh Event after each change."""
