@@ -24,7 +24,7 @@ import re
 import ssl
 import sys
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from dewy import __version__
@@ -42,8 +42,9 @@ try:
     import grpc
     import grpc.aio
 
+    from google.protobuf.message import DecodeError
+
     from dewy.proto import dewy_pb2 as pb
-    from dewy.proto import dewy_pb2_grpc as pb_grpc
 except ImportError:
     raise  # Plugins.load turns a missing package into a one-line usage error
 except Exception as exc:  # the generated code refuses a grpcio/protobuf older than the one that generated it
@@ -129,6 +130,10 @@ def root_certificates() -> tuple[bytes | None, str]:
     return None, "grpc's bundled roots"
 
 
+def _serialize(message) -> bytes:
+    return message.SerializeToString()
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -158,29 +163,32 @@ class GrpcRegistry:
         self.target = f"[{host}]:{url.port or DEFAULT_PORT}" if ":" in host else f"{host}:{url.port or DEFAULT_PORT}"
         self.roots, self.roots_source = (None, "") if self.no_tls else root_certificates()
         self._channel: grpc.aio.Channel | None = None
-        self._stub: pb_grpc.RegistryServiceStub | None = None
 
-    def _connect(self) -> pb_grpc.RegistryServiceStub:
-        """The stub on the open channel; channels are made lazily because they belong to the running event loop."""
-        if self._stub is None:
+    def _connect(self) -> grpc.aio.Channel:
+        """The open channel; made lazily because a channel belongs to the running event loop."""
+        if self._channel is None:
             options = [("grpc.primary_user_agent", f"dewy/{__version__}")]
             if self.no_tls:
                 self._channel = grpc.aio.insecure_channel(self.target, options=options)
             else:
                 credentials = grpc.ssl_channel_credentials(root_certificates=self.roots)
                 self._channel = grpc.aio.secure_channel(self.target, credentials, options=options)
-            self._stub = pb_grpc.RegistryServiceStub(self._channel)
-        return self._stub
+        return self._channel
 
     async def _disconnect(self) -> None:
-        channel, self._channel, self._stub = self._channel, None, None
+        channel, self._channel = self._channel, None
         if channel is not None:
             await channel.close()
 
-    async def _call(self, method: str, request):
-        stub = self._connect()
+    async def _call(self, method: str, request) -> bytes:
+        """Call ``/dewy.RegistryService/<method>``; the answer comes back as bytes, parsed by the caller.
+
+        (grpc.aio answers None when its own deserializer fails, and logs a traceback: dewy parses
+        itself, to say "malformed answer" in one line.)
+        """
+        call = self._connect().unary_unary(f"/dewy.RegistryService/{method}", request_serializer=_serialize)
         try:
-            return await getattr(stub, method)(request, timeout=self.timeout)
+            return await call(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 # A fresh connection on the next poll: dewy's own backoff paces the retries,
@@ -211,8 +219,6 @@ class GrpcRegistry:
             return f"{where}: cannot reach the gRPC registry at {self.target} ({reason}); is the server running?{hint}"
         if code == grpc.StatusCode.UNIMPLEMENTED:
             return f"{where}: the server at {self.target} does not implement dewy.RegistryService/{method} ({details}); is it a dewy registry?"
-        if code == grpc.StatusCode.INTERNAL and "deserializ" in details.lower():
-            return f"{where}: malformed answer from {self.target} (not a dewy.{method}Response message); check the server's .proto against docs/grpc.md"
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             return f"{where}: refused by the server ({code.name}: {details})"
         return f"{where}: the server answered {code.name}: {details or 'no details'}"
@@ -221,7 +227,15 @@ class GrpcRegistry:
         request = pb.CurrentRequest(arch=go_arch(), os=go_os())
         if self.artifact:
             request.arifact_name = self.artifact
-        return self._release(await self._call("Current", request))
+        raw = await self._call("Current", request)
+        try:
+            answer = pb.CurrentResponse.FromString(raw)
+        except DecodeError:
+            raise RegistryError(
+                f"{self.url}: Current: malformed answer from {self.target} (not a dewy.CurrentResponse message);"
+                " check the server's .proto against docs/grpc.md"
+            ) from None
+        return self._release(answer)
 
     def _release(self, answer) -> Release:
         where = str(self.url)
@@ -261,7 +275,7 @@ class GrpcRegistry:
                 f"{where}: release {tag}: artifact_url {artifact_url} has scheme {artifact_url.scheme!r}, which dewy cannot fetch"
                 f" (supported: {known}); fix the server's answer"
             )
-        name = unquote(PurePosixPath(urlsplit(raw).path).name)
+        name = unquote(urlsplit(raw).path.rpartition("/")[2])
         if not name:
             raise RegistryError(f"{where}: release {tag}: artifact_url {artifact_url} names no file")
         return Release(tag=tag, version=version, artifact_name=name, artifact_url=raw, created_at=created_at,
