@@ -1,0 +1,119 @@
+"""Fixtures for system tests: a real systemd (PID 1 in systemd-nspawn) with dewy installed.
+
+    def test_something(dewy_machine):              # booted, dewy in /opt/dewy, units installed
+        dewy_machine.systemctl("enable", "--now", "dewy@demo")
+        dewy_machine.wait_until(lambda: dewy_machine.is_active("dewy@demo") == "active", 30)
+
+    def test_two(machine_factory, tmp_path):       # custom binds, several machines
+        a = machine_factory(bind_ro=[tmp_path / "registry"], install=True)
+
+Every test here is marked ``system``: without root or systemd-nspawn it is skipped with
+the reason, and in CI (CI=true) tests/conftest.py turns that skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.system import nspawn
+from tests.system.nspawn import Machine
+
+_timings: list[tuple[str, str, float, float, bool]] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/system is a system test, whether or not its module says pytestmark."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.system)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _timings:
+        terminalreporter.section("nspawn machines")
+        for test, name, boot, install, overlay in _timings:
+            how = "overlay" if overlay else "copy"
+            installed = f", install {install:.1f}s" if install else ""
+            terminalreporter.write_line(f"{test}: {name} ({how}) boot {boot:.1f}s{installed}")
+
+
+@pytest.fixture(scope="session")
+def nspawn_available() -> None:
+    """Skips (a failure in CI) when this machine cannot boot containers; installs the tools if it may."""
+    reason = nspawn.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def system_rootfs(nspawn_available: None) -> Path:
+    """The cached Debian bookworm root (debootstrap on first use, about a minute)."""
+    nspawn.reap_stale()
+    started = time.monotonic()
+    root = nspawn.rootfs(log=lambda message: print(f"\n[nspawn] {message}", flush=True))
+    took = time.monotonic() - started
+    if took > 5:
+        print(f"[nspawn] root file system ready after {took:.0f}s", flush=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(nspawn_available: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """(directory, requirements): wheels of this checkout's dewy, its deps, its systemd extra and pip."""
+    directory = tmp_path_factory.mktemp("wheelhouse")
+    requirements = nspawn.build_wheelhouse(directory)
+    return directory, requirements
+
+
+@pytest.fixture
+def machine_factory(system_rootfs: Path, wheelhouse: tuple[Path, list[str]], request: pytest.FixtureRequest,
+                    tmp_path: Path) -> Iterator[Callable[..., Machine]]:
+    """``boot(*, bind=(), bind_ro=(), install=False, name=None, timeout=90) -> Machine``.
+
+    Each call boots a fresh machine (the wheelhouse bound read-only at /wheelhouse; bind and
+    bind_ro take host paths, bound at the same path inside, or (host, inside) pairs) and, with
+    install=True, installs dewy. All of them are powered off and deleted after the test; the boot
+    consoles are kept in the test's tmp_path.
+    """
+    machines: list[Machine] = []
+    directory, requirements = wheelhouse
+
+    def boot(*, bind=(), bind_ro=(), install: bool = False, name: str | None = None, timeout: float = 90) -> Machine:
+        m = nspawn.boot(system_rootfs, name=name or nspawn.unique_name(), bind=bind,
+                        bind_ro=[(directory, nspawn.WHEELHOUSE_INSIDE), *bind_ro],
+                        console_dir=tmp_path, timeout=timeout)
+        machines.append(m)
+        if install:
+            m.install_dewy(requirements)
+        return m
+
+    try:
+        yield boot
+    finally:
+        errors = []
+        for m in reversed(machines):
+            _timings.append((request.node.nodeid, m.name, m.boot_seconds, m.install_seconds, m.overlay))
+            try:
+                m.destroy()
+            except Exception as exc:       # keep tearing the others down
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+@pytest.fixture
+def machine(machine_factory: Callable[..., Machine]) -> Machine:
+    """A booted machine (systemd running), without dewy."""
+    return machine_factory()
+
+
+@pytest.fixture
+def dewy_machine(machine_factory: Callable[..., Machine]) -> Machine:
+    """A booted machine with dewy installed in /opt/dewy (``dewy`` on PATH) and the repo's systemd/ units."""
+    return machine_factory(install=True)

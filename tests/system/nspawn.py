@@ -1,0 +1,703 @@
+"""Real systemd as PID 1 for system tests: a cached Debian root booted with systemd-nspawn.
+
+The machine running the tests has no systemd of its own (see ../shared/TESTBED.md), so
+``--register=no --keep-unit`` are required and each container gets its own cgroup here
+(nspawn would otherwise put every container into the same ``/payload`` cgroup at the root
+of the hierarchy, and two machines booted at once would share it).
+
+Layout under CACHE (``$DEWY_TEST_CACHE``, default ``/var/cache/dewy-tests``):
+
+    bookworm-<key>/         the debootstrap root, complete (renamed into place when done)
+    bookworm-<key>.lock     flock held while building it
+    machines/<name>/        one booted machine: overlay upper/work dirs (or a full copy),
+                            the mounted root, a ``share`` dir bound at the same path inside,
+                            and ``owner`` (pytest pid) so a killed session's leftovers are reaped
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import itertools
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import tomllib
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+SUITE = "bookworm"
+INCLUDE = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "python3-systemd",
+           "procps", "iproute2", "curl")
+# Units that would fire at random moments during a test (apt runs against the network, fstrim, ...).
+MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
+                "e2scrub_all.timer", "fstrim.timer", "e2scrub_reap.service")
+# Bump when the post-debootstrap customisation below changes: the cache key includes it.
+IMAGE_REVISION = 1
+
+CACHE = Path(os.environ.get("DEWY_TEST_CACHE", "/var/cache/dewy-tests"))
+REPO = Path(__file__).resolve().parents[2]
+WHEELHOUSE_INSIDE = "/wheelhouse"
+DEWY_VENV = "/opt/dewy"
+CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+UNIT_SUFFIXES = (".service", ".socket", ".slice", ".target", ".timer", ".path", ".mount", ".scope")
+
+T = TypeVar("T")
+
+
+class MachineError(AssertionError):
+    """The machine did not boot, died, or a wait ran out (an AssertionError so pytest shows it as a failure)."""
+
+
+class CommandFailed(subprocess.CalledProcessError):
+    """A command inside the machine exited non-zero; its str() includes the output."""
+
+    def __init__(self, machine: str, returncode: int, cmd: Any, output: Any, stderr: Any) -> None:
+        super().__init__(returncode, cmd, output, stderr)
+        self.machine = machine
+
+    def __str__(self) -> str:
+        def tail(text: Any) -> str:
+            if isinstance(text, bytes):
+                text = text.decode(errors="replace")
+            text = (text or "").rstrip()
+            return text[-3000:] if text else "(empty)"
+        return (f"in {self.machine}: {self.cmd!r} exited {self.returncode}\n"
+                f"--- stdout\n{tail(self.output)}\n--- stderr\n{tail(self.stderr)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Can this machine run system tests at all?
+
+def ensure_tools() -> None:
+    """Install debootstrap and systemd-nspawn with apt when they are missing (root on Debian only)."""
+    if shutil.which("systemd-nspawn") and shutil.which("debootstrap"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "debootstrap", "systemd-container"],
+                   env=env, check=True, capture_output=True, timeout=900)
+
+
+def unavailable_reason() -> str | None:
+    """Why system tests cannot run here (None if they can). Installs the tools first if it may."""
+    if sys.platform != "linux":
+        return "system tests need Linux (systemd-nspawn)"
+    if os.geteuid() != 0:
+        return "system tests need root (they boot systemd in systemd-nspawn); run them as root or in CI"
+    try:
+        ensure_tools()
+    except (subprocess.SubprocessError, OSError) as exc:
+        return f"could not install debootstrap/systemd-container with apt: {exc}"
+    missing = [tool for tool in ("systemd-nspawn", "debootstrap", "nsenter") if not shutil.which(tool)]
+    if missing:
+        return f"system tests need {', '.join(missing)} (apt-get install systemd-container debootstrap util-linux)"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The cached root file system
+
+def image_key() -> str:
+    recipe = json.dumps([SUITE, sorted(INCLUDE), sorted(MASKED_UNITS), IMAGE_REVISION])
+    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+
+
+def _mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path`` in this mount namespace, deepest first."""
+    prefix = str(path).rstrip("/")
+    found = []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(point)
+    return sorted(found, key=len, reverse=True)
+
+
+def remove_tree(path: Path) -> None:
+    """Unmount whatever is mounted below ``path`` (debootstrap leaves /proc, /sys mounted when killed), then delete it."""
+    if not os.path.lexists(path):
+        return
+    for point in _mounts_under(path):
+        subprocess.run(["umount", point], capture_output=True)
+    for point in _mounts_under(path):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+    if _mounts_under(path):
+        raise MachineError(f"cannot unmount everything under {path}: {_mounts_under(path)}")
+    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True, capture_output=True)
+
+
+def _customise(root: Path) -> None:
+    """Make the fresh root boot quietly and deterministically."""
+    subprocess.run(["chroot", str(root), "systemctl", "mask", *MASKED_UNITS], check=True, capture_output=True)
+    # Without /etc/hostname the container keeps the machine name nspawn gives it.
+    (root / "etc/hostname").unlink(missing_ok=True)
+    # A per-machine id is written before each boot; an empty file would mean "first boot" (preset-all).
+    for deb in (root / "var/cache/apt/archives").glob("*.deb"):
+        deb.unlink()
+
+
+def rootfs(cache: Path = CACHE, *, log: Callable[[str], None] = lambda message: None, timeout: float = 900) -> Path:
+    """The cached debootstrap root, built first if missing. Safe against parallel sessions and interruptions."""
+    cache.mkdir(parents=True, exist_ok=True)
+    final = cache / f"{SUITE}-{image_key()}"
+    if final.is_dir():
+        return final
+    with open(cache / f"{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)        # another session building the same root: wait for it
+        if final.is_dir():
+            return final
+        for stale in cache.glob(f"{final.name}.tmp-*"):    # we hold the lock: nobody is building these
+            remove_tree(stale)
+        partial = cache / f"{final.name}.tmp-{os.getpid()}"
+        log_path = cache / f"{final.name}.debootstrap.log"
+        log(f"building the {SUITE} root in {final} (debootstrap, about a minute; cached afterwards)")
+        started = time.monotonic()
+        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(INCLUDE)}", SUITE, str(partial)]
+        with open(log_path, "w") as out:
+            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+            try:
+                code = process.wait(timeout)
+            except BaseException:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                remove_tree(partial)
+                raise
+        if code != 0:
+            remove_tree(partial)
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise MachineError(f"debootstrap failed ({code}); {log_path}:\n{tail}")
+        try:
+            _customise(partial)
+        except BaseException:
+            remove_tree(partial)
+            raise
+        os.rename(partial, final)
+        log(f"built {final} in {time.monotonic() - started:.0f}s")
+        return final
+
+
+# ---------------------------------------------------------------------------------------------
+# dewy as wheels
+
+def _systemd_extra() -> list[str]:
+    """dewy's ``systemd`` extra minus systemd-python, which Debian's python3-systemd provides inside."""
+    with open(REPO / "pyproject.toml", "rb") as f:
+        project = tomllib.load(f)["project"]
+    extra = project.get("optional-dependencies", {}).get("systemd", [])
+    wanted = [req for req in extra if not req.lower().replace("_", "-").startswith("systemd-python")]
+    return wanted or ["dbus-next"]
+
+
+def build_wheelhouse(dest: Path, repo: Path = REPO) -> list[str]:
+    """Wheels for dewy, its dependencies and its systemd extra (dbus-next, ...) into ``dest``.
+
+    Returns the requirements to install from it (pip's own wheel is there too, but not
+    among them). All of them are pure Python today; a
+    binary wheel would be cp311/manylinux, which bookworm's Python 3.11 takes as well.
+    """
+    extra = _systemd_extra()
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+           "--wheel-dir", str(dest), str(repo), *extra, "pip"]    # pip: see Machine.pip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise MachineError(f"pip wheel failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    return ["dewy", *extra]
+
+
+# ---------------------------------------------------------------------------------------------
+# One booted machine
+
+def _cgroup_roots() -> list[Path]:
+    """Hierarchies nspawn puts containers in: cgroup2 (unified) and the v1 name=systemd one."""
+    roots = []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            before, _, after = line.partition(" - ")
+            fstype, _source, options = (after.split() + ["", "", ""])[:3]
+            point = Path(before.split()[4])
+            if fstype == "cgroup2" or (fstype == "cgroup" and "name=systemd" in options.split(",")):
+                roots.append(point)
+    return roots
+
+
+def _remove_cgroup(path: Path) -> None:
+    if not path.is_dir():
+        return
+    for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        try:
+            sub.rmdir()
+        except OSError:
+            pass
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+_overlay_works: bool | None = None
+_names = itertools.count(1)
+
+
+def unique_name(hint: str = "") -> str:
+    """A machine (and host) name: dewy-<pid>-<n>[-hint], at most 63 characters of [a-z0-9-]."""
+    clean = "".join(c if c.isalnum() else "-" for c in hint.lower()).strip("-")
+    name = f"dewy-{os.getpid()}-{next(_names)}"
+    if clean:
+        name = f"{name}-{clean}"[:63].rstrip("-")
+    return name
+
+
+@dataclass
+class Bind:
+    """``host`` bound at ``inside`` (the same path by default); read-only unless ``rw``."""
+
+    host: Path
+    inside: str
+    rw: bool = False
+
+    def option(self) -> str:
+        return f"--bind{'' if self.rw else '-ro'}={self.host}:{self.inside}"
+
+
+def binds(paths: Iterable[Path | str | tuple[Path | str, str]], *, rw: bool) -> list[Bind]:
+    out = []
+    for item in paths:
+        host, inside = (item if isinstance(item, tuple) else (item, None))
+        host = Path(host).resolve()
+        out.append(Bind(host, inside or str(host), rw))
+    return out
+
+
+@dataclass
+class Machine:
+    """A booted container: run commands in it, read its journal, wait for things, power it off."""
+
+    name: str
+    dir: Path                 # machines/<name> on the host
+    root: Path                # its root file system as mounted on the host (overlay or copy)
+    share: Path               # bound read-write at the same path inside
+    console_log: Path
+    process: subprocess.Popen = field(repr=False)
+    pid: int = 0              # the container's init (systemd), in the host's pid namespace
+    boot_seconds: float = 0.0
+    install_seconds: float = 0.0
+    overlay: bool = False
+    cgroups: list[Path] = field(default_factory=list, repr=False)
+
+    # -- running things -------------------------------------------------------------------------
+
+    def run(self, cmd: str | Sequence[str], *, check: bool = True, timeout: float = 60,
+            input: str | bytes | None = None, env: dict[str, str] | None = None, cwd: str | None = None,
+            text: bool = True) -> subprocess.CompletedProcess:
+        """Run ``cmd`` (argv, or a string for /bin/sh -c) in all the machine's namespaces, as root.
+
+        Returns the CompletedProcess with captured stdout/stderr (str unless text=False).
+        check: raise CommandFailed (output included) on a non-zero exit. On timeout the command's
+        process group is killed and subprocess.TimeoutExpired raised. The environment is clean
+        (PATH, LANG=C.UTF-8, HOME=/root, no pager, no colours) plus ``env``. Note: the command runs
+        in the container's namespaces but not in one of its units or cgroups; start anything
+        long-lived with systemd-run or systemctl.
+        """
+        argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else [str(a) for a in cmd]
+        self._check_alive()
+        nsenter = ["nsenter", "-t", str(self.pid), "-a", f"--wdns={cwd or '/'}", *argv]
+        environment = {"PATH": CONTAINER_PATH, "LANG": "C.UTF-8", "HOME": "/root", "TERM": "dumb",
+                       "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0", "SYSTEMD_LOG_COLOR": "0", **(env or {})}
+        if isinstance(input, str) and not text:
+            input = input.encode()
+        elif isinstance(input, bytes) and text:
+            input = input.decode()
+        process = subprocess.Popen(nsenter, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text, env=environment,
+                                   start_new_session=True)
+        try:
+            stdout, stderr = process.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            raise subprocess.TimeoutExpired(argv, timeout, stdout, stderr) from exc
+        except BaseException:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+        if check and process.returncode != 0:
+            raise CommandFailed(self.name, process.returncode, argv, stdout, stderr)
+        return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+
+    def systemctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        return self.run(["systemctl", "--no-pager", *args], check=check, timeout=timeout)
+
+    def write(self, path: str, content: str | bytes, mode: int = 0o644, *, owner: str | None = None) -> None:
+        """Create or replace the file ``path`` inside (parents created) with ``content`` and ``mode``."""
+        script = 'set -e; mkdir -p "$(dirname "$1")"; cat > "$1"; chmod "$2" "$1"'
+        if owner:
+            script += '; chown "$3" "$1"'
+        self.run(["/bin/sh", "-c", script, "sh", path, format(mode, "o"), owner or ""], input=content,
+                 text=isinstance(content, str))
+
+    def read(self, path: str) -> str:
+        return self.run(["cat", path]).stdout
+
+    def copy_in(self, source: Path | str, dest: str) -> None:
+        """Copy a host file or directory tree to ``dest`` inside (a directory's contents go into ``dest``)."""
+        source = Path(source)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            if source.is_dir():
+                for child in sorted(source.iterdir()):
+                    tar.add(child, arcname=child.name)
+            else:
+                tar.add(source, arcname=Path(dest).name)
+                dest = str(Path(dest).parent)
+        self.run(["/bin/sh", "-c", 'mkdir -p "$1" && tar -x -C "$1" --no-same-owner', "sh", dest],
+                 input=buffer.getvalue(), text=False)
+
+    # -- systemd --------------------------------------------------------------------------------
+
+    def show(self, unit: str, *properties: str) -> dict[str, str]:
+        """``systemctl show`` properties of ``unit`` (all of them if none are named)."""
+        args = ["show", unit] + [f"--property={p}" for p in properties]
+        out = self.systemctl(*args).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def pid_of(self, unit: str) -> int:
+        """The unit's MainPID (0 when it has none: not running, or a scope)."""
+        return int(self.show(unit, "MainPID").get("MainPID", "0") or 0)
+
+    def is_active(self, unit: str) -> str:
+        """``systemctl is-active``: active, activating, inactive, failed, ..."""
+        return self.systemctl("is-active", unit, check=False).stdout.strip()
+
+    def journal(self, unit: str | None = None, *, identifier: str | None = None, args: Sequence[str] = (),
+                **fields: str | int) -> list[dict[str, Any]]:
+        """This boot's journal records (``journalctl -o json``), oldest first, as dicts.
+
+        unit: ``-u UNIT``; identifier: ``-t ID``; fields: exact matches, e.g. DEWY_EVENT="deployed".
+        Values are strings; a field with several values is a list; binary values are lists of ints.
+        """
+        cmd = ["journalctl", "--no-pager", "-o", "json", "-b"]
+        if unit:
+            cmd += ["-u", unit]
+        if identifier:
+            cmd += ["-t", identifier]
+        cmd += list(args) + [f"{key}={value}" for key, value in fields.items()]
+        out = self.run(cmd).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def failed_units(self) -> list[str]:
+        out = self.systemctl("list-units", "--failed", "--plain", "--no-legend", check=False).stdout
+        return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+    # -- waiting --------------------------------------------------------------------------------
+
+    def wait_until(self, predicate: Callable[[], T], timeout: float = 30, *, interval: float = 0.1,
+                   what: str | None = None) -> T:
+        """Poll ``predicate`` until it returns something truthy (returned); MachineError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while True:
+            self._check_alive()
+            last = predicate()
+            if last:
+                return last
+            if time.monotonic() >= deadline:
+                desc = what or getattr(predicate, "__name__", repr(predicate))
+                raise MachineError(f"{self.name}: timed out after {timeout}s waiting for {desc} (last value {last!r})")
+            time.sleep(interval)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def _check_alive(self) -> None:
+        if not self.alive:
+            raise MachineError(f"{self.name}: systemd-nspawn exited ({self.process.returncode});"
+                               f" console:\n{self.console_tail()}")
+
+    def console_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.console_log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no console log)"
+
+    # -- installing dewy ------------------------------------------------------------------------
+
+    def install_dewy(self, requirements: Sequence[str] = ("dewy",), *, wheelhouse: str = WHEELHOUSE_INSIDE,
+                     repo: Path = REPO) -> float:
+        """Install dewy from the wheelhouse (bound at ``wheelhouse``) into the venv /opt/dewy, link
+        /usr/bin/dewy, install the repository's systemd/ files and daemon-reload.
+
+        The venv sees the system site-packages (Debian's python3-systemd). It has no pip of its own:
+        ensurepip alone takes ~3 s, so pip runs from its wheel in the wheelhouse (see ``pip``).
+        Returns (and records in ``install_seconds``) the seconds taken.
+        """
+        started = time.monotonic()
+        self.run(["python3", "-m", "venv", "--system-site-packages", "--without-pip", DEWY_VENV])
+        self.pip("install", "--quiet", *requirements, wheelhouse=wheelhouse, timeout=120)
+        self.run(["ln", "-sf", f"{DEWY_VENV}/bin/dewy", "/usr/bin/dewy"])
+        self._install_systemd_files(repo / "systemd")
+        self.install_seconds = time.monotonic() - started
+        return self.install_seconds
+
+    def pip(self, *args: str, wheelhouse: str = WHEELHOUSE_INSIDE, timeout: float = 120) -> subprocess.CompletedProcess:
+        """pip (from the wheelhouse's pip wheel) acting on /opt/dewy, offline: ``pip("install", "-U", "dewy")``."""
+        pip_args = list(args)
+        if pip_args and pip_args[0] in ("install", "download", "wheel"):
+            pip_args[1:1] = ["--no-index", "--find-links", wheelhouse]
+        script = (f'exec {DEWY_VENV}/bin/python "$(ls {wheelhouse}/pip-*.whl | tail -n1)/pip"'
+                  ' --disable-pip-version-check "$@"')
+        return self.run(["/bin/sh", "-c", script, "sh", *pip_args], timeout=timeout)
+
+    def _install_systemd_files(self, source: Path) -> None:
+        """Unit files (and unit drop-in dirs) to /etc/systemd/system, tmpfiles.d/ and sysusers.d/ to /etc."""
+        if not source.is_dir():
+            return
+        installed: list[tuple[Path, str]] = []
+        for path in sorted(source.iterdir()):
+            if path.is_file() and path.name.endswith(UNIT_SUFFIXES):
+                installed.append((path, f"/etc/systemd/system/{path.name}"))
+            elif path.is_dir() and path.name.endswith(tuple(s + ".d" for s in UNIT_SUFFIXES)):
+                installed.append((path, f"/etc/systemd/system/{path.name}"))
+            elif path.is_dir() and path.name in ("tmpfiles.d", "sysusers.d"):
+                installed.append((path, f"/etc/{path.name}"))
+        for path, dest in installed:
+            self.copy_in(path, dest)
+        names = {path.name for path, _ in installed}
+        steps = []
+        if "sysusers.d" in names:
+            steps.append("systemd-sysusers")
+        if "tmpfiles.d" in names:
+            steps.append("systemd-tmpfiles --create")
+        steps.append("systemctl daemon-reload")
+        self.run(" && ".join(steps))
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    def poweroff(self, timeout: float = 30) -> None:
+        """``systemctl poweroff``, wait (bounded) for nspawn to exit, then SIGKILL whatever is left."""
+        if self.alive and self.pid:
+            try:
+                self.run(["systemctl", "poweroff", "--no-block"], check=False, timeout=10)
+            except (subprocess.SubprocessError, OSError, MachineError):
+                pass
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        self._kill()
+
+    def _kill(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        # Killing nspawn does not end the container: its init is reparented. Killing a pid
+        # namespace's init kills everything in it.
+        if self.pid and _alive(self.pid):
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(30)
+        deadline = time.monotonic() + 10
+        while self.pid and _alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def destroy(self) -> None:
+        """Power off if needed, then unmount and delete the machine's files and cgroups."""
+        if self.alive:
+            self.poweroff()
+        else:
+            self._kill()
+        remove_tree(self.dir)
+        for cgroup in self.cgroups:
+            _remove_cgroup(cgroup)
+
+
+def _find_init(nspawn_pid: int) -> int | None:
+    """The container's init: the child of the nspawn process that has exec'd systemd."""
+    try:
+        children = Path(f"/proc/{nspawn_pid}/task/{nspawn_pid}/children").read_text().split()
+    except OSError:
+        return None
+    for child in children:
+        try:
+            comm = Path(f"/proc/{child}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm in ("systemd", "init"):
+            return int(child)
+    return None
+
+
+def _make_root(lower: Path, machine_dir: Path) -> tuple[Path, bool]:
+    """An overlay of the cached root (upper in machine_dir), or a full copy when overlayfs is unavailable."""
+    global _overlay_works
+    root = machine_dir / "root"
+    root.mkdir()
+    if _overlay_works is not False:
+        upper, work = machine_dir / "upper", machine_dir / "work"
+        upper.mkdir()
+        work.mkdir()
+        result = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                                 f"lowerdir={lower},upperdir={upper},workdir={work}", str(root)],
+                                capture_output=True, text=True)
+        _overlay_works = result.returncode == 0
+        if _overlay_works:
+            return root, True
+    root.rmdir()
+    subprocess.run(["cp", "-a", "--reflink=auto", str(lower), str(root)], check=True, capture_output=True)
+    return root, False
+
+
+def boot(lower: Path, *, name: str | None = None, bind: Iterable = (), bind_ro: Iterable = (),
+         console_dir: Path | None = None, timeout: float = 90, cache: Path = CACHE) -> Machine:
+    """Boot a throwaway copy of ``lower`` and wait until systemd says running (or degraded).
+
+    bind / bind_ro: host paths (bound at the same path inside) or (host, inside) pairs.
+    The machine always has ``share``: a fresh host dir bound read-write at the same path.
+    console_dir: where the boot console log goes (default: the machine dir, deleted with it).
+    """
+    name = name or unique_name()
+    machine_dir = cache / "machines" / name
+    machine_dir.mkdir(parents=True)
+    (machine_dir / "owner").write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+    started = time.monotonic()
+    process = None
+    machine: Machine | None = None
+    try:
+        root, overlay = _make_root(lower, machine_dir)
+        (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+        share = machine_dir / "share"
+        share.mkdir()
+        all_binds = binds([share], rw=True) + binds(bind, rw=True) + binds(bind_ro, rw=False)
+        console_log = (console_dir or machine_dir) / f"{name}.console.log"
+        cgroups = [r / "dewy-tests" / name for r in _cgroup_roots()]
+        for cgroup in cgroups:
+            cgroup.mkdir(parents=True, exist_ok=True)
+
+        def own_cgroup() -> None:      # in the child, before exec: nspawn puts payload/ and supervisor/ below
+            for cg in cgroups:
+                with open(cg / "cgroup.procs", "w") as procs:
+                    procs.write("0")
+
+        cmd = ["systemd-nspawn", "--quiet", "-D", str(root), "-M", name, "--register=no", "--keep-unit",
+               "--link-journal=no", "--console=read-only", *[b.option() for b in all_binds], "-b"]
+        env = {"PATH": os.environ.get("PATH", CONTAINER_PATH), "TERM": "dumb", "SYSTEMD_COLORS": "0"}
+        with open(console_log, "w") as out:
+            process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                       env=env, start_new_session=True, preexec_fn=own_cgroup)
+        (machine_dir / "nspawn.pid").write_text(f"{process.pid}\n")
+        machine = Machine(name=name, dir=machine_dir, root=root, share=share, console_log=console_log,
+                          process=process, overlay=overlay, cgroups=cgroups)
+        deadline = started + timeout
+        while not machine.pid:
+            machine._check_alive()
+            machine.pid = _find_init(process.pid) or 0
+            if not machine.pid:
+                if time.monotonic() > deadline:
+                    raise MachineError(f"{name}: no init process after {timeout}s; console:\n{machine.console_tail()}")
+                time.sleep(0.02)
+        (machine_dir / "init.pid").write_text(f"{machine.pid}\n")
+        state = ""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MachineError(f"{name}: not booted after {timeout}s (is-system-running: {state});"
+                                   f" console:\n{machine.console_tail()}")
+            try:
+                state = machine.run(["systemctl", "is-system-running", "--wait"], check=False,
+                                    timeout=max(remaining, 1)).stdout.strip()
+            except subprocess.TimeoutExpired:
+                continue
+            if state in ("running", "degraded"):
+                break
+            if state in ("maintenance", "stopping"):
+                raise MachineError(f"{name}: boot ended in {state}; console:\n{machine.console_tail()}")
+            time.sleep(0.05)        # the bus is not up yet: "offline" or a connection error
+        machine.boot_seconds = time.monotonic() - started
+        return machine
+    except BaseException:
+        if machine is not None:
+            machine.destroy()
+        else:
+            if process is not None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            remove_tree(machine_dir)
+        raise
+
+
+def reap_stale(cache: Path = CACHE) -> list[str]:
+    """Kill and delete machines left behind by test sessions that died (owner pid gone)."""
+    reaped = []
+    base = cache / "machines"
+    if not base.is_dir():
+        return reaped
+    for machine_dir in base.iterdir():
+        try:
+            owner_pid, owner_start = (machine_dir / "owner").read_text().split()
+        except (OSError, ValueError):
+            owner_pid, owner_start = "0", ""
+        if owner_pid != "0" and _start_time(int(owner_pid)) == owner_start:
+            continue                              # its session is still running
+        for pid_file in ("nspawn.pid", "init.pid"):
+            try:
+                pid = int((machine_dir / pid_file).read_text())
+                cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+            except (OSError, ValueError):
+                continue
+            if f"/dewy-tests/{machine_dir.name}/" in cgroup:     # not some other process that reused the pid
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                init = int((machine_dir / "init.pid").read_text())
+            except (OSError, ValueError):
+                break
+            if not _alive(init):
+                break
+            time.sleep(0.05)
+        remove_tree(machine_dir)
+        for root in _cgroup_roots():
+            _remove_cgroup(root / "dewy-tests" / machine_dir.name)
+        reaped.append(machine_dir.name)
+    return reaped
