@@ -262,23 +262,23 @@ def _answer(tag: str = "v1.0.0", url: str = "file:///srv/app.tar.gz", age: timed
 
 
 @pytest.mark.parametrize("answer, slot, error, expected", [
-    (_answer(url="ftp://files.example/app.tar.gz"), None, RegistryError,
+    (lambda: _answer(url="ftp://files.example/app.tar.gz"), None, RegistryError,
      r"artifact_url ftp://files\.example/app\.tar\.gz has scheme 'ftp', which dewy cannot fetch \(supported: file://, ghr://, gs://, s3://\)"),
-    (_answer(url="https://u:hunter2@files.example/app.tar.gz"), None, RegistryError, r"artifact_url https://u:\*\*\*@files\.example/app\.tar\.gz has scheme 'https'"),
-    (_answer(url="app.tar.gz"), None, RegistryError, r"artifact_url 'app\.tar\.gz' is not a URL"),
-    (_answer(url="file:///srv/v1/"), None, RegistryError, r"names no file"),
-    (_answer(tag=""), None, RegistryError, r"answered Current without a tag"),
-    (_answer(tag="latest"), None, RegistryError, r"answered tag 'latest', which is not a semantic version"),
-    (_answer(tag="v1.2.0+green"), "blue", RegistryError,
+    (lambda: _answer(url="https://u:hunter2@files.example/app.tar.gz"), None, RegistryError, r"artifact_url https://u:\*\*\*@files\.example/app\.tar\.gz has scheme 'https'"),
+    (lambda: _answer(url="app.tar.gz"), None, RegistryError, r"artifact_url 'app\.tar\.gz' is not a URL"),
+    (lambda: _answer(url="file:///srv/v1/"), None, RegistryError, r"names no file"),
+    (lambda: _answer(tag=""), None, RegistryError, r"answered Current without a tag"),
+    (lambda: _answer(tag="latest"), None, RegistryError, r"answered tag 'latest', which is not a semantic version"),
+    (lambda: _answer(tag="v1.2.0+green"), "blue", RegistryError,
      r"--slot blue expects a version like 1\.2\.0\+blue but the server answered v1\.2\.0\+green; with gRPC the server chooses"),
-    (_answer(tag="v1.2.0"), "blue", RegistryError, r"answered v1\.2\.0; with gRPC the server chooses the version"),
-    (_answer(url="", age=timedelta(minutes=5)), None, ArtifactNotReady, r"release v1\.0\.0 has no artifact_url yet \(published 30\d?s ago"),
-    (_answer(url="", age=timedelta(hours=2)), None, RegistryError, r"release v1\.0\.0 has no artifact_url \(published 20"),
-    (_answer(url=""), None, RegistryError, r"release v1\.0\.0 has no artifact_url; the server must answer"),
+    (lambda: _answer(tag="v1.2.0"), "blue", RegistryError, r"answered v1\.2\.0; with gRPC the server chooses the version"),
+    (lambda: _answer(url="", age=timedelta(minutes=5)), None, ArtifactNotReady, r"release v1\.0\.0 has no artifact_url yet \(published 30\d?s ago"),
+    (lambda: _answer(url="", age=timedelta(hours=2)), None, RegistryError, r"release v1\.0\.0 has no artifact_url \(published 20"),
+    (lambda: _answer(url=""), None, RegistryError, r"release v1\.0\.0 has no artifact_url; the server must answer"),
 ], ids=["unknown-scheme", "https-redacted", "not-a-url", "no-file-name", "no-tag", "not-semver", "other-slot", "no-slot",
         "young-no-artifact", "old-no-artifact", "ageless-no-artifact"])
 def test_unusable_answers_are_one_clear_error(answer, slot, error, expected) -> None:
-    with GrpcServer(Scripted(answer)) as server:
+    with GrpcServer(Scripted(answer())) as server:  # made now: created_at is relative to the test's clock
         with pytest.raises(error) as raised:
             ask(server.url, slot=slot)
     message = str(raised.value)
