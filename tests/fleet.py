@@ -77,13 +77,14 @@ class Figures:
     new_release_seen: float = 0.0  # v1.1.0 published -> every host deployed it
     requests: int = 0
     elapsed: float = 0.0
+    startup: float = 0.0  # from the first process started to v1.0.0 deployed on every host
 
     def summary(self) -> str:
         return (f"{self.hosts} hosts, ttl {self.ttl}s, interval {self.interval}s: listing requests per TTL window "
                 f"{self.windows} while the fleet polled {self.polls_in_windows} times; min gap between requests "
                 f"{self.min_gap:.2f}s; holder killed with {self.lock_left:.2f}s of lock left, takeover after "
                 f"{self.takeover:.2f}s; v1.1.0 on every host {self.new_release_seen:.2f}s after publishing; "
-                f"{self.requests} listing requests in {self.elapsed:.1f}s")
+                f"{self.requests} listing requests in {self.elapsed:.1f}s (fleet start and first deploy {self.startup:.1f}s)")
 
 
 def _drain(dewy: Dewy) -> list[dict]:
@@ -124,6 +125,7 @@ def run_fleet(tmp_path: Path, cache_url: str, *, hosts: int, ttl: float, interva
                 start(n)
             for _, dewy in alive.values():
                 dewy.wait_for("deployed", timeout=60, version="v1.0.0")
+            figures.startup = time.monotonic() - started
 
             # Steady state: listing requests per TTL window, and the answers the fleet used meanwhile.
             marks = {pid: len(dewy.seen) for pid, (_, dewy) in alive.items()}
