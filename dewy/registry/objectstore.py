@@ -44,7 +44,7 @@ class Listing:
 
 def earliest(times: Iterable[datetime | None]) -> datetime | None:
     """The oldest of some object times: when a version "directory" of an object store appeared."""
-    known = [t if t.tzinfo else t.replace(tzinfo=timezone.utc) for t in times if t is not None]
+    known = [t.astimezone(timezone.utc) if t.tzinfo else t.replace(tzinfo=timezone.utc) for t in times if t is not None]
     return min(known) if known else None
 
 

@@ -1,0 +1,85 @@
+"""``s3://REGION/BUCKET/PREFIX?endpoint=URL&pre-release=true&artifact=NAME``: releases in S3.
+
+Versions are the "directories" ``PREFIX/<semver>/`` (ListObjectsV2 with
+Delimiter="/", every page), the artifact and checksum file are chosen among
+the objects directly in the newest one, the upload grace counts from its
+oldest object, and each deploy leaves the object
+``PREFIX/<tag>/shipped_to_<host>_<command>_at_<UTC>.txt``. Credentials,
+endpoint and addressing: see :mod:`dewy.artifacts.s3`.
+
+A poll whose newest version did not change costs one list request (plus one
+per further 1000 version directories); see ``LISTING_TTL``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from dewy.artifacts.s3 import FAILURES, LazyClient, explain, parse_s3_url
+from dewy.errors import RegistryError
+from dewy.registry.objectstore import Listing, ObjectStoreRegistry, earliest, relative_name
+from dewy.urls import Url
+
+EXPECTED = "s3://REGION/BUCKET/PREFIX?endpoint=URL&pre-release=true&artifact=NAME"
+T = TypeVar("T")
+
+
+class S3Registry(ObjectStoreRegistry):
+    QUERY_KEYS = frozenset({"pre-release", "artifact", "endpoint"})
+
+    def __init__(self, url: Url, *, slot: str | None = None) -> None:
+        super().__init__(url, slot=slot)
+        self.place = parse_s3_url(url, EXPECTED)
+        self.prefix = self.place.key.strip("/") + "/" if self.place.key.strip("/") else ""
+        self.client = LazyClient(self.place)
+
+    def _call(self, doing: str, work: Callable[[], T]) -> T:
+        try:
+            return work()
+        except FAILURES as exc:
+            raise RegistryError(f"{self.url}: {doing}: {explain(exc, self.place)}") from None
+
+    def _pages(self, prefix: str):
+        paginator = self.client.get().get_paginator("list_objects_v2")
+        return paginator.paginate(Bucket=self.place.bucket, Prefix=prefix, Delimiter="/")
+
+    def list_versions(self) -> list[str]:
+        def work() -> list[str]:
+            names = []
+            for page in self._pages(self.prefix):
+                for common in page.get("CommonPrefixes") or ():
+                    name = relative_name(str(common.get("Prefix") or "").removesuffix("/"), self.prefix)
+                    if name:
+                        names.append(name)
+            return names
+
+        return self._call("cannot list releases", work)
+
+    def list_files(self, tag: str) -> Listing:
+        directory = f"{self.prefix}{tag}/"
+
+        def work() -> Listing:
+            names, times = [], []
+            for page in self._pages(directory):
+                for item in page.get("Contents") or ():
+                    key = str(item.get("Key") or "")
+                    if not key.startswith(directory):
+                        continue  # not ours: a misbehaving server
+                    times.append(item.get("LastModified"))  # the directory marker "tag/" counts too
+                    name = relative_name(key, directory)
+                    if name:
+                        names.append(name)
+            return Listing(names, earliest(times))
+
+        return self._call(f"cannot list release {tag}", work)
+
+    def file_url(self, tag: str, name: str) -> str:
+        return self.place.object_url(f"{self.prefix}{tag}/{name}")
+
+    def write_file(self, tag: str, name: str, data: bytes) -> None:
+        self._call(f"cannot write audit record {name}", lambda: self.client.get().put_object(
+            Bucket=self.place.bucket, Key=f"{self.prefix}{tag}/{name}", Body=data, ContentType="text/plain; charset=utf-8"))
+
+    def close(self) -> None:
+        self.client.close()
