@@ -114,7 +114,10 @@ def redact(raw: str) -> str:
         for pair in parts.query.split("&") if pair
         for k, _, v in [pair.partition("=")]
     )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    redacted = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if raw.startswith(f"{parts.scheme}://") and not redacted.startswith(f"{parts.scheme}://"):
+        redacted = f"{parts.scheme}://" + redacted[len(parts.scheme) + 1:]  # urlunsplit drops an empty authority
+    return redacted
 
 
 class Plugins:
