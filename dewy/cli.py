@@ -156,6 +156,14 @@ def build_parser() -> Parser:
     assets = commands.add_parser("assets", help="deploy static files")
     _common(assets)
     _config_misplaced(commands.add_parser("container", help="deploy an OCI image (not built yet)"))
+    for name, text in (("status", "what is deployed here, the app and its unit, quarantined versions, the last error"),
+                       ("history", "deploys, rollbacks and failures (from the journal of dewy@NAME)")):
+        inspect = commands.add_parser(name, help=text, description=text)
+        inspect.add_argument("name", nargs="?", metavar="NAME", help="the instance of dewy@NAME (/etc/dewy/NAME.toml)")
+        inspect.add_argument("-d", "--dir", type=Path, metavar="DIR", help="without NAME: the working directory of dewy")
+        inspect.add_argument("--json", action="store_true", help="print JSON")
+        if name == "history":
+            inspect.add_argument("-n", "--lines", type=int, metavar="N", help="only the last N entries")
     return parser
 
 
@@ -225,9 +233,19 @@ def parse(argv: list[str]) -> Settings:
     return settings
 
 
+def inspect(argv: list[str]) -> int:
+    """``dewy status`` / ``dewy history``: read what a running (or stopped) dewy recorded."""
+    args = build_parser().parse_args(argv)
+    from dewy.status import main as show
+
+    return show(args.command, args.name, args.dir, args.json, getattr(args, "lines", None))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv[:1] in (["status"], ["history"]):
+            return inspect(argv)
         settings = parse(argv)
         from dewy.config import load_credentials
 

@@ -1,0 +1,110 @@
+"""``dewy status [NAME]`` and ``dewy history [NAME]``: what runs on this host, and what happened.
+
+Status reads the instance's state file (what is deployed, the serving app generation and
+its unit, quarantined versions, the last check and error). History reads the journal of
+``dewy@NAME.service`` (deploys, rollbacks, failures), or, where there is no journal, the
+deploys recorded in the state file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from dewy.errors import UsageError
+from dewy.state import State
+
+CONFIG_DIR = Path("/etc/dewy")
+
+
+def state_of(name: str | None, directory: Path | None) -> tuple[str, State]:
+    """The instance's name and state: NAME's config file tells its directory, else ``directory`` (or the cwd)."""
+    if name:
+        from dewy.config import load
+
+        config = CONFIG_DIR / f"{name}.toml"
+        if not config.exists():
+            raise UsageError(f"no dewy instance {name!r}: {config} does not exist")
+        directory = load(config).dir
+    directory = (directory or Path.cwd()).absolute()
+    path = directory / ".dewy" / "state.json"
+    if not path.exists():
+        raise UsageError(f"nothing deployed by dewy in {directory} (no {path}); use -d DIR or give the instance NAME")
+    return name or directory.name, State.load(path)
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def status(name: str | None, directory: Path | None) -> dict:
+    instance, state = state_of(name, directory)
+    app = state.app or {}
+    return {
+        "instance": instance,
+        "version": state.current.tag if state.current else None,
+        "deployed_at": state.current.at if state.current else None,
+        "release": state.current.release if state.current else None,
+        "app": {**app, "running": alive(app.get("pid"))} if app else None,
+        "quarantined": state.quarantine,
+        "last_check": state.last_check,
+        "last_error": state.last_error,
+    }
+
+
+def history(name: str | None, directory: Path | None, limit: int | None) -> list[dict]:
+    _, state = state_of(name, directory)
+    if name:
+        from dewy.journal import history as journal_history
+
+        try:
+            return journal_history(f"dewy@{name}.service", limit)
+        except ImportError:  # python-systemd not installed: no journal to read
+            pass
+    entries = [{"time": d.at, "event": "deployed", "version": d.tag, "previous_version": "", "message": f"deployed {d.tag}"}
+               for d in state.history]
+    return entries[-limit:] if limit else entries
+
+
+def render_status(info: dict) -> str:
+    app = info["app"]
+    rows = [
+        ("instance", info["instance"]),
+        ("version", info["version"] or "nothing deployed"),
+        ("deployed at", info["deployed_at"] or "-"),
+        ("release", info["release"] or "-"),
+        ("app", f"pid {app['pid']} ({'running' if app['running'] else 'not running'}), generation {app['generation']}"
+                + (f", unit {app['unit']}" if app.get("unit") else "") if app else "-"),
+        ("quarantined", ", ".join(info["quarantined"]) or "-"),
+        ("last check", info["last_check"] or "-"),
+        ("last error", info["last_error"] or "-"),
+    ]
+    return "\n".join(f"{key + ':':<13} {value}" for key, value in rows)
+
+
+def render_history(entries: list[dict]) -> str:
+    if not entries:
+        return "no deploys recorded"
+    header = ("TIME", "EVENT", "VERSION", "PREVIOUS", "MESSAGE")
+    rows = [header] + [(e["time"], e["event"], e["version"], e["previous_version"], e["message"]) for e in entries]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(str(r[i]).ljust(widths[i]) for i in range(4)) + "  " + str(r[4]) for r in rows)
+
+
+def main(command: str, name: str | None, directory: Path | None, as_json: bool, limit: int | None) -> int:
+    if command == "status":
+        info = status(name, directory)
+        print(json.dumps(info, indent=2) if as_json else render_status(info))
+    else:
+        entries = history(name, directory, limit)
+        print(json.dumps(entries, indent=2) if as_json else render_history(entries))
+    return 0
