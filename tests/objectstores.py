@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from tests.conftest import host_artifact, tar_gz
-from tests.harness import APP, free_port
+from tests.harness import APP, ClientLoop, Dewy, free_port
 
 BIN = Path(sys.executable).parent
 
@@ -71,9 +72,12 @@ def server_process(args: list[str], port: int, env: dict[str, str] | None = None
 
 
 def release_files(tag: str, *knobs: str) -> dict[str, bytes]:
-    """The test app released as ``tag``: its archive under this host's artifact name, and checksums.txt."""
+    """The test app released as ``tag``: checksums.txt, then the archive under this host's artifact name.
+
+    In upload order: a poll between the two uploads must not find the archive without its checksum.
+    """
     data = tar_gz({"app.py": APP.read_text(), "VERSION": tag, **{k: "" for k in knobs}})
-    return {host_artifact(): data, "checksums.txt": f"{hashlib.sha256(data).hexdigest()}  {host_artifact()}\n".encode()}
+    return {"checksums.txt": f"{hashlib.sha256(data).hexdigest()}  {host_artifact()}\n".encode(), host_artifact(): data}
 
 
 # ---------------------------------------------------------------- S3 (moto)
@@ -206,7 +210,7 @@ class StandIn:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def __enter__(self) -> StandIn:
         self._thread.start()
@@ -221,3 +225,44 @@ class StandIn:
 def closed_port_url() -> str:
     """An http:// URL on 127.0.0.1 where nothing listens (connection refused)."""
     return f"http://127.0.0.1:{free_port()}"
+
+
+# ---------------------------------------------------------------- end to end, the same for every object store
+
+
+def start_dewy(tmp_path: Path, port: int, registry: str, env: dict[str, str]) -> Dewy:
+    return Dewy(
+        ["server", "--registry", registry, "-i", "0.2", "-p", f"127.0.0.1:{port}", "--settle-time", "0.3",
+         "--health-path", "/health", "--health-timeout", "5", "--stop-timeout", "5", "-d", str(tmp_path / "app"),
+         "-c", (tmp_path / "cache").as_uri(), "--", sys.executable, "current/app.py"],
+        cwd=tmp_path, env=env,
+    )
+
+
+def deploy_two_versions(tmp_path: Path, store, bucket: str, prefix: str, registry: str, env: dict[str, str]) -> list[dict]:
+    """``dewy server`` on ``registry`` deploys v1.0.0, waits quietly while v1.1.0 is still being uploaded, then
+    rolls v1.1.0 out under a client loop with zero failed requests; returns dewy's log records."""
+    store.publish(bucket, prefix, "v1.0.0")
+    port = free_port()
+    dewy = start_dewy(tmp_path, port, registry, env)
+    try:
+        dewy.wait_for("deployed", version="v1.0.0")
+        with ClientLoop(port) as client:
+            store.put(bucket, f"{prefix}v1.1.0/NOTES.txt", "uploading")  # a young version directory, no artifact yet
+            assert "waiting for the upload" in dewy.wait_for("waiting")["msg"]
+            store.publish(bucket, prefix, "v1.1.0")
+            dewy.wait_for("deployed", version="v1.1.0")
+            dewy.wait_for("app-stopped", version="v1.0.0", already=True)
+        assert client.failures == []
+        assert client.ok > 20
+        assert list(dict.fromkeys(client.bodies)) == ["v1.0.0", "v1.1.0"]
+        downloads = [e for e in dewy.seen if e.get("event") == "downloaded"]
+        assert [e["version"] for e in downloads] == ["v1.0.0", "v1.1.0"] and all(e["verified"] for e in downloads)
+        assert not [e for e in dewy.seen if e.get("event") == "deploy-failed"]
+        audit = [k.removeprefix(prefix) for k in store.keys(bucket, prefix) if "/shipped_to_" in k]
+        assert sorted(k.split("/")[0] for k in audit) == ["v1.0.0", "v1.1.0"], audit
+        assert all(re.fullmatch(r"v1\.[01]\.0/shipped_to_.+_server_at_\d{8}T\d{6}\.\d{9}Z\.txt", k) for k in audit)
+        assert dewy.stop() == 0
+        return dewy.seen
+    finally:
+        dewy.kill()

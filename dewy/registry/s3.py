@@ -23,6 +23,13 @@ from dewy.urls import Url
 
 EXPECTED = "s3://REGION/BUCKET/PREFIX?endpoint=URL&pre-release=true&artifact=NAME"
 T = TypeVar("T")
+# Fields every ListObjectsV2 result carries (AWS and the S3-compatible stores); a page with none of them
+# is something else, such as a web server's page at a wrong endpoint=.
+LIST_RESULT_FIELDS = ("Name", "KeyCount", "IsTruncated", "MaxKeys")
+
+
+class NotAListing(Exception):
+    pass
 
 
 class S3Registry(ObjectStoreRegistry):
@@ -37,12 +44,19 @@ class S3Registry(ObjectStoreRegistry):
     def _call(self, doing: str, work: Callable[[], T]) -> T:
         try:
             return work()
+        except NotAListing:
+            raise RegistryError(f"{self.url}: {doing}: {self.place.where} answered something that is not an S3"
+                                " ListObjectsV2 result; is the endpoint an S3 service?") from None
         except FAILURES as exc:
             raise RegistryError(f"{self.url}: {doing}: {explain(exc, self.place)}") from None
 
     def _pages(self, prefix: str):
+        """Every page of ListObjectsV2 under ``prefix``, each checked to be one (not a web page or an empty answer)."""
         paginator = self.client.get().get_paginator("list_objects_v2")
-        return paginator.paginate(Bucket=self.place.bucket, Prefix=prefix, Delimiter="/")
+        for page in paginator.paginate(Bucket=self.place.bucket, Prefix=prefix, Delimiter="/"):
+            if not any(field in page for field in LIST_RESULT_FIELDS):
+                raise NotAListing()
+            yield page
 
     def list_versions(self) -> list[str]:
         def work() -> list[str]:
