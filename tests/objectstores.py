@@ -266,3 +266,36 @@ def deploy_two_versions(tmp_path: Path, store, bucket: str, prefix: str, registr
         return dewy.seen
     finally:
         dewy.kill()
+
+
+MEASURE_DOWNLOAD = r"""
+import asyncio, sys
+from dewy.artifacts import ARTIFACTS
+from dewy.urls import Url
+
+def peak_kb():
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmHWM")).split()[1])
+
+artifact = ARTIFACTS.load(Url.parse(sys.argv[1]))  # imports the SDK before the baseline
+before = peak_kb()
+with open(sys.argv[2], "wb") as out:
+    asyncio.run(artifact.download(out))
+print(peak_kb() - before)
+"""
+
+
+def download_memory_growth(url: str, target: Path, env: dict[str, str]) -> int:
+    """Download ``url`` into ``target`` in a fresh process; how much its peak RSS grew meanwhile, in bytes."""
+    result = subprocess.run([sys.executable, "-c", MEASURE_DOWNLOAD, url, str(target)], env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout) * 1024
+
+
+def big_file(path: Path, size: int) -> Path:
+    block = os.urandom(1 << 20)
+    with path.open("wb") as out:
+        for _ in range(size >> 20):
+            out.write(block)
+    return path

@@ -20,7 +20,8 @@ from dewy.registry import REGISTRIES
 from dewy.store import ArtifactStore
 from dewy.urls import Url
 from tests.conftest import host_artifact, tar_gz
-from tests.objectstores import StandIn, closed_port_url, deploy_two_versions, gcs_emulator, release_files
+from tests.objectstores import (StandIn, big_file, closed_port_url, deploy_two_versions, download_memory_growth,
+                                gcs_emulator, release_files)
 
 PROJECT = "dewy-test"
 GOOGLE_ENV = ("STORAGE_EMULATOR_HOST", "API_ENDPOINT_OVERRIDE", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT")
@@ -304,3 +305,12 @@ def test_bad_url_stops_dewy_at_startup_with_exit_2(tmp_path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "dewy: error: gs://proj/bkt/rel?artifcat=x: unknown query key 'artifcat'; did you mean 'artifact'?"]
+
+
+def test_download_streams_with_flat_memory(tmp_path, gcs) -> None:
+    bucket = gcs.bucket()
+    size = 96 << 20
+    gcs.client.bucket(bucket).blob("v1.0.0/big.tar.gz").upload_from_filename(str(big_file(tmp_path / "big", size)))
+    grew = download_memory_growth(f"gs://{bucket}/v1.0.0/big.tar.gz", tmp_path / "out", {"STORAGE_EMULATOR_HOST": gcs.host})
+    assert (tmp_path / "out").stat().st_size == size
+    assert grew < 24 << 20, f"peak RSS grew by {grew >> 20} MiB for a {size >> 20} MiB download"

@@ -19,8 +19,9 @@ from dewy.registry import REGISTRIES
 from dewy.store import ArtifactStore
 from dewy.urls import Url
 from tests.conftest import host_artifact, tar_gz
-from tests.objectstores import (AWS_ENV, AWS_SECRET, AWS_UNSET, REGION, StandIn, closed_port_url, deploy_two_versions,
-                                moto_server, release_files)
+from tests.objectstores import (AWS_ENV, AWS_SECRET, AWS_UNSET, REGION, StandIn, big_file, closed_port_url,
+                                deploy_two_versions, download_memory_growth, moto_server, release_files, start_dewy)
+from tests.harness import ClientLoop, free_port, get
 
 
 @pytest.fixture(scope="module")
@@ -296,3 +297,37 @@ import dewy.registry.gs
 assert "google.cloud.storage" in sys.modules
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_download_streams_with_flat_memory(tmp_path, moto) -> None:
+    bucket = moto.bucket()
+    size = 96 << 20
+    moto.s3.upload_file(str(big_file(tmp_path / "big", size)), bucket, "v1.0.0/big.tar.gz")
+    grew = download_memory_growth(f"s3://{REGION}/{bucket}/v1.0.0/big.tar.gz?endpoint={moto.endpoint}",
+                                  tmp_path / "out", AWS_ENV)
+    assert (tmp_path / "out").stat().st_size == size
+    assert grew < 24 << 20, f"peak RSS grew by {grew >> 20} MiB for a {size >> 20} MiB download"
+
+
+def test_registry_failure_keeps_the_running_version_serving(tmp_path) -> None:
+    """Credentials revoked under a running dewy: one clear line per failed poll, the app keeps serving."""
+    with moto_server() as server:
+        bucket = server.bucket()
+        server.publish(bucket, "", "v1.0.0")
+        port = free_port()
+        dewy = start_dewy(tmp_path, port, f"s3://{REGION}/{bucket}?endpoint={server.endpoint}", AWS_ENV)
+        try:
+            dewy.wait_for("deployed", version="v1.0.0")
+            with ClientLoop(port) as client:
+                server.enforce_iam()  # from now on the test key is unknown to the server
+                failed = dewy.wait_for("deploy-failed")
+                assert get(port)[1] == "v1.0.0"
+            assert client.failures == [] and client.ok > 0
+            assert failed["level"] == "error" and "\n" not in failed["msg"]
+            assert failed["msg"].startswith(f"s3://{REGION}/{bucket}?endpoint={server.endpoint}: cannot list releases:"
+                                            " the AWS access key id is not known to the server")
+            assert dewy.process.poll() is None
+            assert dewy.stop() == 0
+            assert AWS_SECRET not in json.dumps(dewy.seen)
+        finally:
+            dewy.kill()
