@@ -16,6 +16,7 @@ Layout under CACHE (``$DEWY_TEST_CACHE``, default ``/var/cache/dewy-tests``):
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import io
@@ -166,10 +167,15 @@ def rootfs(cache: Path = CACHE, *, log: Callable[[str], None] = lambda message: 
         log_path = cache / f"{final.name}.debootstrap.log"
         log(f"building the {SUITE} root in {final} (debootstrap, about a minute; cached afterwards)")
         started = time.monotonic()
-        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(INCLUDE)}", SUITE, str(partial)]
+        debs = cache / "debs"          # downloaded packages kept: a changed include list rebuilds without them
+        debs.mkdir(exist_ok=True)
+        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(INCLUDE)}", f"--cache-dir={debs}",
+               SUITE, str(partial)]
         with open(log_path, "w") as out:
+            # The build inherits the lock: if this session is killed, the next one waits for the
+            # orphaned debootstrap to finish before it removes the partial root.
             process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
+                                       start_new_session=True, pass_fds=[lock.fileno()])
             try:
                 code = process.wait(timeout)
             except BaseException:
@@ -194,29 +200,80 @@ def rootfs(cache: Path = CACHE, *, log: Callable[[str], None] = lambda message: 
 # ---------------------------------------------------------------------------------------------
 # dewy as wheels
 
-def _systemd_extra() -> list[str]:
-    """dewy's ``systemd`` extra minus systemd-python, which Debian's python3-systemd provides inside."""
+def _project() -> dict[str, Any]:
     with open(REPO / "pyproject.toml", "rb") as f:
-        project = tomllib.load(f)["project"]
+        return tomllib.load(f)["project"]
+
+
+def _systemd_extra(project: dict[str, Any]) -> list[str]:
+    """dewy's ``systemd`` extra minus systemd-python, which Debian's python3-systemd provides inside."""
     extra = project.get("optional-dependencies", {}).get("systemd", [])
     wanted = [req for req in extra if not req.lower().replace("_", "-").startswith("systemd-python")]
     return wanted or ["dbus-next"]
 
 
-def build_wheelhouse(dest: Path, repo: Path = REPO) -> list[str]:
-    """Wheels for dewy, its dependencies and its systemd extra (dbus-next, ...) into ``dest``.
-
-    Returns the requirements to install from it (pip's own wheel is there too, but not
-    among them). All of them are pure Python today; a
-    binary wheel would be cp311/manylinux, which bookworm's Python 3.11 takes as well.
-    """
-    extra = _systemd_extra()
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-           "--wheel-dir", str(dest), str(repo), *extra, "pip"]    # pip: see Machine.pip
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+def _pip_wheel(dest: Path, *args: str, cwd: Path | None = None) -> None:
+    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--wheel-dir", str(dest), *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd)
     if result.returncode != 0:
-        raise MachineError(f"pip wheel failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+        raise MachineError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+
+
+def dependency_wheels(requirements: Sequence[str], cache: Path = CACHE) -> Path:
+    """Wheels for ``requirements`` and pip, downloaded once per distinct list into the cache."""
+    key = hashlib.sha256(json.dumps([sorted(requirements), sys.version_info[:2]]).encode()).hexdigest()[:12]
+    final = cache / "wheels" / key
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if final.is_dir():
+            return final
+        partial = final.parent / f"{key}.tmp-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            _pip_wheel(partial, *requirements, "pip")        # pip: see Machine.pip
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        os.rename(partial, final)
+        return final
+
+
+def _clean_copy(repo: Path, dest: Path) -> None:
+    """The checkout without VCS, venvs, build output, tests and caches."""
+    top = {".git", ".venv", "build", "dist", "tests", "bench", ".dewy"}
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        skip = {name for name in names if name in ("__pycache__", ".pytest_cache") or name.endswith(".egg-info")}
+        return skip | (top & set(names) if Path(directory) == repo else set())
+
+    shutil.copytree(repo, dest, ignore=ignore, symlinks=True)
+
+
+def build_wheelhouse(dest: Path, repo: Path = REPO, cache: Path = CACHE) -> list[str]:
+    """Wheels for this checkout's dewy, its dependencies, its systemd extra (dbus-next, ...) and pip, in ``dest``.
+
+    Returns the requirements to install from it (pip's own wheel is there too, not among them).
+    dewy is built from a clean copy of the working tree (setuptools' build/ dir could hold stale
+    modules); the third-party wheels come from the cache (see dependency_wheels). All of them are
+    pure Python today; a binary wheel would be cp311/manylinux, which bookworm's Python 3.11 takes too.
+    """
+    project = _project()
+    extra = _systemd_extra(project)
+    dest.mkdir(parents=True, exist_ok=True)
+    for wheel in dependency_wheels([*project.get("dependencies", []), *extra], cache).iterdir():
+        shutil.copy2(wheel, dest / wheel.name)
+    source = dest.parent / f"{dest.name}-source"
+    _clean_copy(repo.resolve(), source)
+    try:
+        try:        # setuptools from the test venv: much faster than an isolated build environment
+            _pip_wheel(dest, "--no-deps", "--no-build-isolation", str(source))
+        except MachineError:
+            _pip_wheel(dest, "--no-deps", str(source))
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
     return ["dewy", *extra]
 
 
@@ -266,6 +323,14 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option: int, value: int) -> None:
+    _libc.prctl(option, value, 0, 0, 0)
 
 
 _overlay_works: bool | None = None
@@ -611,17 +676,20 @@ def boot(lower: Path, *, name: str | None = None, bind: Iterable = (), bind_ro: 
         for cgroup in cgroups:
             cgroup.mkdir(parents=True, exist_ok=True)
 
-        def own_cgroup() -> None:      # in the child, before exec: nspawn puts payload/ and supervisor/ below
+        def before_exec() -> None:
+            # Its own cgroup: nspawn puts payload/ and supervisor/ below the one it starts in.
             for cg in cgroups:
                 with open(cg / "cgroup.procs", "w") as procs:
                     procs.write("0")
+            # If pytest dies without tearing down, nspawn gets SIGTERM: it powers the container off.
+            _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
         cmd = ["systemd-nspawn", "--quiet", "-D", str(root), "-M", name, "--register=no", "--keep-unit",
                "--link-journal=no", "--console=read-only", *[b.option() for b in all_binds], "-b"]
         env = {"PATH": os.environ.get("PATH", CONTAINER_PATH), "TERM": "dumb", "SYSTEMD_COLORS": "0"}
         with open(console_log, "w") as out:
             process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                       env=env, start_new_session=True, preexec_fn=own_cgroup)
+                                       env=env, start_new_session=True, preexec_fn=before_exec)
         (machine_dir / "nspawn.pid").write_text(f"{process.pid}\n")
         machine = Machine(name=name, dir=machine_dir, root=root, share=share, console_log=console_log,
                           process=process, overlay=overlay, cgroups=cgroups)

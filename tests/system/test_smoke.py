@@ -59,8 +59,15 @@ def test_smoke(machine_factory, host_http: int) -> None:
     assert body == "hello from the host\n"
 
 
-def test_machine_api(machine: Machine, tmp_path) -> None:
-    """What feature tests build on: files, units, pids, the journal with fields, the shared dir, waiting."""
+def test_machine_api(machine_factory, tmp_path) -> None:
+    """What feature tests build on: binds, files, units, pids, the journal with fields, the shared dir, waiting."""
+    registry = tmp_path / "registry"
+    (registry / "v1.0.0").mkdir(parents=True)
+    (registry / "v1.0.0" / "app.tar.gz").write_bytes(b"not really")
+    machine: Machine = machine_factory(bind_ro=[registry])
+    assert machine.read(str(registry / "v1.0.0" / "app.tar.gz")) == "not really"
+    assert machine.run(["touch", str(registry / "x")], check=False).returncode != 0     # read-only
+
     machine.write("/etc/dewy-smoke/hello.txt", "hi\n", 0o600)
     assert machine.read("/etc/dewy-smoke/hello.txt") == "hi\n"
     assert machine.run("stat -c %a /etc/dewy-smoke/hello.txt").stdout.strip() == "600"
