@@ -1,0 +1,222 @@
+"""dewy@.service under a real systemd (PID 1 in systemd-nspawn): DESIGN.md section 8, each behaviour its own test.
+
+The machine shares the host's network namespace, so the client loop runs on the host
+against the app's port, and the file:// registry is a host directory bound into the
+machine at the same path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import publish
+from tests.github_server import GitHubServer
+from tests.harness import APP, ClientLoop, free_port, get
+from tests.system.nspawn import Machine
+
+pytestmark = pytest.mark.system
+
+TOKEN = "ghp_system_test_secret_1234567890"
+PASSWORD = "mail-password-never-logged"
+
+
+class Demo:
+    """dewy@demo in a booted machine, deploying the test app from a file:// registry on the host."""
+
+    def __init__(self, machine: Machine, registry: Path, port: int) -> None:
+        self.m, self.registry, self.port = machine, registry, port
+
+    def release(self, tag: str, *knobs: str) -> None:
+        publish(self.registry, tag, {"app.py": APP.read_text(), "VERSION": tag, **{k: "" for k in knobs}}, checksums=True)
+
+    def configure(self, registry_url: str | None = None, extra: str = "", env: str = "", watchdog: str | None = None) -> None:
+        self.m.write("/etc/dewy/demo.toml", f"""
+mode = "server"
+registry = "{registry_url or self.registry.as_uri()}"
+interval = "0.5s"
+{extra}
+
+[server]
+ports = ["127.0.0.1:{self.port}"]
+command = ["/usr/bin/python3", "current/app.py"]
+health_path = "/health"
+health_timeout = "10s"
+settle_time = "0.5s"
+stop_timeout = "5s"
+
+[app]
+user = "www-data"
+memory_max = "256M"
+tasks_max = 64
+""")
+        if env:
+            self.m.write("/etc/dewy/demo.env", env, mode=0o600)
+        if watchdog:
+            self.m.write("/etc/systemd/system/dewy@demo.service.d/watchdog.conf", f"[Service]\nWatchdogSec={watchdog}\n")
+            self.m.systemctl("daemon-reload")
+
+    def deployed(self, tag: str, timeout: float = 60) -> None:
+        self.m.wait_until(lambda: self.m.journal("dewy@demo.service", DEWY_EVENT="deployed", DEWY_VERSION=tag),
+                          timeout, what=f"{tag} deployed")
+
+    def app_env(self) -> dict:
+        return json.loads(get(self.port, "/env")[1])
+
+    def dewy_pid(self) -> int:
+        return self.m.pid_of("dewy@demo.service")
+
+    def scopes(self) -> list[str]:
+        out = self.m.systemctl("list-units", "dewy-*", "--plain", "--no-legend", "--all").stdout
+        return [line.split()[0] for line in out.splitlines() if line.strip() and "active" in line.split()[2:3]]
+
+
+@pytest.fixture
+def demo(machine_factory: Callable[..., Machine], tmp_path: Path) -> Demo:
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    machine = machine_factory(install=True, bind=[registry])
+    machine.run(["mkdir", "-p", "/etc/dewy"])
+    return Demo(machine, registry, free_port())
+
+
+def start(demo: Demo, tag: str = "v1.0.0", **configure) -> None:
+    demo.release(tag)
+    demo.configure(**configure)
+    demo.m.systemctl("enable", "--now", "dewy@demo", timeout=120)
+    demo.deployed(tag)
+
+
+def test_enable_now_is_active_after_ready_and_status_names_the_version(demo: Demo) -> None:
+    demo.release("v1.0.0")
+    demo.configure()
+    demo.m.systemctl("enable", "--now", "dewy@demo", timeout=120)  # Type=notify: returns once READY=1 arrived
+    shown = demo.m.show("dewy@demo.service", "ActiveState", "SubState", "Type", "NotifyAccess", "StatusText")
+    assert (shown["ActiveState"], shown["SubState"], shown["Type"], shown["NotifyAccess"]) == ("active", "running", "notify", "main")
+    assert demo.m.journal("dewy@demo.service", DEWY_EVENT="started"), "READY came after dewy's configuration"
+    demo.deployed("v1.0.0")
+    status = demo.m.wait_until(lambda: "v1.0.0" in (s := demo.m.show("dewy@demo.service", "StatusText")["StatusText"]) and s,
+                               10, what="STATUS= naming the version")
+    assert re.search(r"app pid \d+, generation 1", status), status
+    assert get(demo.port)[1] == "v1.0.0"
+
+
+def test_the_app_runs_in_a_transient_unit_with_its_user_and_limits(demo: Demo) -> None:
+    start(demo)
+    assert demo.scopes() == ["dewy-demo-g1.scope"]
+    scope = demo.m.show("dewy-demo-g1.scope", "MemoryMax", "TasksMax", "Slice", "ControlGroup")
+    assert (scope["MemoryMax"], scope["TasksMax"], scope["Slice"]) == (str(256 << 20), "64", "dewy.slice")
+    pid = demo.app_env()["pid"]
+    assert scope["ControlGroup"] in demo.m.read(f"/proc/{pid}/cgroup"), "the app's process is in the scope's cgroup"
+    assert demo.m.run(["ps", "-o", "user=", "-p", str(pid)]).stdout.strip() == "www-data"
+    env = demo.app_env()["env"]
+    assert env["LISTEN_PID"] == str(pid) and env["LISTEN_FDS"] == "1"
+    assert demo.m.journal(identifier="demo"), "the app's output reaches the journal under its own identifier"
+
+
+def test_a_new_release_is_deployed_with_zero_failed_requests(demo: Demo) -> None:
+    start(demo)
+    with ClientLoop(demo.port) as client:
+        demo.release("v1.1.0")
+        demo.deployed("v1.1.0")
+    assert client.failures == []
+    assert client.ok > 20
+    assert demo.m.wait_until(lambda: demo.scopes() == ["dewy-demo-g2.scope"], 20, what="the old generation's unit gone")
+    assert get(demo.port)[1] == "v1.1.0"
+
+
+def test_systemctl_kill_usr1_restarts_the_app_gracefully(demo: Demo) -> None:
+    start(demo)
+    dewy_pid, app_pid = demo.dewy_pid(), demo.app_env()["pid"]
+    with ClientLoop(demo.port) as client:
+        demo.m.systemctl("kill", "-s", "USR1", "dewy@demo")
+        demo.m.wait_until(lambda: demo.m.journal("dewy@demo.service", DEWY_EVENT="restarted"), 30, what="restarted")
+    assert client.failures == []
+    assert demo.dewy_pid() == dewy_pid
+    env = demo.app_env()
+    assert env["pid"] != app_pid and env["env"]["SERVER_STARTER_GENERATION"] == "2"
+
+
+def test_systemctl_restart_keeps_the_app_serving_and_adopts_it(demo: Demo) -> None:
+    start(demo)
+    dewy_pid, app_pid = demo.dewy_pid(), demo.app_env()["pid"]
+    with ClientLoop(demo.port) as client:
+        demo.m.systemctl("restart", "dewy@demo", timeout=120)
+        demo.m.wait_until(lambda: demo.m.journal("dewy@demo.service", DEWY_EVENT="app-adopted"), 30, what="adoption")
+        demo.release("v1.1.0")  # the restarted dewy holds the sockets again: a deploy stays seamless
+        demo.deployed("v1.1.0")
+    assert client.failures == []
+    assert demo.dewy_pid() != dewy_pid
+    adopted = demo.m.journal("dewy@demo.service", DEWY_EVENT="app-adopted")[0]
+    assert adopted["DEWY_PID"] == str(app_pid)
+
+
+def test_a_frozen_dewy_is_restarted_by_the_watchdog(demo: Demo) -> None:
+    start(demo, watchdog="3s")
+    dewy_pid, app_pid = demo.dewy_pid(), demo.app_env()["pid"]
+    demo.m.run(["kill", "-STOP", str(dewy_pid)])
+    new_pid = demo.m.wait_until(lambda: (p := demo.dewy_pid()) not in (0, dewy_pid) and p, 20,
+                                what="systemd's watchdog to restart dewy")
+    assert new_pid != dewy_pid
+    assert any("Watchdog timeout" in r.get("MESSAGE", "") for r in demo.m.journal("dewy@demo.service"))
+    demo.m.wait_until(lambda: demo.m.journal("dewy@demo.service", DEWY_EVENT="app-adopted"), 30, what="adoption")
+    assert demo.app_env()["pid"] == app_pid, "the app kept serving while dewy was frozen and restarted"
+
+
+def test_the_journal_is_the_audit_log_and_dewy_history_reads_it(demo: Demo) -> None:
+    start(demo)
+    demo.release("v1.1.0", "CRASH")
+    demo.m.wait_until(lambda: demo.m.journal("dewy@demo.service", DEWY_EVENT="rollback"), 60, what="rollback")
+    demo.release("v1.2.0")
+    demo.deployed("v1.2.0")
+    deploys = demo.m.run(["journalctl", "-u", "dewy@demo", "DEWY_EVENT=deployed", "-o", "json"]).stdout.splitlines()
+    records = [json.loads(line) for line in deploys]
+    assert [r["DEWY_VERSION"] for r in records] == ["v1.0.0", "v1.2.0"]
+    assert [r.get("DEWY_PREVIOUS_VERSION", "") for r in records] == ["", "v1.0.0"]
+    assert len({r["MESSAGE_ID"] for r in records}) == 1
+    history = json.loads(demo.m.run(["dewy", "history", "demo", "--json"]).stdout)
+    assert [(h["event"], h["version"]) for h in history if h["event"] in ("deployed", "rollback")] == [
+        ("deployed", "v1.0.0"), ("rollback", "v1.1.0"), ("deployed", "v1.2.0")]
+    table = demo.m.run(["dewy", "history", "demo"]).stdout
+    assert "v1.2.0" in table and "rollback" in table
+    status = json.loads(demo.m.run(["dewy", "status", "demo", "--json"]).stdout)
+    assert status["version"] == "v1.2.0" and status["app"]["running"] and "v1.1.0" in " ".join(status["quarantined"])
+
+
+def test_systemctl_stop_stops_the_app_unit_and_leaves_nothing(demo: Demo) -> None:
+    start(demo)
+    app_pid = demo.app_env()["pid"]
+    demo.m.systemctl("stop", "dewy@demo", timeout=120)
+    assert demo.m.is_active("dewy@demo") == "inactive"
+    assert demo.scopes() == []
+    assert demo.m.run(["ps", "-p", str(app_pid)], check=False).returncode != 0
+    assert "app.py" not in demo.m.run(["ps", "-eo", "args"]).stdout
+    with pytest.raises(OSError):
+        get(demo.port, timeout=1)
+
+
+def test_no_secret_reaches_the_journal(demo: Demo) -> None:
+    with GitHubServer(token=TOKEN) as github:
+        demo.configure(registry_url="ghr://acme/demo",
+                       extra=f'notifiers = ["mail://127.0.0.1:9/ops@example.com?username=dewy&password={PASSWORD}"]',
+                       env=f"GITHUB_TOKEN=wrong-{TOKEN}\nGITHUB_API_URL={github.url}\n")
+        demo.m.systemctl("enable", "--now", "dewy@demo", timeout=120)
+        demo.m.wait_until(lambda: demo.m.journal("dewy@demo.service", DEWY_EVENT="deploy-failed"), 30,
+                          what="a failure with the bad token")
+        demo.m.write("/etc/dewy/demo.env", f"GITHUB_TOKEN={TOKEN}\nGITHUB_API_URL={github.url}\n", mode=0o600)
+        demo.release("v1.0.0")
+        artifact = next(demo.registry.glob("v1.0.0/*.tar.gz"))
+        github.add_release("acme", "demo", "v1.0.0", {artifact.name: artifact.read_bytes()})
+        demo.m.systemctl("restart", "dewy@demo", timeout=120)
+        demo.deployed("v1.0.0")
+        demo.m.wait_until(lambda: demo.m.journal("dewy@demo.service", DEWY_EVENT="notify-failed"), 30,
+                          what="the mail notifier's failure to be logged")
+    everything = demo.m.run(["journalctl", "-b", "-o", "export"]).stdout
+    assert TOKEN not in everything
+    assert PASSWORD not in everything
