@@ -13,7 +13,6 @@ the reason, and in CI (CI=true) tests/conftest.py turns that skip into a failure
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path

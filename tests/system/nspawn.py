@@ -23,7 +23,6 @@ import io
 import itertools
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -741,6 +740,11 @@ def reap_stale(cache: Path = CACHE) -> list[str]:
         try:
             owner_pid, owner_start = (machine_dir / "owner").read_text().split()
         except (OSError, ValueError):
+            try:
+                if time.time() - machine_dir.stat().st_mtime < 300:
+                    continue                      # being created right now by another session
+            except OSError:
+                continue
             owner_pid, owner_start = "0", ""
         if owner_pid != "0" and _start_time(int(owner_pid)) == owner_start:
             continue                              # its session is still running
