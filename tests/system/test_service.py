@@ -117,7 +117,8 @@ def test_the_app_runs_in_a_transient_unit_with_its_user_and_limits(demo: Demo) -
     assert demo.m.run(["ps", "-o", "user=", "-p", str(pid)]).stdout.strip() == "www-data"
     env = demo.app_env()["env"]
     assert env["LISTEN_PID"] == str(pid) and env["LISTEN_FDS"] == "1"
-    assert demo.m.journal(identifier="demo"), "the app's output reaches the journal under its own identifier"
+    said = [r["MESSAGE"] for r in demo.m.journal(identifier="demo")]
+    assert f"httpapp v1.0.0 (pid {pid}) serving on 1 socket(s)" in said, "the app's output reaches the journal as 'demo'"
 
 
 def test_a_new_release_is_deployed_with_zero_failed_requests(demo: Demo) -> None:
