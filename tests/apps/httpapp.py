@@ -130,7 +130,7 @@ def main(argv: list[str]) -> int:
         return 0
     sockets = {fd: socket.socket(fileno=fd) for fd in inherited_fds()}
     servers = [serve(sock, sockets) for sock in sockets.values()]
-    print(f"httpapp {version()} (pid {os.getpid()}) serving on {len(servers)} socket(s)", flush=True)
+    print(f"httpapp {version()} (pid {os.getpid()}) serving on {len(servers)} socket(s)", file=sys.stderr, flush=True)
     if "--report" in argv:
         target = Path(argv[argv.index("--report") + 1])
         target.with_suffix(".tmp").write_text(json.dumps(report(sockets)))
