@@ -584,3 +584,22 @@ def load_credentials(directory: str | os.PathLike | None = None,
         environ[entry.name] = os.fsdecode(data)
         names.append(entry.name)
     return names
+
+
+# Variables the backends read secrets from; the app does not get them (dewy's own business).
+BACKEND_SECRETS = frozenset({
+    "GITHUB_TOKEN", "GH_TOKEN", "SLACK_TOKEN", "MAIL_USERNAME", "MAIL_PASSWORD", "REDIS_PASSWORD",
+    "CONSUL_HTTP_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+})
+
+
+def secret_variables(environ: MutableMapping[str, str] | None = None) -> frozenset[str]:
+    """Environment variables that hold dewy's secrets: the backends' and every systemd credential's name."""
+    environ = os.environ if environ is None else environ
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    try:
+        credentials = {entry.name for entry in os.scandir(directory) if CREDENTIAL_NAME.fullmatch(entry.name)} if directory else set()
+    except OSError:
+        credentials = set()
+    return BACKEND_SECRETS | credentials
+

@@ -17,6 +17,7 @@ from pathlib import Path
 from dewy import log
 from dewy.cache import CACHES, Cache
 from dewy.cli import Settings
+from dewy.config import secret_variables
 from dewy.errors import AppStartError, ArtifactNotReady, DewyError, HookError, UsageError
 from dewy.hooks import run_hook
 from dewy.notifiers import NOTIFIERS, Notifications
@@ -90,6 +91,7 @@ class Daemon:
                 settle=settings.settle_time, health_url_path=settings.health_path, health_timeout=settings.health_timeout,
                 stop_timeout=settings.stop_timeout, env=settings.app.environment, placement=host.placement(settings),
                 user=settings.app.user, group=settings.app.group, output=host.app_output(app_name(settings)),
+                hidden=secret_variables(),
             )
         return cls(settings, registry, cache, store, releases, state, notifications, host, supervisor)
 

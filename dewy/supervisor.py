@@ -171,7 +171,8 @@ class Supervisor:
     def __init__(self, command: list[str], sockets: HeldSockets | None, *, workdir: Path, settle: float = 1.0,
                  health_url_path: str | None = None, health_timeout: float = 30, stop_timeout: float = 30,
                  env: dict[str, str] | None = None, placement: Placement | None = None,
-                 user: str | None = None, group: str | None = None, output: tuple[int, int] | None = None) -> None:
+                 user: str | None = None, group: str | None = None, output: tuple[int, int] | None = None,
+                 hidden: frozenset[str] = frozenset()) -> None:
         if not command:
             raise ValueError("the app command is empty")
         self.command = list(command)
@@ -185,6 +186,7 @@ class Supervisor:
         self.placement = placement
         self.user, self.group = user, group
         self.output = output  # fds for the app's stdout and stderr (journal streams), else dewy's own
+        self.hidden = hidden  # variables of dewy's environment the app must not see (dewy's secrets)
         self.state = "stopped"  # stopped | running | backoff (crashed, restart pending) | stopping
         self.crashes = 0  # unexpected exits, including crash restarts that failed to become ready
         self._current: _Generation | None = None
@@ -332,7 +334,7 @@ class Supervisor:
     async def _spawn(self, release_dir: Path, version: str) -> _Generation:
         self._counter += 1
         number = self._counter
-        env = {k: v for k, v in os.environ.items() if k not in _PROTOCOL_VARS}
+        env = {k: v for k, v in os.environ.items() if k not in _PROTOCOL_VARS and k not in self.hidden}
         env.update(self.env)
         env.update(DEWY_VERSION=version, DEWY_RELEASE_DIR=str(release_dir), SERVER_STARTER_GENERATION=str(number))
         count = len(self.sockets) if self.sockets else 0

@@ -110,6 +110,7 @@ def test_three_releases_under_load_zero_failed_requests(tmp_path, port, registry
         assert list(dict.fromkeys(client.bodies)) == ["v1.0.0", "v1.1.0", "v1.2.0", "v1.3.0"]
         records = registry.audit_records()
         assert len(records) == 4 and all(re.fullmatch(r"shipped_to_.+_server_at_\d{8}T\d{6}\.\d{9}Z\.txt", r) for r in records)
+        assert "GITHUB_TOKEN" not in json.loads(get(port, "/env")[1])["env"], "dewy's secrets stay dewy's"
         assert dewy.stop() == 0
         assert not any("ghp_test_secret" in json.dumps(e) for e in dewy.seen)
     finally:
