@@ -130,7 +130,7 @@ def test_unreachable_api_is_one_line() -> None:
     target = notifier(None)
     with pytest.raises(DewyError) as caught:
         send(target, deployed())
-    assert str(caught.value).startswith(f"slack: cannot reach {target.api_url}: Cannot connect to host 127.0.0.1")
+    assert str(caught.value).startswith(f"slack: cannot reach {target.api_url}: Connection refused")
     assert TOKEN not in str(caught.value)
 
 

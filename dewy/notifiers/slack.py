@@ -21,9 +21,8 @@ import os
 import time
 from urllib.parse import unquote, urlsplit
 
-import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
-from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk import WebClient
 
 from dewy.errors import DewyError, UsageError
 from dewy.notifiers import Message
@@ -82,8 +81,10 @@ class SlackNotifier:
             raise UsageError(f"SLACK_API_URL={api!r} must be an http:// or https:// URL such as {DEFAULT_API_URL}")
         self.api_url = api if api.endswith("/") else api + "/"
         self.budget = budget
-        self._client = AsyncWebClient(token=token, base_url=self.api_url, timeout=REQUEST_TIMEOUT,
-                                      logger=_sdk_logger, retry_handlers=[])
+        # The SDK's blocking client (on urllib) in a thread: its async client would bring aiohttp,
+        # a second HTTP stack next to httpx, for one request per deploy.
+        self._client = WebClient(token=token, base_url=self.api_url, timeout=REQUEST_TIMEOUT,
+                                 logger=_sdk_logger, retry_handlers=[])
 
     def __repr__(self) -> str:
         return f"SlackNotifier(channel={self.channel!r}, api_url={self.api_url!r})"
@@ -120,7 +121,7 @@ class SlackNotifier:
         deadline = time.monotonic() + self.budget
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                await self._client.chat_postMessage(**arguments)
+                await asyncio.to_thread(self._client.chat_postMessage, **arguments)
                 return
             except SlackApiError as exc:
                 response = exc.response
@@ -133,9 +134,10 @@ class SlackNotifier:
                         f"slack: rate limited by Slack (Retry-After {wait:g}s) after {attempt} attempt(s); "
                         "this message is dropped")) from None
                 raise DewyError(self._scrub(self._api_error(response))) from None
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, SlackClientError) as exc:
-                reason = str(exc) or type(exc).__name__
-                if isinstance(exc, asyncio.TimeoutError):
+            except (OSError, SlackClientError) as exc:
+                cause = getattr(exc, "reason", exc)  # urllib wraps the socket error in URLError.reason
+                reason = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+                if isinstance(cause, TimeoutError):
                     reason = f"no answer within {REQUEST_TIMEOUT}s"
                 raise DewyError(self._scrub(f"slack: cannot reach {self.api_url}: {reason}")) from None
 
