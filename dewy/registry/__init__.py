@@ -27,6 +27,7 @@ REGISTRIES = Plugins("registry", {
     "s3": "dewy.registry.s3:S3Registry",
     "gs": "dewy.registry.gs:GCSRegistry",
     "grpc": "dewy.registry.grpc:GrpcRegistry",
+    "img": "dewy.registry.img:ImageRegistry",
 })
 
 CHECKSUM_FILES = ("checksums.txt", "sha256sums", "sha256sums.txt")
