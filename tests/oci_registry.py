@@ -357,6 +357,7 @@ class RegistryFront:
       (lexical order, ``n`` capped at N, ``last``, ``Link: <...>; rel="next"``);
       docker-registry 2.8.2 ignores ``n`` and answers every tag at once.
     - ``etags=True``: tags lists carry an ETag and answer 304 to a matching If-None-Match.
+    - ``digest_header=False``: manifests come without Docker-Content-Digest (some registries omit it).
     - :meth:`fail_next`: the next registry requests answer a chosen status (429, 5xx, garbage).
 
     Everything else is forwarded to the backend (GET and HEAD: pulls only).
@@ -365,13 +366,14 @@ class RegistryFront:
     SERVICE = "dewy-test-registry"
 
     def __init__(self, backend: OciRegistry, *, token_auth: bool = False, users: dict[str, str] | None = None,
-                 page_size: int | None = None, etags: bool = False, token_lifetime: int = 300,
-                 realm_host: str = "127.0.0.1") -> None:
+                 page_size: int | None = None, etags: bool = False, digest_header: bool = True,
+                 token_lifetime: int = 300, realm_host: str = "127.0.0.1") -> None:
         self.backend = backend
         self.token_auth = token_auth
         self.users = dict(users or {})
         self.page_size = page_size
         self.etags = etags
+        self.digest_header = digest_header
         self.token_lifetime = token_lifetime
         self.realm_host = realm_host
         self.requests: list[Logged] = []
@@ -517,7 +519,8 @@ class RegistryFront:
             response = connection.getresponse()
             body = response.read()
             kept = {k: v for k, v in response.getheaders()
-                    if k.lower() in ("content-type", "docker-content-digest", "link", "etag", "content-length")}
+                    if k.lower() in ("content-type", "docker-content-digest", "link", "etag", "content-length")
+                    and (self.digest_header or k.lower() not in ("docker-content-digest", "etag"))}
         finally:
             connection.close()
         return response.status, body, kept
