@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import threading
 from typing import BinaryIO
 from urllib.parse import quote, unquote
 
@@ -33,6 +32,7 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from dewy.errors import ArtifactError, UsageError
+from dewy.lazyclient import LazyClient
 from dewy.urls import Url
 
 # google-cloud-storage 3.x fetches each bucket's metadata in a background thread for its tracing
@@ -79,27 +79,6 @@ def make_client(project: str | None):
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         return storage.Client(project=project or "dewy", credentials=AnonymousCredentials())
     return storage.Client(project=project)
-
-
-class LazyClient:
-    """One client per registry or artifact, made on first use in the worker thread (ADC may ask the metadata server)."""
-
-    def __init__(self, project: str | None) -> None:
-        self.project = project
-        self._client = None
-        self._lock = threading.Lock()
-
-    def get(self):
-        with self._lock:
-            if self._client is None:
-                self._client = make_client(self.project)
-            return self._client
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
 
 
 def one_line(text: object, limit: int = 300) -> str:
@@ -174,7 +153,7 @@ class GCSObject:
         check_bucket(url, self.bucket, EXPECTED)
         if not self.key or self.key.endswith("/"):
             raise UsageError(f"{url}: names no object; expected {EXPECTED}")
-        self.client = LazyClient(None)
+        self.client = LazyClient(lambda: make_client(None))
 
     def _download(self, out: BinaryIO) -> None:
         try:

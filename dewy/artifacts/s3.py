@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import threading
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import quote, unquote, urlsplit
@@ -32,6 +31,7 @@ from botocore.parsers import ResponseParserError
 
 from dewy import __version__
 from dewy.errors import ArtifactError, UsageError
+from dewy.lazyclient import LazyClient
 from dewy.urls import Url
 
 EXPECTED = "s3://REGION/BUCKET/KEY?endpoint=URL"
@@ -107,27 +107,6 @@ def make_client(place: S3Place):
     return boto3.session.Session().client("s3", endpoint_url=place.effective_endpoint, config=config)
 
 
-class LazyClient:
-    """One client per registry or artifact, created on first use in the worker thread (it reads the AWS config)."""
-
-    def __init__(self, place: S3Place) -> None:
-        self.place = place
-        self._client = None
-        self._lock = threading.Lock()
-
-    def get(self):
-        with self._lock:
-            if self._client is None:
-                self._client = make_client(self.place)
-            return self._client
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
-
 def scrub(text: str) -> str:
     """One line, bounded, with any secret from the environment blanked (AWS messages should not echo them)."""
     for name in SECRET_VARIABLES:
@@ -201,7 +180,7 @@ class S3Object:
         self.place = parse_s3_url(url)
         if not self.place.key or self.place.key.endswith("/"):
             raise UsageError(f"{url}: names no object; expected {EXPECTED}")
-        self.client = LazyClient(self.place)
+        self.client = LazyClient(lambda: make_client(self.place))
 
     def _download(self, out: BinaryIO) -> None:
         try:

@@ -19,8 +19,9 @@ from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import unquote
 
-from dewy.artifacts.gs import FAILURES, RETRY, TIMEOUT, LazyClient, check_bucket, explain, object_url
+from dewy.artifacts.gs import FAILURES, RETRY, TIMEOUT, check_bucket, explain, make_client, object_url
 from dewy.errors import RegistryError, UsageError
+from dewy.lazyclient import LazyClient
 from dewy.registry.objectstore import Listing, ObjectStoreRegistry, earliest, relative_name
 from dewy.urls import Url
 
@@ -39,7 +40,7 @@ class GCSRegistry(ObjectStoreRegistry):
             raise UsageError(f"{url}: {self.project!r} is not a project id; expected {EXPECTED}")
         rest = unquote(rest).strip("/")
         self.prefix = rest + "/" if rest else ""
-        self.client = LazyClient(self.project)
+        self.client = LazyClient(lambda: make_client(self.project))
         self._bucket_missing = f"bucket {self.bucket!r} does not exist; check the bucket name in the URL"
 
     def _call(self, doing: str, work: Callable[[], T]) -> T:

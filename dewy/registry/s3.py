@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from dewy.artifacts.s3 import FAILURES, LazyClient, explain, parse_s3_url
+from dewy.artifacts.s3 import FAILURES, explain, make_client, parse_s3_url
 from dewy.errors import RegistryError
+from dewy.lazyclient import LazyClient
 from dewy.registry.objectstore import Listing, ObjectStoreRegistry, earliest, relative_name
 from dewy.urls import Url
 
@@ -39,7 +40,7 @@ class S3Registry(ObjectStoreRegistry):
         super().__init__(url, slot=slot)
         self.place = parse_s3_url(url, EXPECTED)
         self.prefix = self.place.key.strip("/") + "/" if self.place.key.strip("/") else ""
-        self.client = LazyClient(self.place)
+        self.client = LazyClient(lambda: make_client(self.place))
 
     def _call(self, doing: str, work: Callable[[], T]) -> T:
         try:
