@@ -40,9 +40,11 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.loopback import LoopbackServer
 
 MAX_VALUE = 512 * 1024  # Consul's default kv_max_value_size
 DATACENTER = "dc1"
@@ -81,7 +83,7 @@ class _Reply(Exception):
         self.headers = headers or {}
 
 
-class ConsulServer:
+class ConsulServer(LoopbackServer):
     """Consul's KV API on 127.0.0.1 (ephemeral port) in a background thread."""
 
     def __init__(self, token: str | None = None) -> None:
@@ -91,23 +93,11 @@ class ConsulServer:
         self.index = 1  # the Raft index; every write takes the next one
         self.requests: list[Logged] = []
         self.lock = threading.RLock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.consul = self  # type: ignore[attr-defined]
-        self.port = self._httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self._serve(_Handler, "consul-server")
+        self.url = self.origin
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="consul-server", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> ConsulServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def value(self, key: str) -> bytes | None:
         """The stored value of ``key`` (test inspection)."""
@@ -253,7 +243,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def _serve(self) -> None:
-        consul: ConsulServer = self.server.consul  # type: ignore[attr-defined]
+        consul: ConsulServer = self.server.owner  # type: ignore[attr-defined]
         arrived = time.monotonic()
         parts = urlsplit(self.path)
         path = unquote(parts.path)  # Consul reads the decoded path: %2F in a key name is sent as %252F

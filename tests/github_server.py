@@ -29,9 +29,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import format_datetime, parsedate_to_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from tests.loopback import LoopbackServer
 
 CHUNK_SIZE = 1 << 16
 DOCS = "https://docs.github.com/rest"
@@ -94,7 +96,7 @@ class _Call:
         return "authorization" in self.headers
 
 
-class GitHubServer:
+class GitHubServer(LoopbackServer):
     """GitHub's API on 127.0.0.1 (ephemeral port) in a background thread.
 
     ``token``: when set, a request with any other token gets 401 Bad credentials
@@ -117,23 +119,10 @@ class GitHubServer:
         self._presigned: dict[str, StoredAsset] = {}
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.github = self  # type: ignore[attr-defined]
-        self.root = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._serve(_Handler, "github-server")
+        self.root = self.origin
         self.url = self.root + self.prefix  # what GITHUB_API_URL points at
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="github-server", daemon=True)
-        self._thread.start()
 
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> GitHubServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # Test controls -----------------------------------------------------------------
 
@@ -375,7 +364,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as clients pool connections
 
     def _serve(self) -> None:
-        github: GitHubServer = self.server.github  # type: ignore[attr-defined]
+        github: GitHubServer = self.server.owner  # type: ignore[attr-defined]
         parts = urlsplit(self.path)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         call = _Call(self.command, unquote(parts.path), {k: v[0] for k, v in parse_qs(parts.query).items()},

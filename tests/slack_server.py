@@ -29,9 +29,11 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.loopback import LoopbackServer
 
 
 @dataclass
@@ -52,7 +54,7 @@ class Request:
     body: bytes
 
 
-class SlackServer:
+class SlackServer(LoopbackServer):
     """Slack's Web API on 127.0.0.1 (ephemeral port) in a background thread."""
 
     def __init__(self, token: str = "xoxb-test-token", scopes: tuple[str, ...] = ("chat:write",)) -> None:
@@ -65,22 +67,9 @@ class SlackServer:
         self._lock = threading.Lock()
         self._received = threading.Condition(self._lock)
         self.add_channel("C0DEPLOYS", "deploys")
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.slack = self  # type: ignore[attr-defined]
-        self.api_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/api/"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="slack-server", daemon=True)
-        self._thread.start()
+        self._serve(_Handler, "slack-server")
+        self.api_url = f"{self.origin}/api/"
 
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> SlackServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # Test controls -----------------------------------------------------------------
 
@@ -166,7 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def _serve(self) -> None:
-        slack: SlackServer = self.server.slack  # type: ignore[attr-defined]
+        slack: SlackServer = self.server.owner  # type: ignore[attr-defined]
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         headers = {k.lower(): v for k, v in self.headers.items()}
         path = urlsplit(self.path).path
