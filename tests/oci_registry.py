@@ -41,6 +41,7 @@ import os
 import platform
 import secrets
 import shutil
+import socket
 import subprocess
 import tarfile
 import threading
@@ -162,6 +163,7 @@ class OciRegistry:
         self.users = dict(users or {})
         self.process: subprocess.Popen | None = None
         self._client: httpx.Client | None = None
+        self._blobs: set[tuple[str, str]] = set()  # (repository, digest) known to be there
 
     @property
     def host(self) -> str:
@@ -248,7 +250,8 @@ class OciRegistry:
     def push_blob(self, repository: str, data: bytes) -> str:
         """Upload a blob (monolithic POST-then-PUT) unless the repository has it; its digest."""
         digest = digest_of(data)
-        if self.client.head(f"/v2/{repository}/blobs/{digest}").status_code == 200:
+        if (repository, digest) in self._blobs or self.client.head(f"/v2/{repository}/blobs/{digest}").status_code == 200:
+            self._blobs.add((repository, digest))
             return digest
         started = self.client.post(f"/v2/{repository}/blobs/uploads/")
         assert started.status_code == 202, f"blob upload start: HTTP {started.status_code} {started.text}"
@@ -256,6 +259,7 @@ class OciRegistry:
         done = self.client.put(location.copy_merge_params({"digest": digest}), content=data,
                                headers={"Content-Type": "application/octet-stream"})
         assert done.status_code == 201, f"blob upload: HTTP {done.status_code} {done.text}"
+        self._blobs.add((repository, digest))
         return digest
 
     def put_manifest(self, repository: str, reference: str, manifest: bytes, media_type: str) -> str:
@@ -385,6 +389,11 @@ class RegistryFront:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                # Headers and body go out in two writes: without this, Nagle meets delayed ACKs (40 ms a request).
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def log_message(self, *args: object) -> None:
                 pass
