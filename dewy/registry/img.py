@@ -506,15 +506,15 @@ class ImageRegistry:
         try:
             response = await self._http.get(realm, params=query, headers=headers, follow_redirects=False)
         except httpx.HTTPError as exc:
-            raise self._network("GET", realm, exc, what=f"{self.where}: token from") from exc
+            raise self._network("GET", realm, exc, what=f"{self.where}: token:") from exc
         log.debug("registry", f"token GET {redact(realm)}: HTTP {response.status_code}")
         if response.status_code in (401, 403):
             raise self._err(f"{shown}: HTTP {response.status_code} {_registry_message(response)}: "
                             f"{self._credentials_advice()}")
-        if response.status_code >= 400:
+        if response.status_code == 429:
             raise self._failure(response, shown=shown)
         if response.status_code != 200:
-            raise self._err(f"{shown}: unexpected HTTP {response.status_code} {response.reason_phrase}")
+            raise self._err(f"{shown}: HTTP {response.status_code} {_registry_message(response)}")
         try:
             body = response.json()
         except ValueError:
