@@ -1,0 +1,5 @@
+#!/bin/sh
+# /usr/bin/dewy: dewy runs from its private virtualenv with the distribution's python3.11.
+# -I (isolated): neither the working directory (dewy@NAME runs in /var/lib/dewy/NAME, among
+# deployed releases) nor PYTHON* environment variables can change what dewy imports.
+exec /usr/lib/dewy/venv/bin/python3 -I -m dewy "$@"
