@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from dewy.cli import (
-    LOG_FORMATS, LOG_LEVELS, AppLimits, Settings, check_health_path, check_keep_releases, parse_size,
+    LOG_FORMATS, LOG_LEVELS, AppLimits, Settings, check_container_settings, check_health_path, check_keep_releases,
+    check_port_number, check_replicas, parse_drain_time, parse_size,
 )
 from dewy.errors import UsageError
 from dewy.urls import parse_duration, redact
@@ -119,10 +120,34 @@ def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
 
 
 def _mode(value: Any) -> str:
-    mode = _choice(MODES)(value)
-    if mode == "container":
-        raise Bad("\"container\" is not built yet in this version; use \"server\" or \"assets\"")
-    return mode
+    return _choice(MODES)(value)
+
+
+def _port_number(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise Bad(f"expected a port number such as 8080, not {_kind(value)}")
+    return check_port_number(value)
+
+
+def _replicas(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Bad(f"expected an integer, not {_kind(value)}")
+    return check_replicas(value)
+
+
+def _drain_time(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise Bad(f"expected a duration: seconds as a number, or a string such as \"30s\", not {_kind(value)}")
+    return parse_drain_time(str(value))
+
+
+def _runtime(value: Any) -> str | None:
+    runtime = _choice(("podman", "docker", "auto"))(value)
+    return None if runtime == "auto" else runtime
+
+
+def _run_args(value: Any) -> list[str]:
+    return _list(_command_word, '["-e", "TZ=UTC", "-v", "/srv/data:/data"]')(value)
 
 
 def _url(kind: str) -> Callable[[Any], str]:
@@ -264,6 +289,17 @@ SERVER: dict[str, tuple[Callable[[Any], Any], str]] = {
     "settle_time": (_duration, "settle_time"),
     "stop_timeout": (_duration, "stop_timeout"),
 }
+CONTAINER: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "container_port": (_port_number, "container_port"),
+    "ports": (_ports, "ports"),
+    "replicas": (_replicas, "replicas"),
+    "health_path": (_health_path, "health_path"),
+    "health_timeout": (_duration, "health_timeout"),
+    "drain_time": (_drain_time, "drain_time"),
+    "stop_timeout": (_duration, "stop_timeout"),
+    "runtime": (_runtime, "runtime"),
+    "run_args": (_run_args, "run_args"),
+}
 APP: dict[str, tuple[Callable[[Any], Any], str]] = {
     "user": (_account, "user"),
     "group": (_account, "group"),
@@ -272,7 +308,7 @@ APP: dict[str, tuple[Callable[[Any], Any], str]] = {
     "tasks_max": (_positive, "tasks_max"),
     "environment": (_environment, "environment"),
 }
-TABLES = {"server": SERVER, "app": APP}
+TABLES = {"server": SERVER, "container": CONTAINER, "app": APP}
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -340,15 +376,16 @@ class _Reader:
             else:
                 raise self.unknown((), key, value)
         if "command" not in values:
-            raise self.error((), "missing key 'mode': set mode = \"server\" or mode = \"assets\"")
+            raise self.error((), "missing key 'mode': set mode = \"server\", \"assets\" or \"container\"")
         if "registry" not in values:
             raise self.error((), "missing key 'registry': where releases are listed, such as registry = \"ghr://OWNER/REPO\"")
         mode = values["command"]
         server = self.table(document, "server")
+        container = self.table(document, "container")
         app = self.table(document, "app")
-        for table in ("server", "app"):
-            if table in document and mode != "server":
-                raise self.error((table,), f"[{table}] applies to mode = \"server\" only; this file has mode = \"{mode}\"")
+        for table, owner in (("server", "server"), ("app", "server"), ("container", "container")):
+            if table in document and mode != owner:
+                raise self.error((table,), f"[{table}] applies to mode = \"{owner}\" only; this file has mode = \"{mode}\"")
         if mode == "server":
             if "app_command" not in server:
                 if "server" in document:
@@ -356,6 +393,20 @@ class _Reader:
                 raise self.error(("mode",), "mode = \"server\" needs a [server] table with the app to run: command = [\"./current/app\"]")
             if "health_path" in server and not server.get("ports"):
                 raise self.error(("server", "health_path"), "server.health_path needs server.ports to check the app through")
+        if mode == "container":
+            if "container_port" not in container:
+                where = ("container",) if "container" in document else ("mode",)
+                raise self.error(where, "mode = \"container\" needs a [container] table with the app's port in its "
+                                        "container: container_port = 8080")
+            settings = Settings(**values, **container, name=name, source=self.path)
+            try:
+                check_container_settings(settings)
+            except ValueError as exc:
+                if str(exc).startswith("registry: "):
+                    raise self.error(("registry",), str(exc)) from None
+                raise self.error(("container", "run_args"), f"container.run_args: {exc}") from None
+            settings.dir = values.get("dir", STATE_ROOT / name)
+            return settings
         values.setdefault("dir", STATE_ROOT / name)
         return Settings(**values, **server, name=name, source=self.path, app=AppLimits(**app))
 
@@ -590,6 +641,7 @@ def load_credentials(directory: str | os.PathLike | None = None,
 BACKEND_SECRETS = frozenset({
     "GITHUB_TOKEN", "GH_TOKEN", "SLACK_TOKEN", "MAIL_USERNAME", "MAIL_PASSWORD", "REDIS_PASSWORD",
     "CONSUL_HTTP_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "DEWY_REGISTRY_USERNAME", "DEWY_REGISTRY_PASSWORD", "REGISTRY_AUTH_FILE",
 })
 
 
