@@ -1,0 +1,257 @@
+"""The host port of ``dewy container``: a TCP proxy inside dewy, always pointing at healthy replicas.
+
+Why a proxy in dewy, not a published container port: a published port belongs to one
+container, so replacing the container means a moment with nothing listening (this is
+what ``podman auto-update`` and Watchtower do: stop, then start). dewy instead holds
+the listening socket itself, for its whole life, exactly as in server mode: the
+socket comes from :class:`dewy.sockets.HeldSockets` through the host adapter, so under
+systemd it is also kept in the fd store and survives dewy's own restarts (connections
+queue in the kernel's backlog meanwhile, none is refused).
+
+Each accepted connection is forwarded to one backend, round robin over the replicas
+that passed their health check (their IP on dewy's network and the container port).
+A rollout replaces the backend set in one assignment (:meth:`TcpProxy.set_backends`):
+every connection accepted afterwards goes to the new replicas, and connections already
+forwarded to old replicas carry on untouched until they finish (the drain). A backend
+that refuses or does not answer the connect is skipped for a moment and the next one
+is tried; nothing was sent yet, so the client never notices.
+
+Bytes are relayed with asyncio protocols and flow control (a slow reader pauses its
+peer), half-closes are passed on. The proxy is layer 4: HTTP keep-alive connections
+stay with the replica they started on, TLS passes through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterable
+
+from dewy import log
+from dewy.sockets import HeldSockets
+
+CONNECT_TIMEOUT = 3.0
+DOWN_FOR = 2.0  # a backend that refused a connect is skipped this long (unless no other is left)
+ACCEPT_BATCH = 64
+
+Backend = tuple[str, int]
+
+
+class _Half(asyncio.Protocol):
+    """One side of a relayed connection; writes what it reads to its peer."""
+
+    def __init__(self, relay: _Relay) -> None:
+        self.relay = relay
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Half | None = None
+        self.eof = False
+        self.pending: list[bytes] = []  # read before the peer's transport exists
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        with contextlib.suppress(OSError):
+            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is None or peer.transport is None:
+            self.pending.append(data)
+            return
+        peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
+            if peer.eof:
+                self.relay.close()
+                return False
+            with contextlib.suppress(OSError, RuntimeError):
+                peer.transport.write_eof()
+        return True  # keep our writing side open: the peer may still answer
+
+    def pause_writing(self) -> None:  # our transport's buffer is full: stop reading from the peer
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.close()
+
+
+class _Relay:
+    """A client connection and its backend connection."""
+
+    def __init__(self, proxy: TcpProxy, backend: Backend) -> None:
+        self.proxy = proxy
+        self.backend = backend
+        self.client = _Half(self)
+        self.server = _Half(self)
+        self.client.peer, self.server.peer = self.server, self.client
+        self.closed = False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for half in (self.client, self.server):
+            if half.transport is not None:
+                half.transport.close()  # after flushing what is buffered
+        self.proxy._finished(self)
+
+
+class TcpProxy:
+    """Accepts on the held sockets and relays each connection to one of the current backends."""
+
+    def __init__(self, sockets: HeldSockets) -> None:
+        self.sockets = sockets
+        self._backends: tuple[Backend, ...] = ()
+        self._next = 0
+        self._down: dict[Backend, float] = {}
+        self._relays: set[_Relay] = set()
+        self._accepting = False
+        self._listeners: dict[int, socket.socket] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.accepted = 0
+        self.refused = 0  # connections closed because no backend could be reached
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return self.sockets.addresses
+
+    @property
+    def backends(self) -> tuple[Backend, ...]:
+        return self._backends
+
+    def set_backends(self, backends: Iterable[Backend]) -> None:
+        """Point new connections at ``backends`` (one assignment: no connection sees a mix or an empty set)."""
+        new = tuple(backends)
+        if new != self._backends:
+            log.info("proxy-backends", f"host port now forwards to {', '.join(f'{h}:{p}' for h, p in new) or 'nothing'}",
+                     backends=[f"{h}:{p}" for h, p in new])
+        self._backends = new
+        self._next = 0
+
+    def active(self, backends: Iterable[Backend] | None = None) -> int:
+        """Connections in flight, to ``backends`` only if given."""
+        if backends is None:
+            return len(self._relays)
+        wanted = set(backends)
+        return sum(1 for relay in self._relays if relay.backend in wanted)
+
+    def start(self) -> None:
+        """Start accepting (idempotent)."""
+        if self._accepting:
+            return
+        self._loop = asyncio.get_running_loop()
+        for fd in self.sockets.fds:
+            listener = socket.socket(fileno=fd)
+            listener.setblocking(False)
+            self._listeners[fd] = listener
+            self._loop.add_reader(fd, self._accept, listener)
+        self._accepting = True
+
+    def stop_accepting(self) -> None:
+        """Leave the listening sockets open (connections wait in the backlog) but take no more."""
+        if self._accepting and self._loop is not None:
+            for fd, listener in self._listeners.items():
+                self._loop.remove_reader(fd)
+                listener.detach()  # the fd stays open: it is the held socket's
+            self._listeners.clear()
+        self._accepting = False
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for relayed connections to finish; returns how many are still open."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        return len(self._relays)
+
+    def close(self) -> None:
+        """Stop accepting and cut every relayed connection (the held sockets stay the host adapter's)."""
+        self.stop_accepting()
+        for relay in list(self._relays):
+            relay.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- accepting and connecting ----------------------------------------------------------
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: try again on the next readiness
+                log.warning("proxy-accept", f"accept failed: {exc}")
+                return
+            conn.setblocking(False)
+            self.accepted += 1
+            task = asyncio.get_running_loop().create_task(self._forward(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _candidates(self) -> list[Backend]:
+        """The backends in round-robin order from the next one, those marked down last."""
+        backends = self._backends
+        if not backends:
+            return []
+        start = self._next % len(backends)
+        self._next = start + 1
+        ordered = list(backends[start:] + backends[:start])
+        now = asyncio.get_running_loop().time()
+        up = [b for b in ordered if self._down.get(b, 0.0) <= now]
+        return up + [b for b in ordered if b not in up]
+
+    async def _forward(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        tried: list[str] = []
+        for backend in self._candidates():
+            relay = _Relay(self, backend)
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await loop.create_connection(lambda: relay.server, backend[0], backend[1])
+            except (OSError, TimeoutError) as exc:
+                self._down[backend] = loop.time() + DOWN_FOR
+                tried.append(f"{backend[0]}:{backend[1]} ({exc.strerror if isinstance(exc, OSError) and exc.strerror else 'timeout'})")
+                continue
+            except asyncio.CancelledError:
+                conn.close()
+                raise
+            self._down.pop(backend, None)
+            self._relays.add(relay)
+            self._idle.clear()
+            try:
+                await loop.connect_accepted_socket(lambda: relay.client, sock=conn)
+            except OSError:
+                relay.close()
+                return
+            # what the backend did before the client side was wired up (a greeting, a close)
+            client = relay.client.transport
+            if client is not None:
+                for chunk in relay.server.pending:
+                    client.write(chunk)
+                relay.server.pending.clear()
+                if relay.closed:
+                    client.close()
+                elif relay.server.eof:
+                    with contextlib.suppress(OSError, RuntimeError):
+                        client.write_eof()
+            return
+        self.refused += 1
+        log.warning("proxy-no-backend", "closed a connection: no healthy replica could be reached"
+                    + (f" (tried {', '.join(tried)})" if tried else " (none is serving)"))
+        conn.close()
+
+    def _finished(self, relay: _Relay) -> None:
+        self._relays.discard(relay)
+        if not self._relays:
+            self._idle.set()

@@ -1,0 +1,201 @@
+"""Container runtimes behind one interface: Podman (libpod API) and Docker (Engine API).
+
+dewy talks to the runtime's API socket, never its command line: ``podman system
+service`` / ``podman.socket`` for Podman, ``dockerd`` for Docker. The SDKs (the
+``podman`` and ``docker`` Python libraries) are blocking, so every call runs in a
+worker thread; they are imported only by ``dewy container``.
+
+Which runtime (``--runtime auto``, the default): ``$CONTAINER_HOST`` means Podman,
+``$DOCKER_HOST`` means Docker; else the first socket that exists of
+``/run/podman/podman.sock`` (Podman) and ``/var/run/docker.sock`` (Docker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, TypeVar
+
+from dewy.errors import DewyError, UsageError
+from dewy.runargs import RunOptions
+
+RUNTIMES = ("podman", "docker")
+PODMAN_SOCKET = "/run/podman/podman.sock"
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+# labels dewy puts on every replica; a restarted dewy finds its replicas by them
+LABEL_APP = "dewy.app"
+LABEL_VERSION = "dewy.version"
+LABEL_REPLICA = "dewy.replica"
+LABEL_DIGEST = "dewy.digest"
+LABEL_IMAGE = "dewy.image"
+LABEL_ROLLOUT = "dewy.rollout"
+
+T = TypeVar("T")
+
+
+class ContainerRuntimeError(DewyError):
+    """The container runtime refused a request or could not be reached."""
+
+
+@dataclass
+class Container:
+    """A replica as the runtime reports it; ``ip``/``mac``/``aliases`` on dewy's network."""
+
+    id: str
+    name: str
+    labels: dict[str, str]
+    status: str  # created, running, exited, ...
+    ip: str | None = None
+    mac: str | None = None
+    aliases: list[str] = field(default_factory=list)
+    health: str | None = None  # the image's HEALTHCHECK: starting/healthy/unhealthy; None without one
+    exit_code: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    @property
+    def version(self) -> str:
+        return self.labels.get(LABEL_VERSION, "")
+
+    @property
+    def replica(self) -> int:
+        try:
+            return int(self.labels.get(LABEL_REPLICA, "0"))
+        except ValueError:
+            return 0
+
+    @property
+    def digest(self) -> str:
+        return self.labels.get(LABEL_DIGEST, "")
+
+    @property
+    def rollout(self) -> str:
+        return self.labels.get(LABEL_ROLLOUT, "")
+
+
+@dataclass
+class Image:
+    id: str
+    tags: list[str]
+    created: str
+
+
+@dataclass
+class ReplicaSpec:
+    """What a new replica is made of."""
+
+    image: str
+    name: str
+    network: str
+    labels: dict[str, str]
+    options: RunOptions
+
+
+class Runtime(Protocol):
+    """The container operations a rollout needs; every method may raise ContainerRuntimeError."""
+
+    name: str
+
+    async def ping(self) -> None: ...
+
+    async def pull(self, reference: str, credentials: tuple[str, str] | None, tls_verify: bool) -> str:
+        """Pull ``HOST/REPO:TAG``; returns the image id."""
+
+    async def ensure_network(self, name: str, labels: dict[str, str]) -> None:
+        """Create the bridge network with DNS (aliases resolve) unless it exists."""
+
+    async def create(self, spec: ReplicaSpec) -> str:
+        """Create (not start) a replica on ``spec.network``; returns its id."""
+
+    async def start(self, container_id: str) -> None: ...
+
+    async def inspect(self, container_id: str, network: str) -> Container | None:
+        """The container's state and its address on ``network``; None if it no longer exists."""
+
+    async def list(self, labels: dict[str, str], network: str) -> list[Container]:
+        """Every container (any state) carrying all ``labels``."""
+
+    async def connect(self, container_id: str, network: str, aliases: list[str], ip: str | None, mac: str | None) -> None: ...
+
+    async def disconnect(self, container_id: str, network: str) -> None: ...
+
+    async def run_healthcheck(self, container_id: str) -> str | None:
+        """Run the container's HEALTHCHECK now if the runtime can (Podman); returns the health status."""
+
+    async def stop(self, container_id: str, timeout: float) -> None: ...
+
+    async def remove(self, container_id: str) -> None:
+        """Remove the container (forcibly, if it still runs); no error if it is gone."""
+
+    async def images(self, repository: str) -> list[Image]:
+        """Images tagged ``repository:*``."""
+
+    async def remove_image(self, image_id: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def detect(choice: str | None, environ: dict[str, str] | None = None) -> tuple[str, str]:
+    """(runtime name, API URL) for ``--runtime`` (None: auto); UsageError when nothing is found."""
+    environ = os.environ if environ is None else environ
+    podman_url = environ.get("CONTAINER_HOST") or f"unix://{PODMAN_SOCKET}"
+    docker_url = environ.get("DOCKER_HOST") or f"unix://{DOCKER_SOCKET}"
+    if choice == "podman":
+        return "podman", podman_url
+    if choice == "docker":
+        return "docker", docker_url
+    if environ.get("CONTAINER_HOST"):
+        return "podman", podman_url
+    if environ.get("DOCKER_HOST"):
+        return "docker", docker_url
+    if Path(PODMAN_SOCKET).exists():
+        return "podman", podman_url
+    if Path(DOCKER_SOCKET).exists():
+        return "docker", docker_url
+    raise UsageError(f"no container runtime found: neither $CONTAINER_HOST nor $DOCKER_HOST is set, and neither "
+                     f"{PODMAN_SOCKET} (systemctl enable --now podman.socket) nor {DOCKER_SOCKET} exists; "
+                     f"or choose one with --runtime podman|docker")
+
+
+def load(choice: str | None) -> Runtime:
+    """The runtime for ``--runtime``, with its SDK imported now (a missing SDK is a startup error)."""
+    name, url = detect(choice)
+    if name == "podman":
+        from dewy.runtimes.podman import PodmanRuntime
+
+        return PodmanRuntime(url)
+    from dewy.runtimes.docker import DockerRuntime
+
+    return DockerRuntime(url)
+
+
+def missing_sdk(library: str, runtime: str) -> UsageError:
+    return UsageError(f"--runtime {runtime} needs the {library} Python library: pip install 'dewy[container]'")
+
+
+async def in_thread(where: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A blocking SDK call in a worker thread; its failures as ContainerRuntimeError naming ``where``."""
+    try:
+        return await asyncio.to_thread(functools.partial(call, *args, **kwargs))
+    except ContainerRuntimeError:
+        raise
+    except Exception as exc:  # the SDKs raise their own APIError / requests errors
+        raise ContainerRuntimeError(f"{where}: {describe(exc)}") from None
+
+
+def describe(exc: BaseException) -> str:
+    """An SDK exception in one line: the API's own explanation when there is one."""
+    explanation = getattr(exc, "explanation", None)
+    if explanation:
+        text = explanation if isinstance(explanation, str) else str(explanation)
+    else:
+        text = str(exc) or type(exc).__name__
+    if "Connection refused" in text or "No such file or directory" in text or "FileNotFoundError" in text:
+        text = f"cannot reach the runtime's API socket ({text.splitlines()[0][:200]})"
+    return " ".join(text.split())[:500]
