@@ -45,6 +45,11 @@ class Settings:
     stop_timeout: float = 30.0
     max_archive_size: int = 4 << 30
     keep_releases: int = 7
+    container_port: int | None = None  # container mode: the port the app listens on inside its container
+    replicas: int = 1
+    drain_time: float = 30.0
+    runtime: str | None = None  # podman | docker | None (auto-detect)
+    run_args: list[str] = field(default_factory=list)  # docker-run options for every replica (dewy.runargs)
     name: str | None = None  # the instance name of dewy@NAME (from --config /etc/dewy/NAME.toml)
     source: Path | None = None  # the --config file these settings came from (None: flags)
     app: AppLimits = field(default_factory=lambda: AppLimits())
@@ -98,6 +103,37 @@ def check_health_path(path: str) -> str:
     return path
 
 
+def check_port_number(text: str | int) -> int:
+    value = str(text)
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise ValueError(f"{value} is not a port number (1-65535)")
+    return int(value)
+
+
+def check_replicas(text: str | int) -> int:
+    value = str(text)
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{value} must be a whole number, at least 1")
+    return int(value)
+
+
+def parse_drain_time(text: str) -> float:
+    """A duration that may be zero (no drain)."""
+    return 0.0 if str(text).strip() in ("0", "0s", "0.0") else parse_duration(str(text))
+
+
+def check_container_settings(settings: Settings) -> None:
+    """What flags and config files both check for dewy container; ValueError naming the setting."""
+    from dewy.runargs import parse_run_args
+
+    if Url.parse(settings.registry).scheme != "img":
+        raise ValueError("registry: dewy container deploys images: use an img://HOST/REPO registry")
+    try:
+        parse_run_args(settings.run_args)
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _argument(check):
     """A shared validator as an argparse type (argparse then names the flag)."""
 
@@ -113,6 +149,9 @@ def _argument(check):
 
 _duration = _argument(parse_duration)
 _size = _argument(parse_size)
+_drain = _argument(parse_drain_time)
+_port_number = _argument(check_port_number)
+_replicas = _argument(check_replicas)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -155,7 +194,23 @@ def build_parser() -> Parser:
     server.add_argument("--stop-timeout", type=_duration, default=30.0, metavar="SECONDS", help="SIGKILL an old generation this long after SIGTERM (default 30)")
     assets = commands.add_parser("assets", help="deploy static files")
     _common(assets)
-    _config_misplaced(commands.add_parser("container", help="deploy an OCI image (not built yet)"))
+    container = commands.add_parser(
+        "container", help="deploy an OCI image with rolling updates on Podman or Docker",
+        usage="dewy container --registry img://HOST/REPO --container-port N [options] [-- RUN OPTIONS...]",
+        description="Deploys the newest semver tag of an image as --replicas containers on the network dewy-APP "
+                    "(alias APP), with health-checked rolling updates. Options after -- are docker run options "
+                    "for every replica: -e/--env, --env-file, -v/--volume, --mount, --tmpfs, -u/--user, -w/--workdir, "
+                    "-m/--memory, --cpus, --pids-limit, --read-only, --cap-add/--cap-drop, -l/--label, "
+                    "--network-alias, ... (publishing, --name, --network, --restart, --privileged, -d are refused).")
+    _common(container)
+    container.add_argument("--container-port", type=_port_number, required=True, metavar="N", help="the port the app listens on inside its container")
+    container.add_argument("--port", action="append", default=[], metavar="PORTS", help="host port(s) dewy holds and forwards to healthy replicas: 8000, 127.0.0.1:8000 (repeatable); without it only containers on dewy's network reach the app")
+    container.add_argument("--replicas", type=_replicas, default=1, metavar="N", help="containers serving at once (default 1)")
+    container.add_argument("--health-path", metavar="PATH", help="HTTP path that must answer 2xx/3xx on a new replica before it gets traffic (default: the image's HEALTHCHECK, else the port accepting)")
+    container.add_argument("--health-timeout", type=_duration, default=30.0, metavar="SECONDS", help="how long a new replica may take to become healthy (default 30)")
+    container.add_argument("--drain-time", type=_drain, default=30.0, metavar="SECONDS", help="old replicas keep running this long after the switch, for connections in flight (default 30)")
+    container.add_argument("--stop-timeout", type=_duration, default=30.0, metavar="SECONDS", help="SIGKILL a stopping replica this long after SIGTERM (default 30)")
+    container.add_argument("--runtime", choices=("podman", "docker", "auto"), default="auto", type=str.lower, help="container runtime API (default auto: $CONTAINER_HOST, $DOCKER_HOST, /run/podman/podman.sock, /var/run/docker.sock)")
     for name, text in (("status", "what is deployed here, the app and its unit, quarantined versions, the last error"),
                        ("history", "deploys, rollbacks and failures (from the journal of dewy@NAME)")):
         inspect = commands.add_parser(name, help=text, description=text)
@@ -168,13 +223,11 @@ def build_parser() -> Parser:
 
 
 def _config_with_command(command: str) -> UsageError:
-    return UsageError(f"--config cannot be combined with dewy {command}: the file sets the mode (mode = \"server\" or \"assets\")")
+    return UsageError(f"--config cannot be combined with dewy {command}: the file sets the mode (mode = \"server\", \"assets\" or \"container\")")
 
 
 def parse(argv: list[str]) -> Settings:
     """Flags to Settings, or UsageError naming the first problem."""
-    if argv[:1] == ["container"]:
-        raise UsageError("dewy container is not built yet in this version; use dewy server or dewy assets")
     app_command: list[str] = []
     if "--" in argv:
         at = argv.index("--")
@@ -190,7 +243,8 @@ def parse(argv: list[str]) -> Settings:
         if args.command is not None:
             raise _config_with_command(args.command)
         if app_command:
-            raise UsageError("--config takes no command after --: set command = [...] in the file's [server] table")
+            raise UsageError("--config takes no command after --: set command = [...] in the file's [server] table "
+                             "(run_args = [...] in [container])")
         from dewy.config import load
 
         return load(Path(args.config))
@@ -228,6 +282,27 @@ def parse(argv: list[str]) -> Settings:
                 raise UsageError(f"--health-path {exc}") from None
         settings.health_path, settings.health_timeout = args.health_path, args.health_timeout
         settings.settle_time, settings.stop_timeout = args.settle_time, args.stop_timeout
+    elif args.command == "container":
+        from dewy.sockets import parse_ports
+
+        try:
+            settings.ports = parse_ports(args.port)
+        except ValueError as exc:
+            raise UsageError(f"--port: {exc}") from None
+        if args.health_path:
+            try:
+                check_health_path(args.health_path)
+            except ValueError as exc:
+                raise UsageError(f"--health-path {exc}") from None
+        settings.app_command, settings.run_args = [], app_command
+        settings.container_port, settings.replicas = args.container_port, args.replicas
+        settings.health_path, settings.health_timeout = args.health_path, args.health_timeout
+        settings.drain_time, settings.stop_timeout = args.drain_time, args.stop_timeout
+        settings.runtime = None if args.runtime == "auto" else args.runtime
+        try:
+            check_container_settings(settings)
+        except ValueError as exc:
+            raise UsageError(str(exc).removeprefix("registry: ")) from None
     elif app_command:
         raise UsageError(f"dewy {args.command} runs no app: remove the command after --")
     return settings

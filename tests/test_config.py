@@ -188,9 +188,19 @@ def test_relative_path_is_reported_absolute(tmp_path) -> None:
     ('mode = "server"\nregistry = "file:///r"\n[server]\ncommand = ["app"]\n[app]\nenvironment = { "NOT-A-NAME" = "x" }\n',
      ":6: app.environment.NOT-A-NAME: 'NOT-A-NAME' is not an environment variable name"),
     # modes and what each needs
-    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n', ":1: mode: \"container\" is not built yet in this version"),
+    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n', ":1: mode = \"container\" needs a [container] table with the app's port in its container"),
+    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\nreplicas = 2\n', ":3: mode = \"container\" needs a [container] table"),
+    ('mode = "container"\nregistry = "file:///r"\n[container]\ncontainer_port = 8080\n', ":2: registry: dewy container deploys images"),
+    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 70000\n', ":4: container.container_port: 70000 is not a port number"),
+    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 80\nreplicas = 0\n', ":5: container.replicas: 0 must be a whole number, at least 1"),
+    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 80\nruntime = "lxc"\n', ":5: container.runtime: 'lxc' is not one of podman, docker, auto"),
+    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 80\nrun_args = ["-p", "80:80"]\n', ":5: container.run_args: run argument -p is refused"),
+    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 80\nrun_args = "-e A=1"\n', ":5: container.run_args: expected a list"),
+    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 80\ncommand = ["x"]\n', ":5: unknown key 'command' in [container]"),
+    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 80\n[server]\ncommand = ["x"]\n', ":5: [server] applies to mode = \"server\" only"),
+    (MINIMAL + '[container]\ncontainer_port = 80\n', ":3: [container] applies to mode = \"container\" only; this file has mode = \"assets\""),
     ('registry = "file:///r"\nmode = "deploy"\n', ":2: mode: 'deploy' is not one of server, assets, container"),
-    ('registry = "file:///r"\n', ":1: missing key 'mode': set mode = \"server\" or mode = \"assets\""),
+    ('registry = "file:///r"\n', ":1: missing key 'mode': set mode = \"server\", \"assets\" or \"container\""),
     ('# no registry\nmode = "assets"\n', ":1: missing key 'registry': where releases are listed"),
     ('mode = "server"\nregistry = "file:///r"\n', ":1: mode = \"server\" needs a [server] table with the app to run"),
     ('mode = "server"\nregistry = "file:///r"\n\n[server]\nports = [8000]\n', ":4: missing key 'command' in [server]"),
@@ -244,8 +254,10 @@ def test_key_lines_skip_strings_arrays_and_comments() -> None:
 # -- the example files ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["example-server.toml", "example-assets.toml"])
-def test_examples_load(name: str) -> None:
+@pytest.mark.parametrize("name", ["example-server.toml", "example-assets.toml", "example-container.toml"])
+def test_examples_load(name: str, monkeypatch, tmp_path) -> None:
+    if name == "example-container.toml":  # its run_args name an env file that only exists on a host
+        monkeypatch.setattr("dewy.runargs.read_env_file", lambda path, environ: {})
     settings = load(EXAMPLES / name)
     assert settings.name == name.removesuffix(".toml")
     assert settings.dir == Path("/var/lib/dewy") / settings.name
@@ -254,7 +266,7 @@ def test_examples_load(name: str) -> None:
 def test_server_example_shows_every_key() -> None:
     """Each key appears in example-server.toml, set or commented out, in its table."""
     text = (EXAMPLES / "example-server.toml").read_text()
-    tables = {"": TOP, **TABLES}
+    tables = {"": TOP, **{name: keys for name, keys in TABLES.items() if name != "container"}}
     for table, keys in tables.items():
         body = re.split(r"^\[", text, flags=re.M)
         section = body[0] if not table else next(part for part in body if part.startswith(f"{table}]"))
@@ -265,6 +277,18 @@ def test_server_example_shows_every_key() -> None:
     assert settings.registry.startswith("ghr://")
     assert settings.ports and settings.app_command and settings.health_path
     assert settings.app.user == "www-data" and settings.app.memory_max and settings.app.cpu_quota and settings.app.tasks_max
+
+
+def test_container_example_shows_every_container_key(monkeypatch) -> None:
+    text = (EXAMPLES / "example-container.toml").read_text()
+    section = text.split("[container]", 1)[1]
+    for key in TABLES["container"]:
+        assert re.search(rf"^(# )?{key} = ", section, re.M), f"{key} missing from [container]"
+    monkeypatch.setattr("dewy.runargs.read_env_file", lambda path, environ: {})
+    settings = load(EXAMPLES / "example-container.toml")
+    assert settings.command == "container" and settings.container_port == 8080 and settings.replicas == 3
+    assert settings.ports == [("127.0.0.1", 8000)] and settings.runtime is None and settings.drain_time == 30
+    assert settings.run_args[:2] == ["-e", "TZ=UTC"]
 
 
 def test_env_example_has_placeholders_only() -> None:
