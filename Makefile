@@ -2,7 +2,7 @@
 #   make deb          dpkg-buildpackage -us -uc -b in a temporary copy with packaging/debian as debian/
 #   make rpm          rpmbuild -bb packaging/rpm/dewy.spec from a source tarball of the tree
 #   make lint         lintian on the deb, rpmlint on the spec and the rpm
-#   make check-files  the deb and the rpm install the same files (packaging/check-packages.sh)
+#   make check-files  the deb and the rpm install the same files ($(PYTHON) packaging/check-packages.py)
 # Build dependencies (Debian 12): debhelper python3.11-venv dpkg-dev rpm rpmlint lintian.
 # PyPI is needed at build time unless DEWY_WHEELHOUSE names a directory holding the wheels of
 # packaging/requirements.txt (pip download -r packaging/requirements.txt -d DIR).
@@ -36,13 +36,13 @@ rpm:
 lint: lint-deb lint-rpm
 
 lint-deb:
-	lintian --info --display-info --fail-on error $$(ls -t $(DIST)/dewy_*.deb | head -n1)
+	lintian --fail-on error,warning $$(ls -t $(DIST)/dewy_*.deb | head -n1)
 
 lint-rpm:
-	rpmlint packaging/rpm/dewy.spec $$(ls -t $(DIST)/dewy-*.rpm | grep -v '\.src\.rpm$$' | head -n1)
+	rpmlint -c packaging/rpm/rpmlint.toml -r packaging/rpm/dewy.rpmlintrc packaging/rpm/dewy.spec $$(ls -t $(DIST)/dewy-*.rpm | grep -v '\.src\.rpm$$' | head -n1)
 
 check-files:
-	packaging/check-packages.sh $$(ls -t $(DIST)/dewy_*.deb | head -n1) $$(ls -t $(DIST)/dewy-*.rpm | grep -v '\.src\.rpm$$' | head -n1)
+	$(PYTHON) packaging/check-packages.py $$(ls -t $(DIST)/dewy_*.deb | head -n1) $$(ls -t $(DIST)/dewy-*.rpm | grep -v '\.src\.rpm$$' | head -n1)
 
 clean-packages:
 	rm -rf $(DIST)

@@ -83,6 +83,8 @@ find "$site" -type f -exec chmod 0644 {} +
 find "$site" -type d -exec chmod 0755 {} +
 find "$site" -type f -name '*.py' -exec sed -i '1{/^#!/d}' {} +
 
+# shared objects stripped here, for both packages (rpm's brp-strip only strips executable files)
+find "$site" -type f \( -name '*.so' -o -name '*.so.*' \) -exec strip --strip-unneeded --remove-section=.comment --remove-section=.note {} +
 # the system CA store instead of certifi's copy
 cacert=$("$py" -c 'import certifi, sys; sys.stdout.write(certifi.where())')
 rm -f "$cacert"
