@@ -1,11 +1,17 @@
 """Fixtures for system tests: a real systemd (PID 1 in systemd-nspawn) with dewy installed.
 
-    def test_something(dewy_machine):              # booted, dewy in /opt/dewy, units installed
+    def test_something(dewy_machine):              # booted, dewy installed, units installed
         dewy_machine.systemctl("enable", "--now", "dewy@demo")
         dewy_machine.wait_until(lambda: dewy_machine.is_active("dewy@demo") == "active", 30)
 
     def test_two(machine_factory, tmp_path):       # custom binds, several machines
         a = machine_factory(bind_ro=[tmp_path / "registry"], install=True)
+
+How dewy is installed (``install=True``): from the Debian package built from this checkout
+(`make deb`, ``apt-get install ./dewy_*.deb``) when this machine can build it, as CI's can
+(scripts/test installs the packaging tools); otherwise from wheels into /opt/dewy.
+DEWY_SYSTEM_INSTALL=deb or =wheel forces one. ``install="wheel"`` / ``install="deb"`` pick one
+for a single machine.
 
 Every test here is marked ``system``: without root or systemd-nspawn it is skipped with
 the reason, and in CI (CI=true) tests/conftest.py turns that skip into a failure.
@@ -13,6 +19,7 @@ the reason, and in CI (CI=true) tests/conftest.py turns that skip into a failure
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +29,7 @@ import pytest
 from tests.system import nspawn
 from tests.system.nspawn import Machine
 
-_timings: list[tuple[str, str, float, float, bool]] = []
+_timings: list[tuple[str, str, float, float, bool, str]] = []
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -36,9 +43,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_terminal_summary(terminalreporter) -> None:
     if _timings:
         terminalreporter.section("nspawn machines")
-        for test, name, boot, install, overlay in _timings:
+        for test, name, boot, install, overlay, kind in _timings:
             how = "overlay" if overlay else "copy"
-            installed = f", install {install:.1f}s" if install else ""
+            installed = f", install ({kind}) {install:.1f}s" if install else ""
             terminalreporter.write_line(f"{test}: {name} ({how}) boot {boot:.1f}s{installed}")
 
 
@@ -70,25 +77,76 @@ def wheelhouse(nspawn_available: None, tmp_path_factory: pytest.TempPathFactory)
     return directory, requirements
 
 
+def _log(message: str) -> None:
+    print(f"\n[nspawn] {message}", flush=True)
+
+
+@pytest.fixture(scope="session")
+def install_kind(nspawn_available: None) -> str:
+    """How ``install=True`` installs dewy: "deb" when this machine can build the package, else "wheel"."""
+    forced = os.environ.get("DEWY_SYSTEM_INSTALL", "").strip().lower()
+    if forced in ("deb", "wheel"):
+        return forced
+    if forced:
+        pytest.fail(f"DEWY_SYSTEM_INSTALL={forced!r}: use deb or wheel")
+    return "deb" if nspawn.package_unavailable_reason("deb") is None else "wheel"
+
+
+@pytest.fixture(scope="session")
+def dewy_deb(nspawn_available: None) -> Path:
+    """The .deb of this checkout (`make deb`, cached while the packaged sources are unchanged)."""
+    reason = nspawn.package_unavailable_reason("deb")
+    if reason:
+        pytest.skip(reason)
+    return nspawn.build_package("deb", log=_log)
+
+
+@pytest.fixture(scope="session")
+def dewy_deb_next(dewy_deb: Path) -> Path:
+    """The same package with a newer version (one more changelog entry): an upgrade of dewy_deb."""
+    return nspawn.build_package("deb", version_suffix="+test1", log=_log)
+
+
+@pytest.fixture(scope="session")
+def dewy_rpm(nspawn_available: None) -> Path:
+    """The .rpm of this checkout (`make rpm`, cached like the deb)."""
+    reason = nspawn.package_unavailable_reason("rpm")
+    if reason:
+        pytest.skip(reason)
+    return nspawn.build_package("rpm", log=_log)
+
+
 @pytest.fixture
-def machine_factory(system_rootfs: Path, wheelhouse: tuple[Path, list[str]], request: pytest.FixtureRequest,
+def machine_factory(system_rootfs: Path, install_kind: str, request: pytest.FixtureRequest,
                     tmp_path: Path) -> Iterator[Callable[..., Machine]]:
     """``boot(*, bind=(), bind_ro=(), install=False, name=None, timeout=90) -> Machine``.
 
-    Each call boots a fresh machine (the wheelhouse bound read-only at /wheelhouse; bind and
-    bind_ro take host paths, bound at the same path inside, or (host, inside) pairs) and, with
-    install=True, installs dewy. All of them are powered off and deleted after the test; the boot
-    consoles are kept in the test's tmp_path.
+    Each call boots a fresh machine (bind and bind_ro take host paths, bound at the same path
+    inside, or (host, inside) pairs) and, with install=True, installs dewy the session's way
+    (install_kind), or as asked with install="deb" / "wheel": the package bound read-only at
+    /packages and installed with apt-get, or the wheelhouse bound at /wheelhouse and pip.
+    All of them are powered off and deleted after the test; the boot consoles are kept in the
+    test's tmp_path.
     """
     machines: list[Machine] = []
-    directory, requirements = wheelhouse
 
-    def boot(*, bind=(), bind_ro=(), install: bool = False, name: str | None = None, timeout: float = 90) -> Machine:
+    def boot(*, bind=(), bind_ro=(), install: bool | str = False, name: str | None = None, timeout: float = 90) -> Machine:
+        kind = install_kind if install is True else install
+        extra_ro: list = []
+        if kind == "deb":
+            deb: Path = request.getfixturevalue("dewy_deb")
+            extra_ro.append((deb.parent, nspawn.PACKAGES_INSIDE))
+        elif kind == "wheel":
+            directory, requirements = request.getfixturevalue("wheelhouse")
+            extra_ro.append((directory, nspawn.WHEELHOUSE_INSIDE))
+        elif kind:
+            raise ValueError(f"install={install!r}: use True, 'deb' or 'wheel'")
         m = nspawn.boot(system_rootfs, name=name or nspawn.unique_name(), bind=bind,
-                        bind_ro=[(directory, nspawn.WHEELHOUSE_INSIDE), *bind_ro],
-                        console_dir=tmp_path, timeout=timeout)
+                        bind_ro=[*extra_ro, *bind_ro], console_dir=tmp_path, timeout=timeout)
         machines.append(m)
-        if install:
+        if kind == "deb":
+            m.install_deb(f"{nspawn.PACKAGES_INSIDE}/{deb.name}")
+        elif kind == "wheel":
             m.install_dewy(requirements)
         return m
 
@@ -97,7 +155,7 @@ def machine_factory(system_rootfs: Path, wheelhouse: tuple[Path, list[str]], req
     finally:
         errors = []
         for m in reversed(machines):
-            _timings.append((request.node.nodeid, m.name, m.boot_seconds, m.install_seconds, m.overlay))
+            _timings.append((request.node.nodeid, m.name, m.boot_seconds, m.install_seconds, m.overlay, m.install_kind))
             try:
                 m.destroy()
             except Exception as exc:       # keep tearing the others down
@@ -114,5 +172,5 @@ def machine(machine_factory: Callable[..., Machine]) -> Machine:
 
 @pytest.fixture
 def dewy_machine(machine_factory: Callable[..., Machine]) -> Machine:
-    """A booted machine with dewy installed in /opt/dewy (``dewy`` on PATH) and the repo's systemd/ units."""
+    """A booted machine with dewy installed (``dewy`` on PATH, dewy@.service and dewy.slice), see install_kind."""
     return machine_factory(install=True)

@@ -9,6 +9,9 @@ Layout under CACHE (``$DEWY_TEST_CACHE``, default ``/var/cache/dewy-tests``):
 
     bookworm-<key>/         the debootstrap root, complete (renamed into place when done)
     bookworm-<key>.lock     flock held while building it
+    packages/<digest>/      `make deb` / `make rpm` output for one state of the packaged sources
+                            (tests/ and bench/ aside), so a fresh clone of unchanged code
+                            reuses it; pip/ holds pip's download cache for those builds
     machines/<name>/        one booted machine: overlay upper/work dirs (or a full copy),
                             the mounted root, a ``share`` dir bound at the same path inside,
                             and ``owner`` (pytest pid) so a killed session's leftovers are reaped
@@ -19,10 +22,12 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import hashlib
+import importlib.util
 import io
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -49,6 +54,9 @@ CACHE = Path(os.environ.get("DEWY_TEST_CACHE", "/var/cache/dewy-tests"))
 REPO = Path(__file__).resolve().parents[2]
 WHEELHOUSE_INSIDE = "/wheelhouse"
 DEWY_VENV = "/opt/dewy"
+PACKAGES_INSIDE = "/packages"
+PACKAGED_VENV = "/usr/lib/dewy/venv"            # where the deb puts dewy (packaging/build-venv.sh)
+PACKAGE_TOOLS = ("make", "dpkg-buildpackage", "dh", "dpkg-deb")
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 UNIT_SUFFIXES = (".service", ".socket", ".slice", ".target", ".timer", ".path", ".mount", ".scope")
 
@@ -277,6 +285,105 @@ def build_wheelhouse(dest: Path, repo: Path = REPO, cache: Path = CACHE) -> list
 
 
 # ---------------------------------------------------------------------------------------------
+# dewy as OS packages (packaging/, `make deb` / `make rpm`)
+
+def package_unavailable_reason(kind: str = "deb") -> str | None:
+    """Why `make deb` (or `make rpm`) cannot run here; None if it can."""
+    if not (REPO / "packaging" / "debian" / "rules").is_file():
+        return "this checkout has no packaging/"
+    tools = PACKAGE_TOOLS if kind == "deb" else ("make", "rpmbuild", "rpm")
+    missing = [tool for tool in tools if not shutil.which(tool)]
+    if missing:
+        return f"building the {kind} needs {', '.join(missing)} (scripts/test installs the packaging tools)"
+    if subprocess.run(["/usr/bin/python3.11", "-c", "import ensurepip, venv"], capture_output=True).returncode:
+        return "building the packages needs Debian's python3.11 with venv (apt-get install python3.11-venv)"
+    return None
+
+
+def _srctree() -> Any:
+    """packaging/srctree.py (loaded by path: a top-level ``packaging`` would be PyPI's)."""
+    spec = importlib.util.spec_from_file_location("dewy_packaging_srctree", REPO / "packaging" / "srctree.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bump_changelog(changelog: Path, suffix: str) -> str:
+    """Prepend an entry whose version is the newest one plus ``suffix`` (0.1.0-1 -> 0.1.0-1+test1)."""
+    text = changelog.read_text()
+    first = text.splitlines()[0]
+    match = re.match(r"^(\S+) \(([^)]+)\) ([^;]+); (.*)$", first)
+    if not match:
+        raise MachineError(f"{changelog}: cannot parse {first!r}")
+    source, version, suite, urgency = match.groups()
+    trailer = next(line for line in text.splitlines() if line.startswith(" -- "))
+    maintainer = trailer[4:].split("  ")[0]
+    when = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
+    new = f"{version}{suffix}"
+    changelog.write_text(f"{source} ({new}) {suite}; {urgency}\n\n  * Test build: an upgrade of {version}.\n\n"
+                         f" -- {maintainer}  {when}\n\n{text}")
+    return new
+
+
+def build_package(kind: str = "deb", cache: Path = CACHE, *, version_suffix: str = "",
+                  log: Callable[[str], None] = lambda message: None, timeout: float = 1200, keep: int = 8) -> Path:
+    """``make deb`` (or ``make rpm``) of this checkout, cached under CACHE/packages/<digest>[-suffix]-<kind>/.
+
+    The digest covers the packaged sources (packaging/srctree.py: tests/ and bench/ do not count),
+    so the tests of an unchanged tree on the same machine reuse the build. version_suffix: a deb
+    whose changelog has one more entry, version + suffix (an upgrade of the plain build).
+    Builds in a copy of the tree; pip's downloads are cached in CACHE/pip. Returns the package.
+    """
+    srctree = _srctree()
+    tag = re.sub(r"[^A-Za-z0-9]+", "", version_suffix)
+    key = f"{srctree.digest(REPO)[:16]}{'-' + tag if tag else ''}-{kind}"
+    base = cache / "packages"
+    final = base / key
+    pattern = "dewy_*.deb" if kind == "deb" else "dewy-*.rpm"
+
+    def built() -> Path | None:
+        found = sorted(final.glob(pattern)) if final.is_dir() else []
+        return found[0] if found else None
+
+    if (package := built()):
+        os.utime(final)
+        return package
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (package := built()):
+            return package
+        partial = base / f"{key}.tmp-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            source = partial / "dewy"
+            srctree.copy(source, REPO)
+            if version_suffix:
+                bump_changelog(source / "packaging" / "debian" / "changelog", version_suffix)
+            log(f"make {kind}{' (version +' + version_suffix.lstrip('+') + ')' if version_suffix else ''}"
+                f" into {final} (cached afterwards)")
+            started = time.monotonic()
+            env = {**os.environ, "PIP_CACHE_DIR": str(cache / "pip"), "TMPDIR": str(partial)}
+            result = subprocess.run(["make", "-C", str(source), kind, f"DIST={partial / 'dist'}"], env=env,
+                                    stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+            (partial / "build.log").write_text(result.stdout + result.stderr)
+            if result.returncode != 0:
+                raise MachineError(f"make {kind} failed ({result.returncode}); last output:\n"
+                                   f"{(result.stdout + result.stderr)[-4000:]}")
+            shutil.move(str(partial / "build.log"), partial / "dist" / "build.log")
+            os.rename(partial / "dist", final)
+            log(f"built {built().name} in {time.monotonic() - started:.0f}s")
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        for stale in sorted((p for p in base.iterdir() if p.is_dir() and ".tmp-" not in p.name),
+                            key=lambda p: p.stat().st_mtime, reverse=True)[keep:]:
+            shutil.rmtree(stale, ignore_errors=True)
+        package = built()
+        assert package is not None
+        return package
+
+
+# ---------------------------------------------------------------------------------------------
 # One booted machine
 
 def _cgroup_roots() -> list[Path]:
@@ -379,6 +486,8 @@ class Machine:
     pid: int = 0              # the container's init (systemd), in the host's pid namespace
     boot_seconds: float = 0.0
     install_seconds: float = 0.0
+    install_kind: str = ""    # "wheel" (install_dewy) or "deb" (install_deb)
+    dewy_python: str = ""     # the interpreter dewy runs with once installed
     overlay: bool = False
     cgroups: list[Path] = field(default_factory=list, repr=False)
 
@@ -535,6 +644,22 @@ class Machine:
         self.run(["ln", "-sf", f"{DEWY_VENV}/bin/dewy", "/usr/bin/dewy"])
         self._install_systemd_files(repo / "systemd")
         self.install_seconds = time.monotonic() - started
+        self.install_kind, self.dewy_python = "wheel", f"{DEWY_VENV}/bin/python"
+        return self.install_seconds
+
+    def apt_get(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """``apt-get -y -q ARGS`` without prompts. No package lists are fetched: what a local .deb
+        needs must already be installed (the cached root has python3.11, python3-systemd, ...)."""
+        return self.run(["apt-get", "-y", "-q", "-o", "Dpkg::Use-Pty=0", *args], timeout=timeout,
+                        env={"DEBIAN_FRONTEND": "noninteractive"})
+
+    def install_deb(self, deb: str, *, timeout: float = 300) -> float:
+        """``apt-get install ./dewy_*.deb`` (a path inside the machine), as an operator would.
+        Returns (and records in ``install_seconds``) the seconds taken."""
+        started = time.monotonic()
+        self.apt_get("install", "--no-install-recommends", deb, timeout=timeout)
+        self.install_seconds = time.monotonic() - started
+        self.install_kind, self.dewy_python = "deb", f"{PACKAGED_VENV}/bin/python3"
         return self.install_seconds
 
     def pip(self, *args: str, wheelhouse: str = WHEELHOUSE_INSIDE, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.system.nspawn import DEWY_VENV, Machine
+from tests.system.nspawn import Machine
 
 pytestmark = pytest.mark.system
 
@@ -40,7 +40,7 @@ def host_http() -> Iterator[int]:
 
 
 def test_smoke(machine_factory, host_http: int) -> None:
-    m: Machine = machine_factory(install=True)
+    m: Machine = machine_factory(install="wheel")     # the wheel path stays tested; the deb's is test_package
     print(f"\n{m.name}: boot {m.boot_seconds:.2f}s, install {m.install_seconds:.2f}s "
           f"({'overlay' if m.overlay else 'copy'} root)")
 
@@ -49,7 +49,7 @@ def test_smoke(machine_factory, host_http: int) -> None:
 
     version = m.run(["dewy", "--version"]).stdout
     assert version.startswith("dewy "), version
-    m.run([f"{DEWY_VENV}/bin/python", "-c", "import systemd.journal, systemd.daemon, dbus_next"])
+    m.run([m.dewy_python, "-c", "import systemd.journal, systemd.daemon, dbus_next"])
 
     m.run(["systemd-run", "--wait", "--unit=hello", "/bin/true"])
     assert m.wait_until(lambda: [r for r in m.journal("hello.service") if "Deactivated successfully" in r["MESSAGE"]],

@@ -1,0 +1,280 @@
+"""The OS packages (packaging/, issue 4): the deb built from this checkout and installed with
+``apt-get install ./dewy_*.deb`` into a booted Debian 12 (systemd as PID 1 in systemd-nspawn),
+and the rpm's files and scriptlets.
+
+The deb is built once per state of the packaged sources (cached in /var/cache/dewy-tests/packages,
+see nspawn.build_package); the upgrade test builds a second one with one more changelog entry.
+tests/system/test_service.py runs against the installed deb too whenever this machine can build
+it (conftest.install_kind), so the whole dewy@.service scenario is proven on the package.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.harness import ClientLoop, free_port, get
+from tests.system import nspawn
+from tests.system.nspawn import Machine
+from tests.system.test_service import Demo, start
+
+pytestmark = pytest.mark.system
+
+REPO = nspawn.REPO
+VENV = nspawn.PACKAGED_VENV
+SITE = f"{VENV}/lib/python3.11/site-packages"
+CONFFILES = ["/etc/dewy/example-assets.toml", "/etc/dewy/example-server.toml", "/etc/dewy/example.env"]
+
+# Every backend of DESIGN.md, dewy's module and the library under it, imported by the package's
+# interpreter; boto3 builds a client for every service model the package keeps (build-venv.sh).
+IMPORT_EVERYTHING = r"""
+import importlib, json, ssl, sys
+modules = ["dewy.registry.ghr", "dewy.registry.file", "dewy.registry.s3", "dewy.artifacts.s3",
+           "dewy.registry.gs", "dewy.artifacts.gs", "dewy.registry.grpc", "dewy.cache.redis",
+           "dewy.cache.consul", "dewy.notifiers.slack", "dewy.notifiers.mail", "dewy.daemon",
+           "boto3", "botocore", "google.cloud.storage", "google.auth", "grpc", "google.protobuf",
+           "redis", "redis.asyncio", "slack_sdk", "dbus_next", "httpx", "semver", "certifi",
+           "systemd.journal", "systemd.daemon"]
+where = {name: importlib.import_module(name).__file__ for name in modules}
+import boto3, certifi, grpc, httpx
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from slack_sdk import WebClient
+for service in ("s3", "sts", "sso", "sso-oidc", "signin"):
+    boto3.session.Session().client(service, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+storage.Client(project="p", credentials=AnonymousCredentials())
+grpc.insecure_channel("127.0.0.1:9").close()
+httpx.Client().close()
+WebClient(token="xoxb-test")
+from dewy.proto import dewy_pb2
+dewy_pb2.CurrentRequest(arch="amd64", os="linux")
+print(json.dumps({"where": where, "cafile": certifi.where(), "path": sys.path, "prefix": sys.prefix}))
+"""
+
+
+@pytest.fixture
+def packaged(machine_factory: Callable[..., Machine], tmp_path: Path) -> Demo:
+    """A booted machine with the deb installed and a file:// registry directory bound in."""
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    machine = machine_factory(install="deb", bind=[registry])
+    return Demo(machine, registry, free_port())
+
+
+def dpkg_version(m: Machine) -> str:
+    return m.run(["dpkg-query", "-W", "-f", "${Version}", "dewy"]).stdout
+
+
+def test_the_deb_installs_offline_as_debian_expects(packaged: Demo, dewy_deb: Path) -> None:
+    m = packaged.m
+    assert m.run(["dpkg-query", "-W", "-f", "${Status}", "dewy"]).stdout == "install ok installed"
+    assert dpkg_version(m) == dewy_deb.name.split("_")[1]
+    assert m.run(["dewy", "--version"]).stdout.strip() == f"dewy {_upstream_version()}"
+    # the interpreter is Debian's python3.11, with python3-systemd from the system site-packages
+    assert m.run(["readlink", "-f", f"{VENV}/bin/python3"]).stdout.strip() == "/usr/bin/python3.11"
+    assert "include-system-site-packages = true" in m.read(f"{VENV}/pyvenv.cfg")
+    # shipped without pip, setuptools or tests; byte code written by the postinst, not shipped
+    for absent in ("pip", "setuptools", "pkg_resources", "wheel", "_distutils_hack"):
+        assert m.run(["test", "-e", f"{SITE}/{absent}"], check=False).returncode == 1, absent
+    assert m.run(f"find {SITE} -type d -name tests | wc -l").stdout.strip() == "0"
+    listed = m.run(["dpkg", "-L", "dewy"]).stdout
+    assert ".pyc" not in listed and "__pycache__" not in listed
+    compiled = int(m.run(f"find {VENV} -name '*.cpython-311.pyc' | wc -l").stdout)
+    assert compiled > 1000, "the postinst byte-compiles the venv"
+    m.run(["dpkg", "--verify", "dewy"])            # nothing the package shipped was changed
+    # units: installed, the template neither enabled nor started
+    assert m.run(["test", "-f", "/lib/systemd/system/dewy@.service"], check=False).returncode == 0
+    assert m.systemctl("is-enabled", "dewy@.service", check=False).stdout.strip() in ("disabled", "indirect")
+    assert m.systemctl("list-units", "--all", "--plain", "--no-legend", "dewy*").stdout.strip() == ""
+    assert m.failed_units() == []
+    # configuration: examples as conffiles, under names that start nothing
+    conffiles = m.run(["dpkg-query", "-W", "-f", "${Conffiles}", "dewy"]).stdout
+    assert sorted(line.split()[0] for line in conffiles.splitlines() if line.strip()) == CONFFILES
+    assert m.run(["ls", "/etc/dewy"]).stdout.split() == ["example-assets.toml", "example-server.toml", "example.env"]
+    # the man page, generated from the CLI's help
+    page = m.run("zcat /usr/share/man/man8/dewy.8.gz").stdout
+    assert page.startswith(".TH DEWY 8") and "\\-\\-registry" in page and "\\-\\-health\\-path" in page
+    size = m.run(["du", "-sk", "/usr/lib/dewy"]).stdout.split()[0]
+    declared = m.run(["dpkg-query", "-W", "-f", "${Installed-Size}", "dewy"]).stdout
+    print(f"\ninstalled: Installed-Size {declared} KiB; /usr/lib/dewy with byte code {size} KiB;"
+          f" install took {m.install_seconds:.1f}s")
+
+
+def test_every_backend_imports_from_the_installed_package(packaged: Demo) -> None:
+    m = packaged.m
+    result = json.loads(m.run([f"{VENV}/bin/python3", "-I", "-c", IMPORT_EVERYTHING], cwd="/tmp").stdout)
+    for module, path in result["where"].items():
+        expected = "/usr/lib/python3/dist-packages/systemd/" if module.startswith("systemd") else f"{SITE}/"
+        assert path.startswith(expected), (module, path)
+    assert result["prefix"] == VENV
+    # certifi's bundle is the system CA store (ca-certificates), as for Debian's python3-certifi
+    assert m.run(["readlink", "-f", result["cafile"]]).stdout.strip() == "/etc/ssl/certs/ca-certificates.crt"
+    # /usr/bin/dewy runs isolated: a module in the working directory cannot shadow dewy's imports
+    m.write("/var/tmp/shadow/semver.py", "raise SystemExit('imported from the working directory')\n")
+    m.write("/var/tmp/shadow/dewy/__init__.py", "raise SystemExit('imported from the working directory')\n")
+    assert m.run(["dewy", "--version"], cwd="/var/tmp/shadow").stdout.strip() == f"dewy {_upstream_version()}"
+
+
+def test_enable_now_deploys_from_a_file_registry_and_serves(packaged: Demo) -> None:
+    start(packaged)                        # systemctl enable --now dewy@demo; v1.0.0 deployed
+    assert get(packaged.port)[1] == "v1.0.0"
+    assert packaged.scopes() == ["dewy-demo-g1.scope"]
+    status = json.loads(packaged.m.run(["dewy", "status", "demo", "--json"]).stdout)
+    assert status["version"] == "v1.0.0" and status["app"]["running"]
+    with ClientLoop(packaged.port) as client:
+        packaged.release("v1.1.0")
+        packaged.deployed("v1.1.0")
+    assert client.failures == [] and client.ok > 10
+    assert packaged.m.systemctl("is-enabled", "dewy@demo").stdout.strip() == "enabled"
+
+
+def test_s3_and_gs_registries_deploy_from_the_installed_package(packaged: Demo) -> None:
+    """The bundled boto3 (with its trimmed service models) and google-cloud-storage, for real:
+    dewy@s3 from moto and dewy@gs from the GCS emulator, both on the host's loopback."""
+    objectstores = pytest.importorskip("tests.objectstores")
+    m = packaged.m
+    with objectstores.moto_server() as moto, objectstores.gcs_emulator() as gcs:
+        s3_bucket, gs_bucket = moto.bucket(), gcs.bucket()
+        moto.publish(s3_bucket, "apps/web/", "v1.0.0")
+        gcs.publish(gs_bucket, "apps/web/", "v1.0.0")
+        ports = {"s3": free_port(), "gs": free_port()}
+        registries = {"s3": f"s3://{objectstores.REGION}/{s3_bucket}/apps/web?endpoint={moto.endpoint}",
+                      "gs": f"gs://test-project/{gs_bucket}/apps/web"}
+        envs = {"s3": "".join(f"{k}={v}\n" for k, v in objectstores.AWS_ENV.items()),
+                "gs": f"STORAGE_EMULATOR_HOST={gcs.host}\n"}
+        for name in ("s3", "gs"):
+            m.write(f"/etc/dewy/{name}.toml", f"""
+mode = "server"
+registry = "{registries[name]}"
+interval = "0.5s"
+[server]
+ports = ["127.0.0.1:{ports[name]}"]
+command = ["/usr/bin/python3", "current/app.py"]
+health_path = "/health"
+settle_time = "0.5s"
+""")
+            m.write(f"/etc/dewy/{name}.env", envs[name], mode=0o600)
+        m.systemctl("enable", "--now", "dewy@s3", "dewy@gs", timeout=120)
+        for name in ("s3", "gs"):
+            m.wait_until(lambda: m.journal(f"dewy@{name}.service", DEWY_EVENT="deployed", DEWY_VERSION="v1.0.0"),
+                         60, what=f"v1.0.0 deployed by dewy@{name}")
+            assert get(ports[name])[1] == "v1.0.0"
+        audit = [k for k in moto.keys(s3_bucket, "apps/web/") if "/shipped_to_" in k]
+        assert audit and audit[0].startswith("apps/web/v1.0.0/shipped_to_")
+        assert [k for k in gcs.keys(gs_bucket, "apps/web/") if "/shipped_to_" in k]
+        m.systemctl("stop", "dewy@s3", "dewy@gs", timeout=120)
+
+
+def test_upgrade_restarts_dewy_and_keeps_the_app_serving(machine_factory: Callable[..., Machine], tmp_path: Path,
+                                                          dewy_deb: Path, dewy_deb_next: Path) -> None:
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    m = machine_factory(install="deb", bind=[registry], bind_ro=[(dewy_deb_next.parent, "/packages-next")])
+    demo = Demo(m, registry, free_port())
+    start(demo)
+    m.write("/etc/dewy/example-server.toml", m.read("/etc/dewy/example-server.toml") + "# edited by the admin\n")
+    dewy_pid, app = demo.dewy_pid(), demo.app_env()
+    old_version = dpkg_version(m)
+    adopted_before = len(m.journal("dewy@demo.service", DEWY_EVENT="app-adopted"))
+    with ClientLoop(demo.port) as client:
+        time.sleep(1)
+        m.install_deb(f"/packages-next/{dewy_deb_next.name}")      # postinst: try-restart dewy@demo
+        m.wait_until(lambda: len(m.journal("dewy@demo.service", DEWY_EVENT="app-adopted")) > adopted_before, 30,
+                     what="the upgraded dewy to adopt the app")
+        time.sleep(1)
+    assert dpkg_version(m) != old_version and dpkg_version(m) == dewy_deb_next.name.split("_")[1]
+    assert client.failures == []
+    assert client.ok > 20
+    assert demo.dewy_pid() not in (0, dewy_pid), "dewy itself was restarted on the new code"
+    after = demo.app_env()
+    assert after["pid"] == app["pid"], "the app generation kept running"
+    assert after["env"]["SERVER_STARTER_GENERATION"] == app["env"]["SERVER_STARTER_GENERATION"] == "1"
+    assert demo.scopes() == ["dewy-demo-g1.scope"]
+    adopted = m.journal("dewy@demo.service", DEWY_EVENT="app-adopted")[-1]
+    assert adopted["DEWY_PID"] == str(app["pid"])
+    assert len(m.journal("dewy@demo.service", DEWY_EVENT="deployed")) == 1, "nothing was redeployed"
+    # configuration kept: the admin's edit of a conffile and the admin's own file
+    assert m.read("/etc/dewy/example-server.toml").endswith("# edited by the admin\n")
+    assert m.run(["test", "-f", "/etc/dewy/demo.toml"], check=False).returncode == 0
+    assert m.is_active("dewy@demo") == "active"
+    assert m.failed_units() == []
+
+
+# What purging dewy may leave: the admin's own configuration (policy: never delete what the
+# admin wrote) and the journal (the host's log). Paths the package manager itself keeps.
+ALLOWED_AFTER_PURGE = {"/etc/dewy", "/etc/dewy/demo.toml"}
+SNAPSHOT = ("find / -xdev \\( -path /var/lib/dpkg -o -path /var/lib/apt -o -path /var/cache/apt -o -path /var/log"
+            " -o -path /var/cache/debconf -o -path /var/lib/systemd -o -path /etc/ld.so.cache \\) -prune"
+            " -o -print | sort")
+
+
+def test_purge_removes_everything_dewy_created(machine_factory: Callable[..., Machine], tmp_path: Path,
+                                                dewy_deb: Path) -> None:
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    m = machine_factory(bind=[registry], bind_ro=[(dewy_deb.parent, nspawn.PACKAGES_INSIDE)])
+    before = set(m.run(SNAPSHOT, timeout=120).stdout.splitlines())
+    m.install_deb(f"{nspawn.PACKAGES_INSIDE}/{dewy_deb.name}")
+    demo = Demo(m, registry, free_port())
+    start(demo)                                    # state in /var/lib/dewy/demo, downloads in /var/cache/dewy/demo
+    app_pid = demo.app_env()["pid"]
+    assert m.run(["test", "-d", "/var/lib/dewy/demo/releases"], check=False).returncode == 0
+    m.apt_get("purge", "dewy")
+    assert m.run(["dpkg-query", "-W", "-f", "${Status}", "dewy"], check=False).stdout.strip() in ("", "unknown ok not-installed")
+    assert m.run(["ps", "-p", str(app_pid)], check=False).returncode != 0, "the app stopped with dewy"
+    assert m.systemctl("list-units", "--all", "--plain", "--no-legend", "dewy*").stdout.strip() == ""
+    with pytest.raises(OSError):
+        get(demo.port, timeout=1)
+    after = set(m.run(SNAPSHOT, timeout=120).stdout.splitlines())
+    left = sorted(after - before - ALLOWED_AFTER_PURGE)
+    assert left == [], f"left behind by the purge: {left}"
+    gone = sorted(p for p in before - after if not p.startswith(("/tmp", "/var/tmp")))
+    assert gone == [], f"removed by dewy's install/purge although not dewy's: {gone}"
+    assert m.failed_units() == []
+
+
+def test_rpm_installs_the_same_files_with_the_same_scriptlets(dewy_deb: Path, dewy_rpm: Path) -> None:
+    check = subprocess.run([sys.executable, str(REPO / "packaging" / "check-packages.py"), str(dewy_deb), str(dewy_rpm)],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    print(f"\n{check.stdout.strip()}")
+    scripts = subprocess.run(["rpm", "-qp", "--scripts", str(dewy_rpm)], capture_output=True, text=True,
+                             check=True).stdout
+    parts = dict(re.findall(r"^(\w+) scriptlet \(using /bin/sh\):\n(.*?)(?=^\w+ scriptlet \(using|\Z)", scripts, re.S | re.M))
+    assert set(parts) == {"preinstall", "postinstall", "preuninstall", "postuninstall", "posttrans"}, sorted(parts)
+    # upgrade: marker in %pre, byte code and try-restart of running dewy@ instances once the old files are gone
+    assert "if [ $1 -ge 2 ]" in parts["preinstall"]
+    assert "compileall" in parts["posttrans"] and "try-restart $units" in parts["posttrans"]
+    assert "'dewy@*.service'" in parts["posttrans"]
+    # erase (and only erase) stops the instances; byte code removed in every case; daemon-reload after
+    assert re.search(r"if \[ \$1 -eq 0 \].*\n.*list-units --all --type=service.*'dewy@\*\.service'", parts["preuninstall"])
+    assert "__pycache__" in parts["preuninstall"]
+    assert "daemon-reload" in parts["postuninstall"]
+    assert "stop" not in parts["posttrans"] and "restart" not in parts["preuninstall"]
+    requires = subprocess.run(["rpm", "-qp", "--requires", str(dewy_rpm)], capture_output=True, text=True, check=True).stdout
+    assert {"/usr/bin/python3.11", "python3-systemd", "ca-certificates"} <= set(requires.split())
+    provides = subprocess.run(["rpm", "-qp", "--provides", str(dewy_rpm)], capture_output=True, text=True, check=True).stdout
+    assert "bundled(python3dist(boto3))" in provides and "python3dist(boto3)" not in provides.replace("bundled(", "")
+
+
+def test_lintian_and_rpmlint_find_no_errors_or_warnings(dewy_deb: Path, dewy_rpm: Path) -> None:
+    lintian = subprocess.run(["lintian", "--fail-on", "error,warning", str(dewy_deb)], capture_output=True,
+                             text=True, timeout=300)
+    assert lintian.returncode == 0, lintian.stdout + lintian.stderr
+    rpmlint = subprocess.run(["rpmlint", "-c", "packaging/rpm/rpmlint.toml", "-r", "packaging/rpm/dewy.rpmlintrc",
+                              "packaging/rpm/dewy.spec", str(dewy_rpm)], cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+    assert rpmlint.returncode == 0, rpmlint.stdout + rpmlint.stderr
+    assert "0 errors, 0 warnings" in rpmlint.stdout
+
+
+def _upstream_version() -> str:
+    return re.search(r'^__version__ = "(.+)"$', (REPO / "dewy" / "__init__.py").read_text(), re.M).group(1)
+
