@@ -129,7 +129,7 @@ class ClientLoop:
                 return
             try:
                 status, body = get(self.port)
-            except OSError as exc:
+            except (OSError, http.client.HTTPException) as exc:  # IncompleteRead & co. count too (not OSErrors)
                 self.failures.append(repr(exc))
                 continue
             if 200 <= status < 300:
