@@ -308,6 +308,17 @@ def _srctree() -> Any:
     return module
 
 
+_digests: dict[Path, str] = {}
+
+
+def sources_digest(repo: Path = REPO) -> str:
+    """The packaged sources' digest, taken once per test session: a deb and an rpm built in one
+    session come from the same sources even if the tree is edited meanwhile."""
+    if repo not in _digests:
+        _digests[repo] = _srctree().digest(repo)
+    return _digests[repo]
+
+
 def bump_changelog(changelog: Path, suffix: str) -> str:
     """Prepend an entry whose version is the newest one plus ``suffix`` (0.1.0-1 -> 0.1.0-1+test1)."""
     text = changelog.read_text()
@@ -336,7 +347,7 @@ def build_package(kind: str = "deb", cache: Path = CACHE, *, version_suffix: str
     """
     srctree = _srctree()
     tag = re.sub(r"[^A-Za-z0-9]+", "", version_suffix)
-    key = f"{srctree.digest(REPO)[:16]}{'-' + tag if tag else ''}-{kind}"
+    key = f"{sources_digest(REPO)[:16]}{'-' + tag if tag else ''}-{kind}"
     base = cache / "packages"
     final = base / key
     pattern = "dewy_*.deb" if kind == "deb" else "dewy-*.rpm"
