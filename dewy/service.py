@@ -25,7 +25,9 @@ class PlainProcess:
         return None
 
     def sockets(self, addresses: list[tuple[str, int]]) -> HeldSockets:
-        return HeldSockets(addresses)
+        """Bound here, unless whoever started dewy passed them (socket activation, LISTEN_FDS: systemd-socket-activate,
+        a supervisor keeping the port across dewy's restarts); inherited sockets not configured are closed."""
+        return HeldSockets.reuse(addresses, sdnotify.take_listen_fds().values())
 
     def placement(self, settings: Settings):
         return None
