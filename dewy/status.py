@@ -1,7 +1,8 @@
 """``dewy status [NAME]`` and ``dewy history [NAME]``: what runs on this host, and what happened.
 
 Status reads the instance's state file (what is deployed, the serving app generation and
-its unit, quarantined versions, the last check and error). History reads the journal of
+its unit, or in container mode the replicas with their versions and health as the daemon
+last checked them, quarantined versions, the last check and error). History reads the journal of
 ``dewy@NAME.service`` (deploys, rollbacks, failures), or, where there is no journal, the
 deploys recorded in the state file.
 """
@@ -54,7 +55,7 @@ def status(name: str | None, directory: Path | None) -> dict:
         "version": state.current.tag if state.current else None,
         "deployed_at": state.current.at if state.current else None,
         "release": state.current.release if state.current else None,
-        "app": {**app, "running": alive(app.get("pid"))} if app else None,
+        "app": ({**app, "running": alive(app.get("pid"))} if app.get("mode") != "container" else app) if app else None,
         "quarantined": state.quarantine,
         "last_check": state.last_check,
         "last_error": state.last_error,
@@ -77,6 +78,8 @@ def history(name: str | None, directory: Path | None, limit: int | None) -> list
 
 def render_status(info: dict) -> str:
     app = info["app"]
+    if app and app.get("mode") == "container":
+        return _render_container(info, app)
     rows = [
         ("instance", info["instance"]),
         ("version", info["version"] or "nothing deployed"),
@@ -89,6 +92,38 @@ def render_status(info: dict) -> str:
         ("last error", info["last_error"] or "-"),
     ]
     return "\n".join(f"{key + ':':<13} {value}" for key, value in rows)
+
+
+def _render_container(info: dict, app: dict) -> str:
+    replicas = app.get("replicas") or []
+    where = f"{app.get('runtime', '?')} network {app.get('network', '?')}, alias {', '.join(app.get('aliases') or []) or '-'}"
+    if app.get("ports"):
+        where += f", host port {', '.join(app['ports'])}"
+    rows = [
+        ("instance", info["instance"]),
+        ("version", info["version"] or "nothing deployed"),
+        ("deployed at", info["deployed_at"] or "-"),
+        ("image", app.get("image") or info["release"] or "-"),
+        ("replicas", f"{len(replicas)} ({sum(1 for r in replicas if r.get('healthy'))} healthy) on {where}"),
+    ]
+    lines = [f"{key + ':':<13} {value}" for key, value in rows]
+    for replica in replicas:
+        health = "healthy" if replica.get("healthy") else f"unhealthy: {replica.get('reason')}"
+        checked = (replica.get("checked_at") or "")[11:19]
+        lines.append(f"  {replica['name']}  {replica.get('version', '?')}  {replica.get('ip') or '-'}  "
+                     f"{replica.get('status', '?')}  {health}" + (f" (checked {checked} UTC)" if checked else ""))
+    draining = app.get("draining") or []
+    if draining:
+        lines.append(f"{'draining:':<13} " + ", ".join(f"{d['name']} ({d.get('version', '?')}) until {d.get('until', '')[11:19]} UTC"
+                                                   for d in draining))
+    if app.get("rollout"):
+        lines.append(f"{'rolling out:':<13} {app['rollout'].get('version')} since {app['rollout'].get('started_at', '')[11:19]} UTC")
+    lines += [f"{key + ':':<13} {value}" for key, value in (
+        ("quarantined", ", ".join(info["quarantined"]) or "-"),
+        ("last check", info["last_check"] or "-"),
+        ("last error", info["last_error"] or "-"),
+    )]
+    return "\n".join(lines)
 
 
 def render_history(entries: list[dict]) -> str:
