@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,7 +241,10 @@ def _apply(options: RunOptions, name: str, value: str, environ: dict[str, str]) 
             raise ValueError("expected HOST:IP")
         options.extra_hosts[host] = address
     elif name == "--stop-signal":
-        options.stop_signal = _nonempty(value)
+        upper = value.upper()
+        if not value.isdigit() and (upper if upper.startswith("SIG") else f"SIG{upper}") not in signal.Signals.__members__:
+            raise ValueError("not a signal name such as SIGQUIT")
+        options.stop_signal = value
 
 
 def _nonempty(value: str) -> str:

@@ -23,7 +23,7 @@ import pytest
 
 from tests.harness import ClientLoop, Dewy, free_port, get
 from tests.oci_registry import OciRegistry
-from tests.podman import PORT, ActivatedDewy, PodmanService, ensure_packages, listening_socket, stop_dewy
+from tests.podman import PORT, ActivatedDewy, PodmanService, ensure_packages, listening_socket, rootfs, stop_dewy
 
 pytestmark = pytest.mark.system
 
@@ -226,6 +226,34 @@ def test_unhealthy_tag_is_rolled_back_and_quarantined(app: App) -> None:
         assert set(state["quarantine"]) == {f"v1.1.0--{host}/{app.repository}:v1.1.0",
                                             f"v1.1.1--{host}/{app.repository}:v1.1.1"}
         assert "health check" in status_json(app.dir)["quarantined"][f"v1.1.0--{host}/{app.repository}:v1.1.0"]
+    finally:
+        stop_dewy(dewy)
+
+
+def test_without_health_path_the_image_healthcheck_decides_else_the_port(app: App) -> None:
+    """No --health-path: the image's HEALTHCHECK (run by dewy through Podman's API: no systemd timers
+    here), and without one, the container port accepting connections."""
+
+    def push(version: str, healthcheck: list[str] | None) -> None:
+        config = {"Cmd": ["/bin/sh", "-c", f"trap 'exit 0' TERM; /bin/busybox httpd -f -p {PORT} -h /www & wait"]}
+        if healthcheck:
+            config["Healthcheck"] = {"Test": healthcheck, "Interval": 1_000_000_000, "Timeout": 2_000_000_000,
+                                     "Retries": 1}
+        app.registry.push_image(app.repository, [version], layers=[rootfs(version)], config=config, docker=True)
+
+    push("v1.0.0", ["CMD-SHELL", "test -f /www/health"])
+    args = [a for a in app.args("--health-timeout", "3") if a not in ("--health-path", "/health")]
+    dewy = Dewy(args, cwd=app.dir.parent, env={"CONTAINER_HOST": app.podman.url})
+    try:
+        dewy.wait_for("deployed", version="v1.0.0", timeout=60)
+        assert get(app.port, "/VERSION") == (200, "v1.0.0")
+        push("v1.1.0", ["CMD-SHELL", "test -f /www/missing"])
+        rollback = dewy.wait_for("rollback", version="v1.1.0", timeout=30)
+        assert "HEALTHCHECK: unhealthy" in rollback["msg"], rollback["msg"]
+        push("v1.2.0", None)
+        dewy.wait_for("deployed", version="v1.2.0", timeout=60)
+        assert get(app.port, "/VERSION") == (200, "v1.2.0")
+        assert [r for r in dewy.seen if r.get("event") == "replica-healthy" and "v1.2.0" in r.get("msg", "")]
     finally:
         stop_dewy(dewy)
 

@@ -240,8 +240,8 @@ def _signal_number(name: str) -> int:
         return int(name)
     upper = name.upper()
     try:
-        return int(signal.Signals(upper if upper.startswith("SIG") else f"SIG{upper}"))
-    except ValueError:
+        return int(signal.Signals[upper if upper.startswith("SIG") else f"SIG{upper}"])
+    except KeyError:
         raise ContainerRuntimeError(f"--stop-signal {name!r} is not a signal name") from None
 
 

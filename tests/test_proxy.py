@@ -1,0 +1,143 @@
+"""The host-port proxy of container mode, against in-process TCP backends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from dewy.proxy import TcpProxy
+from dewy.sockets import HeldSockets
+
+
+async def backend(name: str, delay: float = 0.0):
+    """A line server: answers ``NAME LINE`` after ``delay``; ``echo`` mode relays bytes until EOF."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            if line.startswith(b"echo"):
+                while chunk := await reader.read(65536):
+                    writer.write(chunk)
+                    await writer.drain()
+            else:
+                await asyncio.sleep(delay)
+                writer.write(f"{name} {line.decode().strip()}\n".encode())
+                await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, ("127.0.0.1", server.sockets[0].getsockname()[1])
+
+
+async def ask(port: int, text: str = "hi") -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"{text}\n".encode())
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return answer.decode().strip()
+
+
+def run(coroutine) -> None:
+    asyncio.run(asyncio.wait_for(coroutine, 30))
+
+
+def test_round_robin_switch_and_drain() -> None:
+    async def main() -> None:
+        old_a, a = await backend("old-a")
+        old_b, b = await backend("old-b")
+        slow_server, slow = await backend("slow", delay=0.5)
+        new_server, new = await backend("new")
+        with HeldSockets([("127.0.0.1", 0)]) as sockets:
+            proxy = TcpProxy(sockets)
+            port = sockets.addresses[0][1]
+            proxy.set_backends([a, b])
+            proxy.start()
+            answers = [await ask(port, str(i)) for i in range(4)]
+            assert answers == ["old-a 0", "old-b 1", "old-a 2", "old-b 3"]
+
+            proxy.set_backends([slow])
+            in_flight = asyncio.create_task(ask(port, "slow"))
+            await asyncio.sleep(0.1)
+            assert proxy.active([slow]) == 1
+            proxy.set_backends([new])  # the switch: new connections only go to the new backend
+            assert [await ask(port, str(i)) for i in range(3)] == ["new 0", "new 1", "new 2"]
+            assert await in_flight == "slow slow", "a connection made before the switch finishes where it started"
+            assert await proxy.drain(1) == 0
+            proxy.close()
+        for server in (old_a, old_b, slow_server, new_server):
+            server.close()
+
+    run(main())
+
+
+def test_unreachable_backend_is_skipped_and_no_backend_closes() -> None:
+    async def main() -> None:
+        server, alive = await backend("alive")
+        with HeldSockets([("127.0.0.1", 0)]) as held:
+            dead_port = held.addresses[0][1]  # bound, never listened on through the proxy: refuses
+        with HeldSockets([("127.0.0.1", 0)]) as sockets:
+            proxy = TcpProxy(sockets)
+            port = sockets.addresses[0][1]
+            proxy.set_backends([("127.0.0.1", dead_port), alive])
+            proxy.start()
+            assert [await ask(port, str(i)) for i in range(4)] == [f"alive {i}" for i in range(4)]
+            proxy.set_backends([])
+            assert await ask(port) == ""  # closed: nothing to forward to
+            assert proxy.refused == 1
+            proxy.close()
+        server.close()
+
+    run(main())
+
+
+def test_bulk_transfer_and_half_close() -> None:
+    async def main() -> None:
+        server, echo = await backend("echo")
+        payload = bytes(range(256)) * 40_000  # 10 MB through flow control
+        with HeldSockets([("127.0.0.1", 0)]) as sockets:
+            proxy = TcpProxy(sockets)
+            proxy.set_backends([echo])
+            proxy.start()
+            reader, writer = await asyncio.open_connection("127.0.0.1", sockets.addresses[0][1])
+            writer.write(b"echo\n")
+
+            async def send() -> None:
+                writer.write(payload)
+                await writer.drain()
+                writer.write_eof()  # half-close: the backend still answers, then closes
+
+            sender = asyncio.create_task(send())
+            received = await asyncio.wait_for(reader.read(), 20)
+            await sender
+            assert received == payload
+            writer.close()
+            proxy.close()
+        server.close()
+
+    run(main())
+
+
+def test_stopped_accepting_keeps_connections_waiting_in_the_backlog() -> None:
+    async def main() -> None:
+        server, a = await backend("a")
+        with HeldSockets([("127.0.0.1", 0)]) as sockets:
+            proxy = TcpProxy(sockets)
+            port = sockets.addresses[0][1]
+            proxy.set_backends([a])
+            proxy.start()
+            proxy.stop_accepting()  # as when dewy restarts: the socket stays open
+            waiting = asyncio.create_task(ask(port, "queued"))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            later = TcpProxy(sockets)  # the next dewy takes the same socket
+            later.set_backends([a])
+            later.start()
+            assert await waiting == "a queued"
+            later.close()
+            with contextlib.suppress(Exception):
+                proxy.close()
+        server.close()
+
+    run(main())
