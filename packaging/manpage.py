@@ -83,7 +83,8 @@ STATIC_TOP = r"""
 directory) for the newest semantic version of an application and deploys it:
 \fBdewy server\fR runs a server app and restarts it without dropping a request, because dewy
 holds the listening sockets and hands them to each app generation;
-\fBdewy assets\fR swaps static files atomically.
+\fBdewy assets\fR swaps static files atomically;
+\fBdewy container\fR rolls an OCI image out replica by replica on Podman or Docker.
 A release that fails to start or to become healthy is rolled back and quarantined.
 .PP
 On a host, dewy runs as the systemd template service \fBdewy@\fR\fINAME\fR\fB.service\fR, which
@@ -96,6 +97,7 @@ STATIC_BOTTOM = r"""
 .SH URLS
 Registries: \fBghr://\fR\fIOWNER/REPO\fR, \fBs3://\fR\fIREGION/BUCKET/PREFIX\fR,
 \fBgs://\fR\fIPROJECT/BUCKET/PREFIX\fR, \fBgrpc://\fR\fIHOST:PORT\fR, \fBfile://\fR\fI/DIR\fR,
+\fBimg://\fR\fIHOST/REPO\fR (container mode),
 with \fBpre\-release=true\fR and \fBartifact=\fR\fINAME\fR query options.
 Caches: \fBfile://\fR\fI/DIR\fR, \fBmemory://\fR, \fBredis://\fR\fIHOST:PORT/DB\fR\fB?ttl=\fR,
 \fBconsul://\fR\fIHOST:PORT/PREFIX\fR\fB?ttl=\fR.
@@ -169,8 +171,6 @@ def manpage() -> str:
         ".SH SYNOPSIS",
     ]
     for name, _, sub in commands:
-        if name == "container":     # parsed only to be refused: not built yet
-            continue
         lines += [".PP", roff(usage(name, sub))]
     lines += [".PP", "\\fBdewy \\-\\-config\\fR \\fI/etc/dewy/NAME.toml\\fR",
               ".PP", "\\fBdewy \\-v\\fR | \\fB\\-\\-version\\fR"]
@@ -178,9 +178,7 @@ def manpage() -> str:
     lines += [".SH OPTIONS", *options(parser)]
     lines.append(".SH COMMANDS")
     for name, help_text, sub in commands:
-        lines += [f'.SS "dewy {name}"', roff(help_text)]
-        if name == "container":
-            continue
+        lines += [f'.SS "dewy {name}"', roff(sub.description or help_text)]
         lines += options(sub)
     lines += STATIC_BOTTOM.strip("\n").splitlines()
     return "\n".join(lines) + "\n"
