@@ -129,9 +129,9 @@ class Replicas:
         return {LABEL_APP: self.config.app}
 
     def _record(self) -> None:
-        """The replicas in the state file: for ``dewy status`` and for adoption by the next dewy."""
-        now = datetime.now(timezone.utc).isoformat()
-        self.state.app = {
+        """The replicas in the state file: for ``dewy status`` and for adoption by the next dewy.
+        Written only when something changed (every tick re-checks health; the file is fsynced)."""
+        record = {
             "mode": "container",
             "runtime": self.runtime.name,
             "network": self.config.network,
@@ -142,12 +142,14 @@ class Replicas:
             "image": self.image,
             "replicas": [{"id": c.id, "name": c.name, "replica": c.replica, "version": c.version, "ip": c.ip,
                           "status": c.status, "healthy": self.health.get(c.id) is None,
-                          "reason": self.health.get(c.id), "checked_at": now} for c in self.serving],
+                          "reason": self.health.get(c.id)} for c in self.serving],
             "draining": [{"id": c.id, "name": c.name, "version": c.version, "until": until.isoformat()}
                          for c, until in self._draining.values()],
             "rollout": self._rollout,
         }
-        self.state.save()
+        if record != self.state.app:
+            self.state.app = record
+            self.state.save()
 
     def _route(self) -> None:
         """The proxy forwards to the healthy serving replicas (to all running ones if none is healthy)."""

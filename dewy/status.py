@@ -2,7 +2,7 @@
 
 Status reads the instance's state file (what is deployed, the serving app generation and
 its unit, or in container mode the replicas with their versions and health as the daemon
-last checked them, quarantined versions, the last check and error). History reads the journal of
+last checked them (every poll; the last check's time is shown), quarantined versions, the last check and error). History reads the journal of
 ``dewy@NAME.service`` (deploys, rollbacks, failures), or, where there is no journal, the
 deploys recorded in the state file.
 """
@@ -109,9 +109,8 @@ def _render_container(info: dict, app: dict) -> str:
     lines = [f"{key + ':':<13} {value}" for key, value in rows]
     for replica in replicas:
         health = "healthy" if replica.get("healthy") else f"unhealthy: {replica.get('reason')}"
-        checked = (replica.get("checked_at") or "")[11:19]
         lines.append(f"  {replica['name']}  {replica.get('version', '?')}  {replica.get('ip') or '-'}  "
-                     f"{replica.get('status', '?')}  {health}" + (f" (checked {checked} UTC)" if checked else ""))
+                     f"{replica.get('status', '?')}  {health}")
     draining = app.get("draining") or []
     if draining:
         lines.append(f"{'draining:':<13} " + ", ".join(f"{d['name']} ({d.get('version', '?')}) until {d.get('until', '')[11:19]} UTC"
