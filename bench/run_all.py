@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-ORDER = ["deploy_latency", "idle", "big_artifact", "rate_limit", "graceful_restart"]
+ORDER = ["deploy_latency", "idle", "big_artifact", "rate_limit", "graceful_restart", "container_rollout"]
 
 
 def main(argv: list[str]) -> int:
