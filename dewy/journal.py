@@ -20,7 +20,9 @@ from dewy.log import fields_of
 NAMESPACE = uuid.UUID("5f3a1d6e-9c4b-4e1a-8d2f-6b7c0a9e4d31")
 HISTORY_EVENTS = ("deployed", "rollback", "deploy-failed", "restarted", "app-exited", "start-failed")
 DOCUMENTED_EVENTS = ("started", "deploying", "downloaded", *HISTORY_EVENTS, "after-hook-failed", "app-ready",
-                     "app-adopted", "app-stopped", "notify-failed", "stopping")
+                     "app-adopted", "app-stopped", "notify-failed", "stopping",
+                     # container mode
+                     "pulled", "rollout-switched", "replicas-adopted", "rollout-interrupted", "replica-unhealthy")
 PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
