@@ -11,8 +11,11 @@ it (conftest.install_kind), so the whole dewy@.service scenario is proven on the
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
+import textwrap
 import sys
 import time
 from collections.abc import Callable
@@ -280,3 +283,47 @@ def test_lintian_and_rpmlint_find_no_errors_or_warnings(dewy_deb: Path, dewy_rpm
 def _upstream_version() -> str:
     return re.search(r'^__version__ = "(.+)"$', (REPO / "dewy" / "__init__.py").read_text(), re.M).group(1)
 
+
+
+def vagrant_provisioner() -> str:
+    """The shell provisioner of the repository's Vagrantfile."""
+    text = (REPO / "Vagrantfile").read_text()
+    body = re.search(r'config\.vm\.provision "shell".*?<<~\'SHELL\'\n(.*?)\n\s*SHELL\n', text, re.S)
+    assert body, "no shell provisioner in the Vagrantfile"
+    return textwrap.dedent(body.group(1)) + "\n"
+
+
+def test_vagrantfile_validates_and_its_provisioner_runs_on_debian_12(machine_factory: Callable[..., Machine],
+                                                                      tmp_path: Path, dewy_deb: Path) -> None:
+    """`vagrant validate`, then the provisioner itself in a booted Debian 12 (systemd-nspawn standing
+    in for the VM): /vagrant holds dist/ with the deb and the demo app, as `vagrant up` syncs them."""
+    if shutil.which("vagrant"):
+        validate = subprocess.run(["vagrant", "validate"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                                  env={**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1"})
+        assert validate.returncode == 0, validate.stdout + validate.stderr
+    else:
+        pytest.fail("vagrant is not installed (scripts/test installs vagrant and vagrant-libvirt)")
+    script = vagrant_provisioner()
+    subprocess.run(["sh", "-n"], input=script, text=True, check=True)
+    # The VM's port 8000 (all its addresses, for Vagrant's port forwarding) is, in a machine that
+    # shares the host's network namespace, a free loopback port.
+    port = free_port()
+    assert "ports = [8000]" in script
+    script = script.replace("ports = [8000]", f'ports = ["127.0.0.1:{port}"]').replace("8000", str(port))
+    synced = tmp_path / "vagrant"
+    (synced / "dist").mkdir(parents=True)
+    (synced / "tests" / "apps").mkdir(parents=True)
+    shutil.copy2(dewy_deb, synced / "dist" / dewy_deb.name)
+    shutil.copy2(REPO / "tests" / "apps" / "httpapp.py", synced / "tests" / "apps" / "httpapp.py")
+    m = machine_factory(bind_ro=[(synced, "/vagrant")])
+    # the machine's root already has what the deb depends on: no package lists from the network
+    m.write("/usr/local/sbin/apt-get", '#!/bin/sh\n[ "$1" = update ] && exit 0\nexec /usr/bin/apt-get "$@"\n', 0o755)
+    out = m.run(["/bin/bash", "-c", script], timeout=300, env={"PATH": "/usr/local/sbin:" + nspawn.CONTAINER_PATH})
+    assert f"dewy@demo serves v1.1.0 on port {port}" in out.stdout, out.stdout + out.stderr
+    assert get(port)[1] == "v1.1.0"
+    m.run(["dewy-demo-publish", "v1.2.0"])
+    m.wait_until(lambda: m.journal("dewy@demo.service", DEWY_EVENT="deployed", DEWY_VERSION="v1.2.0"), 60,
+                 what="v1.2.0 deployed")
+    assert get(port)[1] == "v1.2.0"
+    again = m.run(["/bin/bash", "-c", script], timeout=300, env={"PATH": "/usr/local/sbin:" + nspawn.CONTAINER_PATH})
+    assert "serves v1.2.0" in again.stdout, "provisioning twice keeps the demo (vagrant provision)"
