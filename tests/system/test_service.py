@@ -3,6 +3,10 @@
 The machine shares the host's network namespace, so the client loop runs on the host
 against the app's port, and the file:// registry is a host directory bound into the
 machine at the same path.
+
+dewy is installed the session's way (conftest.install_kind): from the Debian package built
+from this checkout (`apt-get install ./dewy_*.deb`) wherever the packaging tools are installed,
+as in CI, so this whole module is proven on the installed package; otherwise from wheels.
 """
 
 from __future__ import annotations
