@@ -31,8 +31,8 @@ from collections.abc import Iterable
 from dewy import log
 from dewy.sockets import HeldSockets
 
-CONNECT_TIMEOUT = 3.0
-DOWN_FOR = 2.0  # a backend that refused a connect is skipped this long (unless no other is left)
+CONNECT_TIMEOUT = 1.0  # replicas are on a local bridge: a connect takes well under a millisecond
+DOWN_FOR = 5.0  # a backend that failed a connect is tried last for this long (until the next health check)
 ACCEPT_BATCH = 64
 
 Backend = tuple[str, int]

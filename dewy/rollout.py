@@ -61,6 +61,7 @@ from dewy.state import State
 from dewy.versions import parse_tag
 
 NAME_CHARS = re.compile(r"[^a-zA-Z0-9_.-]+")
+SERVING_CHECK_TIMEOUT = 3.0  # a serving replica's check on each poll (a vanished address never answers)
 
 
 def container_name(text: str) -> str:
@@ -474,8 +475,9 @@ class Replicas:
         self.serving.sort(key=lambda c: c.replica)
 
     async def _check_all(self) -> None:
-        results = await asyncio.gather(*(check(self.runtime, c, self.config.container_port, self.config.health_path)
-                                         for c in self.serving), return_exceptions=True)
+        results = await asyncio.gather(*(check(self.runtime, c, self.config.container_port, self.config.health_path,
+                                               timeout=SERVING_CHECK_TIMEOUT) for c in self.serving),
+                                       return_exceptions=True)
         self.health = {c.id: (str(r) if isinstance(r, BaseException) else r) for c, r in zip(self.serving, results)}
 
     # -- images ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ failed request.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -23,7 +24,9 @@ import pytest
 
 from tests.harness import ClientLoop, Dewy, free_port, get
 from tests.oci_registry import OciRegistry
-from tests.podman import PORT, ActivatedDewy, PodmanService, ensure_packages, listening_socket, rootfs, stop_dewy
+from tests.podman import (
+    PORT, ActivatedDewy, PodmanService, ensure_packages, listening_socket, rootfs, serve_command, stop_dewy,
+)
 
 pytestmark = pytest.mark.system
 
@@ -122,6 +125,16 @@ class TimedLoop(ClientLoop):
 
     def slowest(self, count: int = 3) -> list[tuple[float, str]]:
         return sorted(((round(end - start, 3), what) for start, end, what in self.log), reverse=True)[:count]
+
+
+def get_from(ip: str, path: str) -> tuple[int, str]:
+    connection = http.client.HTTPConnection(ip, PORT, timeout=2)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
 
 
 def status_json(directory: Path) -> dict:
@@ -256,6 +269,72 @@ def test_without_health_path_the_image_healthcheck_decides_else_the_port(app: Ap
         assert [r for r in dewy.seen if r.get("event") == "replica-healthy" and "v1.2.0" in r.get("msg", "")]
     finally:
         stop_dewy(dewy)
+
+
+def test_crashed_replica_is_restarted_and_a_removed_one_replaced(app: App) -> None:
+    app.push("v1.0.0")
+    dewy = app.start("--replicas", "2")
+    try:
+        dewy.wait_for("deployed", version="v1.0.0", timeout=60)
+        first, second = sorted(app.containers(), key=lambda c: c["labels"]["dewy.replica"])
+        def all_healthy() -> list[dict]:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:  # bounded: until dewy's next health check recorded both
+                replicas = status_json(app.dir)["app"]["replicas"]
+                if len(replicas) == 2 and all(r["healthy"] and r["status"] == "running" for r in replicas):
+                    break
+                time.sleep(0.2)
+            return replicas
+
+        def serving_again(container: dict) -> None:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:  # bounded: the restarted replica answers its health check
+                current = {c["id"]: c for c in app.containers()}.get(container["id"])
+                with contextlib.suppress(OSError):
+                    if current and current["state"] == "running" and get_from(current["ip"], "/health")[0] == 200:
+                        break
+                time.sleep(0.1)
+            time.sleep(1)  # a few polls: dewy has checked it and routes to it again
+
+        with TimedLoop(app.port, max_seconds=60) as loop:
+            app.podman.podman("kill", first["id"])  # crashes: SIGKILL
+            restarted = dewy.wait_for("replica-restarting", timeout=30)
+            assert restarted["container"] == first["name"]
+            serving_again(first)
+            app.podman.podman("rm", "-f", "-t", "0", second["id"])  # removed by hand
+            dewy.wait_for("replica-replaced", timeout=30)
+            replicas = all_healthy()
+            time.sleep(0.5)
+        assert sorted(r["replica"] for r in replicas) == [1, 2] and all(r["healthy"] for r in replicas), replicas
+        assert first["id"] in {r["id"] for r in replicas} and second["id"] not in {r["id"] for r in replicas}
+        assert app.versions() == ["v1.0.0"] * 2
+        assert app.resolve() == {c["ip"] for c in app.containers()}
+        # a request in flight on a replica when it is killed is cut; every other one is forwarded to a live replica
+        assert len(loop.failures) <= 2, loop.failures
+        assert loop.ok > 20
+    finally:
+        stop_dewy(dewy)
+
+
+def test_pull_from_a_registry_with_authentication(podman: PodmanService, tmp_path) -> None:
+    name = f"t{secrets.token_hex(3)}"
+    with OciRegistry(tmp_path / "auth-registry", users={"ci": "s3cret"}) as registry:
+        service = PodmanService(tmp_path / "podman-auth", registry.host)  # only for its CLI environment
+        app = App(name, f"{name}/web", tmp_path / name, free_port(), podman, registry)
+        try:
+            reference = f"{registry.host}/{app.repository}:v1.0.0"
+            service.podman("import", "--change", f"CMD {serve_command()}", "-", reference, input=rootfs("v1.0.0"))
+            service.podman("push", "--tls-verify=false", "--creds", "ci:s3cret", reference)
+            service.podman("rmi", reference)
+            dewy = app.start(env={"DEWY_REGISTRY_USERNAME": "ci", "DEWY_REGISTRY_PASSWORD": "s3cret"})
+            try:
+                dewy.wait_for("deployed", version="v1.0.0", timeout=60)
+                assert get(app.port, "/VERSION") == (200, "v1.0.0")
+                assert not [r for r in dewy.seen if "s3cret" in json.dumps(r)], "the password is never logged"
+            finally:
+                stop_dewy(dewy)
+        finally:
+            podman.cleanup(name, app.repository)
 
 
 def test_docker_runtime_through_podmans_docker_compatible_api(app: App) -> None:
