@@ -467,7 +467,8 @@ def locate(settings: Settings, exc: UsageError) -> UsageError:
         if url and message.startswith(redact(url) + ":"):
             return UsageError(f"{source}:{line_of(lines, (key,))}: {shown}: {message}")
     if message.startswith("cannot listen on"):
-        return UsageError(f"{source}:{line_of(lines, ('server', 'ports'))}: server.ports: {message}")
+        table = "container" if settings.command == "container" else "server"
+        return UsageError(f"{source}:{line_of(lines, (table, 'ports'))}: {table}.ports: {message}")
     return exc
 
 
