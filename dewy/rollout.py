@@ -404,12 +404,12 @@ class Replicas:
             self._draining.pop(container.id, None)
         self._record()
 
-    async def _stop_and_remove(self, container: Container) -> None:
+    async def _stop_and_remove(self, container: Container, why: str | None = None) -> None:
         try:
             await self.runtime.stop(container.id, self.config.stop_timeout)
         except ContainerRuntimeError as exc:
             log.warning("replica-stop-failed", f"cannot stop {container.name}: {exc}", container=container.name)
-        await self._remove(container, f"old replica of {container.version}")
+        await self._remove(container, why or f"old replica of {container.version}, drained")
 
     async def _remove(self, container: Container, why: str) -> None:
         await self._remove_id(container.id, container.name, why)
@@ -519,7 +519,7 @@ class Replicas:
         async with self._lock:
             everything = self.serving + [c for c, _ in self._draining.values()]
             log.info("replicas-stopping", f"stopping {len(everything)} replicas", replicas=[c.name for c in everything])
-            await asyncio.gather(*(self._stop_and_remove(c) for c in everything))
+            await asyncio.gather(*(self._stop_and_remove(c, "dewy is stopping") for c in everything))
             self.serving, self._draining = [], {}
             self.version = None
             self.state.app = None
