@@ -41,7 +41,9 @@ def publish(registry: Path, tag: str, files: dict[str, bytes | str], *, name: st
     directory = registry / tag
     directory.mkdir(parents=True, exist_ok=True)
     data = tar_gz(files)
-    (directory / name).write_bytes(data)
+    staged = directory / f".{name}.uploading"  # published by rename, as a careful CI job does:
+    staged.write_bytes(data)                   # dewy polling meanwhile never sees half a file
+    staged.rename(directory / name)
     if checksums or checksum_override:
         digest = checksum_override or hashlib.sha256(data).hexdigest()
         (directory / "checksums.txt").write_text(f"{digest}  {name}\n")

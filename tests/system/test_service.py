@@ -141,7 +141,12 @@ def test_systemctl_kill_usr1_restarts_the_app_gracefully(demo: Demo) -> None:
     dewy_pid, app_pid = demo.dewy_pid(), demo.app_env()["pid"]
     with ClientLoop(demo.port) as client:
         demo.m.systemctl("kill", "-s", "USR1", "dewy@demo")
-        demo.m.wait_until(lambda: demo.m.journal("dewy@demo.service", DEWY_EVENT="restarted"), 30, what="restarted")
+        outcome = demo.m.wait_until(lambda: [r for r in demo.m.journal("dewy@demo.service")
+                                             if r.get("DEWY_EVENT") in ("restarted", "restart-failed")], 60,
+                                    what="the restart's outcome")
+        assert outcome[0]["DEWY_EVENT"] == "restarted", outcome[0]["MESSAGE"]
+        demo.m.wait_until(lambda: demo.m.journal("dewy@demo.service", DEWY_EVENT="app-stopped", DEWY_GENERATION="1"),
+                          30, what="generation 1 to drain and stop")
     assert client.failures == []
     assert demo.dewy_pid() == dewy_pid
     env = demo.app_env()
