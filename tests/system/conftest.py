@@ -40,6 +40,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.system)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Keep each phase's report on the item, so machine teardown knows whether the test failed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     if _timings:
         terminalreporter.section("nspawn machines")
@@ -154,6 +162,15 @@ def machine_factory(system_rootfs: Path, install_kind: str, request: pytest.Fixt
         yield boot
     finally:
         errors = []
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:
+            for m in machines:          # what systemd and dewy said, in the failed test's output
+                try:
+                    journal = m.run(["journalctl", "-b", "--no-pager", "-o", "short-precise", "-n", "150"],
+                                    check=False, timeout=20).stdout
+                except Exception as exc:        # the machine may be the thing that broke
+                    journal = f"(no journal: {exc})"
+                print(f"--- journal of {m.name}, last 150 lines\n{journal}")
         for m in reversed(machines):
             _timings.append((request.node.nodeid, m.name, m.boot_seconds, m.install_seconds, m.overlay, m.install_kind))
             try:
