@@ -27,8 +27,10 @@ Moving an alias without cutting connections: a network alias can only be changed
 disconnecting the container from the network and connecting it again. dewy reconnects
 with the same IP and MAC address (``static_ips``/``static_mac``), so established TCP
 connections to that replica survive (the kernel keeps the sockets; the address is back
-within milliseconds). If the runtime refuses the same address, the old replica keeps
-the alias until its drain ends instead.
+within milliseconds). Docker allows that only on networks created with a subnet, which
+is how dewy creates ``dewy-APP`` there. If the runtime still refuses the address, the
+replica is connected with a new one and connections open to it are cut (logged as
+``alias-address``).
 
 Adoption (a restarted dewy, or one that was killed): the runtime is asked for every
 container labelled ``dewy.app=APP``. The replicas recorded as serving in the state file

@@ -43,11 +43,25 @@ class DockerRuntime:
         return await in_thread(f"docker pull {reference}", pull)
 
     async def ensure_network(self, name: str, labels: dict[str, str]) -> None:
+        """A user-defined bridge network (Docker's embedded DNS: aliases resolve) with a pinned subnet.
+
+        Docker reconnects a container with its old address (what keeps connections open while dewy moves
+        the alias) only on networks whose subnet was given at creation: dewy lets Docker pick a free
+        subnet, then creates the network again with that subnet given explicitly.
+        """
+
         def ensure() -> None:
             if self.api.networks(names=[name]):
                 return
-            try:  # user-defined bridge networks have Docker's embedded DNS: aliases resolve
-                self.api.create_network(name, driver="bridge", labels=labels, check_duplicate=True)
+            try:
+                created = self.api.create_network(name, driver="bridge", labels=labels, check_duplicate=True)
+                config = (self.api.inspect_network(created["Id"]).get("IPAM") or {}).get("Config") or []
+                pools = [self._docker.types.IPAMPool(subnet=c["Subnet"], gateway=c.get("Gateway"))
+                         for c in config if c.get("Subnet")]
+                if pools:
+                    self.api.remove_network(created["Id"])
+                    self.api.create_network(name, driver="bridge", labels=labels, check_duplicate=True,
+                                            ipam=self._docker.types.IPAMConfig(pool_configs=pools))
             except Exception:
                 if not self.api.networks(names=[name]):
                     raise
