@@ -141,3 +141,29 @@ def test_stopped_accepting_keeps_connections_waiting_in_the_backlog() -> None:
         server.close()
 
     run(main())
+
+
+def test_a_connect_that_fails_after_the_switch_goes_to_the_new_backends() -> None:
+    import socket
+
+    async def main() -> None:
+        server, alive = await backend("new")
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(0)  # never accepts: once its queue is full, a connect hangs (SYNs are dropped)
+        filler = [socket.create_connection(blocker.getsockname(), timeout=2)]  # the one place in its queue
+        with HeldSockets([("127.0.0.1", 0)]) as sockets:
+            proxy = TcpProxy(sockets)
+            proxy.set_backends([blocker.getsockname()])
+            proxy.start()
+            answer = asyncio.create_task(ask(sockets.addresses[0][1], "late"))
+            await asyncio.sleep(0.3)
+            proxy.set_backends([alive])  # the switch, while the connect to the old backend hangs
+            assert await answer == "new late"
+            assert proxy.refused == 0
+            proxy.close()
+        for sock in (*filler, blocker):
+            sock.close()
+        server.close()
+
+    run(main())
