@@ -13,8 +13,9 @@ that passed their health check (their IP on dewy's network and the container por
 A rollout replaces the backend set in one assignment (:meth:`TcpProxy.set_backends`):
 every connection accepted afterwards goes to the new replicas, and connections already
 forwarded to old replicas carry on untouched until they finish (the drain). A backend
-that refuses or does not answer the connect is skipped for a moment and the next one
-is tried; nothing was sent yet, so the client never notices.
+that refuses or does not answer the connect is tried last for a while and the next one
+is tried; nothing was sent yet, so the client never notices. While no replica accepts
+at all (the only one restarting), a connection waits up to 3 s for one to.
 
 Bytes are relayed with asyncio protocols and flow control (a slow reader pauses its
 peer), half-closes are passed on. The proxy is layer 4: HTTP keep-alive connections
@@ -38,8 +39,12 @@ from collections.abc import Iterable
 from dewy import log
 from dewy.sockets import HeldSockets
 
-CONNECT_TIMEOUT = 1.5  # replicas are on a local bridge: a connect takes well under a millisecond
-# (over 1 s lets a SYN lost while a replica is being reconnected be sent again)
+# Replicas are on a local bridge: the kernel completes a handshake in well under a millisecond,
+# whatever the app is doing. A connect that takes longer lost its SYN (the network is being changed
+# under it) and is tried again at once rather than after TCP's 1 s retransmission timeout.
+ATTEMPT_TIMEOUT = 0.25
+CONNECT_BUDGET = 3.0  # how long a client's connection waits for some replica to take it before it is closed
+RETRY_PAUSE = 0.05  # between two rounds over the backends (while none accepts, e.g. the only one restarts)
 DOWN_FOR = 5.0  # a backend that failed a connect is tried last for this long (until the next health check)
 ACCEPT_BATCH = 64
 
@@ -257,52 +262,58 @@ class TcpProxy:
         return up + [b for b in ordered if b not in up]
 
     async def _forward(self, conn: socket.socket) -> None:
+        """Connect to a backend (round robin, the current set on each round), then relay; close ``conn`` if no
+        backend took it within CONNECT_BUDGET."""
         loop = self._loop
-        tried: list[str] = []
-        failed: set[Backend] = set()
-        backends = self._backends
-        candidates = self._candidates(backends)
-        while candidates:
-            backend = candidates.pop(0)
-            relay = _Relay(self, backend)
-            try:
-                async with asyncio.timeout(CONNECT_TIMEOUT):
-                    await loop.create_connection(lambda: relay.server, backend[0], backend[1])
-            except (OSError, TimeoutError) as exc:
-                self._down[backend] = loop.time() + DOWN_FOR
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timeout"
-                tried.append(f"{backend[0]}:{backend[1]} ({reason})")
-                failed.add(backend)
-                if not candidates and self._backends is not backends:  # switched meanwhile: try the new set
-                    backends = self._backends
-                    candidates = [b for b in self._candidates(backends) if b not in failed]
-                continue
-            except asyncio.CancelledError:
-                conn.close()
-                raise
-            self._down.pop(backend, None)
-            self._relays.add(relay)
-            try:
-                await loop.connect_accepted_socket(lambda: relay.client, sock=conn)
-            except OSError:
-                relay.close()
+        deadline = loop.time() + CONNECT_BUDGET
+        tried: dict[Backend, str] = {}
+        while True:
+            candidates = self._candidates(self._backends)
+            for backend in candidates:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                relay = _Relay(self, backend)
+                try:
+                    async with asyncio.timeout(min(ATTEMPT_TIMEOUT, remaining)):
+                        await loop.create_connection(lambda: relay.server, backend[0], backend[1])
+                except (OSError, TimeoutError) as exc:
+                    self._down[backend] = loop.time() + DOWN_FOR
+                    tried[backend] = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
+                    continue
+                except asyncio.CancelledError:
+                    conn.close()
+                    raise
+                self._down.pop(backend, None)
+                await self._wire(relay, conn)
                 return
-            # what the backend did before the client side was wired up (a greeting, a close)
-            client = relay.client.transport
-            if client is not None:
-                for chunk in relay.server.pending:
-                    client.write(chunk)
-                relay.server.pending.clear()
-                if relay.closed:
-                    client.close()
-                elif relay.server.eof:
-                    with contextlib.suppress(OSError, RuntimeError):
-                        client.write_eof()
-            return
+            if not candidates or deadline - loop.time() <= RETRY_PAUSE:
+                break
+            await asyncio.sleep(RETRY_PAUSE)
         self.refused += 1
-        log.warning("proxy-no-backend", "closed a connection: no healthy replica could be reached"
-                    + (f" (tried {', '.join(tried)})" if tried else " (none is serving)"))
+        log.warning("proxy-no-backend", f"closed a connection: no replica took it within {CONNECT_BUDGET:g}s"
+                    + (f" (tried {', '.join(f'{h}:{p} ({why})' for (h, p), why in tried.items())})" if tried
+                       else " (none is serving)"))
         conn.close()
+
+    async def _wire(self, relay: _Relay, conn: socket.socket) -> None:
+        self._relays.add(relay)
+        try:
+            await self._loop.connect_accepted_socket(lambda: relay.client, sock=conn)
+        except OSError:
+            relay.close()
+            return
+        # what the backend did before the client side was wired up (a greeting, a close)
+        client = relay.client.transport
+        if client is not None:
+            for chunk in relay.server.pending:
+                client.write(chunk)
+            relay.server.pending.clear()
+            if relay.closed:
+                client.close()
+            elif relay.server.eof:
+                with contextlib.suppress(OSError, RuntimeError):
+                    client.write_eof()
 
     def _finished(self, relay: _Relay) -> None:
         self._relays.discard(relay)
