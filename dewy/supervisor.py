@@ -67,6 +67,8 @@ PROBE_TIMEOUT = 5.0
 # The shim needs sys.executable to be a Python interpreter (not a frozen binary); ~15-25 ms.
 _SHIM = """
 import ctypes, json, os, signal, sys
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # discards a SIGUSR1 meant for dewy (blocked since the spawn)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
 options, command = json.loads(sys.argv[1]), sys.argv[2:]
 if options["parent"]:
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)
@@ -76,7 +78,7 @@ if options["gate"] is not None and os.read(options["gate"], 1) != b"1":
     os._exit(1)
 count = options["count"]
 os.closerange(3 + count, os.sysconf("SC_OPEN_MAX"))
-for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGUSR1):
     signal.signal(sig, signal.SIG_DFL)
 if count:
     os.environ["LISTEN_PID"] = str(os.getpid())
@@ -103,6 +105,10 @@ except (OSError, KeyError) as exc:
 # reach the app unless dewy sets them for this generation.
 _PROTOCOL_VARS = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "SERVER_STARTER_PORT", "SERVER_STARTER_GENERATION")
 _DEFAULT_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
+# `systemctl kill -s USR1 dewy@NAME` signals every process in dewy's cgroup, again and again
+# until none is new, so it also hits a generation dewy spawns in answer, before systemd has
+# moved it into its own scope: blocked at the spawn, the shim discards it.
+_BLOCKED_AT_SPAWN = {signal.SIGUSR1}
 
 
 class _Generation:
@@ -355,7 +361,7 @@ class Supervisor:
                        "count": count, "workdir": str(self.workdir), "user": self.user, "group": self.group}
             argv = [sys.executable, "-I", "-S", "-c", _SHIM, json.dumps(options), *self.command]
             pid = os.posix_spawn(sys.executable, argv, env, file_actions=actions, setpgroup=0,
-                                 setsigdef=_DEFAULT_SIGNALS, setsigmask=())
+                                 setsigdef=_DEFAULT_SIGNALS, setsigmask=_BLOCKED_AT_SPAWN)
         except OSError as exc:
             if gate:
                 os.close(gate[1])
