@@ -84,7 +84,10 @@ def test_unreachable_backend_is_skipped_and_no_backend_closes() -> None:
             proxy.start()
             assert [await ask(port, str(i)) for i in range(4)] == [f"alive {i}" for i in range(4)]
             proxy.set_backends([])
-            assert await ask(port) == ""  # closed: nothing to forward to
+            try:  # closed: nothing to forward to (EOF, or a reset if the request was still unread)
+                assert await ask(port) == ""
+            except ConnectionResetError:
+                pass
             assert proxy.refused == 1
             proxy.close()
         server.close()
