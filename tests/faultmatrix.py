@@ -35,6 +35,7 @@ from tests.harness import APP, ClientLoop, Dewy, free_port, get
 
 TOKEN = "ghp_fault_matrix_secret"
 OWNER, REPO = "acme", "app"
+PROMPT_STOP = 5.0  # seconds from SIGTERM to dewy's exit that count as prompt, whatever is in flight
 WAIT = 120  # the longest any single step of a scenario may take (a hanging peer takes dewy's network deadline)
 
 
@@ -232,6 +233,10 @@ class Stopped(Outcome):
     stop_seconds: float = 0.0  # SIGTERM to dewy's exit
     exit_code: int | None = None
 
+    @property
+    def ok(self) -> bool:
+        return super().ok and self.exit_code == 0 and self.stop_seconds < PROMPT_STOP
+
 
 def sigterm_during_download(workdir: Path) -> Stopped:
     """SIGTERM while a 50 MB release downloads at 1 MB/s: dewy stops within seconds and leaves nothing half-done;
@@ -256,7 +261,7 @@ def sigterm_during_download(workdir: Path) -> Stopped:
         s.proxy.mode = FORWARD
         restarted = time.monotonic()
         dewy = s.start()
-        dewy.wait_for("deployed", version="v1.1.0", timeout=WAIT)
+        dewy.wait_for(("deployed", "up-to-date"), version="v1.1.0", timeout=WAIT)  # up to date: the stop waited for it
         outcome.recovered_in = time.monotonic() - restarted
         outcome.requests, outcome.failed = client.ok + len(client.failures), list(client.failures)
         outcome.log = list(dewy.seen)
