@@ -5,12 +5,16 @@ Podman runs on the host, not in the machine: the machine shares the host's netwo
 where nspawn grants no CAP_NET_ADMIN, so Podman inside could not create its bridge networks.
 The host's Podman API service (tests/podman.py) has its socket directory bound into the machine at
 /run/podman, so the socket is /run/podman/podman.sock, where ``podman.socket`` puts it on a real host.
+For shutdown, where what matters is the order in which systemd stops units, the machine has
+``podman.socket`` itself (Debian's unit) activating a ``podman.service`` that forwards to the host's
+Podman (systemd-socket-proxyd), as a host running Podman from its socket would.
 dewy's proxy holds the host port inside the machine; the client loop on the host counts every failed
 request through it, and the replicas' addresses on the podman network are reachable from both sides.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -27,6 +31,23 @@ from tests.system.nspawn import Machine
 pytestmark = pytest.mark.system
 
 SOCKET_DIR = "/run/podman"  # podman.socket's directory: runtime = "podman" finds podman.sock there
+HOST_SOCKET_DIR = "/run/host-podman"  # where the host's socket is when the machine has podman.socket
+PODMAN_SOCKET_UNIT = """[Unit]
+Description=Podman API Socket
+[Socket]
+ListenStream=%t/podman/podman.sock
+SocketMode=0660
+[Install]
+WantedBy=sockets.target
+"""
+PODMAN_SERVICE_UNIT = f"""[Unit]
+Description=Podman API Service (forwarding to the host's Podman)
+Requires=podman.socket
+After=podman.socket
+[Service]
+Type=exec
+ExecStart=/usr/lib/systemd/systemd-socket-proxyd {HOST_SOCKET_DIR}/podman.sock
+"""
 
 
 @dataclass
@@ -83,17 +104,39 @@ runtime = "podman"
         return self.m.pid_of(self.unit)
 
 
-@pytest.fixture
-def instance(machine_factory: Callable[..., Machine], podman: PodmanService,  # noqa: F811
-             registry: OciRegistry) -> Iterator[Instance]:  # noqa: F811
+@contextlib.contextmanager
+def booted(machine_factory: Callable[..., Machine], podman: PodmanService, registry: OciRegistry,  # noqa: F811
+           socket_dir: str) -> Iterator[Instance]:
+    """A machine with the deb installed and the host's Podman socket directory bound at ``socket_dir``."""
     name = f"t{secrets.token_hex(3)}"
-    machine = machine_factory(install="deb", bind=[(podman.dir, SOCKET_DIR)])
+    machine = machine_factory(install="deb", bind=[(podman.dir, socket_dir)])
     instance = Instance(machine, podman, registry, name, free_port())
     try:
         yield instance
     finally:
-        machine.systemctl("stop", instance.unit, check=False, timeout=120)  # before the cleanup: nothing recreates
+        if machine.alive:  # stopped before the cleanup: nothing recreates the replicas
+            machine.systemctl("stop", instance.unit, check=False, timeout=120)
         podman.cleanup(name, instance.repository)
+
+
+@pytest.fixture
+def instance(machine_factory: Callable[..., Machine], podman: PodmanService,  # noqa: F811
+             registry: OciRegistry) -> Iterator[Instance]:  # noqa: F811
+    """dewy@NAME's machine, the host's Podman socket at /run/podman/podman.sock."""
+    with booted(machine_factory, podman, registry, SOCKET_DIR) as instance:
+        yield instance
+
+
+@pytest.fixture
+def activated(machine_factory: Callable[..., Machine], podman: PodmanService,  # noqa: F811
+              registry: OciRegistry) -> Iterator[Instance]:  # noqa: F811
+    """dewy@NAME's machine with ``systemctl enable --now podman.socket``, its service forwarding to the host's Podman."""
+    with booted(machine_factory, podman, registry, HOST_SOCKET_DIR) as instance:
+        instance.m.write("/etc/systemd/system/podman.socket", PODMAN_SOCKET_UNIT)
+        instance.m.write("/etc/systemd/system/podman.service", PODMAN_SERVICE_UNIT)
+        instance.m.systemctl("daemon-reload")
+        instance.m.systemctl("enable", "--now", "podman.socket")
+        yield instance
 
 
 def start(instance: Instance) -> None:
@@ -176,3 +219,12 @@ def test_systemctl_stop_removes_the_replicas(instance: Instance) -> None:
     with pytest.raises(OSError):
         get(instance.port, timeout=1)
     assert instance.m.failed_units() == []
+
+
+def test_poweroff_removes_the_replicas_before_podman_stops(activated: Instance) -> None:
+    start(activated)
+    assert activated.m.is_active("podman.service") == "active", "dewy reached Podman through podman.socket"
+    assert len(activated.containers()) == 2
+    activated.m.poweroff(timeout=60)
+    assert activated.m.process.returncode == 0, "the machine powered off by itself, nothing was killed"
+    assert activated.containers() == [], "dewy stopped and removed its replicas while Podman still answered"
