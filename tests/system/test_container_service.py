@@ -30,7 +30,7 @@ from tests.system.nspawn import Machine
 
 pytestmark = pytest.mark.system
 
-SOCKET_DIR = "/run/podman"  # podman.socket's directory: runtime = "podman" finds podman.sock there
+SOCKET_DIR = "/run/podman"  # podman.socket's directory: dewy finds podman.sock there with no runtime setting
 HOST_SOCKET_DIR = "/run/host-podman"  # where the host's socket is when the machine has podman.socket
 PODMAN_SOCKET_UNIT = """[Unit]
 Description=Podman API Socket
@@ -82,7 +82,6 @@ health_path = "/health"
 health_timeout = "10s"
 drain_time = "2s"
 stop_timeout = "2s"
-runtime = "podman"
 """)
 
     def events(self, event: str, **fields: str) -> list[dict]:
@@ -165,6 +164,7 @@ def test_enable_now_brings_the_replicas_up_behind_the_host_port(instance: Instan
     assert get(instance.port, "/VERSION") == (200, "v1.0.0")
     status = json.loads(instance.m.run(["dewy", "status", instance.name, "--json"]).stdout)
     assert status["version"] == "v1.0.0" and status["app"]["mode"] == "container"
+    assert status["app"]["runtime"] == "podman", "no runtime setting: found /run/podman/podman.sock"
     assert sorted(r["id"] for r in status["app"]["replicas"]) == sorted(c["id"] for c in replicas)
     assert all(r["healthy"] for r in status["app"]["replicas"])
 
