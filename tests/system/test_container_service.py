@@ -6,7 +6,7 @@ where nspawn grants no CAP_NET_ADMIN, so Podman inside could not create its brid
 The host's Podman API service (tests/podman.py) has its socket directory bound into the machine at
 /run/podman, so the socket is /run/podman/podman.sock, where ``podman.socket`` puts it on a real host.
 For shutdown, where what matters is the order in which systemd stops units, the machine has
-``podman.socket`` itself (Debian's unit) activating a ``podman.service`` that forwards to the host's
+``podman.socket`` itself (Debian's settings) activating a ``podman.service`` that forwards to the host's
 Podman (systemd-socket-proxyd), as a host running Podman from its socket would.
 dewy's proxy holds the host port inside the machine; the client loop on the host counts every failed
 request through it, and the replicas' addresses on the podman network are reachable from both sides.
@@ -104,7 +104,7 @@ stop_timeout = "2s"
 
 
 @contextlib.contextmanager
-def booted(machine_factory: Callable[..., Machine], podman: PodmanService, registry: OciRegistry,  # noqa: F811
+def booted(machine_factory: Callable[..., Machine], podman: PodmanService, registry: OciRegistry,
            socket_dir: str) -> Iterator[Instance]:
     """A machine with the deb installed and the host's Podman socket directory bound at ``socket_dir``."""
     name = f"t{secrets.token_hex(3)}"
@@ -119,16 +119,16 @@ def booted(machine_factory: Callable[..., Machine], podman: PodmanService, regis
 
 
 @pytest.fixture
-def instance(machine_factory: Callable[..., Machine], podman: PodmanService,  # noqa: F811
-             registry: OciRegistry) -> Iterator[Instance]:  # noqa: F811
+def instance(machine_factory: Callable[..., Machine], podman: PodmanService,
+             registry: OciRegistry) -> Iterator[Instance]:
     """dewy@NAME's machine, the host's Podman socket at /run/podman/podman.sock."""
     with booted(machine_factory, podman, registry, SOCKET_DIR) as instance:
         yield instance
 
 
 @pytest.fixture
-def activated(machine_factory: Callable[..., Machine], podman: PodmanService,  # noqa: F811
-              registry: OciRegistry) -> Iterator[Instance]:  # noqa: F811
+def activated(machine_factory: Callable[..., Machine], podman: PodmanService,
+              registry: OciRegistry) -> Iterator[Instance]:
     """dewy@NAME's machine with ``systemctl enable --now podman.socket``, its service forwarding to the host's Podman."""
     with booted(machine_factory, podman, registry, HOST_SOCKET_DIR) as instance:
         instance.m.write("/etc/systemd/system/podman.socket", PODMAN_SOCKET_UNIT)
