@@ -1,4 +1,4 @@
-"""Real Podman for container-mode tests (see ../shared/TESTBED.md): packages, the API service, tiny images.
+"""Real Podman for container-mode tests: packages, the API service, tiny images.
 
 - :func:`ensure_packages` installs podman, runc, aardvark-dns and busybox-static with apt
   when they are missing (a failure skips, and in CI fails, the test).

@@ -1,6 +1,6 @@
 """Real systemd as PID 1 for system tests: a cached Debian root booted with systemd-nspawn.
 
-The machine running the tests has no systemd of its own (see ../shared/TESTBED.md), so
+The machine running the tests has no systemd of its own, so
 ``--register=no --keep-unit`` are required and each container gets its own cgroup here
 (nspawn would otherwise put every container into the same ``/payload`` cgroup at the root
 of the hierarchy, and two machines booted at once would share it).
