@@ -2,7 +2,8 @@
 
 ``dewy.proto`` is the wire contract with registry servers (docs/grpc.md).
 ``dewy_pb2`` (messages) and ``dewy_pb2_grpc`` (stub and servicer) are generated;
-do not edit them. After changing the .proto, regenerate from the repository root with grpcio-tools (a test dependency)::
+do not edit them. After changing the .proto, regenerate from the repository root
+with grpcio-tools (a test dependency)::
 
     .venv/bin/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. dewy/proto/dewy.proto
 
