@@ -72,6 +72,7 @@ rm -f "$root/.gitignore"
 sed -i -e 's/^include-system-site-packages = .*/include-system-site-packages = true/' -e '/^command = /d' "$root/pyvenv.cfg"
 # pip's record of where dewy was installed from (the build directory)
 rm -f "$site"/dewy-*.dist-info/direct_url.json
+sed -i '\#/direct_url\.json,#d' "$site"/dewy-*.dist-info/RECORD
 
 # botocore: only the service models that dewy's code paths load
 data=$site/botocore/data
