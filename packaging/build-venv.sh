@@ -61,6 +61,9 @@ rm -rf "$site/_distutils_hack" "$site/distutils-precedence.pth" "$site/pkg_resou
 for f in "$root"/bin/*; do
     case ${f##*/} in python|python3|python3.*) ;; *) rm -f "$f" ;; esac
 done
+# ... and their lines in the RECORD files (the hashes of scripts whose shebang named the build
+# directory: left in, two builds of the same tree would differ)
+sed -i '\#^\.\./\.\./\.\./bin/#d' "$site"/*.dist-info/RECORD
 rm -rf "$root/include"
 # Python 3.13's venv writes a .gitignore (for checkouts), which has no place in a package
 rm -f "$root/.gitignore"
@@ -69,6 +72,7 @@ rm -f "$root/.gitignore"
 sed -i -e 's/^include-system-site-packages = .*/include-system-site-packages = true/' -e '/^command = /d' "$root/pyvenv.cfg"
 # pip's record of where dewy was installed from (the build directory)
 rm -f "$site"/dewy-*.dist-info/direct_url.json
+sed -i '\#/direct_url\.json,#d' "$site"/dewy-*.dist-info/RECORD
 
 # botocore: only the service models that dewy's code paths load
 data=$site/botocore/data

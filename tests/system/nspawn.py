@@ -1,6 +1,6 @@
 """Real systemd as PID 1 for system tests: a cached Debian root booted with systemd-nspawn.
 
-The machine running the tests has no systemd of its own (see ../shared/TESTBED.md), so
+The machine running the tests has no systemd of its own, so
 ``--register=no --keep-unit`` are required and each container gets its own cgroup here
 (nspawn would otherwise put every container into the same ``/payload`` cgroup at the root
 of the hierarchy, and two machines booted at once would share it).
@@ -730,9 +730,12 @@ def _find_init(nspawn_pid: int) -> int | None:
 
 
 def boot(lower: Path, *, name: str | None = None, bind: Iterable = (), bind_ro: Iterable = (),
-         console_dir: Path | None = None, timeout: float = 90, cache: Path = CACHE) -> Machine:
+         console_dir: Path | None = None, timeout: float = 90, cache: Path = CACHE,
+         options: Sequence[str] = ()) -> Machine:
     """Boot a throwaway copy of ``lower`` and wait until systemd says running (or degraded).
 
+    options: more systemd-nspawn options (e.g. ``--capability=all`` for a machine that runs
+    containers or machines of its own).
     bind / bind_ro: host paths (bound at the same path inside) or (host, inside) pairs.
     The machine always has ``share``: a fresh host dir bound read-write at the same path.
     console_dir: where the boot console log goes (default: the machine dir, deleted with it).
@@ -764,7 +767,7 @@ def boot(lower: Path, *, name: str | None = None, bind: Iterable = (), bind_ro: 
             _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
         cmd = ["systemd-nspawn", "--quiet", "-D", str(root), "-M", name, "--register=no", "--keep-unit",
-               "--link-journal=no", "--console=read-only", *[b.option() for b in all_binds], "-b"]
+               "--link-journal=no", "--console=read-only", *[b.option() for b in all_binds], *options, "-b"]
         env = {"PATH": os.environ.get("PATH", CONTAINER_PATH), "TERM": "dumb", "SYSTEMD_COLORS": "0"}
         if systemd_version(lower) >= 256:
             # systemd 256+ refuses to boot on cgroup v1 (this host's layout may be legacy or

@@ -35,7 +35,7 @@ REPO = nspawn.REPO
 VENV = nspawn.PACKAGED_VENV
 CONFFILES = ["/etc/dewy/example-assets.toml", "/etc/dewy/example-server.toml", "/etc/dewy/example.env"]
 
-# Every backend of DESIGN.md, dewy's module and the library under it, imported by the package's
+# Every backend, dewy's module and the library under it, imported by the package's
 # interpreter; boto3 builds a client for every service model the package keeps (build-venv.sh).
 IMPORT_EVERYTHING = r"""
 import importlib, json, ssl, sys

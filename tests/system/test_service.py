@@ -1,4 +1,4 @@
-"""dewy@.service under a real systemd (PID 1 in systemd-nspawn): DESIGN.md section 8, each behaviour its own test.
+"""dewy@.service under a real systemd (PID 1 in systemd-nspawn), each behaviour its own test.
 
 The machine shares the host's network namespace, so the client loop runs on the host
 against the app's port, and the file:// registry is a host directory bound into the
