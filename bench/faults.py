@@ -1,7 +1,7 @@
 """The fault matrix: every fault of tests/faultmatrix.py injected around a real dewy, one row each.
 
     .venv/bin/python bench/faults.py              # all rows (about 4 minutes)
-    .venv/bin/python bench/faults.py disk_full    # some of them
+    .venv/bin/python bench/faults.py disk_full_download    # some of them
 
 Per fault: requests that failed while it lasted (a client loop on the app's port), whether the old
 version kept serving, how long dewy took to recover by itself once the fault cleared (to the next
@@ -24,7 +24,8 @@ from tests import faultmatrix  # noqa: E402
 from tests.faultinject import HANG, TRICKLE  # noqa: E402
 
 SCENARIOS = {
-    "disk_full": (faultmatrix.disk_full, True),
+    "disk_full_download": (lambda d: faultmatrix.disk_full(d, "download"), True),
+    "disk_full_extraction": (lambda d: faultmatrix.disk_full(d, "extraction"), True),
     "read_only": (faultmatrix.read_only_during_deploy, True),
     "registry_hangs": (lambda d: faultmatrix.registry_unresponsive(d, HANG), False),
     "registry_trickles": (lambda d: faultmatrix.registry_unresponsive(d, TRICKLE), False),

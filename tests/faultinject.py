@@ -30,7 +30,6 @@ class FaultProxy:
         self.upstream = upstream
         self.rate = rate
         self.trickle_every = trickle_every
-        self.accepted = 0
         self.answered = 0  # bytes relayed from upstream to the clients
         self._mode = mode
         self._changed = threading.Condition()
@@ -64,7 +63,6 @@ class FaultProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            self.accepted += 1
             try:
                 server = socket.create_connection(self.upstream, timeout=5)
             except OSError:
@@ -82,24 +80,18 @@ class FaultProxy:
         return not self._closed
 
     def _pump(self, source: socket.socket, sink: socket.socket, answer: bool) -> None:
+        """Relay one direction; the mode applies to every byte sent after it changed, even of a chunk read before."""
         try:
-            while True:
-                mode = self._mode
-                size = 1 if answer and mode == TRICKLE else 1 << 16
-                if answer and mode == THROTTLE:
-                    size = max(min(size, self.rate // 20), 1)
-                data = source.recv(size)
-                if not data or not self._wait_while_hung():
-                    break
-                sink.sendall(data)
-                if answer:
-                    with self._changed:
-                        self.answered += len(data)
-                        self._changed.notify_all()
-                if answer and self._mode == TRICKLE:
-                    time.sleep(self.trickle_every)
-                elif answer and self._mode == THROTTLE:
-                    time.sleep(len(data) / self.rate)
+            while data := source.recv(1 << 16):
+                while data:
+                    if not self._wait_while_hung():
+                        return
+                    mode = self._mode if answer else FORWARD
+                    piece = data[:1] if mode == TRICKLE else data[:max(self.rate // 20, 1)] if mode == THROTTLE else data
+                    sink.sendall(piece)
+                    data = data[len(piece):]
+                    if answer:
+                        self._relayed(len(piece), mode)
         except OSError:
             pass
         finally:
@@ -108,6 +100,15 @@ class FaultProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def _relayed(self, size: int, mode: str) -> None:
+        """Count an answer's bytes; then the pause the mode asks for (cut short when the mode changes)."""
+        pause = self.trickle_every if mode == TRICKLE else size / self.rate if mode == THROTTLE else 0.0
+        with self._changed:
+            self.answered += size
+            self._changed.notify_all()
+            if pause:
+                self._changed.wait_for(lambda: self._mode != mode or self._closed, pause)
 
     def close(self) -> None:
         self._closed = True

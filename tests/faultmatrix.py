@@ -140,14 +140,14 @@ def _finish(outcome: Outcome, s: Stage, client: ClientLoop) -> Outcome:
 
 # -- disk faults ---------------------------------------------------------------------------------------------
 
-def disk_full(workdir: Path) -> Outcome:
-    """The cache and releases/ share a small filesystem that another file fills while a 60 MB release downloads;
-    the operator then deletes that file."""
-    outcome = Outcome("disk full during a 60 MB download, then freed")
+def disk_full(workdir: Path, during: str = "download") -> Outcome:
+    """The cache and releases/ share a small filesystem that another file fills while a 60 MB release is deployed
+    (``during`` its download, or its extraction once the download took the rest); then that file is deleted."""
+    outcome = Outcome(f"disk full during a 60 MB release's {during}, then freed")
     with TinyFs(workdir / "disk", 200 << 20) as disk, stage(workdir, disk.path) as s:
         dewy = s.serving()
         with ClientLoop(s.port, max_seconds=2 * WAIT) as client:
-            disk.fill(leave=30 << 20)
+            disk.fill(leave={"download": 30 << 20, "extraction": 90 << 20}[during])
             mark = len(dewy.seen)
             s.publish("v1.1.0", payload=60 << 20)
             dewy.wait_for("deploy-failed", timeout=WAIT)

@@ -37,8 +37,9 @@ def assert_survived(outcome: faultmatrix.Outcome) -> None:
 
 
 @needs_root
-def test_a_disk_filling_up_during_a_download_is_one_line_and_recovered_when_freed(tmp_path) -> None:
-    outcome = faultmatrix.disk_full(tmp_path)
+@pytest.mark.parametrize("during", ["download", "extraction"])
+def test_a_disk_filling_up_during_a_deploy_is_one_line_and_recovered_when_freed(tmp_path, during) -> None:
+    outcome = faultmatrix.disk_full(tmp_path, during)
     assert_survived(outcome)
     assert_one_line_each(outcome.errors)
     failed = next(r for r in outcome.errors if r["event"] == "deploy-failed")
@@ -60,7 +61,8 @@ def test_a_registry_that_stops_answering_is_a_timeout_and_recovered_when_it_answ
     assert_survived(outcome)
     assert_one_line_each(outcome.errors)
     failed = next(r for r in outcome.errors if r["event"] == "deploy-failed")
-    assert re.search(r"time(d)? ?out|deadline|no answer", failed["msg"], re.I), failed["msg"]
+    assert re.search(r"time(d)? ?out|deadline|no (complete )?answer|stall", failed["msg"], re.I), failed["msg"]
+    assert "127.0.0.1:" in failed["msg"], "the error names the registry it waited for"
     assert outcome.recovered_in < 30
 
 

@@ -38,7 +38,7 @@ def test_dbus_stopped_during_a_deploy_and_started_again(demo: Demo) -> None:
     dewy_pid = demo.dewy_pid()
     with ClientLoop(demo.port, max_seconds=80) as client:
         demo.release("v1.1.0")
-        failure = demo.m.wait_until(lambda: events(demo, "deploy-failed", "rollback", "internal-error"), 40,
+        failure = demo.m.wait_until(lambda: events(demo, "deploy-failed", "rollback"), 40,
                                     what="dewy to report the deploy it could not finish without the bus")
         assert demo.m.is_active("dbus.service") != "active"
         assert get(demo.port)[1] == "v1.0.0", "the running version keeps serving without the bus"
@@ -47,6 +47,7 @@ def test_dbus_stopped_during_a_deploy_and_started_again(demo: Demo) -> None:
         assert get(demo.port)[1] == "v1.1.0"
     assert client.failures == [], f"{len(client.failures)} failed requests: {client.failures[:5]}"
     assert failure[0]["DEWY_EVENT"] != "rollback", "a bus outage is not the release's fault: no quarantine"
+    assert re.search(r"d-?bus", failure[0]["MESSAGE"], re.I), f"the error line names the bus: {failure[0]['MESSAGE']}"
     assert demo.m.is_active("dewy@demo") == "active"
     if demo.dewy_pid() != dewy_pid:  # restarted by systemd (the watchdog, a crash): it must have adopted the app
         assert events(demo, "app-adopted")
