@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 
 SUITE = "bookworm"
 INCLUDE = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "python3-systemd",
-           "procps", "iproute2", "curl")
+           "procps", "iproute2", "curl", "python3-apt")
 # Units that would fire at random moments during a test (apt runs against the network, fstrim, ...).
 MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
                 "e2scrub_all.timer", "fstrim.timer", "e2scrub_reap.service")
