@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -170,3 +171,25 @@ def test_the_role_installs_runs_and_converges_several_instances(machine_factory:
     leaked = [i for i, output in enumerate(playbook.outputs, 1) if SECRET_MARKER in output]
     assert leaked == [], f"the secret appears in the output of run(s) {leaked}"
     assert m.failed_units() == []
+
+
+def test_the_role_installs_dewy_by_name_from_a_configured_apt_repository(machine_factory: Callable[..., Machine],
+                                                                       dewy_deb: Path, tmp_path: Path) -> None:
+    """Without dewy_package_file, dewy_package_name comes from the host's repositories: here a flat
+    repository holding the .deb, the only source the machine has (it has no network)."""
+    repository = tmp_path / "apt"
+    repository.mkdir()
+    shutil.copy2(dewy_deb, repository / dewy_deb.name)
+    index = subprocess.run(["dpkg-scanpackages", "--multiversion", "."], cwd=repository, capture_output=True,
+                           text=True, check=True, timeout=60).stdout
+    (repository / "Packages").write_text(index)
+    m = machine_factory(bind_ro=[(repository, "/srv/dewy-apt")])
+    m.run("rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*")
+    m.write("/etc/apt/sources.list.d/dewy.list", "deb [trusted=yes] file:/srv/dewy-apt ./\n")
+    m.apt_get("update")
+    playbook = Playbook(m, tmp_path / "ansible")
+    first = playbook.run({})
+    assert first.changed_tasks == ["dewy : Install dewy from the package repositories"]
+    assert m.run(["dpkg-query", "-W", "-f", "${Version}", "dewy"]).stdout == dewy_deb.name.split("_")[1]
+    assert m.run(["test", "-e", "/var/cache/dewy-package"], check=False).returncode == 1, "no package file was copied"
+    assert playbook.run({}).changed == 0
