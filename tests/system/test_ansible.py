@@ -10,11 +10,9 @@ directory on the host bound into the machine.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,13 +22,12 @@ from typing import Any
 import pytest
 
 from tests.harness import free_port
-from tests.system import nspawn
 from tests.system.nspawn import Machine
 from tests.system.test_service import Demo
+from tests.test_ansible_role import ansible_environment, ansible_playbook
 
 pytestmark = pytest.mark.system
 
-ROLES = nspawn.REPO / "packaging" / "ansible" / "roles"
 CONNECTION_PLUGINS = Path(__file__).parent / "ansible_plugins" / "connection"
 # Every character systemd's EnvironmentFile= treats specially, and a marker to look for in the output.
 SECRET_MARKER = "s3cr3t-m4rker"
@@ -51,20 +48,14 @@ class Playbook:
 
     def __init__(self, machine: Machine, workdir: Path) -> None:
         self.workdir = workdir
-        self.command = Path(sys.executable).with_name("ansible-playbook")
-        if not self.command.exists():
-            pytest.fail(f"{self.command} is missing: ansible-core is in the test extra (pip install -e '.[test]')")
+        self.command = ansible_playbook()
         workdir.mkdir()
-        (workdir / "ansible.cfg").write_text("")        # no host or user configuration
         (workdir / "inventory.ini").write_text(
             f"{machine.name} ansible_connection=nsenter ansible_nsenter_pid={machine.pid}"
             " ansible_python_interpreter=/usr/bin/python3\n")
         (workdir / "site.yml").write_text("- hosts: all\n  gather_facts: false\n  roles: [dewy]\n")
-        self.env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", "HOME": str(workdir),
-                    "ANSIBLE_CONFIG": str(workdir / "ansible.cfg"), "ANSIBLE_HOME": str(workdir / "home"),
-                    "ANSIBLE_LOCAL_TEMP": str(workdir / "tmp"), "ANSIBLE_ROLES_PATH": str(ROLES),
-                    "ANSIBLE_CONNECTION_PLUGINS": str(CONNECTION_PLUGINS), "ANSIBLE_PIPELINING": "true",
-                    "ANSIBLE_NOCOLOR": "true", "ANSIBLE_RETRY_FILES_ENABLED": "false"}
+        self.env = {**ansible_environment(workdir), "ANSIBLE_CONNECTION_PLUGINS": str(CONNECTION_PLUGINS),
+                    "ANSIBLE_PIPELINING": "true"}
         self.outputs: list[str] = []
 
     def run(self, variables: dict[str, Any]) -> Run:
