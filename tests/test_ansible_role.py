@@ -50,6 +50,24 @@ def _filters() -> Any:
 filters = _filters()
 
 
+def test_instance_settings_have_defaults_and_no_secrets() -> None:
+    instances = [{"name": "shop", "env": {"GITHUB_TOKEN": "s3cret"}}, {"name": "docs.v2", "state": "absent", "config": {"mode": "assets"}}]
+    assert filters.dewy_instance_settings(instances) == [{"name": "shop", "state": "started", "config": {}},
+                                                         {"name": "docs.v2", "state": "absent", "config": {"mode": "assets"}}]
+
+
+@pytest.mark.parametrize(("instances", "message"), [
+    ([{"name": "../etc/passwd"}], "dewy_instances[0]: the name '../etc/passwd' must be letters"),
+    ([{"config": {}}], "dewy_instances[0]: the name None must be letters"),
+    ([{"name": "shop"}, {"name": "shop"}], "dewy_instances[1]: the name 'shop' is used twice"),
+    ({"name": "shop"}, "dewy_instances: expected a list of instances, not a dict"),
+])
+def test_bad_instance_lists_are_one_clear_error(instances: Any, message: str) -> None:
+    with pytest.raises(AnsibleFilterError) as error:
+        filters.dewy_instance_settings(instances)
+    assert str(error.value).startswith(message)
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.name)
 def test_every_example_config_renders_to_the_same_document(example: Path) -> None:
     """dewy reads its file with tomllib: the same document is the same settings."""

@@ -60,7 +60,8 @@ class Playbook:
 
     def run(self, variables: dict[str, Any]) -> Run:
         (self.workdir / "vars.json").write_text(json.dumps(variables))
-        result = subprocess.run([str(self.command), "-i", "inventory.ini", "site.yml", "-e", "@vars.json"],
+        # -v --diff: every result and every file change is shown, so a secret in any would be seen
+        result = subprocess.run([str(self.command), "-v", "--diff", "-i", "inventory.ini", "site.yml", "-e", "@vars.json"],
                                 cwd=self.workdir, env=self.env, capture_output=True, text=True, timeout=600)
         output = result.stdout + result.stderr
         self.outputs.append(output)

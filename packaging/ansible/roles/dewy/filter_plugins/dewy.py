@@ -1,4 +1,4 @@
-"""Filters of the dewy role: a dict as /etc/dewy/NAME.toml, and secrets as /etc/dewy/NAME.env.
+"""Filters of the dewy role: the instances checked, a dict as /etc/dewy/NAME.toml, secrets as NAME.env.
 
 Rendering here rather than in Jinja: TOML and systemd's EnvironmentFile= each have their own
 quoting, and a value with a quote, a backslash, a ``$`` or a newline must come out verbatim.
@@ -13,9 +13,30 @@ from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
+INSTANCE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ENV_SPECIAL = re.compile(r'([\\"$`])')
+
+
+def dewy_instance_settings(instances: Sequence) -> list[dict[str, Any]]:
+    """Each instance's name, state (default started) and config (default {}), without its env.
+
+    The role's loops go over these: Ansible shows a loop's items with -v, and secrets must not
+    be among them. Names are checked here (they become file and unit names), once each.
+    """
+    if isinstance(instances, (str, Mapping)) or not isinstance(instances, Sequence):
+        raise AnsibleFilterError(f"dewy_instances: expected a list of instances, not a {type(instances).__name__}")
+    settings: list[dict[str, Any]] = []
+    for index, instance in enumerate(instances):
+        name = instance.get("name") if isinstance(instance, Mapping) else None
+        if not isinstance(name, str) or not INSTANCE_NAME.fullmatch(name):
+            raise AnsibleFilterError(f"dewy_instances[{index}]: the name {name!r} must be letters, digits, \"_\", \"-\""
+                                     " and \".\" (it names /etc/dewy/NAME.toml and dewy@NAME)")
+        if any(known["name"] == name for known in settings):
+            raise AnsibleFilterError(f"dewy_instances[{index}]: the name {name!r} is used twice")
+        settings.append({"name": name, "state": instance.get("state", "started"), "config": instance.get("config", {})})
+    return settings
 
 
 def _string(text: str) -> str:
@@ -97,4 +118,4 @@ def dewy_env(variables: Mapping) -> str:
 
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"dewy_toml": dewy_toml, "dewy_env": dewy_env}
+        return {"dewy_instance_settings": dewy_instance_settings, "dewy_toml": dewy_toml, "dewy_env": dewy_env}
