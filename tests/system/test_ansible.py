@@ -40,6 +40,7 @@ TASK = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(.+?)\] \**$", re.M)
 class Run:
     output: str
     changed: int
+    failed: int
     changed_tasks: list[str]     # the tasks (and handlers) that reported a change, in order
 
 
@@ -58,19 +59,19 @@ class Playbook:
                     "ANSIBLE_PIPELINING": "true"}
         self.outputs: list[str] = []
 
-    def run(self, variables: dict[str, Any]) -> Run:
+    def run(self, variables: dict[str, Any], *, succeed: bool = True) -> Run:
         (self.workdir / "vars.json").write_text(json.dumps(variables))
         # -v --diff: every result and every file change is shown, so a secret in any would be seen
         result = subprocess.run([str(self.command), "-v", "--diff", "-i", "inventory.ini", "site.yml", "-e", "@vars.json"],
                                 cwd=self.workdir, env=self.env, capture_output=True, text=True, timeout=600)
         output = result.stdout + result.stderr
         self.outputs.append(output)
-        assert result.returncode == 0, f"ansible-playbook exited {result.returncode}:\n{output[-8000:]}"
+        assert (result.returncode == 0) == succeed, f"ansible-playbook exited {result.returncode}:\n{output[-8000:]}"
         recap = RECAP.findall(output)
         assert len(recap) == 1, output[-3000:]
         sections = TASK.split(output)
         changed = [name for name, body in zip(sections[1::2], sections[2::2]) if re.search(r"^changed: ", body, re.M)]
-        return Run(output, int(recap[0][1]), changed)
+        return Run(output, int(recap[0][1]), int(recap[0][3]), changed)
 
 
 def server_config(port: int) -> dict[str, Any]:
@@ -139,7 +140,25 @@ def test_the_role_installs_runs_and_converges_several_instances(machine_factory:
                  what="the restarted dewy@demo to adopt its app")
     assert demo.app_env()["pid"] == app_pid, "the app kept running through dewy's restart"
 
-    # 4: an instance stopped (and its config changed): stopped and disabled, not restarted first,
+    # 4: a typo in a setting: the play fails at that instance's restart and the app keeps serving;
+    # with the setting fixed the next run brings dewy@demo back, and it adopts the app
+    variables["dewy_instances"][0]["config"]["intervall"] = "2s"
+    failed = playbook.run(variables, succeed=False)
+    assert failed.failed == 1
+    assert "Unable to restart service dewy@demo.service" in failed.output
+    assert any("unknown key 'intervall'" in r.get("MESSAGE", "") for r in m.journal("dewy@demo.service")), \
+        "the reason is in dewy@demo's journal (and systemctl status)"
+    assert demo.app_env()["pid"] == app_pid
+    adopted = len(m.journal("dewy@demo.service", DEWY_EVENT="app-adopted"))
+    del variables["dewy_instances"][0]["config"]["intervall"]
+    fixed = playbook.run(variables)
+    assert fixed.changed_tasks == ["dewy : Write /etc/dewy/NAME.toml", "dewy : Restart changed dewy instances"]
+    assert m.is_active("dewy@demo") == "active"
+    m.wait_until(lambda: len(m.journal("dewy@demo.service", DEWY_EVENT="app-adopted")) > adopted, 30,
+                 what="dewy@demo to adopt its app again")
+    assert demo.app_env()["pid"] == app_pid
+
+    # 5: an instance stopped (and its config changed): stopped and disabled, not restarted first,
     # its files kept; the other one untouched
     variables["dewy_instances"][1]["state"] = "stopped"
     variables["dewy_instances"][1]["config"]["interval"] = "2s"
@@ -151,7 +170,7 @@ def test_the_role_installs_runs_and_converges_several_instances(machine_factory:
     assert m.run(["curl", "-s", f"http://127.0.0.1:{ports['api']}/"], check=False).returncode != 0
     assert m.run(["test", "-f", "/etc/dewy/api.toml", "-a", "-f", "/etc/dewy/api.env"], check=False).returncode == 0
 
-    # 5: an instance retired: its files are gone too
+    # 6: an instance retired: its files are gone too
     variables["dewy_instances"][1]["state"] = "absent"
     playbook.run(variables)
     assert m.is_active("dewy@api") == "inactive"
@@ -162,6 +181,8 @@ def test_the_role_installs_runs_and_converges_several_instances(machine_factory:
 
     leaked = [i for i, output in enumerate(playbook.outputs, 1) if SECRET_MARKER in output]
     assert leaked == [], f"the secret appears in the output of run(s) {leaked}"
+    assert SECRET_MARKER not in m.run(["journalctl", "-b", "-o", "cat", "--no-pager"]).stdout, \
+        "a module logged the secret to the journal (modules log their arguments unless no_log)"
     assert m.failed_units() == []
 
 
