@@ -47,7 +47,9 @@ from typing import Any, TypeVar
 SUITES = ("bookworm", "trixie")
 DEFAULT_SUITE = SUITES[0]
 INCLUDE = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "python3-systemd",
-           "procps", "iproute2", "curl", "rpm")      # rpm: the rpm is installed into a booted machine too
+           "procps", "iproute2", "curl",
+           "rpm",              # the rpm is installed into a booted machine too
+           "python3-apt")      # Ansible's apt module, for the role's test
 # Units that would fire at random moments during a test (apt runs against the network, fstrim, ...).
 MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
                 "e2scrub_all.timer", "fstrim.timer", "e2scrub_reap.service")

@@ -28,7 +28,7 @@ from tests.oci_registry import OciRegistry
 from tests.podman import PORT, PodmanService, podman, registry  # noqa: F401  podman, registry: fixtures
 from tests.system.nspawn import Machine
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.every_suite]
 
 SOCKET_DIR = "/run/podman"  # podman.socket's directory: dewy finds podman.sock there with no runtime setting
 HOST_SOCKET_DIR = "/run/host-podman"  # where the host's socket is when the machine has podman.socket

@@ -11,6 +11,7 @@ it (conftest.install_kind), so the whole dewy@.service scenario is proven on the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -334,6 +335,20 @@ def test_the_releases_own_lintian_finds_no_errors_or_warnings(dewy_deb: Path) ->
     warning; this reads what that lintian said about the package the other tests install."""
     said = (dewy_deb.parent / "lintian.log").read_text()
     assert [line for line in said.splitlines() if line.startswith(("E:", "W:"))] == [], said
+
+
+@pytest.mark.parametrize("suite", ["trixie"], indirect=True)
+def test_a_rebuild_of_the_same_tree_is_the_same_package(dewy_deb: Path, suite: str, tmp_path: Path) -> None:
+    """`make deb SUITE=` from a clean copy of the same sources gives a bit-identical .deb (the
+    version suffix, its changelog date and every mtime derive from the tree, no build path stays)."""
+    source = tmp_path / "dewy"
+    nspawn._srctree().copy(source, REPO)
+    env = {**os.environ, "DEWY_BUILD_CACHE": str(nspawn.CACHE / "build"), "PIP_CACHE_DIR": str(nspawn.CACHE / "pip")}
+    result = subprocess.run(["make", "-C", str(source), "deb", f"SUITE={suite}", f"DIST={tmp_path / 'dist'}"],
+                            env=env, capture_output=True, text=True, timeout=1200, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    again = tmp_path / "dist" / suite / dewy_deb.name
+    assert hashlib.sha256(again.read_bytes()).hexdigest() == hashlib.sha256(dewy_deb.read_bytes()).hexdigest()
 
 
 def test_rpmlint_finds_no_errors_or_warnings(dewy_rpm: Path) -> None:
