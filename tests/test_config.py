@@ -192,7 +192,7 @@ def test_relative_path_is_reported_absolute(tmp_path) -> None:
     ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\nreplicas = 2\n', ":3: mode = \"container\" needs a [container] table"),
     ('mode = "container"\nregistry = "file:///r"\n[container]\ncontainer_port = 8080\n', ":2: registry: dewy container deploys images"),
     ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 70000\n', ":4: container.container_port: 70000 is not a port number"),
-    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 80\nreplicas = 0\n', ":5: container.replicas: 0 must be a whole number, at least 1"),
+    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 80\nreplicas = 0\n', ":5: container.replicas: 0 must be at least 1"),
     ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 80\nruntime = "lxc"\n', ":5: container.runtime: 'lxc' is not one of podman, docker, auto"),
     ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 80\nrun_args = ["-p", "80:80"]\n', ":5: container.run_args: run argument -p is refused"),
     ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 80\nrun_args = "-e A=1"\n', ":5: container.run_args: expected a list"),
