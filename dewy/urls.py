@@ -40,7 +40,7 @@ class Url:
             raise UsageError(f"{redact(raw)!r} is not a valid URL: {why}") from None
         if not parts.scheme or "://" not in raw:
             raise UsageError(f"{redact(raw)!r} is not a URL: expected SCHEME://...")
-        if _credentials_end(raw) is not None and "@" not in parts.netloc:
+        if has_credentials(raw) and "@" not in parts.netloc:
             raise UsageError(f"{redact(raw)}: the credentials in this URL hold a character that must be percent-encoded"
                              " (/ as %2F, ? as %3F, # as %23, @ as %40)")
         return cls(raw, parts.scheme.lower(), parts.netloc, parts.path, dict(parse_qsl(parts.query, keep_blank_values=True)))
@@ -123,6 +123,11 @@ def redact(raw: str) -> str:
             value = value if masked == unquote_plus(value) else masked
         pairs.append(f"{key}{equals}{value}")
     return raw[: query_start + 1] + "&".join(pairs) + raw[query_end:]
+
+
+def has_credentials(raw: str) -> bool:
+    """Whether ``raw`` carries a ``user[:password]@``, however it is written (see :func:`_credentials_end`)."""
+    return _credentials_end(raw) is not None
 
 
 def _credentials_end(raw: str) -> int | None:

@@ -44,6 +44,8 @@ class ConsulCache:
         url.check_keys({"ttl"})
         if not url.host:
             raise UsageError(f"{url}: expected {EXPECTED}")
+        if url.username or url.password:
+            raise UsageError(f"{url}: credentials do not belong in a consul:// URL; set CONSUL_HTTP_TOKEN")
         self.prefix = url.path.strip("/") or DEFAULT_PREFIX
         self.ttl: float | None = url.seconds("ttl")
         host = f"[{url.host}]" if ":" in url.host else url.host
