@@ -40,6 +40,29 @@ def write_atomic(target: Path, data: bytes) -> None:
         out.write(data)
 
 
+NAME_MAX = 255  # bytes in one path component (Linux filesystems)
+
+
+def bad_file_name(name: str) -> str | None:
+    """Why ``name`` cannot be a file directly in a directory, or None if it can.
+
+    Names from registries (artifacts, checksum files) become file names in the
+    cache: anything that could climb out of it or fail to be created is refused.
+    """
+    if name in ("", ".", ".."):
+        return "is not a file name"
+    if "/" in name:
+        return "holds a / (a file name is one path component)"
+    if "\0" in name:
+        return "holds a NUL byte"
+    try:
+        if len(os.fsencode(name)) > NAME_MAX:
+            return f"is longer than {NAME_MAX} bytes"
+    except UnicodeEncodeError:
+        return "is not valid text"
+    return None
+
+
 def remove_temp_files(directory: Path) -> None:
     """Delete leftovers of writes interrupted by a crash (kill -9 mid-download)."""
     for leftover in directory.glob(TEMP_PREFIX + "*"):

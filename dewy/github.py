@@ -59,6 +59,74 @@ def split_ghr(url: Url, expected: str) -> tuple[str, str, list[str]]:
 
 
 @dataclass(frozen=True)
+class Asset:
+    """The fields of a release asset dewy uses, checked for their type."""
+
+    id: int
+    name: str
+    state: str
+    url: str
+
+
+@dataclass(frozen=True)
+class GitHubRelease:
+    """The fields of a release dewy uses, checked for their type: a wrong shape is one error naming the field."""
+
+    id: int | None
+    tag: str
+    draft: bool
+    prerelease: bool
+    published_at: str | None  # ISO 8601, as GitHub sends it
+    created_at: str | None
+    assets: list[Asset]
+    upload_url: str | None
+
+
+_JSON_KINDS = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+def _kind(value: Any) -> str:
+    return _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = None) -> Any:
+    """``obj[key]`` if it has the JSON type dewy needs (or is absent and has a default); ValueError naming it otherwise."""
+    if key not in obj and default is not None:
+        return default
+    value = obj.get(key)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:  # JSON true is no number
+        raise ValueError(f"{where}.{key} is a boolean, not {_JSON_KINDS[kinds[0]]}")
+    if not isinstance(value, kinds):
+        raise ValueError(f"{where}.{key} is {'missing' if key not in obj else _kind(value)}, not {_JSON_KINDS[kinds[0]]}")
+    return value
+
+
+def parse_release(item: Any, where: str) -> GitHubRelease:
+    """One release object of the REST API; ValueError naming the first field of the wrong shape."""
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} is {_kind(item)}, not an object")
+    assets = []
+    for index, raw in enumerate(_field(item, "assets", list, where, default=[])):
+        at = f"{where}.assets[{index}]"
+        if not isinstance(raw, dict):
+            raise ValueError(f"{at} is {_kind(raw)}, not an object")
+        assets.append(Asset(_field(raw, "id", int, at), _field(raw, "name", str, at),
+                            _field(raw, "state", str, at, default=""), _field(raw, "url", str, at, default="")))
+    return GitHubRelease(
+        id=_field(item, "id", (int, type(None)), where),
+        tag=_field(item, "tag_name", str, where),
+        draft=_field(item, "draft", bool, where, default=False),
+        prerelease=_field(item, "prerelease", bool, where, default=False),
+        published_at=_field(item, "published_at", (str, type(None)), where),
+        created_at=_field(item, "created_at", (str, type(None)), where),
+        assets=assets,
+        upload_url=_field(item, "upload_url", (str, type(None)), where),
+    )
+
+
+@dataclass(frozen=True)
 class _Stored:
     """A 200 answer kept for conditional requests: the validators to send back, the body, the next page."""
 
@@ -98,6 +166,21 @@ class GitHub:
     async def get_json(self, path: str) -> Any:
         """GET an API path conditionally: a 304 costs no rate limit and reuses the stored body."""
         return (await self._get(self.api_url + path)).body
+
+    async def releases(self, path: str) -> list[GitHubRelease]:
+        """Every release of a listing, each checked to have the shape dewy needs."""
+        items = await self.get_all(path)
+        return [self._checked(path, item, f"releases[{index}]") for index, item in enumerate(items)]
+
+    async def release(self, path: str) -> GitHubRelease:
+        """One release (by tag), checked to have the shape dewy needs."""
+        return self._checked(path, await self.get_json(path), "release")
+
+    def _checked(self, path: str, item: Any, where: str) -> GitHubRelease:
+        try:
+            return parse_release(item, where)
+        except ValueError as exc:
+            raise self._err(f"GitHub GET {self._shown(self.api_url + path)}: unexpected answer: {exc}") from None
 
     async def get_all(self, path: str) -> list[Any]:
         """Every item of a paginated listing, following ``Link: rel="next"``.

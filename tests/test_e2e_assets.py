@@ -185,3 +185,25 @@ def test_file_artifact_caught_half_copied_is_fetched_again_when_complete(tmp_pat
         assert served(tmp_path) == "two" * 10_000
     finally:
         dewy.kill()
+
+
+def test_asset_name_climbing_out_of_the_cache_is_refused_and_nothing_is_written_outside(tmp_path) -> None:
+    evil = "../../../x/evil_" + host_artifact()
+    outside = tmp_path / "cache" / "x"  # where the cache path of that name normalises to
+    outside.mkdir(parents=True)
+    with GitHubServer() as github:
+        github.add_release("acme", "site", "v1.0.0", {host_artifact(): publish(tmp_path / "staging", "v1.0.0",
+                                                                              {"index.html": "one"}).read_bytes()})
+        dewy = assets(tmp_path, registry="ghr://acme/site", env={"GITHUB_API_URL": github.url})
+        try:
+            dewy.wait_for("deployed", version="v1.0.0")
+            github.add_release("acme", "site", "v1.1.0", {evil: b"whatever"})
+            failure = dewy.wait_for("deploy-failed")
+            assert failure["msg"] == (f"ghr://acme/site: release v1.1.0: the asset name {evil!r} holds a / (a file name"
+                                      " is one path component); nothing deployed")
+            dewy.wait_for("deploy-failed")  # still running, retrying
+            assert served(tmp_path) == "one"
+        finally:
+            dewy.kill()
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path.parent / "x").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import random
 import re
@@ -11,6 +12,7 @@ import socket
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -21,6 +23,7 @@ from dewy.github import CHUNK_SIZE, RateLimited
 from dewy.registry import REGISTRIES, Release, shipped_text
 from tests.conftest import host_artifact
 from tests.github_server import GitHubServer
+from tests.loopback import LoopbackServer
 
 TOKEN = "ghp_TESTs3cr3tT0kenNeverPrinted0123456789"
 OWNER, REPO = "acme", "app"
@@ -342,3 +345,66 @@ def test_bad_api_url_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GITHUB_API_URL", "github.example.com")
     with pytest.raises(UsageError, match="GITHUB_API_URL"):
         registry()
+
+
+class FixedAnswer(LoopbackServer):
+    """An API that answers every GET with the same JSON body, whatever its shape."""
+
+    def __init__(self, body: object) -> None:
+        payload = json.dumps(body).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._serve(Handler, "fixed-answer")
+
+
+GOOD_ASSET = {"id": 1, "name": ARTIFACT, "state": "uploaded", "url": "http://x/asset/1"}
+GOOD_RELEASE = {"id": 7, "tag_name": "v1.0.0", "draft": False, "prerelease": False,
+                "published_at": "2026-01-01T00:00:00Z", "assets": [GOOD_ASSET]}
+
+
+@pytest.mark.parametrize("body, problem", [
+    ([1, 2], "releases[0] is a number, not an object"),
+    (["v1.0.0"], "releases[0] is a string, not an object"),
+    ([{**GOOD_RELEASE, "assets": "app.tar.gz"}], "releases[0].assets is a string, not a list"),
+    ([{**GOOD_RELEASE, "assets": None}], "releases[0].assets is null, not a list"),
+    ([{**GOOD_RELEASE, "assets": [{**GOOD_ASSET, "name": 5}]}], "releases[0].assets[0].name is a number, not a string"),
+    ([{**GOOD_RELEASE, "assets": [{"name": ARTIFACT, "state": "uploaded"}]}], "releases[0].assets[0].id is missing, not a number"),
+    ([{**GOOD_RELEASE, "assets": [{**GOOD_ASSET, "id": True}]}], "releases[0].assets[0].id is a boolean, not a number"),
+    ([{**GOOD_RELEASE, "assets": ["x"]}], "releases[0].assets[0] is a string, not an object"),
+    ([{**GOOD_RELEASE, "published_at": 1767225600}], "releases[0].published_at is a number, not a string"),
+    ([{**GOOD_RELEASE, "tag_name": None}], "releases[0].tag_name is null, not a string"),
+    ([{**GOOD_RELEASE, "draft": "no"}], "releases[0].draft is a string, not a boolean"),
+])
+def test_release_list_of_the_wrong_shape_is_one_error_naming_the_field(monkeypatch: pytest.MonkeyPatch, body: object,
+                                                                       problem: str) -> None:
+    with FixedAnswer(body) as api:
+        monkeypatch.setenv("GITHUB_API_URL", api.origin)
+        with pytest.raises(RegistryError) as raised:
+            current()
+    message = str(raised.value)
+    assert message == f"GitHub GET {api.origin}/repos/{OWNER}/{REPO}/releases: unexpected answer: {problem}"
+
+
+def test_a_good_answer_of_the_same_server_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FixedAnswer([GOOD_RELEASE]) as api:
+        monkeypatch.setenv("GITHUB_API_URL", api.origin)
+        assert current().artifact_name == ARTIFACT
+
+
+@pytest.mark.parametrize("name", ["../../../x/evil_" + ARTIFACT, "sub/" + ARTIFACT])
+def test_asset_name_that_is_not_one_path_component_is_refused(github: GitHubServer, name: str) -> None:
+    github.add_release(OWNER, REPO, "v1.0.0", {name: b"evil"})
+    with pytest.raises(RegistryError) as raised:
+        current()
+    assert str(raised.value) == (f"ghr://{OWNER}/{REPO}: release v1.0.0: the asset name {name!r} holds a / (a file name"
+                                 " is one path component); nothing deployed")
