@@ -10,6 +10,7 @@ message.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
@@ -31,8 +32,13 @@ DEFAULT_API_URL = "https://api.github.com"
 API_VERSION = "2022-11-28"
 JSON_MEDIA_TYPE = "application/vnd.github+json"
 BYTES_MEDIA_TYPE = "application/octet-stream"
-TIMEOUT = httpx.Timeout(30.0, connect=10.0)  # per network operation, so multi-GB downloads are fine
-CHUNK_SIZE = 1 << 16
+TIMEOUT = httpx.Timeout(30.0, connect=10.0)  # per network operation: a silent server
+# Total deadlines, for a server that answers a byte every few seconds and so never trips TIMEOUT:
+REQUEST_DEADLINE = 60.0  # one API request, its whole answer included
+DOWNLOAD_FLOOR = 120.0  # a download may take this long, plus the bytes received at MIN_DOWNLOAD_RATE
+MIN_DOWNLOAD_RATE = 256 * 1024  # bytes per second: slower on average is a stalled transfer, not a slow link
+MAX_RETRY_AFTER = 3600.0  # a rate-limit wait longer than this is a broken header, not advice
+CHUNK_SIZE = 1 << 16  # the most one network read brings (httpcore reads 64 KiB at a time)
 MAX_REDIRECTS = 5
 SECONDARY_LIMIT_WAIT = 60.0  # GitHub's advice when a rate-limit answer carries no timing header
 NAME = re.compile(r"[A-Za-z0-9._-]+\Z")
@@ -207,24 +213,33 @@ class GitHub:
         origins, and a presigned URL rejects it (S3 answers 400) wherever it lives.
         """
         headers = self._headers(accept=BYTES_MEDIA_TYPE)
-        for _ in range(MAX_REDIRECTS + 1):
-            response = await self._send("GET", url, headers, stream=True)
-            try:
-                if not response.is_redirect:
-                    with self._network(response.request):
-                        async for chunk in response.aiter_bytes(CHUNK_SIZE):
-                            out.write(chunk)
-                    return
-                url = str(response.request.url.join(response.headers["Location"]))
-            finally:
-                await response.aclose()
-            headers = {"Accept": BYTES_MEDIA_TYPE}
+        start, received = asyncio.get_running_loop().time(), 0
+        try:
+            async with asyncio.timeout(DOWNLOAD_FLOOR) as deadline:
+                for _ in range(MAX_REDIRECTS + 1):
+                    response = await self._send("GET", url, headers, stream=True)
+                    try:
+                        if not response.is_redirect:
+                            with self._network(response.request):
+                                async for chunk in response.aiter_bytes():  # as it arrives: counted at once
+                                    out.write(chunk)
+                                    received += len(chunk)
+                                    deadline.reschedule(start + DOWNLOAD_FLOOR + received / MIN_DOWNLOAD_RATE)
+                            return
+                        url = str(response.request.url.join(response.headers["Location"]))
+                    finally:
+                        await response.aclose()
+                    headers = {"Accept": BYTES_MEDIA_TYPE}
+        except TimeoutError:
+            raise self._err(f"GitHub GET {self._shown(url)}: the download stalled ({received} bytes in"
+                            f" {asyncio.get_running_loop().time() - start:.0f} s, under {MIN_DOWNLOAD_RATE // 1024} KiB/s"
+                            f" after the first {DOWNLOAD_FLOOR:g} s); dewy retries") from None
         raise self._err(f"GitHub GET {self._shown(url)}: more than {MAX_REDIRECTS} redirects")
 
     async def upload(self, upload_url: str, name: str, data: bytes, content_type: str) -> None:
         """Add an asset to a release through its ``upload_url`` template (uploads.github.com, or the Enterprise host)."""
         url = upload_url.split("{", 1)[0]
-        await self._send("POST", url, self._headers({"Content-Type": content_type}), content=data, params={"name": name})
+        await self._whole("POST", url, self._headers({"Content-Type": content_type}), content=data, params={"name": name})
 
     def _headers(self, extra: dict[str, str] | None = None, accept: str = JSON_MEDIA_TYPE) -> dict[str, str]:
         headers = {"Accept": accept, "X-GitHub-Api-Version": API_VERSION, **(extra or {})}
@@ -234,7 +249,7 @@ class GitHub:
 
     async def _get(self, url: str) -> _Stored:
         stored = self._stored.get(url)
-        response = await self._send("GET", url, self._headers(stored.validators if stored else None), follow=True)
+        response = await self._whole("GET", url, self._headers(stored.validators if stored else None), follow=True)
         if response.status_code == 304 and stored is not None:
             return stored
         where = f"GitHub GET {self._shown(url)}"
@@ -253,6 +268,15 @@ class GitHub:
         if validators:
             self._stored[url] = fresh
         return fresh
+
+    async def _whole(self, method: str, url: str, headers: dict[str, str], **options: Any) -> httpx.Response:
+        """A request whose whole answer must arrive within REQUEST_DEADLINE."""
+        try:
+            async with asyncio.timeout(REQUEST_DEADLINE):
+                return await self._send(method, url, headers, **options)
+        except TimeoutError:
+            raise self._err(f"GitHub {method} {self._shown(url)}: no complete answer within {REQUEST_DEADLINE:g} s"
+                            " (the server stalls or trickles); dewy retries") from None
 
     async def _send(self, method: str, url: str, headers: dict[str, str], *, content: bytes | None = None,
                     params: dict[str, str] | None = None, stream: bool = False, follow: bool = False) -> httpx.Response:
@@ -331,10 +355,12 @@ def _retry_after(headers: httpx.Headers) -> float:
     """
     try:
         if "Retry-After" in headers:
-            return max(float(headers["Retry-After"]), 1.0)
-        if headers.get("X-RateLimit-Remaining") == "0" and "X-RateLimit-Reset" in headers:
+            wait = float(headers["Retry-After"])
+        elif headers.get("X-RateLimit-Remaining") == "0" and "X-RateLimit-Reset" in headers:
             now = parsedate_to_datetime(headers["Date"]).timestamp() if "Date" in headers else time.time()
-            return max(float(headers["X-RateLimit-Reset"]) - now, 1.0)
-    except (ValueError, TypeError):
-        pass
-    return SECONDARY_LIMIT_WAIT
+            wait = float(headers["X-RateLimit-Reset"]) - now
+        else:
+            return SECONDARY_LIMIT_WAIT
+    except (ValueError, TypeError, OverflowError):
+        return SECONDARY_LIMIT_WAIT
+    return min(max(wait, 1.0), MAX_RETRY_AFTER) if math.isfinite(wait) else SECONDARY_LIMIT_WAIT

@@ -14,16 +14,18 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler
 
+import httpx
 import pytest
 
 from dewy import __version__
+from dewy import github as github_module
 from dewy.artifacts import ARTIFACTS
 from dewy.errors import ArtifactError, ArtifactNotReady, RegistryError, UsageError
 from dewy.github import CHUNK_SIZE, RateLimited
 from dewy.registry import REGISTRIES, Release, shipped_text
 from tests.conftest import host_artifact
 from tests.github_server import GitHubServer
-from tests.loopback import LoopbackServer
+from tests.loopback import LoopbackServer, Trickle
 
 TOKEN = "ghp_TESTs3cr3tT0kenNeverPrinted0123456789"
 OWNER, REPO = "acme", "app"
@@ -408,3 +410,46 @@ def test_asset_name_that_is_not_one_path_component_is_refused(github: GitHubServ
         current()
     assert str(raised.value) == (f"ghr://{OWNER}/{REPO}: release v1.0.0: the asset name {name!r} holds a / (a file name"
                                  " is one path component); nothing deployed")
+
+
+def test_a_trickling_api_cannot_hold_a_poll_past_its_total_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(github_module, "REQUEST_DEADLINE", 0.5)
+    with Trickle(content_type="application/json") as api:
+        monkeypatch.setenv("GITHUB_API_URL", api.origin)
+        started = time.monotonic()
+        with pytest.raises(RegistryError) as raised:
+            asyncio.run(asyncio.wait_for(registry().current(), 5))
+    assert time.monotonic() - started < 3
+    assert str(raised.value) == (f"GitHub GET {api.origin}/repos/{OWNER}/{REPO}/releases?per_page=100: no complete answer"
+                                 " within 0.5 s (the server stalls or trickles); dewy retries")
+
+
+def test_a_trickling_download_is_abandoned_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(github_module, "DOWNLOAD_FLOOR", 0.5)
+    with Trickle() as api:
+        monkeypatch.setenv("GITHUB_API_URL", api.origin)
+        monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+        artifact = ARTIFACTS.load(ARTIFACTS.url(f"ghr://{OWNER}/{REPO}/tag/v1.0.0/{ARTIFACT}?asset=1"))
+        started = time.monotonic()
+        with pytest.raises(ArtifactError) as raised:
+            asyncio.run(asyncio.wait_for(artifact.download(io.BytesIO()), 5))
+    assert time.monotonic() - started < 3
+    message = str(raised.value)
+    assert message.startswith(f"GitHub GET {api.origin}/repos/{OWNER}/{REPO}/releases/assets/1: the download stalled (")
+    assert message.endswith("under 256 KiB/s after the first 0.5 s); dewy retries") and TOKEN not in message
+
+
+def test_download_deadline_grows_with_the_bytes_received(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(github_module, "DOWNLOAD_FLOOR", 0.3)
+    monkeypatch.setattr(github_module, "MIN_DOWNLOAD_RATE", 25)  # bytes/s; the server sends 50 a second, for a second
+    with Trickle(size=50, pause=0.02) as api:
+        monkeypatch.setenv("GITHUB_API_URL", api.origin)
+        out = io.BytesIO()
+        artifact = ARTIFACTS.load(ARTIFACTS.url(f"ghr://{OWNER}/{REPO}/tag/v1.0.0/{ARTIFACT}?asset=1"))
+        asyncio.run(asyncio.wait_for(artifact.download(out), 5))
+    assert out.getvalue() == b" " * 50, "slow but steady: longer than the floor, within floor + bytes / rate"
+
+
+def test_absurd_retry_after_is_bounded(github: GitHubServer) -> None:
+    for header, expected in (("1e400", 60.0), ("nan", 60.0), ("99999999", 3600.0), ("-5", 1.0)):
+        assert github_module._retry_after(httpx.Headers({"Retry-After": header})) == expected
