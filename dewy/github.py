@@ -25,6 +25,7 @@ from urllib.parse import unquote
 import httpx
 
 from dewy import __version__, log
+from dewy.artifacts import download_deadline, stalled
 from dewy.errors import ArtifactError, DewyError, RegistryError, UsageError
 from dewy.urls import Url, redact
 
@@ -33,10 +34,9 @@ API_VERSION = "2022-11-28"
 JSON_MEDIA_TYPE = "application/vnd.github+json"
 BYTES_MEDIA_TYPE = "application/octet-stream"
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)  # per network operation: a silent server
-# Total deadlines, for a server that answers a byte every few seconds and so never trips TIMEOUT:
-REQUEST_DEADLINE = 60.0  # one API request, its whole answer included
-DOWNLOAD_FLOOR = 120.0  # a download may take this long, plus the bytes received at MIN_DOWNLOAD_RATE
-MIN_DOWNLOAD_RATE = 256 * 1024  # bytes per second: slower on average is a stalled transfer, not a slow link
+# A total deadline for one API request, its whole answer included: a server answering a byte every
+# few seconds never trips TIMEOUT. Downloads have theirs (dewy.artifacts.download_deadline).
+REQUEST_DEADLINE = 60.0
 MAX_RETRY_AFTER = 3600.0  # a rate-limit wait longer than this is a broken header, not advice
 CHUNK_SIZE = 1 << 16  # the most one network read brings (httpcore reads 64 KiB at a time)
 MAX_REDIRECTS = 5
@@ -213,9 +213,10 @@ class GitHub:
         origins, and a presigned URL rejects it (S3 answers 400) wherever it lives.
         """
         headers = self._headers(accept=BYTES_MEDIA_TYPE)
-        start, received = asyncio.get_running_loop().time(), 0
+        clock = asyncio.get_running_loop().time
+        start, received = clock(), 0
         try:
-            async with asyncio.timeout(DOWNLOAD_FLOOR) as deadline:
+            async with asyncio.timeout_at(download_deadline(start, 0)) as deadline:
                 for _ in range(MAX_REDIRECTS + 1):
                     response = await self._send("GET", url, headers, stream=True)
                     try:
@@ -224,16 +225,14 @@ class GitHub:
                                 async for chunk in response.aiter_bytes():  # as it arrives: counted at once
                                     out.write(chunk)
                                     received += len(chunk)
-                                    deadline.reschedule(start + DOWNLOAD_FLOOR + received / MIN_DOWNLOAD_RATE)
+                                    deadline.reschedule(download_deadline(start, received))
                             return
                         url = str(response.request.url.join(response.headers["Location"]))
                     finally:
                         await response.aclose()
                     headers = {"Accept": BYTES_MEDIA_TYPE}
         except TimeoutError:
-            raise self._err(f"GitHub GET {self._shown(url)}: the download stalled ({received} bytes in"
-                            f" {asyncio.get_running_loop().time() - start:.0f} s, under {MIN_DOWNLOAD_RATE // 1024} KiB/s"
-                            f" after the first {DOWNLOAD_FLOOR:g} s); dewy retries") from None
+            raise self._err(f"GitHub GET {self._shown(url)}: {stalled(received, clock() - start)}") from None
         raise self._err(f"GitHub GET {self._shown(url)}: more than {MAX_REDIRECTS} redirects")
 
     async def upload(self, upload_url: str, name: str, data: bytes, content_type: str) -> None:
