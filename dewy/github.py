@@ -25,7 +25,7 @@ from urllib.parse import unquote
 import httpx
 
 from dewy import __version__, log
-from dewy.artifacts import download_deadline, stalled
+from dewy.artifacts.deadline import download_deadline, stalled
 from dewy.errors import ArtifactError, DewyError, RegistryError, UsageError
 from dewy.urls import Url, redact
 
@@ -35,7 +35,7 @@ JSON_MEDIA_TYPE = "application/vnd.github+json"
 BYTES_MEDIA_TYPE = "application/octet-stream"
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)  # per network operation: a silent server
 # A total deadline for one API request, its whole answer included: a server answering a byte every
-# few seconds never trips TIMEOUT. Downloads have theirs (dewy.artifacts.download_deadline).
+# few seconds never trips TIMEOUT. Downloads have theirs (dewy.artifacts.deadline).
 REQUEST_DEADLINE = 60.0
 MAX_RETRY_AFTER = 3600.0  # a rate-limit wait longer than this is a broken header, not advice
 CHUNK_SIZE = 1 << 16  # the most one network read brings (httpcore reads 64 KiB at a time)

@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from dewy import __version__
-from dewy import artifacts as artifacts_module
 from dewy import github as github_module
 from dewy.artifacts import ARTIFACTS
+from dewy.artifacts import deadline as deadline_module
 from dewy.errors import ArtifactError, ArtifactNotReady, RegistryError, UsageError
 from dewy.github import CHUNK_SIZE, RateLimited
 from dewy.registry import REGISTRIES, Release, shipped_text
@@ -426,7 +426,7 @@ def test_a_trickling_api_cannot_hold_a_poll_past_its_total_deadline(monkeypatch:
 
 
 def test_a_trickling_download_is_abandoned_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(artifacts_module, "DOWNLOAD_FLOOR", 0.5)
+    monkeypatch.setattr(deadline_module, "DOWNLOAD_FLOOR", 0.5)
     with Trickle() as api:
         monkeypatch.setenv("GITHUB_API_URL", api.origin)
         monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
@@ -441,8 +441,8 @@ def test_a_trickling_download_is_abandoned_at_its_deadline(monkeypatch: pytest.M
 
 
 def test_download_deadline_grows_with_the_bytes_received(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(artifacts_module, "DOWNLOAD_FLOOR", 0.3)
-    monkeypatch.setattr(artifacts_module, "MIN_DOWNLOAD_RATE", 25)  # bytes/s; the server sends 50 a second, for a second
+    monkeypatch.setattr(deadline_module, "DOWNLOAD_FLOOR", 0.3)
+    monkeypatch.setattr(deadline_module, "MIN_DOWNLOAD_RATE", 25)  # bytes/s; the server sends 50 a second, for a second
     with Trickle(size=50, pause=0.02) as api:
         monkeypatch.setenv("GITHUB_API_URL", api.origin)
         out = io.BytesIO()

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import dewy.registry
-from dewy import artifacts as artifacts_module
 from dewy.artifacts import ARTIFACTS
+from dewy.artifacts import deadline as deadline_module
 from dewy.artifacts import s3 as s3_module
 from dewy.errors import ArtifactError, ArtifactNotReady, RegistryError, UsageError
 from dewy.registry import REGISTRIES
@@ -339,7 +339,7 @@ def test_registry_failure_keeps_the_running_version_serving(tmp_path) -> None:
 
 
 def test_a_trickling_download_is_abandoned_at_its_total_deadline(aws, monkeypatch) -> None:
-    monkeypatch.setattr(artifacts_module, "DOWNLOAD_FLOOR", 0.5)
+    monkeypatch.setattr(deadline_module, "DOWNLOAD_FLOOR", 0.5)
     monkeypatch.setattr(s3_module, "CHUNK", 64)  # the deadline allows for the chunk in flight: keep that short
     with Trickle() as server:  # a byte every 50 ms: no read ever times out
         url = f"s3://{REGION}/bucket/app.tar.gz?endpoint={server.origin}"
@@ -353,8 +353,8 @@ def test_a_trickling_download_is_abandoned_at_its_total_deadline(aws, monkeypatc
 
 
 def test_a_slow_but_steady_download_gets_time_for_its_bytes(aws, monkeypatch) -> None:
-    monkeypatch.setattr(artifacts_module, "DOWNLOAD_FLOOR", 0.3)
-    monkeypatch.setattr(artifacts_module, "MIN_DOWNLOAD_RATE", 25)  # bytes/s; the server sends 50 a second, for a second
+    monkeypatch.setattr(deadline_module, "DOWNLOAD_FLOOR", 0.3)
+    monkeypatch.setattr(deadline_module, "MIN_DOWNLOAD_RATE", 25)  # bytes/s; the server sends 50 a second, for a second
     monkeypatch.setattr(s3_module, "CHUNK", 4)
     with Trickle(size=50, pause=0.02) as server:
         out = io.BytesIO()

@@ -6,11 +6,6 @@ from typing import BinaryIO, Protocol
 
 from dewy.urls import Plugins
 
-# Every download has a total deadline, which a server sending a byte every few seconds cannot
-# stretch (per-read timeouts never trip for it): this long, plus the bytes received at the rate.
-DOWNLOAD_FLOOR = 120.0
-MIN_DOWNLOAD_RATE = 256 * 1024  # bytes per second on average: slower is a stalled transfer, not a slow link
-
 ARTIFACTS = Plugins("artifact", {
     "ghr": "dewy.artifacts.ghr:GitHubAsset",
     "file": "dewy.artifacts.file:LocalFile",
@@ -28,13 +23,3 @@ class Artifact(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
 
-
-def download_deadline(start: float, received: int) -> float:
-    """When a download begun at ``start`` (a monotonic time) that has ``received`` bytes so far must be done."""
-    return start + DOWNLOAD_FLOOR + received / MIN_DOWNLOAD_RATE
-
-
-def stalled(received: int, seconds: float) -> str:
-    """The reason given when a download missed its deadline."""
-    return (f"the download stalled ({received} bytes in {seconds:.0f} s, under {MIN_DOWNLOAD_RATE // 1024} KiB/s after"
-            f" the first {DOWNLOAD_FLOOR:g} s); dewy retries")

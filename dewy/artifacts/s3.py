@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
-import threading
 import time
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -33,7 +31,7 @@ from botocore.config import Config
 from botocore.parsers import ResponseParserError
 
 from dewy import __version__
-from dewy.artifacts import download_deadline, stalled
+from dewy.artifacts.deadline import Watchdog, stalled
 from dewy.errors import ArtifactError, UsageError
 from dewy.lazyclient import LazyClient
 from dewy.urls import Url, has_credentials, redact
@@ -212,26 +210,20 @@ class S3Object:
             self.client.close()
 
     def _copy(self, body, out: BinaryIO, start: float) -> None:
-        """Copy the body in chunks within the download's total deadline (dewy.artifacts.download_deadline).
-
-        botocore reads and verifies the body (length, checksums); a watchdog shuts
-        the connection down when the deadline passes, which ends a read that a
-        server sending a byte every few seconds would otherwise keep alive.
-        """
-        received = 0
-        with _Watchdog(body) as watchdog:
+        """Copy the body in chunks within the download's total deadline (see dewy.artifacts.deadline);
+        botocore still reads and verifies it (length, checksums)."""
+        with Watchdog(start, in_flight=CHUNK) as watchdog:
+            watchdog.watch(body._raw_stream)  # urllib3's response, under botocore's StreamingBody
             try:
-                watchdog.arm(download_deadline(start, CHUNK))  # time for the chunk in flight, too
                 for chunk in body.iter_chunks(CHUNK):
                     try:
                         out.write(chunk)
                     except OSError as exc:
                         raise ArtifactError(f"{self.url}: cannot store the download: {exc.strerror or exc}") from None
-                    received += len(chunk)
-                    watchdog.arm(download_deadline(start, received + CHUNK))
+                    watchdog.progress(len(chunk))
             except FAILURES:
                 if watchdog.fired:
-                    raise ArtifactError(f"{self.url}: {stalled(received, time.monotonic() - start)}") from None
+                    raise ArtifactError(f"{self.url}: {stalled(watchdog.received, watchdog.elapsed)}") from None
                 raise
 
     async def download(self, out: BinaryIO) -> None:
@@ -240,51 +232,3 @@ class S3Object:
     async def aclose(self) -> None:
         self.client.close()
 
-
-class _Watchdog:
-    """Shuts a response's connection down at a deadline that the reader moves on as bytes arrive.
-
-    shutdown(2) wakes a recv blocked in another thread, which close(2) does not. The
-    socket is found where botocore's own StreamingBody.set_socket_timeout finds it.
-    """
-
-    def __init__(self, body) -> None:
-        try:
-            self._socket: socket.socket | None = body._raw_stream._fp.fp.raw._sock
-        except AttributeError:  # another urllib3/http.client layout: only the per-read timeout is left
-            self._socket = None
-        self._when = float("inf")
-        self._done = False
-        self.fired = False
-        self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._watch, name="s3-download-deadline", daemon=True)
-
-    def __enter__(self) -> _Watchdog:
-        if self._socket is not None:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with self._changed:
-            self._done = True
-            self._changed.notify()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def arm(self, when: float) -> None:
-        with self._changed:
-            self._when = when
-            self._changed.notify()
-
-    def _watch(self) -> None:
-        with self._changed:
-            while not self._done:
-                left = self._when - time.monotonic()
-                if left <= 0:
-                    self.fired = True
-                    try:
-                        self._socket.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass  # already closed: the read ends anyway
-                    return
-                self._changed.wait(min(left, 3600.0))
