@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,3 +61,26 @@ class Trickle(LoopbackServer):
                 pass
 
         self._serve(Handler, "trickle")
+
+
+class FixedAnswer(LoopbackServer):
+    """Answers every request with 200 and the same JSON body, whatever its shape."""
+
+    def __init__(self, body: object) -> None:
+        payload = json.dumps(body).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_PUT = do_DELETE = _answer  # noqa: N815 (http.server's naming)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._serve(Handler, "fixed-answer")

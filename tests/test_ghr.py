@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 import random
 import re
@@ -12,7 +11,6 @@ import socket
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
@@ -26,7 +24,7 @@ from dewy.github import CHUNK_SIZE, RateLimited
 from dewy.registry import REGISTRIES, Release, shipped_text
 from tests.conftest import host_artifact
 from tests.github_server import GitHubServer
-from tests.loopback import LoopbackServer, Trickle
+from tests.loopback import FixedAnswer, Trickle
 
 TOKEN = "ghp_TESTs3cr3tT0kenNeverPrinted0123456789"
 OWNER, REPO = "acme", "app"
@@ -348,26 +346,6 @@ def test_bad_api_url_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GITHUB_API_URL", "github.example.com")
     with pytest.raises(UsageError, match="GITHUB_API_URL"):
         registry()
-
-
-class FixedAnswer(LoopbackServer):
-    """An API that answers every GET with the same JSON body, whatever its shape."""
-
-    def __init__(self, body: object) -> None:
-        payload = json.dumps(body).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._serve(Handler, "fixed-answer")
 
 
 GOOD_ASSET = {"id": 1, "name": ARTIFACT, "state": "uploaded", "url": "http://x/asset/1"}
