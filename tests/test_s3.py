@@ -361,3 +361,13 @@ def test_a_slow_but_steady_download_gets_time_for_its_bytes(aws, monkeypatch) ->
         url = f"s3://{REGION}/bucket/app.tar.gz?endpoint={server.origin}"
         asyncio.run(asyncio.wait_for(ARTIFACTS.load(Url.parse(url)).download(out), 5))
     assert out.getvalue() == b" " * 50
+
+
+def test_a_deadline_passed_before_the_body_arrives_is_the_same_one_line(aws, monkeypatch) -> None:
+    monkeypatch.setattr(deadline_module, "DOWNLOAD_FLOOR", 0.0)  # gone by the time the answer's headers are in
+    monkeypatch.setattr(s3_module, "CHUNK", 64)
+    with Trickle() as server:
+        url = f"s3://{REGION}/bucket/app.tar.gz?endpoint={server.origin}"
+        with pytest.raises(ArtifactError) as raised:
+            asyncio.run(asyncio.wait_for(ARTIFACTS.load(Url.parse(url)).download(io.BytesIO()), 5))
+    assert str(raised.value).startswith(f"{url}: the download stalled (0 bytes in ")

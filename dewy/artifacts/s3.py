@@ -31,7 +31,7 @@ from botocore.config import Config
 from botocore.parsers import ResponseParserError
 
 from dewy import __version__
-from dewy.artifacts.deadline import Watchdog, stalled
+from dewy.artifacts.deadline import Stalled, Watchdog, stalled
 from dewy.errors import ArtifactError, UsageError
 from dewy.lazyclient import LazyClient
 from dewy.urls import Url, has_credentials, redact
@@ -213,15 +213,15 @@ class S3Object:
         """Copy the body in chunks within the download's total deadline (see dewy.artifacts.deadline);
         botocore still reads and verifies it (length, checksums)."""
         with Watchdog(start, in_flight=CHUNK) as watchdog:
-            watchdog.watch(body._raw_stream)  # urllib3's response, under botocore's StreamingBody
             try:
+                watchdog.watch(body._raw_stream)  # urllib3's response, under botocore's StreamingBody
                 for chunk in body.iter_chunks(CHUNK):
                     try:
                         out.write(chunk)
                     except OSError as exc:
                         raise ArtifactError(f"{self.url}: cannot store the download: {exc.strerror or exc}") from None
                     watchdog.progress(len(chunk))
-            except FAILURES:
+            except (Stalled, *FAILURES):
                 if watchdog.fired:
                     raise ArtifactError(f"{self.url}: {stalled(watchdog.received, watchdog.elapsed)}") from None
                 raise
