@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dewy import __version__
+from dewy.archive import DEFAULT_MAX_MEMBERS
 from dewy.errors import DewyError, UsageError
-from dewy.urls import Url, parse_duration
+from dewy.quantities import count, parse_duration, parse_size
+from dewy.urls import Url
 
 DEFAULT_MAX_ARCHIVE = "4G"
-SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("text", "json")
 
@@ -44,6 +45,7 @@ class Settings:
     settle_time: float = 1.0
     stop_timeout: float = 30.0
     max_archive_size: int = 4 << 30
+    max_archive_members: int = DEFAULT_MAX_MEMBERS
     keep_releases: int = 7
     container_port: int | None = None  # container mode: the port the app listens on inside its container
     replicas: int = 1
@@ -78,23 +80,12 @@ class Parser(argparse.ArgumentParser):
 # name the option, so flags and config files report the same problem in their own terms.
 
 
-def parse_size(text: str) -> int:
-    """``500M``, ``4G``, ``512MiB``, ``1048576`` to bytes; must be positive."""
-    value = text.strip().lower().removesuffix("b").removesuffix("i")
-    unit = value[-1:] if value[-1:] in SIZE_UNITS else ""
-    try:
-        size = int(float(value[: len(value) - len(unit)]) * SIZE_UNITS[unit])
-    except ValueError:
-        raise ValueError(f"{text!r} is not a size (examples: 500M, 4G)") from None
-    if size <= 0:
-        raise ValueError(f"{text!r} must be greater than zero")
-    return size
-
-
-def check_keep_releases(count: int) -> int:
-    if count < 1:
-        raise ValueError("must be at least 1")
-    return count
+def parse_count(text: str | int) -> int:
+    """A whole number of things, at least 1 (releases kept, archive members, replicas)."""
+    value = str(text).strip()
+    if not value.isdigit():
+        raise ValueError(f"{value!r} is not a whole number")
+    return count(int(value))
 
 
 def check_health_path(path: str) -> str:
@@ -110,16 +101,9 @@ def check_port_number(text: str | int) -> int:
     return int(value)
 
 
-def check_replicas(text: str | int) -> int:
-    value = str(text)
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{value} must be a whole number, at least 1")
-    return int(value)
-
-
 def parse_drain_time(text: str) -> float:
     """A duration that may be zero (no drain)."""
-    return 0.0 if str(text).strip() in ("0", "0s", "0.0") else parse_duration(str(text))
+    return parse_duration(str(text), zero=True)
 
 
 def check_container_settings(settings: Settings) -> None:
@@ -151,7 +135,7 @@ _duration = _argument(parse_duration)
 _size = _argument(parse_size)
 _drain = _argument(parse_drain_time)
 _port_number = _argument(check_port_number)
-_replicas = _argument(check_replicas)
+_count = _argument(parse_count)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -169,7 +153,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", "--dir", type=Path, metavar="DIR", help="where releases/ and current live (default: working directory)")
     parser.add_argument("--max-archive-size", type=_size, default=_size(DEFAULT_MAX_ARCHIVE), metavar="SIZE",
                         help=f"refuse archives that expand past this (default {DEFAULT_MAX_ARCHIVE})")
-    parser.add_argument("--keep-releases", type=int, default=7, metavar="N", help="releases kept on disk (default 7)")
+    parser.add_argument("--max-archive-members", type=_count, default=DEFAULT_MAX_MEMBERS, metavar="N",
+                        help=f"refuse archives with more files, directories and links than this (default {DEFAULT_MAX_MEMBERS})")
+    parser.add_argument("--keep-releases", type=_count, default=7, metavar="N", help="releases kept on disk (default 7)")
     parser.add_argument("-v", "--version", action="version", version=f"dewy {__version__}")
     _config_misplaced(parser)
 
@@ -205,7 +191,7 @@ def build_parser() -> Parser:
     _common(container)
     container.add_argument("--container-port", type=_port_number, required=True, metavar="N", help="the port the app listens on inside its container")
     container.add_argument("--port", action="append", default=[], metavar="PORTS", help="host port(s) dewy holds and forwards to healthy replicas: 8000, 127.0.0.1:8000 (repeatable); without it only containers on dewy's network reach the app")
-    container.add_argument("--replicas", type=_replicas, default=1, metavar="N", help="containers serving at once (default 1)")
+    container.add_argument("--replicas", type=_count, default=1, metavar="N", help="containers serving at once (default 1)")
     container.add_argument("--health-path", metavar="PATH", help="HTTP path that must answer 2xx/3xx on a new replica before it gets traffic (default: the image's HEALTHCHECK, else the port accepting)")
     container.add_argument("--health-timeout", type=_duration, default=30.0, metavar="SECONDS", help="how long a new replica may take to become healthy (default 30)")
     container.add_argument("--drain-time", type=_drain, default=30.0, metavar="SECONDS", help="old replicas keep running this long after the switch, for connections in flight (default 30)")
@@ -256,12 +242,9 @@ def parse(argv: list[str]) -> Settings:
         notifiers=notifiers, log_level=args.log_level, log_format=args.log_format,
         before_deploy_hook=args.before_deploy_hook, after_deploy_hook=args.after_deploy_hook,
         hook_timeout=args.hook_timeout, slot=args.slot, dir=(args.dir or Path.cwd()).absolute(),
-        max_archive_size=args.max_archive_size, keep_releases=args.keep_releases, app_command=app_command,
+        max_archive_size=args.max_archive_size, max_archive_members=args.max_archive_members,
+        keep_releases=args.keep_releases, app_command=app_command,
     )
-    try:
-        check_keep_releases(args.keep_releases)
-    except ValueError as exc:
-        raise UsageError(f"--keep-releases {exc}") from None
     if args.notify:
         print("dewy: warning: --notify is deprecated; use --notifier", file=sys.stderr)
     if args.command == "server":

@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from dewy.cli import (
-    LOG_FORMATS, LOG_LEVELS, AppLimits, Settings, check_container_settings, check_health_path, check_keep_releases,
-    check_port_number, check_replicas, parse_drain_time, parse_size,
+    LOG_FORMATS, LOG_LEVELS, AppLimits, Settings, check_container_settings, check_health_path, check_port_number,
+    parse_drain_time,
 )
 from dewy.errors import UsageError
-from dewy.urls import parse_duration, redact
+from dewy.quantities import count, parse_duration, parse_percent, parse_size
+from dewy.urls import redact
 
 STATE_ROOT = Path("/var/lib/dewy")  # default dir: STATE_ROOT/NAME (systemd: StateDirectory=dewy/%i)
 MODES = ("server", "assets", "container")
@@ -58,8 +59,8 @@ def _kind(value: Any) -> str:
     if isinstance(value, float):
         return f"a float ({value})"
     if isinstance(value, str):
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        return f"a string ({redact(shown)!r})" if "://" in value else f"a string ({shown!r})"
+        shown = redact(value) if "://" in value else value  # masked before shortening, which could cut the "@"
+        return f"a string ({shown if len(shown) <= 40 else shown[:37] + '...'!r})"
     if isinstance(value, list):
         return "an array"
     if isinstance(value, dict):
@@ -95,19 +96,8 @@ def _size(value: Any) -> int:
     return parse_size(str(value))
 
 
-def _positive(value: Any) -> int:
-    if _integer(value) < 1:
-        raise Bad(f"{value} must be at least 1")
-    return value
-
-
-def _keep_releases(value: Any) -> int:
-    try:
-        return check_keep_releases(_integer(value))
-    except Bad:
-        raise
-    except ValueError as exc:
-        raise Bad(f"{value} {exc}") from None
+def _count(value: Any) -> int:
+    return count(_integer(value))
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
@@ -127,12 +117,6 @@ def _port_number(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise Bad(f"expected a port number such as 8080, not {_kind(value)}")
     return check_port_number(value)
-
-
-def _replicas(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise Bad(f"expected an integer, not {_kind(value)}")
-    return check_replicas(value)
 
 
 def _drain_time(value: Any) -> float:
@@ -237,18 +221,9 @@ def _account(value: Any) -> str:
 
 
 def _percent(value: Any) -> float:
-    """CPU time as a percentage of one CPU (systemd's CPUQuota=): "150%" is one and a half CPUs."""
     if not isinstance(value, str):
         raise Bad(f"expected a percentage of one CPU as a string such as \"150%\", not {_kind(value)}")
-    try:
-        if not value.strip().endswith("%"):
-            raise ValueError
-        percent = float(value.strip()[:-1])
-    except ValueError:
-        raise Bad(f"{value!r} is not a percentage such as \"150%\"") from None
-    if not percent > 0:
-        raise Bad(f"{value!r} must be greater than zero")
-    return percent
+    return parse_percent(value)
 
 
 def _environment(value: Any) -> dict[str, str]:
@@ -279,7 +254,8 @@ TOP: dict[str, tuple[Callable[[Any], Any], str]] = {
     "slot": (_string, "slot"),
     "dir": (_path, "dir"),
     "max_archive_size": (_size, "max_archive_size"),
-    "keep_releases": (_keep_releases, "keep_releases"),
+    "max_archive_members": (_count, "max_archive_members"),
+    "keep_releases": (_count, "keep_releases"),
 }
 SERVER: dict[str, tuple[Callable[[Any], Any], str]] = {
     "ports": (_ports, "ports"),
@@ -292,7 +268,7 @@ SERVER: dict[str, tuple[Callable[[Any], Any], str]] = {
 CONTAINER: dict[str, tuple[Callable[[Any], Any], str]] = {
     "container_port": (_port_number, "container_port"),
     "ports": (_ports, "ports"),
-    "replicas": (_replicas, "replicas"),
+    "replicas": (_count, "replicas"),
     "health_path": (_health_path, "health_path"),
     "health_timeout": (_duration, "health_timeout"),
     "drain_time": (_drain_time, "drain_time"),
@@ -305,7 +281,7 @@ APP: dict[str, tuple[Callable[[Any], Any], str]] = {
     "group": (_account, "group"),
     "memory_max": (_size, "memory_max"),
     "cpu_quota": (_percent, "cpu_quota"),
-    "tasks_max": (_positive, "tasks_max"),
+    "tasks_max": (_count, "tasks_max"),
     "environment": (_environment, "environment"),
 }
 TABLES = {"server": SERVER, "container": CONTAINER, "app": APP}
@@ -330,6 +306,8 @@ def load(path: Path) -> Settings:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _syntax_error(path, text, exc) from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise UsageError(f"{path}: arrays or tables nested too deeply to be a dewy config file") from None
     return _Reader(path, text).settings(document)
 
 

@@ -320,7 +320,8 @@ class Daemon:
             name = self.releases.new_name()
             env.update(DEWY_RELEASE_DIR=str(self.releases.directory / name), DEWY_ARTIFACT=str(artifact))
             await self._before_hook(env)
-            release_dir = await asyncio.to_thread(self.releases.extract, artifact, name, self.settings.max_archive_size)
+            release_dir = await asyncio.to_thread(self.releases.extract, artifact, name, self.settings.max_archive_size,
+                                                  self.settings.max_archive_members)
             old_dir = self.releases.current_dir()
             self.releases.switch(release_dir)
             if self.supervisor:

@@ -25,6 +25,10 @@ class ArchiveError(DewyError):
     """The archive is broken or tries to write outside its release directory."""
 
 
+class CorruptArchive(ArchiveError):
+    """The archive is cut off or garbled: a bad copy to fetch again, not a release to keep refusing."""
+
+
 class HookError(DewyError):
     """A deploy hook exited non-zero or timed out."""
 

@@ -10,6 +10,7 @@ message.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
@@ -24,6 +25,7 @@ from urllib.parse import unquote
 import httpx
 
 from dewy import __version__, log
+from dewy.artifacts.deadline import download_deadline, stalled
 from dewy.errors import ArtifactError, DewyError, RegistryError, UsageError
 from dewy.urls import Url, redact
 
@@ -31,8 +33,12 @@ DEFAULT_API_URL = "https://api.github.com"
 API_VERSION = "2022-11-28"
 JSON_MEDIA_TYPE = "application/vnd.github+json"
 BYTES_MEDIA_TYPE = "application/octet-stream"
-TIMEOUT = httpx.Timeout(30.0, connect=10.0)  # per network operation, so multi-GB downloads are fine
-CHUNK_SIZE = 1 << 16
+TIMEOUT = httpx.Timeout(30.0, connect=10.0)  # per network operation: a silent server
+# A total deadline for one API request, its whole answer included: a server answering a byte every
+# few seconds never trips TIMEOUT. Downloads have theirs (dewy.artifacts.deadline).
+REQUEST_DEADLINE = 60.0
+MAX_RETRY_AFTER = 3600.0  # a rate-limit wait longer than this is a broken header, not advice
+CHUNK_SIZE = 1 << 16  # the most one network read brings (httpcore reads 64 KiB at a time)
 MAX_REDIRECTS = 5
 SECONDARY_LIMIT_WAIT = 60.0  # GitHub's advice when a rate-limit answer carries no timing header
 NAME = re.compile(r"[A-Za-z0-9._-]+\Z")
@@ -56,6 +62,74 @@ def split_ghr(url: Url, expected: str) -> tuple[str, str, list[str]]:
     if not NAME.match(url.netloc) or not NAME.match(segments[0]):
         raise UsageError(f"{url}: expected {expected}")
     return url.netloc, segments[0], segments[1:]
+
+
+@dataclass(frozen=True)
+class Asset:
+    """The fields of a release asset dewy uses, checked for their type."""
+
+    id: int
+    name: str
+    state: str
+    url: str
+
+
+@dataclass(frozen=True)
+class GitHubRelease:
+    """The fields of a release dewy uses, checked for their type: a wrong shape is one error naming the field."""
+
+    id: int | None
+    tag: str
+    draft: bool
+    prerelease: bool
+    published_at: str | None  # ISO 8601, as GitHub sends it
+    created_at: str | None
+    assets: list[Asset]
+    upload_url: str | None
+
+
+_JSON_KINDS = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+def _kind(value: Any) -> str:
+    return _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = None) -> Any:
+    """``obj[key]`` if it has the JSON type dewy needs (or is absent and has a default); ValueError naming it otherwise."""
+    if key not in obj and default is not None:
+        return default
+    value = obj.get(key)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:  # JSON true is no number
+        raise ValueError(f"{where}.{key} is a boolean, not {_JSON_KINDS[kinds[0]]}")
+    if not isinstance(value, kinds):
+        raise ValueError(f"{where}.{key} is {'missing' if key not in obj else _kind(value)}, not {_JSON_KINDS[kinds[0]]}")
+    return value
+
+
+def parse_release(item: Any, where: str) -> GitHubRelease:
+    """One release object of the REST API; ValueError naming the first field of the wrong shape."""
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} is {_kind(item)}, not an object")
+    assets = []
+    for index, raw in enumerate(_field(item, "assets", list, where, default=[])):
+        at = f"{where}.assets[{index}]"
+        if not isinstance(raw, dict):
+            raise ValueError(f"{at} is {_kind(raw)}, not an object")
+        assets.append(Asset(_field(raw, "id", int, at), _field(raw, "name", str, at),
+                            _field(raw, "state", str, at, default=""), _field(raw, "url", str, at, default="")))
+    return GitHubRelease(
+        id=_field(item, "id", (int, type(None)), where),
+        tag=_field(item, "tag_name", str, where),
+        draft=_field(item, "draft", bool, where, default=False),
+        prerelease=_field(item, "prerelease", bool, where, default=False),
+        published_at=_field(item, "published_at", (str, type(None)), where),
+        created_at=_field(item, "created_at", (str, type(None)), where),
+        assets=assets,
+        upload_url=_field(item, "upload_url", (str, type(None)), where),
+    )
 
 
 @dataclass(frozen=True)
@@ -99,6 +173,21 @@ class GitHub:
         """GET an API path conditionally: a 304 costs no rate limit and reuses the stored body."""
         return (await self._get(self.api_url + path)).body
 
+    async def releases(self, path: str) -> list[GitHubRelease]:
+        """Every release of a listing, each checked to have the shape dewy needs."""
+        items = await self.get_all(path)
+        return [self._checked(path, item, f"releases[{index}]") for index, item in enumerate(items)]
+
+    async def release(self, path: str) -> GitHubRelease:
+        """One release (by tag), checked to have the shape dewy needs."""
+        return self._checked(path, await self.get_json(path), "release")
+
+    def _checked(self, path: str, item: Any, where: str) -> GitHubRelease:
+        try:
+            return parse_release(item, where)
+        except ValueError as exc:
+            raise self._err(f"GitHub GET {self._shown(self.api_url + path)}: unexpected answer: {exc}") from None
+
     async def get_all(self, path: str) -> list[Any]:
         """Every item of a paginated listing, following ``Link: rel="next"``.
 
@@ -124,24 +213,32 @@ class GitHub:
         origins, and a presigned URL rejects it (S3 answers 400) wherever it lives.
         """
         headers = self._headers(accept=BYTES_MEDIA_TYPE)
-        for _ in range(MAX_REDIRECTS + 1):
-            response = await self._send("GET", url, headers, stream=True)
-            try:
-                if not response.is_redirect:
-                    with self._network(response.request):
-                        async for chunk in response.aiter_bytes(CHUNK_SIZE):
-                            out.write(chunk)
-                    return
-                url = str(response.request.url.join(response.headers["Location"]))
-            finally:
-                await response.aclose()
-            headers = {"Accept": BYTES_MEDIA_TYPE}
+        clock = asyncio.get_running_loop().time
+        start, received = clock(), 0
+        try:
+            async with asyncio.timeout_at(download_deadline(start, 0)) as deadline:
+                for _ in range(MAX_REDIRECTS + 1):
+                    response = await self._send("GET", url, headers, stream=True)
+                    try:
+                        if not response.is_redirect:
+                            with self._network(response.request):
+                                async for chunk in response.aiter_bytes():  # as it arrives: counted at once
+                                    out.write(chunk)
+                                    received += len(chunk)
+                                    deadline.reschedule(download_deadline(start, received))
+                            return
+                        url = str(response.request.url.join(response.headers["Location"]))
+                    finally:
+                        await response.aclose()
+                    headers = {"Accept": BYTES_MEDIA_TYPE}
+        except TimeoutError:
+            raise self._err(f"GitHub GET {self._shown(url)}: {stalled(received, clock() - start)}") from None
         raise self._err(f"GitHub GET {self._shown(url)}: more than {MAX_REDIRECTS} redirects")
 
     async def upload(self, upload_url: str, name: str, data: bytes, content_type: str) -> None:
         """Add an asset to a release through its ``upload_url`` template (uploads.github.com, or the Enterprise host)."""
         url = upload_url.split("{", 1)[0]
-        await self._send("POST", url, self._headers({"Content-Type": content_type}), content=data, params={"name": name})
+        await self._whole("POST", url, self._headers({"Content-Type": content_type}), content=data, params={"name": name})
 
     def _headers(self, extra: dict[str, str] | None = None, accept: str = JSON_MEDIA_TYPE) -> dict[str, str]:
         headers = {"Accept": accept, "X-GitHub-Api-Version": API_VERSION, **(extra or {})}
@@ -151,7 +248,7 @@ class GitHub:
 
     async def _get(self, url: str) -> _Stored:
         stored = self._stored.get(url)
-        response = await self._send("GET", url, self._headers(stored.validators if stored else None), follow=True)
+        response = await self._whole("GET", url, self._headers(stored.validators if stored else None), follow=True)
         if response.status_code == 304 and stored is not None:
             return stored
         where = f"GitHub GET {self._shown(url)}"
@@ -170,6 +267,15 @@ class GitHub:
         if validators:
             self._stored[url] = fresh
         return fresh
+
+    async def _whole(self, method: str, url: str, headers: dict[str, str], **options: Any) -> httpx.Response:
+        """A request whose whole answer must arrive within REQUEST_DEADLINE."""
+        try:
+            async with asyncio.timeout(REQUEST_DEADLINE):
+                return await self._send(method, url, headers, **options)
+        except TimeoutError:
+            raise self._err(f"GitHub {method} {self._shown(url)}: no complete answer within {REQUEST_DEADLINE:g} s"
+                            " (the server stalls or trickles); dewy retries") from None
 
     async def _send(self, method: str, url: str, headers: dict[str, str], *, content: bytes | None = None,
                     params: dict[str, str] | None = None, stream: bool = False, follow: bool = False) -> httpx.Response:
@@ -248,10 +354,12 @@ def _retry_after(headers: httpx.Headers) -> float:
     """
     try:
         if "Retry-After" in headers:
-            return max(float(headers["Retry-After"]), 1.0)
-        if headers.get("X-RateLimit-Remaining") == "0" and "X-RateLimit-Reset" in headers:
+            wait = float(headers["Retry-After"])
+        elif headers.get("X-RateLimit-Remaining") == "0" and "X-RateLimit-Reset" in headers:
             now = parsedate_to_datetime(headers["Date"]).timestamp() if "Date" in headers else time.time()
-            return max(float(headers["X-RateLimit-Reset"]) - now, 1.0)
-    except (ValueError, TypeError):
-        pass
-    return SECONDARY_LIMIT_WAIT
+            wait = float(headers["X-RateLimit-Reset"]) - now
+        else:
+            return SECONDARY_LIMIT_WAIT
+    except (ValueError, TypeError, OverflowError):
+        return SECONDARY_LIMIT_WAIT
+    return min(max(wait, 1.0), MAX_RETRY_AFTER) if math.isfinite(wait) else SECONDARY_LIMIT_WAIT

@@ -2,21 +2,25 @@
 
 A release is extracted under a ``.partial-`` name and renamed when complete, and
 ``current`` is replaced by rename(2) of a new symlink, so a kill -9 at any moment
-leaves ``current`` pointing at a complete release.
+leaves ``current`` pointing at a complete release. Deleting works the other way
+round: the release is first renamed to a ``.deleting-`` name, so a kill -9 while
+its files go never leaves half a release under a name dewy would use. Leftovers
+of both kinds are removed when dewy starts.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dewy import archive
-from dewy.errors import ArchiveError
-from dewy.fsutil import fsync_dir
+from dewy import archive, log
+from dewy.errors import ArchiveError, CorruptArchive
+from dewy.fsutil import fsync_dir, remove_tree
 
 PARTIAL_PREFIX = ".partial-"
+DELETING_PREFIX = ".deleting-"
 
 
 class Releases:
@@ -25,8 +29,9 @@ class Releases:
         self.directory = root / "releases"
         self.current = root / "current"
         self.directory.mkdir(parents=True, exist_ok=True)
-        for leftover in self.directory.glob(PARTIAL_PREFIX + "*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self.directory.iterdir():
+            if leftover.name.startswith((PARTIAL_PREFIX, DELETING_PREFIX)):
+                _remove_tree(leftover)
 
     def new_name(self) -> str:
         """A UTC timestamp name, unique even for two deploys within one second."""
@@ -38,14 +43,24 @@ class Releases:
             suffix += 1
         return name
 
-    def extract(self, artifact: Path, name: str, max_bytes: int) -> Path:
-        """Unpack ``artifact`` into ``releases/<name>``; on failure nothing is left behind."""
+    def extract(self, artifact: Path, name: str, max_bytes: int,
+                max_members: int = archive.DEFAULT_MAX_MEMBERS) -> Path:
+        """Unpack ``artifact`` into ``releases/<name>``; on failure nothing is left behind.
+
+        A cut-off or garbled artifact is deleted as well: it is a bad copy in the
+        artifact store (such as a file:// artifact copied while it was still being
+        written), and the next poll must fetch it again, not fail on it forever.
+        """
         partial = self.directory / (PARTIAL_PREFIX + name)
         partial.mkdir()
         try:
-            archive.extract(artifact, partial, max_bytes=max_bytes)
+            archive.extract(artifact, partial, max_bytes=max_bytes, max_members=max_members)
+        except CorruptArchive:
+            _remove_tree(partial)
+            artifact.unlink(missing_ok=True)
+            raise
         except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
+            _remove_tree(partial)
             raise
         final = self.directory / name
         os.rename(partial, final)
@@ -68,16 +83,40 @@ class Releases:
         os.replace(staged, self.current)
         fsync_dir(self.root)
 
-    def prune(self, keep: int, protect: set[Path]) -> list[Path]:
-        """Delete all but the newest ``keep`` releases, never one in ``protect`` (current, running)."""
+    def prune(self, keep: int, protect: Iterable[Path] = ()) -> list[Path]:
+        """Delete all but the newest ``keep`` releases, never one in ``protect`` (current, or what a
+        generation still runs from, such as one draining after a restart)."""
+        protected = {Path(p).resolve() for p in protect}
         names = sorted((p for p in self.directory.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
-        doomed = [p for p in names[:-keep] if p.resolve() not in {x.resolve() for x in protect}]
+        doomed = [p for p in names[:-keep] if p.resolve() not in protected]
         for path in doomed:
-            shutil.rmtree(path, ignore_errors=True)
+            self.remove(path)
         return doomed
 
     def remove(self, release: Path) -> None:
-        shutil.rmtree(release, ignore_errors=True)
+        """Rename ``release`` out of the way, then delete it (see the module docstring)."""
+        doomed = self.directory / (DELETING_PREFIX + release.name)
+        suffix = 0
+        while os.path.lexists(doomed):  # an earlier deletion of this name that could not finish
+            suffix += 1
+            doomed = self.directory / f"{DELETING_PREFIX}{release.name}-{suffix}"
+        try:
+            os.rename(release, doomed)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("remove-failed", f"could not delete {release}: {exc.strerror or exc}")
+            return
+        fsync_dir(self.directory)
+        _remove_tree(doomed)
+
+
+def _remove_tree(path: Path) -> None:
+    """Best effort: what cannot be deleted now keeps its dot-name and is tried again when dewy starts."""
+    try:
+        remove_tree(path)
+    except OSError as exc:
+        log.warning("remove-failed", f"could not delete {path}: {exc.strerror or exc}; dewy tries again when it starts")
 
 
 __all__ = ["Releases", "ArchiveError"]

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dewy.errors import UsageError
+from dewy.quantities import MAX_BYTES, MAX_PERCENT, count, number
 
 LABEL_PREFIX = "dewy."
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
@@ -205,17 +206,13 @@ def _apply(options: RunOptions, name: str, value: str, environ: dict[str, str]) 
     elif name == "--shm-size":
         options.shm_size = _size(value)
     elif name == "--cpus":
-        try:
-            cpus = float(value)
-        except ValueError:
-            raise ValueError("expected a number of CPUs such as 1.5") from None
-        if not cpus > 0:
-            raise ValueError("must be greater than zero")
+        cpus = number(value, maximum=MAX_PERCENT / 100, most=f"{MAX_PERCENT / 100:g}", shown=value,
+                      what="a number of CPUs such as 1.5")
         options.nano_cpus = int(cpus * 1e9)
     elif name == "--pids-limit":
         if not re.fullmatch(r"-?\d+", value):
             raise ValueError("expected an integer (-1: unlimited)")
-        options.pids_limit = int(value)
+        options.pids_limit = count(int(value), minimum=-1)
     elif name == "--cap-add":
         options.cap_add.append(_nonempty(value))
     elif name == "--cap-drop":
@@ -260,6 +257,8 @@ def _size(value: str) -> int:
     size = int(float(match[1]) * SIZE_UNITS[match[2]])
     if size <= 0:
         raise ValueError("must be greater than zero")
+    if size > MAX_BYTES:
+        raise ValueError("is too large (at most 1 EiB)")
     return size
 
 

@@ -24,10 +24,11 @@ class PlainProcess:
     def log_handler(self, app: str) -> logging.Handler | None:
         return None
 
-    def sockets(self, addresses: list[tuple[str, int]]) -> HeldSockets:
+    def sockets(self, addresses: list[tuple[str, int]], holders: list[int] = ()) -> HeldSockets:
         """Bound here, unless whoever started dewy passed them (socket activation, LISTEN_FDS: systemd-socket-activate,
-        a supervisor keeping the port across dewy's restarts); inherited sockets not configured are closed."""
-        return HeldSockets.reuse(addresses, sdnotify.take_listen_fds().values())
+        a supervisor keeping the port across dewy's restarts) or ``holders`` (the proven pids of the app
+        generation still serving) hold them; inherited sockets not configured are closed."""
+        return HeldSockets.reuse(addresses, sdnotify.take_listen_fds().values(), holders)
 
     def placement(self, settings: Settings):
         return None
@@ -71,8 +72,8 @@ class Systemd(PlainProcess):
 
         return JournalHandler(app)
 
-    def sockets(self, addresses: list[tuple[str, int]]) -> HeldSockets:
-        held = HeldSockets.reuse(addresses, sdnotify.take_listen_fds().values())
+    def sockets(self, addresses: list[tuple[str, int]], holders: list[int] = ()) -> HeldSockets:
+        held = HeldSockets.reuse(addresses, sdnotify.take_listen_fds().values(), holders)
         sdnotify.store_fds(dict(zip(held.fdnames, held.fds)))  # systemd ignores fds it already holds
         return held
 

@@ -1,12 +1,18 @@
-"""Listening sockets that dewy binds once and hands to every app generation (DESIGN section 6).
+"""Listening sockets that dewy binds once and hands to every app generation.
 
 dewy owns the sockets for its whole life, so connections queue in the kernel's
 backlog while generations come and go: that is what makes restarts zero-downtime.
+When dewy starts again it takes them back from systemd's fd store; when that store is
+gone (systemd empties it once dewy@NAME has failed, e.g. on a configuration error) but
+the app generation still serves, dewy duplicates the sockets from the app itself
+(pidfd_getfd), so the same listening queue goes on and no connection is refused.
 """
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
+import os
 import re
 import socket
 from collections.abc import Callable, Iterable
@@ -125,15 +131,19 @@ class HeldSockets:
         return held
 
     @classmethod
-    def reuse(cls, addresses: Iterable[tuple[str, int]], inherited: Iterable[int]) -> HeldSockets:
+    def reuse(cls, addresses: Iterable[tuple[str, int]], inherited: Iterable[int],
+              holders: Iterable[int] = ()) -> HeldSockets:
         """The configured addresses, each taken from ``inherited`` (systemd's fd store, after dewy itself
-        restarted) when one is bound there, else bound anew; inherited sockets no longer configured are closed."""
+        restarted) when one is bound there, else from ``holders`` (pids of app generations dewy has proven
+        its own, still serving on them), else bound anew; inherited sockets no longer configured are closed."""
         spare = cls.from_fds(inherited)
         pool = {address: sock for address, sock in zip(spare.addresses, spare._sockets)}
+        holders = list(holders)
         held = cls(())
         try:
             for host, port in addresses:
-                sock = pool.pop(_resolve(host, port)[1][:2], None)
+                address = _resolve(host, port)[1][:2]
+                sock = pool.pop(address, None) or _borrow(address, holders)
                 held._sockets.append(sock or _listen(host, port))
         except BaseException:
             held.close()
@@ -210,3 +220,39 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.close()
         raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     return sock
+
+
+_SYS_PIDFD_GETFD = 438          # the same number on every architecture (asm-generic)
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _borrow(address: tuple[str, int], holders: list[int]) -> socket.socket | None:
+    """A duplicate of the listening TCP socket bound to ``address`` in one of the processes ``holders``
+    (pidfd_getfd: root with CAP_SYS_PTRACE, which dewy@.service keeps), or None. Close-on-exec, like
+    every socket dewy holds; the holder keeps its own copy."""
+    for pid in holders:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            for name in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                        continue
+                except OSError:
+                    continue
+                fd = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, int(name), 0)
+                if fd < 0:
+                    continue
+                sock = socket.socket(fileno=fd)
+                if (sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
+                        and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                        and sock.getsockname()[:2] == address):
+                    return sock
+                sock.close()
+        except OSError:
+            continue
+        finally:
+            os.close(pidfd)
+    return None

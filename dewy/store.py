@@ -11,7 +11,7 @@ from typing import BinaryIO
 from dewy import log
 from dewy.artifacts import ARTIFACTS
 from dewy.errors import ArtifactError
-from dewy.fsutil import TEMP_PREFIX, atomic_file, remove_temp_files
+from dewy.fsutil import TEMP_PREFIX, atomic_file, bad_file_name, remove_temp_files
 from dewy.registry import Release
 from dewy.urls import Url
 
@@ -62,6 +62,11 @@ class ArtifactStore:
         remove_temp_files(directory)
 
     def path(self, release: Release) -> Path:
+        """Where ``release``'s artifact is stored: a file directly in the cache, whatever the registry answered."""
+        problem = bad_file_name(release.cache_key)
+        if problem:
+            raise ArtifactError(f"{release.tag}: the artifact name {release.artifact_name[:100]!r} cannot name a file in"
+                                f" the cache: {release.cache_key[:100]!r} {problem}; nothing deployed")
         return self.directory / release.cache_key
 
     async def fetch(self, release: Release) -> Path:

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 from dewy.errors import UsageError
+from dewy.quantities import parse_duration
 
 TRUE_WORDS = {"true", "1", "yes", "on"}
 FALSE_WORDS = {"false", "0", "no", "off", ""}
 SECRET_KEYS = {"password", "token", "secret", "access_token"}
+SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+HOST_PORT = re.compile(r"(?:\[[0-9A-Za-z:.%]*\]|[^:@\[\]]*)(?::[0-9]*)?")  # an authority without credentials
+# Schemes whose paths hold an "@" of their own (mail recipients, image digests): there, an "@" after a
+# well-formed HOST:PORT is part of the path, not the end of a password holding an unencoded "/".
+PATH_AT_SCHEMES = {"mail", "smtp", "img"}
 
 
 @dataclass(frozen=True)
@@ -26,9 +33,16 @@ class Url:
 
     @classmethod
     def parse(cls, raw: str) -> Url:
-        parts = urlsplit(raw)
+        try:
+            parts = urlsplit(raw)
+        except ValueError as exc:
+            why = "an unmatched [ or ] (an IPv6 address is written [::1])" if "IPv6" in str(exc) else "it cannot be parsed"
+            raise UsageError(f"{redact(raw)!r} is not a valid URL: {why}") from None
         if not parts.scheme or "://" not in raw:
             raise UsageError(f"{redact(raw)!r} is not a URL: expected SCHEME://...")
+        if has_credentials(raw) and "@" not in parts.netloc:
+            raise UsageError(f"{redact(raw)}: the credentials in this URL hold a character that must be percent-encoded"
+                             " (/ as %2F, ? as %3F, # as %23, @ as %40)")
         return cls(raw, parts.scheme.lower(), parts.netloc, parts.path, dict(parse_qsl(parts.query, keep_blank_values=True)))
 
     @property
@@ -39,8 +53,8 @@ class Url:
     def port(self) -> int | None:
         try:
             return urlsplit(self.raw).port
-        except ValueError as exc:
-            raise UsageError(f"{self}: bad port: {exc}") from None
+        except ValueError:
+            raise UsageError(f"{self}: bad port: expected a number from 0 to 65535") from None
 
     @property
     def username(self) -> str | None:
@@ -82,42 +96,68 @@ class Url:
         return redact(self.raw)
 
 
-def parse_duration(text: str) -> float:
-    """``30``, ``30s``, ``5m``, ``1h`` or ``250ms`` to seconds; must be positive."""
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    value = text.strip().lower()
-    factor = 1.0
-    for suffix in ("ms", "s", "m", "h"):
-        if value.endswith(suffix):
-            value, factor = value[: -len(suffix)], units[suffix]
-            break
-    try:
-        seconds = float(value) * factor
-    except ValueError:
-        raise ValueError(f"{text!r} is not a duration (examples: 30, 30s, 5m)") from None
-    if not seconds > 0:
-        raise ValueError(f"{text!r} must be greater than zero")
-    return seconds
-
-
 def redact(raw: str) -> str:
-    """The URL with any password and secret-looking query values replaced by ``***``."""
-    try:
-        parts = urlsplit(raw)
-    except ValueError:
-        return "<unparseable URL>"
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(":" + parts.password + "@", ":***@", 1)
-    query = "&".join(
-        f"{k}=***" if k.lower() in SECRET_KEYS else (f"{k}={v}" if v or "=" in pair else k)
-        for pair in parts.query.split("&") if pair
-        for k, _, v in [pair.partition("=")]
-    )
-    redacted = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    if raw.startswith(f"{parts.scheme}://") and not redacted.startswith(f"{parts.scheme}://"):
-        redacted = f"{parts.scheme}://" + redacted[len(parts.scheme) + 1:]  # urlunsplit drops an empty authority
-    return redacted
+    """``raw`` with any password, secret-looking query value and URL-valued query's password replaced by ``***``.
+
+    Works on the text, not on a successful parse: a URL that does not parse,
+    or a password holding an unencoded ``/``, is masked all the same.
+    """
+    end = _credentials_end(raw)
+    if end is not None:
+        scheme = SCHEME.match(raw)
+        colon = raw.find(":", scheme.end() if scheme else 0, end)
+        if colon >= 0:  # user:password@ (a user alone is no secret)
+            raw = raw[: colon + 1] + "***" + raw[end:]
+            end = colon + 4
+    query_start = raw.find("?", end or 0)
+    if query_start < 0:
+        return raw
+    query_end = _first_of(raw, "#", query_start)
+    pairs = []
+    for pair in raw[query_start + 1:query_end].split("&"):
+        key, equals, value = pair.partition("=")
+        if key.lower() in SECRET_KEYS and value:
+            value = "***"
+        elif "://" in unquote_plus(value):  # endpoint=http://KEY:SECRET@host, perhaps percent-encoded
+            masked = redact(unquote_plus(value))
+            value = value if masked == unquote_plus(value) else masked
+        pairs.append(f"{key}{equals}{value}")
+    return raw[: query_start + 1] + "&".join(pairs) + raw[query_end:]
+
+
+def has_credentials(raw: str) -> bool:
+    """Whether ``raw`` carries a ``user[:password]@``, however it is written (see :func:`_credentials_end`)."""
+    return _credentials_end(raw) is not None
+
+
+def _credentials_end(raw: str) -> int | None:
+    """Where the ``user:password`` of ``raw`` ends (the index of its ``@``), or None if it has none.
+
+    Read as an operator may have written it: a password holding an unencoded ``/``,
+    ``?`` or ``#`` ends the host early for a URL parser, so an ``@`` further on
+    still ends the credentials if what precedes it has the ``user:`` shape.
+    """
+    scheme = SCHEME.match(raw)
+    start = scheme.end() if scheme else 0
+    authority_end = _first_of(raw, "/?#", start)
+    authority = raw[start:authority_end]
+    if "@" in authority:
+        return start + authority.rindex("@")
+    if not authority:
+        return None
+    if HOST_PORT.fullmatch(authority):
+        if scheme and scheme[1].lower() in PATH_AT_SCHEMES:
+            return None
+        at = raw.rfind("@", authority_end, _first_of(raw, "?#", authority_end))
+    else:
+        at = raw.rfind("@", start)  # no valid host at all: anything before the last "@" may be a password
+    return at if at >= 0 and ":" in raw[start:at] else None
+
+
+def _first_of(text: str, chars: str, start: int) -> int:
+    """The index of the first of ``chars`` in ``text`` from ``start``, else its length."""
+    found = [i for i in (text.find(c, start) for c in chars) if i >= 0]
+    return min(found) if found else len(text)
 
 
 class Plugins:

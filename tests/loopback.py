@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 
@@ -28,3 +30,57 @@ class LoopbackServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Trickle(LoopbackServer):
+    """Answers every request with 200 and a body of ``size`` bytes sent one byte per ``pause`` seconds:
+    never silent long enough for a per-read timeout, never finished. Bounded: the last byte goes after
+    size * pause seconds, or when the client has gone."""
+
+    def __init__(self, size: int = 400, pause: float = 0.05, content_type: str = "application/octet-stream") -> None:
+        self.started = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def _trickle(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                self.server.owner.started.set()  # type: ignore[attr-defined]
+                try:
+                    for _ in range(size):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(pause)  # the behaviour under test: a byte every so often
+                except OSError:
+                    pass  # the client gave up, as it should
+
+            do_GET = do_HEAD = do_POST = _trickle  # noqa: N815 (http.server's naming)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._serve(Handler, "trickle")
+
+
+class FixedAnswer(LoopbackServer):
+    """Answers every request with 200 and the same JSON body, whatever its shape."""
+
+    def __init__(self, body: object) -> None:
+        payload = json.dumps(body).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_PUT = do_DELETE = _answer  # noqa: N815 (http.server's naming)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._serve(Handler, "fixed-answer")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dewy.archive import DEFAULT_MAX_BYTES, extract
+from dewy.archive import DEFAULT_MAX_BYTES, DEFAULT_MAX_MEMBERS, extract
 from dewy.errors import ArchiveError
 
 TAR_MODES = {"app.tar.gz": "w:gz", "app.tgz": "w:gz", "app.tar.bz2": "w:bz2", "app.tar.xz": "w:xz", "app.tar": "w"}
@@ -99,12 +99,13 @@ def snapshot(root: Path, skip: Path) -> dict[str, object]:
     return seen
 
 
-def rejected(archive: Path, dest: Path, *phrases: str, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+def rejected(archive: Path, dest: Path, *phrases: str, max_bytes: int = DEFAULT_MAX_BYTES,
+             max_members: int = DEFAULT_MAX_MEMBERS) -> str:
     """Extract expecting ArchiveError: one line, naming the archive and each phrase; nothing outside dest changed."""
     root = dest.parents[2]
     before = snapshot(root, dest)
     with pytest.raises(ArchiveError) as raised:
-        extract(archive, dest, max_bytes=max_bytes)
+        extract(archive, dest, max_bytes=max_bytes, max_members=max_members)
     message = str(raised.value)
     assert "\n" not in message
     assert message.startswith(archive.name), message
@@ -449,3 +450,65 @@ def test_file_mtimes_are_kept_for_web_server_caching(tmp_path: Path) -> None:
         dest.mkdir()
         extract(tmp_path / name, dest)
         assert abs((dest / member).stat().st_mtime - when) < 86400 + 1, name  # zip stores local time
+
+
+# Hostile names, member counts and empty archives.
+
+
+def test_nul_byte_in_a_pax_path_is_refused(tmp_path: Path, dest: Path) -> None:
+    info, data = reg("ok.txt", b"x")
+    info.pax_headers = {"path": "evil\0name"}
+    rejected(make_tar(tmp_path / "app.tar", (info, data)), dest, "has a NUL byte in its name")
+
+
+def test_nul_byte_in_a_symlink_target_is_refused(tmp_path: Path, dest: Path) -> None:
+    info, data = sym("link", "placeholder")
+    info.pax_headers = {"linkpath": "index.html\0../../etc"}
+    rejected(make_tar(tmp_path / "app.tar", reg("index.html", b"x"), (info, data)), dest, "target contains a NUL byte")
+
+
+def test_member_limit_counts_empty_members_while_extracting(tmp_path: Path, dest: Path) -> None:
+    members = [reg(f"empty-{i}") for i in range(11)]
+    rejected(make_tar(tmp_path / "app.tar.gz", *members), dest, "has more than 10 members; raise the limit with"
+             " --max-archive-members", max_members=10)
+    assert len(list(dest.iterdir())) == 10, "extraction stops at the limit"
+    (dest.parent / "r2").mkdir()
+    rejected(make_zip(tmp_path / "app.zip", *(zentry(f"f{i}") for i in range(5))), dest.parent / "r2",
+             "more than 4 members", max_members=4)
+
+
+def test_member_limit_exactly_reached_is_fine_and_counts_dirs_and_links(tmp_path: Path, dest: Path) -> None:
+    archive = make_tar(tmp_path / "app.tar", dirent("d/"), reg("d/a", b"1"), sym("s", "d/a"), hard("h", "d/a"))
+    extract(archive, dest, max_members=4)
+    assert (dest / "h").read_bytes() == b"1"
+    (dest.parent / "r2").mkdir()
+    rejected(archive, dest.parent / "r2", "more than 3 members", max_members=3)
+
+
+def test_default_member_limit_is_the_documented_one() -> None:
+    from dewy.cli import parse
+
+    assert parse(["assets", "-r", "file:///r"]).max_archive_members == 100_000
+    assert parse(["assets", "-r", "file:///r", "--max-archive-members", "5"]).max_archive_members == 5
+
+
+@pytest.mark.parametrize("name", ["app.tar.gz", "app.zip"])
+def test_empty_archive_is_refused(tmp_path: Path, dest: Path, name: str) -> None:
+    archive = make_zip(tmp_path / name) if name.endswith(".zip") else make_tar(tmp_path / name)
+    rejected(archive, dest, "is empty")
+
+
+def test_archive_of_only_its_root_directory_is_refused(tmp_path: Path, dest: Path) -> None:
+    rejected(make_tar(tmp_path / "app.tar.gz", dirent("./"), dirent(".")), dest, "is empty")
+    make_zip(tmp_path / "app.zip", (zipfile.ZipInfo("./"), b""))
+    rejected(tmp_path / "app.zip", dest, "is empty")
+
+
+def test_an_empty_directory_is_something_to_deploy(tmp_path: Path, dest: Path) -> None:
+    extract(make_tar(tmp_path / "app.tar", dirent("./"), dirent("uploads/")), dest)
+    assert (dest / "uploads").is_dir()
+
+
+def test_very_long_member_name_is_shortened_in_the_error(tmp_path: Path, dest: Path) -> None:
+    message = rejected(make_tar(tmp_path / "app.tar", reg("../" + "x" * 5000)), dest, "escapes the release directory")
+    assert len(message) < 400 and "5003 characters" in message

@@ -41,3 +41,10 @@ def test_file_cache_survives_a_new_instance(tmp_path) -> None:
     url = CACHES.url(tmp_path.as_uri())
     asyncio.run(CACHES.load(url).put("k", b"v"))
     assert asyncio.run(CACHES.load(url).get("k")) == b"v"
+
+
+def test_file_cache_entry_with_a_damaged_expiry_is_treated_as_expired(tmp_path) -> None:
+    cache = CACHES.load(CACHES.url(tmp_path.as_uri()))
+    (tmp_path / ".kv" / "k").write_bytes(b"not-a-time\nv")
+    assert asyncio.run(cache.get("k")) is None
+    assert not (tmp_path / ".kv" / "k").exists()

@@ -54,6 +54,22 @@ def dewy(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["container", "--registry", "img://h/r", "--container-port", "8080", "--", "sh", "-c", "x"], "run options only"),
         (["deploy"], "invalid choice"),
         ([], "missing command"),
+        # hostile or broken values: one line, never a traceback
+        (["assets", "-r", "ghr://[oops"], "not a valid URL: an unmatched [ or ]"),
+        (["assets", "-r", "file:///tmp/r", "-c", "redis://u:pw@[::1"], "not a valid URL"),
+        (["assets", "-r", "file:///tmp/r", "--notifier", "mail://[::1/a@b"], "not a valid URL"),
+        (["assets", "-r", "file:///tmp/r", "--max-archive-size", "inf"], "--max-archive-size: 'inf' is not a size"),
+        (["assets", "-r", "file:///tmp/r", "--max-archive-size", "1e400"], "must be a finite number"),
+        (["assets", "-r", "file:///tmp/r", "--max-archive-size", "nan"], "must be a finite number"),
+        (["assets", "-r", "file:///tmp/r", "--max-archive-size", "9999999999T"], "too large (at most 1 EiB)"),
+        (["assets", "-r", "file:///tmp/r", "-i", "inf"], "-i/--interval: 'inf' is not a duration"),
+        (["assets", "-r", "file:///tmp/r", "-i", "nan"], "must be a finite number"),
+        (["assets", "-r", "file:///tmp/r", "--hook-timeout", "1e400"], "must be a finite number"),
+        (["assets", "-r", "file:///tmp/r", "--hook-timeout", "1e12"], "too large (at most a year)"),
+        (["assets", "-r", "file:///tmp/r", "--max-archive-members", "0"], "--max-archive-members: 0 must be at least 1"),
+        (["assets", "-r", "file:///tmp/r", "--max-archive-members", "1e9"], "is not a whole number"),
+        (["assets", "-r", "file:///tmp/r", "--keep-releases", "-1"], "--keep-releases"),
+        (["container", "--registry", "img://h/r", "--container-port", "8080", "--drain-time", "inf"], "--drain-time"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], expected: str, tmp_path) -> None:

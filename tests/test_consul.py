@@ -11,10 +11,12 @@ import httpx
 import pytest
 
 from dewy.cache import CACHES
+from dewy.cache import consul as consul_module
 from dewy.errors import CacheError, UsageError
 from tests.consul_server import ConsulServer
 from tests.fleet import run_fleet
 from tests.harness import free_port
+from tests.loopback import FixedAnswer, Trickle
 from tests.test_cache import test_add_is_a_lock_with_expiry, test_put_get_delete  # noqa: F401  (run here against Consul)
 
 TOKEN = "b1gs3cr3t-acl-token"
@@ -152,3 +154,29 @@ def test_fleet_of_5_asks_github_once_per_ttl(consul, tmp_path, monkeypatch) -> N
     assert figures.min_gap > ttl - 0.3, figures.summary()
     assert figures.takeover <= figures.lock_left + interval + 0.5, figures.summary()
     assert figures.takeover <= ttl + interval, figures.summary()
+
+
+def test_a_trickling_consul_cannot_stall_a_cycle(monkeypatch) -> None:
+    monkeypatch.setattr(consul_module, "DEADLINE", 0.5)
+    with Trickle(content_type="application/json") as server:
+        cache = CACHES.load(CACHES.url(f"consul://127.0.0.1:{server.port}/dewy"))
+        started = time.monotonic()
+        with pytest.raises(CacheError) as raised:
+            run(asyncio.wait_for(cache.get("k"), 5))
+    assert time.monotonic() - started < 3
+    assert str(raised.value) == f"consul://127.0.0.1:{server.port}/dewy: GET k failed: no complete answer within 0.5 s"
+
+
+@pytest.mark.parametrize("body, problem", [
+    ([5], "KV entry [0] is not an object with a string Key"),
+    ([{"Key": "dewy/k", "Value": 7, "ModifyIndex": 1}], "KV entry [0] is not an object"),
+    ([{"Key": "dewy/k", "Value": "e30=", "ModifyIndex": "1"}], "KV entry [0] is not an object"),
+    ([{"Key": "dewy/k", "Value": "not base64!", "ModifyIndex": 1}], "KV entry [0] ('dewy/k') has a Value that is not base64"),
+])
+def test_answers_of_the_wrong_shape_are_cache_errors(body, problem: str) -> None:
+    with FixedAnswer(body) as server:
+        cache = CACHES.load(CACHES.url(f"consul://127.0.0.1:{server.port}/dewy"))
+        for call in (cache.get("k"), cache.keys(), cache.add("k", b"v", 5)):
+            with pytest.raises(CacheError) as raised:
+                run(call)
+            assert problem in str(raised.value)

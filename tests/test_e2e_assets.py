@@ -8,6 +8,8 @@ import tarfile
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import host_artifact, publish
 from tests.github_server import GitHubServer
 from tests.harness import Dewy
@@ -105,3 +107,103 @@ def test_registry_outage_is_retried_with_backoff_and_rate_limits_are_honoured(tm
         finally:
             dewy.kill()
         assert not any("ghp_secret_value" in json.dumps(e) for e in dewy.seen)
+
+
+def hostile_tar(kind: str) -> bytes:
+    """Archives that once crashed dewy or emptied the site."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        if kind == "deep":
+            tar.addfile(tarfile.TarInfo("d/" * 2100 + "f"), None)
+        elif kind == "nul-path":
+            info = tarfile.TarInfo("index.html")
+            info.pax_headers = {"path": "index\0.html"}
+            tar.addfile(info, io.BytesIO(b""))
+        elif kind == "nul-link":
+            info = tarfile.TarInfo("link")
+            info.type, info.pax_headers = tarfile.SYMTYPE, {"linkpath": "a\0b"}
+            tar.addfile(info)
+        elif kind == "root-only":
+            info = tarfile.TarInfo("./")
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        elif kind == "many":
+            for i in range(60):
+                tar.addfile(tarfile.TarInfo(f"empty-{i}"), io.BytesIO(b""))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind, phrase", [
+    ("deep", "cannot be extracted: File name too long"),
+    ("nul-path", "has a NUL byte in its name"),
+    ("nul-link", "target contains a NUL byte"),
+    ("empty", "is empty (no files or directories): refusing to deploy it"),
+    ("root-only", "is empty"),
+    ("many", "has more than 50 members; raise the limit with --max-archive-members"),
+])
+def test_hostile_archive_is_one_error_line_and_the_site_stays(tmp_path, kind: str, phrase: str) -> None:
+    registry = tmp_path / "registry"
+    publish(registry, "v1.0.0", {"index.html": "one"})
+    dewy = assets(tmp_path, "--max-archive-members", "50")
+    try:
+        dewy.wait_for("deployed", version="v1.0.0")
+        (registry / "v1.1.0").mkdir()
+        (registry / "v1.1.0" / host_artifact()).write_bytes(hostile_tar(kind))
+        failure = dewy.wait_for("deploy-failed")
+        assert phrase in failure["msg"] and "\n" not in failure["msg"] and len(failure["msg"]) < 400
+        dewy.wait_for("deploy-failed")  # retried, still running
+        assert served(tmp_path) == "one"
+        assert [p.name for p in (tmp_path / "site" / "releases").iterdir() if p.name.startswith(".")] == []
+    finally:
+        dewy.kill()
+    restarted = assets(tmp_path, "--max-archive-members", "50")  # a restart is not stopped by what was refused
+    try:
+        assert phrase in restarted.wait_for("deploy-failed")["msg"]
+        assert served(tmp_path) == "one"
+    finally:
+        restarted.kill()
+
+
+def test_file_artifact_caught_half_copied_is_fetched_again_when_complete(tmp_path) -> None:
+    registry = tmp_path / "registry"
+    publish(registry, "v1.0.0", {"index.html": "one"})
+    complete = publish(tmp_path / "staging", "v1.1.0", {"index.html": "two" * 10_000}).read_bytes()
+    dewy = assets(tmp_path)
+    try:
+        dewy.wait_for("deployed", version="v1.0.0")
+        (registry / "v1.1.0").mkdir()
+        target = registry / "v1.1.0" / host_artifact()
+        with target.open("wb") as copying:  # a cp in progress: half the bytes are there
+            copying.write(complete[: len(complete) // 2])
+            copying.flush()
+            failure = dewy.wait_for("deploy-failed")
+            assert "is truncated or corrupt" in failure["msg"]
+            assert not (tmp_path / "cache" / "artifacts" / f"v1.1.0--{host_artifact()}").exists(), \
+                "the half copy must not stay in the cache"
+            copying.write(complete[len(complete) // 2:])
+        dewy.wait_for("deployed", version="v1.1.0")
+        assert served(tmp_path) == "two" * 10_000
+    finally:
+        dewy.kill()
+
+
+def test_asset_name_climbing_out_of_the_cache_is_refused_and_nothing_is_written_outside(tmp_path) -> None:
+    evil = "../../../x/evil_" + host_artifact()
+    outside = tmp_path / "cache" / "x"  # where the cache path of that name normalises to
+    outside.mkdir(parents=True)
+    with GitHubServer() as github:
+        github.add_release("acme", "site", "v1.0.0", {host_artifact(): publish(tmp_path / "staging", "v1.0.0",
+                                                                              {"index.html": "one"}).read_bytes()})
+        dewy = assets(tmp_path, registry="ghr://acme/site", env={"GITHUB_API_URL": github.url})
+        try:
+            dewy.wait_for("deployed", version="v1.0.0")
+            github.add_release("acme", "site", "v1.1.0", {evil: b"whatever"})
+            failure = dewy.wait_for("deploy-failed")
+            assert failure["msg"] == (f"ghr://acme/site: release v1.1.0: the asset name {evil!r} holds a / (a file name"
+                                      " is one path component); nothing deployed")
+            dewy.wait_for("deploy-failed")  # still running, retrying
+            assert served(tmp_path) == "one"
+        finally:
+            dewy.kill()
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path.parent / "x").exists()

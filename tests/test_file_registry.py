@@ -12,6 +12,9 @@ import pytest
 
 from dewy.errors import ArtifactNotReady, RegistryError
 from dewy.registry import REGISTRIES
+from dewy.registry.file import DirectoryRegistry
+from dewy.registry.objectstore import Listing
+from dewy.urls import Url
 from tests.conftest import host_artifact, publish
 
 
@@ -76,3 +79,30 @@ def test_report_writes_audit_record(tmp_path) -> None:
     assert re.fullmatch(rf"shipped_to_{re.escape(host)}_server_at_\d{{8}}T\d{{6}}\.\d{{9}}Z\.txt", records[0].name)
     assert records[0].read_text().startswith(f"shipped to {host} server at ")
     assert current(tmp_path).artifact_name == host_artifact(), "an audit record is never taken for the artifact"
+
+
+class Listed(DirectoryRegistry):
+    """The file:// registry with its backend answers replaced: what a misbehaving store might list."""
+
+    versions: list = ["v1.0.0"]
+    files: Listing = Listing([host_artifact()], None)
+
+    def list_versions(self) -> list:
+        return self.versions
+
+    def list_files(self, tag: str) -> Listing:
+        return self.files
+
+
+@pytest.mark.parametrize("versions, files, problem", [
+    ([1], Listing([], None), "the store listed 1 as a version directory, which is not a name"),
+    (["v1.0.0"], Listing([None], None), "the store listed None as a file of v1.0.0, which is not a name"),
+    (["v1.0.0"], Listing([host_artifact()], "yesterday"), "release v1.0.0: the store gave 'yesterday' as its time"),
+    (["v1.0.0"], Listing([".."], None), "release v1.0.0: the file name '..' is not a file name; nothing deployed"),
+])
+def test_listing_of_the_wrong_shape_is_one_error(tmp_path, versions, files, problem: str) -> None:
+    backend = Listed(Url.parse(tmp_path.as_uri() + ("?artifact=.." if files.names == [".."] else "")))
+    backend.versions, backend.files = versions, files
+    with pytest.raises(RegistryError) as raised:
+        asyncio.run(backend.current())
+    assert problem in str(raised.value) and "\n" not in str(raised.value)

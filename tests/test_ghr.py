@@ -12,15 +12,19 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
+import httpx
 import pytest
 
 from dewy import __version__
+from dewy import github as github_module
 from dewy.artifacts import ARTIFACTS
+from dewy.artifacts import deadline as deadline_module
 from dewy.errors import ArtifactError, ArtifactNotReady, RegistryError, UsageError
 from dewy.github import CHUNK_SIZE, RateLimited
 from dewy.registry import REGISTRIES, Release, shipped_text
 from tests.conftest import host_artifact
 from tests.github_server import GitHubServer
+from tests.loopback import FixedAnswer, Trickle
 
 TOKEN = "ghp_TESTs3cr3tT0kenNeverPrinted0123456789"
 OWNER, REPO = "acme", "app"
@@ -342,3 +346,89 @@ def test_bad_api_url_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GITHUB_API_URL", "github.example.com")
     with pytest.raises(UsageError, match="GITHUB_API_URL"):
         registry()
+
+
+GOOD_ASSET = {"id": 1, "name": ARTIFACT, "state": "uploaded", "url": "http://x/asset/1"}
+GOOD_RELEASE = {"id": 7, "tag_name": "v1.0.0", "draft": False, "prerelease": False,
+                "published_at": "2026-01-01T00:00:00Z", "assets": [GOOD_ASSET]}
+
+
+@pytest.mark.parametrize("body, problem", [
+    ([1, 2], "releases[0] is a number, not an object"),
+    (["v1.0.0"], "releases[0] is a string, not an object"),
+    ([{**GOOD_RELEASE, "assets": "app.tar.gz"}], "releases[0].assets is a string, not a list"),
+    ([{**GOOD_RELEASE, "assets": None}], "releases[0].assets is null, not a list"),
+    ([{**GOOD_RELEASE, "assets": [{**GOOD_ASSET, "name": 5}]}], "releases[0].assets[0].name is a number, not a string"),
+    ([{**GOOD_RELEASE, "assets": [{"name": ARTIFACT, "state": "uploaded"}]}], "releases[0].assets[0].id is missing, not a number"),
+    ([{**GOOD_RELEASE, "assets": [{**GOOD_ASSET, "id": True}]}], "releases[0].assets[0].id is a boolean, not a number"),
+    ([{**GOOD_RELEASE, "assets": ["x"]}], "releases[0].assets[0] is a string, not an object"),
+    ([{**GOOD_RELEASE, "published_at": 1767225600}], "releases[0].published_at is a number, not a string"),
+    ([{**GOOD_RELEASE, "tag_name": None}], "releases[0].tag_name is null, not a string"),
+    ([{**GOOD_RELEASE, "draft": "no"}], "releases[0].draft is a string, not a boolean"),
+])
+def test_release_list_of_the_wrong_shape_is_one_error_naming_the_field(monkeypatch: pytest.MonkeyPatch, body: object,
+                                                                       problem: str) -> None:
+    with FixedAnswer(body) as api:
+        monkeypatch.setenv("GITHUB_API_URL", api.origin)
+        with pytest.raises(RegistryError) as raised:
+            current()
+    message = str(raised.value)
+    assert message == f"GitHub GET {api.origin}/repos/{OWNER}/{REPO}/releases: unexpected answer: {problem}"
+
+
+def test_a_good_answer_of_the_same_server_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FixedAnswer([GOOD_RELEASE]) as api:
+        monkeypatch.setenv("GITHUB_API_URL", api.origin)
+        assert current().artifact_name == ARTIFACT
+
+
+@pytest.mark.parametrize("name", ["../../../x/evil_" + ARTIFACT, "sub/" + ARTIFACT])
+def test_asset_name_that_is_not_one_path_component_is_refused(github: GitHubServer, name: str) -> None:
+    github.add_release(OWNER, REPO, "v1.0.0", {name: b"evil"})
+    with pytest.raises(RegistryError) as raised:
+        current()
+    assert str(raised.value) == (f"ghr://{OWNER}/{REPO}: release v1.0.0: the asset name {name!r} holds a / (a file name"
+                                 " is one path component); nothing deployed")
+
+
+def test_a_trickling_api_cannot_hold_a_poll_past_its_total_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(github_module, "REQUEST_DEADLINE", 0.5)
+    with Trickle(content_type="application/json") as api:
+        monkeypatch.setenv("GITHUB_API_URL", api.origin)
+        started = time.monotonic()
+        with pytest.raises(RegistryError) as raised:
+            asyncio.run(asyncio.wait_for(registry().current(), 5))
+    assert time.monotonic() - started < 3
+    assert str(raised.value) == (f"GitHub GET {api.origin}/repos/{OWNER}/{REPO}/releases?per_page=100: no complete answer"
+                                 " within 0.5 s (the server stalls or trickles); dewy retries")
+
+
+def test_a_trickling_download_is_abandoned_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deadline_module, "DOWNLOAD_FLOOR", 0.5)
+    with Trickle() as api:
+        monkeypatch.setenv("GITHUB_API_URL", api.origin)
+        monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+        artifact = ARTIFACTS.load(ARTIFACTS.url(f"ghr://{OWNER}/{REPO}/tag/v1.0.0/{ARTIFACT}?asset=1"))
+        started = time.monotonic()
+        with pytest.raises(ArtifactError) as raised:
+            asyncio.run(asyncio.wait_for(artifact.download(io.BytesIO()), 5))
+    assert time.monotonic() - started < 3
+    message = str(raised.value)
+    assert message.startswith(f"GitHub GET {api.origin}/repos/{OWNER}/{REPO}/releases/assets/1: the download stalled (")
+    assert message.endswith("under 256 KiB/s after the first 0.5 s); dewy retries") and TOKEN not in message
+
+
+def test_download_deadline_grows_with_the_bytes_received(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deadline_module, "DOWNLOAD_FLOOR", 0.3)
+    monkeypatch.setattr(deadline_module, "MIN_DOWNLOAD_RATE", 25)  # bytes/s; the server sends 50 a second, for a second
+    with Trickle(size=50, pause=0.02) as api:
+        monkeypatch.setenv("GITHUB_API_URL", api.origin)
+        out = io.BytesIO()
+        artifact = ARTIFACTS.load(ARTIFACTS.url(f"ghr://{OWNER}/{REPO}/tag/v1.0.0/{ARTIFACT}?asset=1"))
+        asyncio.run(asyncio.wait_for(artifact.download(out), 5))
+    assert out.getvalue() == b" " * 50, "slow but steady: longer than the floor, within floor + bytes / rate"
+
+
+def test_absurd_retry_after_is_bounded(github: GitHubServer) -> None:
+    for header, expected in (("1e400", 60.0), ("nan", 60.0), ("99999999", 3600.0), ("-5", 1.0)):
+        assert github_module._retry_after(httpx.Headers({"Retry-After": header})) == expected

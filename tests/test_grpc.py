@@ -267,6 +267,11 @@ def _answer(tag: str = "v1.0.0", url: str = "file:///srv/app.tar.gz", age: timed
     (lambda: _answer(url="https://u:hunter2@files.example/app.tar.gz"), None, RegistryError, r"artifact_url https://u:\*\*\*@files\.example/app\.tar\.gz has scheme 'https'"),
     (lambda: _answer(url="app.tar.gz"), None, RegistryError, r"artifact_url 'app\.tar\.gz' is not a URL"),
     (lambda: _answer(url="file:///srv/v1/"), None, RegistryError, r"names no file"),
+    (lambda: _answer(url="ghr://acme/app/tag/v1.0.0/..%2F..%2Fx%2Fevil_linux_amd64.tar.gz"), None, RegistryError,
+     r"names the file '\.\./\.\./x/evil_linux_amd64\.tar\.gz', which holds a / \(a file name is one path component\);"
+     r" fix the server's answer"),
+    (lambda: _answer(url="s3://us-east-1/bucket/v1/sub%2Fapp.tar.gz"), None, RegistryError, r"'sub/app\.tar\.gz', which holds a /"),
+    (lambda: _answer(url="file:///srv/v1/%2E%2E"), None, RegistryError, r"'\.\.', which is not a file name"),
     (lambda: _answer(tag=""), None, RegistryError, r"answered Current without a tag"),
     (lambda: _answer(tag="latest"), None, RegistryError, r"answered tag 'latest', which is not a semantic version"),
     (lambda: _answer(tag="v1.2.0+green"), "blue", RegistryError,
@@ -275,7 +280,7 @@ def _answer(tag: str = "v1.0.0", url: str = "file:///srv/app.tar.gz", age: timed
     (lambda: _answer(url="", age=timedelta(minutes=5)), None, ArtifactNotReady, r"release v1\.0\.0 has no artifact_url yet \(published 30\d?s ago"),
     (lambda: _answer(url="", age=timedelta(hours=2)), None, RegistryError, r"release v1\.0\.0 has no artifact_url \(published 20"),
     (lambda: _answer(url=""), None, RegistryError, r"release v1\.0\.0 has no artifact_url; the server must answer"),
-], ids=["unknown-scheme", "https-redacted", "not-a-url", "no-file-name", "no-tag", "not-semver", "other-slot", "no-slot",
+], ids=["unknown-scheme", "https-redacted", "not-a-url", "no-file-name", "slash-in-name", "slash-in-s3-name", "dotdot-name", "no-tag", "not-semver", "other-slot", "no-slot",
         "young-no-artifact", "old-no-artifact", "ageless-no-artifact"])
 def test_unusable_answers_are_one_clear_error(answer, slot, error, expected) -> None:
     with GrpcServer(Scripted(answer())) as server:  # made now: created_at is relative to the test's clock

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,6 +17,7 @@ import pytest
 
 import dewy.registry
 from dewy.artifacts import ARTIFACTS
+from dewy.artifacts import deadline as deadline_module
 from dewy.errors import ArtifactError, ArtifactNotReady, RegistryError, UsageError
 from dewy.registry import REGISTRIES
 from dewy.store import ArtifactStore
@@ -22,6 +25,7 @@ from dewy.urls import Url
 from tests.conftest import host_artifact, tar_gz
 from tests.objectstores import (StandIn, big_file, closed_port_url, deploy_two_versions, download_memory_growth,
                                 gcs_emulator, release_files)
+from tests.loopback import Trickle
 
 PROJECT = "dewy-test"
 GOOGLE_ENV = ("STORAGE_EMULATOR_HOST", "API_ENDPOINT_OVERRIDE", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT")
@@ -314,3 +318,17 @@ def test_download_streams_with_flat_memory(tmp_path, gcs) -> None:
     grew = download_memory_growth(f"gs://{bucket}/v1.0.0/big.tar.gz", tmp_path / "out", {"STORAGE_EMULATOR_HOST": gcs.host})
     assert (tmp_path / "out").stat().st_size == size
     assert grew < 24 << 20, f"peak RSS grew by {grew >> 20} MiB for a {size >> 20} MiB download"
+
+
+def test_a_trickling_download_is_abandoned_at_its_total_deadline(google_env) -> None:
+    google_env.setattr(deadline_module, "DOWNLOAD_FLOOR", 0.5)
+    with Trickle() as server:  # a byte every 50 ms: no read ever times out
+        google_env.setenv("STORAGE_EMULATOR_HOST", server.origin)
+        started = time.monotonic()
+        with pytest.raises(ArtifactError) as raised:
+            asyncio.run(asyncio.wait_for(ARTIFACTS.load(Url.parse("gs://bucket/v1/app.tar.gz")).download(io.BytesIO()), 5))
+    assert time.monotonic() - started < 3
+    message = str(raised.value)
+    assert message.startswith("gs://bucket/v1/app.tar.gz: the download stalled (")
+    assert message.endswith("after the first 0.5 s); dewy retries")
+

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
@@ -14,6 +16,8 @@ import pytest
 
 import dewy.registry
 from dewy.artifacts import ARTIFACTS
+from dewy.artifacts import deadline as deadline_module
+from dewy.artifacts import s3 as s3_module
 from dewy.errors import ArtifactError, ArtifactNotReady, RegistryError, UsageError
 from dewy.registry import REGISTRIES
 from dewy.store import ArtifactStore
@@ -22,6 +26,7 @@ from tests.conftest import host_artifact, tar_gz
 from tests.objectstores import (AWS_ENV, AWS_SECRET, AWS_UNSET, REGION, StandIn, big_file, closed_port_url,
                                 deploy_two_versions, download_memory_growth, moto_server, release_files, start_dewy)
 from tests.harness import ClientLoop, free_port, get
+from tests.loopback import Trickle
 
 
 @pytest.fixture(scope="module")
@@ -331,3 +336,38 @@ def test_registry_failure_keeps_the_running_version_serving(tmp_path) -> None:
             assert AWS_SECRET not in json.dumps(dewy.seen)
         finally:
             dewy.kill()
+
+
+def test_a_trickling_download_is_abandoned_at_its_total_deadline(aws, monkeypatch) -> None:
+    monkeypatch.setattr(deadline_module, "DOWNLOAD_FLOOR", 0.5)
+    monkeypatch.setattr(s3_module, "CHUNK", 64)  # the deadline allows for the chunk in flight: keep that short
+    with Trickle() as server:  # a byte every 50 ms: no read ever times out
+        url = f"s3://{REGION}/bucket/app.tar.gz?endpoint={server.origin}"
+        started = time.monotonic()
+        with pytest.raises(ArtifactError) as raised:
+            asyncio.run(asyncio.wait_for(ARTIFACTS.load(Url.parse(url)).download(io.BytesIO()), 5))
+    assert time.monotonic() - started < 3
+    message = str(raised.value)
+    assert message.startswith(f"{url}: the download stalled (") and message.endswith("after the first 0.5 s); dewy retries")
+    assert AWS_SECRET not in message
+
+
+def test_a_slow_but_steady_download_gets_time_for_its_bytes(aws, monkeypatch) -> None:
+    monkeypatch.setattr(deadline_module, "DOWNLOAD_FLOOR", 0.3)
+    monkeypatch.setattr(deadline_module, "MIN_DOWNLOAD_RATE", 25)  # bytes/s; the server sends 50 a second, for a second
+    monkeypatch.setattr(s3_module, "CHUNK", 4)
+    with Trickle(size=50, pause=0.02) as server:
+        out = io.BytesIO()
+        url = f"s3://{REGION}/bucket/app.tar.gz?endpoint={server.origin}"
+        asyncio.run(asyncio.wait_for(ARTIFACTS.load(Url.parse(url)).download(out), 5))
+    assert out.getvalue() == b" " * 50
+
+
+def test_a_deadline_passed_before_the_body_arrives_is_the_same_one_line(aws, monkeypatch) -> None:
+    monkeypatch.setattr(deadline_module, "DOWNLOAD_FLOOR", 0.0)  # gone by the time the answer's headers are in
+    monkeypatch.setattr(s3_module, "CHUNK", 64)
+    with Trickle() as server:
+        url = f"s3://{REGION}/bucket/app.tar.gz?endpoint={server.origin}"
+        with pytest.raises(ArtifactError) as raised:
+            asyncio.run(asyncio.wait_for(ARTIFACTS.load(Url.parse(url)).download(io.BytesIO()), 5))
+    assert str(raised.value).startswith(f"{url}: the download stalled (0 bytes in ")

@@ -8,6 +8,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -417,3 +418,30 @@ def test_reuse_takes_inherited_sockets_and_binds_the_rest() -> None:
         assert held.addresses[1][1] not in (0, kept_port)
     with pytest.raises(OSError):
         os.fstat(dropped_fd)  # a socket no longer configured is closed
+
+
+def test_reuse_takes_the_sockets_back_from_the_serving_app_when_the_fd_store_is_gone() -> None:
+    """systemd empties dewy@NAME's fd store once the unit has failed (a configuration error), while
+    the app goes on serving on the sockets: the next dewy takes them from the app, not binding anew
+    (which EADDRINUSE would refuse) and not refusing the connections queued meanwhile."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    inode = os.fstat(listener.fileno()).st_ino
+    app = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.stdin.read()"], stdin=subprocess.PIPE,
+                           pass_fds=[listener.fileno()])
+    listener.close()                    # only the "app" holds it now
+    try:
+        with pytest.raises(UsageError, match="Address already in use"):
+            HeldSockets.reuse([("127.0.0.1", port)], [])
+        waiting = socket.create_connection(("127.0.0.1", port), timeout=5)   # queued while nobody accepts
+        with HeldSockets.reuse([("127.0.0.1", port)], [], holders=[os.getpid() + 10**7, app.pid]) as held:
+            assert os.fstat(held.fds[0]).st_ino == inode, "the app's socket, not a new one"
+            with socket.socket(fileno=os.dup(held.fds[0])) as taken:
+                taken.settimeout(5)
+                accepted, _ = taken.accept()
+                accepted.sendall(b"served")
+                assert waiting.recv(6) == b"served"
+                accepted.close()
+        waiting.close()
+    finally:
+        app.communicate(b"", timeout=5)

@@ -22,3 +22,4 @@ class Artifact(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+

@@ -50,10 +50,10 @@ class GitHubAsset:
         repo = f"/repos/{self.owner}/{self.repo}"
         if self.asset_id is not None:
             return f"{self.github.api_url}{repo}/releases/assets/{self.asset_id}"
-        release = await self.github.get_json(f"{repo}/releases/tags/{quote(self.tag, safe='+')}")
-        for asset in release.get("assets", []):
-            if asset.get("name") == self.name and asset.get("state") == "uploaded":
-                return str(asset["url"])
+        release = await self.github.release(f"{repo}/releases/tags/{quote(self.tag, safe='+')}")
+        for asset in release.assets:
+            if asset.name == self.name and asset.state == "uploaded" and asset.url:
+                return asset.url
         raise ArtifactError(f"{self.url}: release {self.tag} has no asset {self.name!r}")
 
     async def aclose(self) -> None:

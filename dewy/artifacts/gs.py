@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from typing import BinaryIO
 from urllib.parse import quote, unquote
 
@@ -31,6 +32,7 @@ from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from dewy.artifacts.deadline import Stalled, Watchdog, stalled
 from dewy.errors import ArtifactError, UsageError
 from dewy.lazyclient import LazyClient
 from dewy.urls import Url
@@ -44,6 +46,7 @@ EXPECTED = "gs://BUCKET/OBJECT"
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 TIMEOUT = (10, 60)  # connect, read (seconds)
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+READ_SIZE = 8192  # what google-resumable-media reads from the connection at a time
 
 
 def _server_busy(exc: Exception) -> bool:
@@ -156,22 +159,51 @@ class GCSObject:
         self.client = LazyClient(lambda: make_client(None))
 
     def _download(self, out: BinaryIO) -> None:
-        try:
-            blob = self.client.get().bucket(self.bucket).blob(self.key)
-            blob.download_to_file(out, raw_download=True, retry=DOWNLOAD_RETRY, timeout=TIMEOUT)
-        except FAILURES as exc:  # before OSError: requests' errors are OSErrors too
-            missing = f"no such object (or bucket {self.bucket!r}); it was deleted or never uploaded"
-            raise ArtifactError(f"{self.url}: cannot download: {explain(exc, self.bucket, not_found=missing)}") from None
-        except OSError as exc:
-            raise ArtifactError(f"{self.url}: cannot store the download: {exc.strerror or exc}") from None
-        finally:
-            self.client.close()
+        """The object within the download's total deadline (see dewy.artifacts.deadline): each response the
+        client's session receives is watched, and a request made after the deadline is refused."""
+        with Watchdog(time.monotonic(), in_flight=READ_SIZE) as watchdog:
+            try:
+                client = self.client.get()
+                session = client._http  # the client's requests session, where response hooks go
+
+                def hook(response, *args, **kwargs) -> None:
+                    watchdog.watch(response.raw)
+
+                session.hooks["response"].append(hook)
+                try:
+                    blob = client.bucket(self.bucket).blob(self.key)
+                    blob.download_to_file(_Progress(out, watchdog), raw_download=True, retry=DOWNLOAD_RETRY,
+                                          timeout=TIMEOUT)
+                finally:
+                    session.hooks["response"].remove(hook)
+            except (Stalled, *FAILURES) as exc:  # before OSError: requests' errors are OSErrors too
+                if watchdog.fired:
+                    raise ArtifactError(f"{self.url}: {stalled(watchdog.received, watchdog.elapsed)}") from None
+                missing = f"no such object (or bucket {self.bucket!r}); it was deleted or never uploaded"
+                raise ArtifactError(f"{self.url}: cannot download: {explain(exc, self.bucket, not_found=missing)}") from None
+            except OSError as exc:
+                raise ArtifactError(f"{self.url}: cannot store the download: {exc.strerror or exc}") from None
+            finally:
+                self.client.close()
 
     async def download(self, out: BinaryIO) -> None:
         await asyncio.to_thread(self._download, out)
 
     async def aclose(self) -> None:
         self.client.close()
+
+
+class _Progress:
+    """The output file, telling the watchdog how many bytes have arrived."""
+
+    def __init__(self, out: BinaryIO, watchdog: Watchdog) -> None:
+        self.out = out
+        self.watchdog = watchdog
+
+    def write(self, data: bytes) -> int:
+        written = self.out.write(data)
+        self.watchdog.progress(len(data))
+        return written
 
 
 def object_url(bucket: str, key: str) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import quote, unquote, urlsplit
@@ -30,9 +31,10 @@ from botocore.config import Config
 from botocore.parsers import ResponseParserError
 
 from dewy import __version__
+from dewy.artifacts.deadline import Stalled, Watchdog, stalled
 from dewy.errors import ArtifactError, UsageError
 from dewy.lazyclient import LazyClient
-from dewy.urls import Url
+from dewy.urls import Url, has_credentials, redact
 
 EXPECTED = "s3://REGION/BUCKET/KEY?endpoint=URL"
 CHUNK = 1 << 20
@@ -42,6 +44,8 @@ BUCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")  # loose: legacy u
 SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 EXPIRED_CODES = {"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired", "RequestExpired"}
 UNAVAILABLE_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed"}
+NO_CREDENTIALS = ("credentials do not belong in an s3:// URL; dewy uses the AWS credential chain"
+                  " (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance role)")
 
 
 @dataclass(frozen=True)
@@ -66,14 +70,18 @@ class S3Place:
 def environment_endpoint() -> str | None:
     if os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").strip().lower() == "true":
         return None
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if os.environ.get(name):
+            if has_credentials(os.environ[name]):
+                raise UsageError(f"{name}={redact(os.environ[name])}: {NO_CREDENTIALS}")
+            return os.environ[name]
+    return None
 
 
 def parse_s3_url(url: Url, expected: str = EXPECTED) -> S3Place:
     """Check the shape of ``s3://REGION/BUCKET/REST``; raise UsageError naming the problem."""
     if "@" in url.netloc:
-        raise UsageError(f"{url}: credentials do not belong in an s3:// URL; dewy uses the AWS credential chain"
-                         " (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance role)")
+        raise UsageError(f"{url}: {NO_CREDENTIALS}")
     region = url.netloc
     bucket, _, rest = url.path.lstrip("/").partition("/")
     if not region or not bucket:
@@ -84,9 +92,15 @@ def parse_s3_url(url: Url, expected: str = EXPECTED) -> S3Place:
         raise UsageError(f"{url}: {bucket!r} is not a bucket name; expected {expected}")
     endpoint = url.query.get("endpoint") or None
     if endpoint is not None:
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"{url}: endpoint={endpoint!r} is not an http(s):// URL")
+        if has_credentials(endpoint):
+            raise UsageError(f"{url}: endpoint= holds credentials; {NO_CREDENTIALS}")
+        try:
+            parts = urlsplit(endpoint)
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            usable = False
+        if not usable:
+            raise UsageError(f"{url}: endpoint={redact(endpoint)!r} is not an http(s):// URL")
     effective = endpoint or environment_endpoint()
     if effective is None and not AWS_REGION.fullmatch(region):
         raise UsageError(f"{url}: {region!r} is not an AWS region (like us-east-1); expected {expected},"
@@ -183,14 +197,11 @@ class S3Object:
         self.client = LazyClient(lambda: make_client(self.place))
 
     def _download(self, out: BinaryIO) -> None:
+        start = time.monotonic()
         try:
             body = self.client.get().get_object(Bucket=self.place.bucket, Key=self.place.key)["Body"]
             try:
-                for chunk in body.iter_chunks(CHUNK):
-                    try:
-                        out.write(chunk)
-                    except OSError as exc:
-                        raise ArtifactError(f"{self.url}: cannot store the download: {exc.strerror or exc}") from None
+                self._copy(body, out, start)
             finally:
                 body.close()
         except FAILURES as exc:
@@ -198,8 +209,26 @@ class S3Object:
         finally:
             self.client.close()
 
+    def _copy(self, body, out: BinaryIO, start: float) -> None:
+        """Copy the body in chunks within the download's total deadline (see dewy.artifacts.deadline);
+        botocore still reads and verifies it (length, checksums)."""
+        with Watchdog(start, in_flight=CHUNK) as watchdog:
+            try:
+                watchdog.watch(body._raw_stream)  # urllib3's response, under botocore's StreamingBody
+                for chunk in body.iter_chunks(CHUNK):
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:
+                        raise ArtifactError(f"{self.url}: cannot store the download: {exc.strerror or exc}") from None
+                    watchdog.progress(len(chunk))
+            except (Stalled, *FAILURES):
+                if watchdog.fired:
+                    raise ArtifactError(f"{self.url}: {stalled(watchdog.received, watchdog.elapsed)}") from None
+                raise
+
     async def download(self, out: BinaryIO) -> None:
         await asyncio.to_thread(self._download, out)
 
     async def aclose(self) -> None:
         self.client.close()
+

@@ -36,6 +36,7 @@ from dewy.urls import Url
 DEFAULT_PORT = 8500
 DEFAULT_PREFIX = "dewy"
 TIMEOUT = httpx.Timeout(5.0)
+DEADLINE = 10.0  # one whole request: a Consul trickling its answer must not stall a deploy cycle either
 EXPECTED = "consul://HOST[:PORT]/PREFIX?ttl=SECONDS"
 
 
@@ -44,6 +45,8 @@ class ConsulCache:
         url.check_keys({"ttl"})
         if not url.host:
             raise UsageError(f"{url}: expected {EXPECTED}")
+        if url.username or url.password:
+            raise UsageError(f"{url}: credentials do not belong in a consul:// URL; set CONSUL_HTTP_TOKEN")
         self.prefix = url.path.strip("/") or DEFAULT_PREFIX
         self.ttl: float | None = url.seconds("ttl")
         host = f"[{url.host}]" if ":" in url.host else url.host
@@ -83,7 +86,11 @@ class ConsulCache:
         path = self._path(key) if key is not None else "/v1/kv/" + quote(self.prefix + "/", safe="/:@")
         what = f"{method} {key if key is not None else self.prefix + '/'}"
         with self._network(what):
-            response = await self._http.request(method, path, params=params, content=content)
+            try:
+                async with asyncio.timeout(DEADLINE):
+                    response = await self._http.request(method, path, params=params, content=content)
+            except TimeoutError:
+                raise CacheError(f"{self.where}: {what} failed: no complete answer within {DEADLINE:g} s") from None
         if response.status_code == 404 and missing_ok:
             return None
         if response.status_code == 403:
@@ -178,6 +185,16 @@ def _json(response: httpx.Response, where: str) -> list[dict[str, Any]]:
         raise CacheError(f"{where}: the answer is not JSON (is this Consul's HTTP API?)") from None
     if not isinstance(body, list):
         raise CacheError(f"{where}: expected a JSON list of KV entries")
+    for index, entry in enumerate(body):
+        if not (isinstance(entry, dict) and isinstance(entry.get("Key"), str)
+                and isinstance(entry.get("Value"), (str, type(None)))
+                and isinstance(entry.get("ModifyIndex", 0), int) and not isinstance(entry.get("ModifyIndex"), bool)):
+            raise CacheError(f"{where}: KV entry [{index}] is not an object with a string Key, a base64 Value"
+                             " and a numeric ModifyIndex (is this Consul's HTTP API?)")
+        try:
+            base64.b64decode(entry.get("Value") or "", validate=True)
+        except ValueError:
+            raise CacheError(f"{where}: KV entry [{index}] ({entry['Key'][:80]!r}) has a Value that is not base64") from None
     return body
 
 

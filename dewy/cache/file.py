@@ -34,7 +34,7 @@ class FileCache:
             header, _, value = self._path(key).read_bytes().partition(b"\n")
         except FileNotFoundError:
             return None
-        if header != b"-" and float(header) <= time.time():
+        if header != b"-" and _expiry(header) <= time.time():  # an unreadable expiry counts as expired
             self._path(key).unlink(missing_ok=True)
             return None
         return value
@@ -74,3 +74,11 @@ class FileCache:
 
     async def aclose(self) -> None:
         pass
+
+
+def _expiry(header: bytes) -> float:
+    """The expiry time in a value's first line; 0 (long past) for a damaged one."""
+    try:
+        return float(header)
+    except ValueError:
+        return 0.0

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import socket
 from datetime import datetime, timezone
-from typing import Any
 from urllib.parse import quote
 
 from dewy.artifacts.ghr import asset_url
 from dewy.errors import RegistryError, UsageError
+from dewy.fsutil import bad_file_name
 from dewy.github import GitHub, split_ghr
 from dewy.registry import Release, checksum_file, missing_artifact, select_artifact, shipped_name, shipped_text
 from dewy.urls import Url
@@ -36,28 +36,32 @@ class GitHubReleases:
         return f"/repos/{self.owner}/{self.repo}"
 
     async def current(self) -> Release:
-        releases = await self.github.get_all(f"{self._api_path}/releases")
-        published = [r for r in releases if not r.get("draft") and (self.prerelease or not r.get("prerelease"))]
-        chosen = newest(published, lambda r: str(r.get("tag_name") or ""), prerelease=self.prerelease, slot=self.slot)
+        releases = await self.github.releases(f"{self._api_path}/releases")
+        published = [r for r in releases if not r.draft and (self.prerelease or not r.prerelease)]
+        chosen = newest(published, lambda r: r.tag, prerelease=self.prerelease, slot=self.slot)
         if chosen is None:
             raise RegistryError(self._nothing_eligible(len(releases)))
-        tag = chosen["tag_name"]
+        tag = chosen.tag
         # An asset whose state is not "uploaded" is still being uploaded: not usable yet.
-        assets = {a["name"]: a for a in chosen.get("assets", []) if a.get("state") == "uploaded"}
+        assets = {a.name: a for a in chosen.assets if a.state == "uploaded"}
         names = list(assets)
-        created_at = _timestamp(chosen.get("published_at") or chosen.get("created_at"))
+        created_at = _timestamp(chosen.published_at or chosen.created_at)
         name = select_artifact(names, self.artifact)
         if name is None:
             raise missing_artifact(self.where, tag, self.artifact, names, created_at)
         checksums = checksum_file(names, name)
+        for used in filter(None, (name, checksums)):
+            problem = bad_file_name(used)
+            if problem:
+                raise RegistryError(f"{self.where}: release {tag}: the asset name {used[:100]!r} {problem}; nothing deployed")
         return Release(
             tag=tag,
             version=parse_tag(tag),
             artifact_name=name,
-            artifact_url=asset_url(self.owner, self.repo, tag, name, assets[name]["id"]),
+            artifact_url=asset_url(self.owner, self.repo, tag, name, assets[name].id),
             created_at=created_at,
-            checksums_url=asset_url(self.owner, self.repo, tag, checksums, assets[checksums]["id"]) if checksums else None,
-            id=str(chosen.get("id", "")),
+            checksums_url=asset_url(self.owner, self.repo, tag, checksums, assets[checksums].id) if checksums else None,
+            id="" if chosen.id is None else str(chosen.id),
         )
 
     def _nothing_eligible(self, count: int) -> str:
@@ -75,8 +79,10 @@ class GitHubReleases:
             return
         host = socket.gethostname()
         name = shipped_name(host, command, datetime.now(timezone.utc))
-        data: dict[str, Any] = await self.github.get_json(f"{self._api_path}/releases/tags/{quote(release.tag, safe='+')}")
-        await self.github.upload(data["upload_url"], name, shipped_text(host, command, name).encode(), "text/plain")
+        data = await self.github.release(f"{self._api_path}/releases/tags/{quote(release.tag, safe='+')}")
+        if not data.upload_url:
+            raise RegistryError(f"{self.where}: release {release.tag} has no upload_url to record the deploy at")
+        await self.github.upload(data.upload_url, name, shipped_text(host, command, name).encode(), "text/plain")
 
     async def aclose(self) -> None:
         await self.github.aclose()
@@ -85,6 +91,7 @@ class GitHubReleases:
 def _timestamp(text: str | None) -> datetime | None:
     """GitHub's ``2024-05-01T12:00:00Z``; None when absent or unreadable (then no upload grace applies)."""
     try:
-        return datetime.fromisoformat(text) if text else None
+        when = datetime.fromisoformat(text) if text else None
     except ValueError:
         return None
+    return when.replace(tzinfo=timezone.utc) if when and when.tzinfo is None else when

@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 from dewy import __version__
 from dewy.artifacts import ARTIFACTS
 from dewy.errors import ArtifactNotReady, RegistryError, UsageError
+from dewy.fsutil import bad_file_name
 from dewy.registry import UPLOAD_GRACE, Release
 from dewy.urls import Url, redact
 from dewy.versions import parse_tag
@@ -278,6 +279,10 @@ class GrpcRegistry:
         name = unquote(urlsplit(raw).path.rpartition("/")[2])
         if not name:
             raise RegistryError(f"{where}: release {tag}: artifact_url {artifact_url} names no file")
+        problem = bad_file_name(name)
+        if problem:
+            raise RegistryError(f"{where}: release {tag}: artifact_url {artifact_url} names the file {name[:100]!r},"
+                                f" which {problem}; fix the server's answer")
         return Release(tag=tag, version=version, artifact_name=name, artifact_url=raw, created_at=created_at,
                        checksums_url=None, id=answer.id)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from dewy.errors import RegistryError
+from dewy.fsutil import bad_file_name
 from dewy.registry import Release, checksum_file, missing_artifact, select_artifact, shipped_name, shipped_text
 from dewy.urls import Url
 from dewy.versions import newest, parse_tag
@@ -42,10 +43,15 @@ class Listing:
     created: datetime | None
 
 
-def earliest(times: Iterable[datetime | None]) -> datetime | None:
-    """The oldest of some object times: when a version "directory" of an object store appeared."""
-    known = [t.astimezone(timezone.utc) if t.tzinfo else t.replace(tzinfo=timezone.utc) for t in times if t is not None]
+def earliest(times: Iterable[object]) -> datetime | None:
+    """The oldest of some object times: when a version "directory" of an object store appeared (what is not a time is unknown)."""
+    known = [t.astimezone(timezone.utc) if t.tzinfo else t.replace(tzinfo=timezone.utc) for t in times if isinstance(t, datetime)]
     return min(known) if known else None
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def relative_name(key: str, directory: str) -> str | None:
@@ -112,7 +118,7 @@ class ObjectStoreRegistry(ABC):
     # ------------------------------------------------------------ the shared logic
 
     def newest_release(self) -> Release:
-        tags = [name for name in self.list_versions() if parse_tag(name) is not None]
+        tags = [name for name in self._names(self.list_versions(), "a version directory") if parse_tag(name) is not None]
         tag = newest(tags, str, prerelease=self.prerelease, slot=self.slot)
         if tag is None:
             raise RegistryError(self._nothing_eligible(tags))
@@ -121,13 +127,19 @@ class ObjectStoreRegistry(ABC):
             if known.tag == tag and time.monotonic() - listed_at < LISTING_TTL:
                 return known
         listing = self.list_files(tag)
-        names = sorted(n for n in listing.names if not n.startswith(AUDIT_PREFIX))
+        if listing.created is not None and not isinstance(listing.created, datetime):
+            raise RegistryError(f"{self.url}: release {tag}: the store gave {listing.created!r} as its time, not a time")
+        names = sorted(n for n in self._names(listing.names, f"a file of {tag}") if not n.startswith(AUDIT_PREFIX))
         name = select_artifact(names, self.artifact)
         if name is None:
             self._known = None
             shown = names[:SHOWN_NAMES] + ([f"... {len(names) - SHOWN_NAMES} more"] if len(names) > SHOWN_NAMES else [])
             raise missing_artifact(str(self.url), tag, self.artifact, shown, listing.created)
         checksums = checksum_file(names, name)
+        for used in filter(None, (name, checksums)):
+            problem = bad_file_name(used)
+            if problem:
+                raise RegistryError(f"{self.url}: release {tag}: the file name {used[:100]!r} {problem}; nothing deployed")
         release = Release(
             tag=tag,
             version=parse_tag(tag),
@@ -140,6 +152,14 @@ class ObjectStoreRegistry(ABC):
         if self.reuse_listing:
             self._known = (release, time.monotonic())
         return release
+
+    def _names(self, names: Iterable[object], what: str) -> list[str]:
+        """The names a backend listed, each checked to be text (a misbehaving store answers anything)."""
+        listed = list(names)
+        for name in listed:
+            if not isinstance(name, str):
+                raise RegistryError(f"{self.url}: the store listed {_shown(name)} as {what}, which is not a name")
+        return listed  # type: ignore[return-value]
 
     def _nothing_eligible(self, tags: list[str]) -> str:
         found = f"{len(tags)} version directories" if tags else "no directory named by a semantic version (like v1.2.3/)"

@@ -33,6 +33,14 @@ class NotAListing(Exception):
     pass
 
 
+def _entries(page: dict, key: str) -> list[dict]:
+    """The list ``key`` of a ListObjectsV2 page, checked to be one of objects."""
+    entries = page.get(key) or []
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise NotAListing()
+    return entries
+
+
 class S3Registry(ObjectStoreRegistry):
     QUERY_KEYS = frozenset({"pre-release", "artifact", "endpoint"})
 
@@ -63,7 +71,7 @@ class S3Registry(ObjectStoreRegistry):
         def work() -> list[str]:
             names = []
             for page in self._pages(self.prefix):
-                for common in page.get("CommonPrefixes") or ():
+                for common in _entries(page, "CommonPrefixes"):
                     name = relative_name(str(common.get("Prefix") or "").removesuffix("/"), self.prefix)
                     if name:
                         names.append(name)
@@ -77,7 +85,7 @@ class S3Registry(ObjectStoreRegistry):
         def work() -> Listing:
             names, times = [], []
             for page in self._pages(directory):
-                for item in page.get("Contents") or ():
+                for item in _entries(page, "Contents"):
                     key = str(item.get("Key") or "")
                     if not key.startswith(directory):
                         continue  # not ours: a misbehaving server

@@ -26,7 +26,9 @@ from tests.system.nspawn import Machine
 from tests.system.test_service import Demo
 from tests.test_ansible_role import ansible_environment, ansible_playbook
 
-pytestmark = pytest.mark.system
+# Debian 13, the current stable release, is where a new fleet is provisioned (its python3-apt
+# and ansible's apt module on python3.13); the package tests cover both releases.
+pytestmark = [pytest.mark.system, pytest.mark.parametrize("suite", ["trixie"], indirect=True)]
 
 CONNECTION_PLUGINS = Path(__file__).parent / "ansible_plugins" / "connection"
 # Every character systemd's EnvironmentFile= treats specially, and a marker to look for in the output.
