@@ -46,7 +46,7 @@ from typing import Protocol
 
 from dewy import log
 from dewy.errors import AppStartError, DewyError
-from dewy.faults import describe
+from dewy.faults import describe as one_line
 from dewy.sockets import FIRST_FD, HeldSockets
 from dewy.tasks import Background
 
@@ -580,7 +580,7 @@ class Supervisor:
                     await self._launch(*self._release)
                 except Exception as exc:  # not only AppStartError: whatever failed, the next attempt follows
                     if not isinstance(exc, AppStartError):
-                        log.error("app-restart-failed", f"restarting the app failed: {describe(exc)}", version=self.version)
+                        log.error("app-restart-failed", f"restarting the app failed: {one_line(exc)}", version=self.version)
                     self.crashes += 1
                     self._notify()
                     continue
