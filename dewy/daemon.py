@@ -454,9 +454,8 @@ class Daemon:
             with self.liveness.step(None), on_disk(self.releases.directory, f"release {name}"):
                 release_dir = await self._extract(artifact, name)
             deployed = Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat())
-            self._record_before_switch(deployed, previous, release_dir)
             old_dir = self.releases.current_dir()
-            self.releases.switch(release_dir)
+            self._switch(deployed, previous, release_dir)
             if self.supervisor:
                 await self._start_generation(release, release_dir, old_dir, deployed, previous)
             where = {"release_dir": str(release_dir)}
@@ -476,20 +475,28 @@ class Daemon:
         if self.replicas:
             await self._prune_images()
         else:
-            self._prune()
+            try:
+                self._prune()
+            except (OSError, DewyError) as exc:  # the deploy happened; pruning is tried again after the next one
+                log.warning("prune-failed", f"could not prune old releases: {describe(exc)}")
         log.info("deployed", f"deployed {release.tag}", version=release.tag,
                  previous_version=previous and previous.tag, **where)
         await self.notifications.deployed(release.tag, previous and previous.tag, **details)
 
-    def _record_before_switch(self, deployed: Deployed, previous: Deployed | None, release_dir: Path) -> None:
-        """The state file names the new release before ``current`` points at it: whenever dewy is killed, the
-        release ``current`` names has its version on record (DEWY_VERSION, no second extraction)."""
+    def _switch(self, deployed: Deployed, previous: Deployed | None, release_dir: Path) -> None:
+        """Record the new release, then point ``current`` at it. The state file names it first: wherever dewy is
+        killed, the release ``current`` names has its version on record (DEWY_VERSION, no second extraction).
+        If either step fails (a full disk), neither took effect."""
         self.state.record(deployed)
         try:
             self.state.save()
+            with on_disk(self.releases.root, "the current link"):
+                self.releases.switch(release_dir)
         except BaseException:
             self.state.forget(deployed, previous)
             self.releases.remove(release_dir)
+            with contextlib.suppress(DewyError):
+                self.state.save()
             raise
 
     async def _extract(self, artifact: Path, name: str) -> Path:

@@ -46,5 +46,8 @@ def describe(exc: BaseException) -> str:
     """One line for any exception: DewyErrors carry theirs; anything else is named as an internal error."""
     if isinstance(exc, DewyError):
         return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:  # a system call's failure, not dewy's bug
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where} (dewy retries; the debug log has the traceback)"
     detail = str(exc).splitlines()[0] if str(exc) else ""
     return f"internal error {type(exc).__name__}{': ' + detail if detail else ''} (dewy retries; the debug log has the traceback)"
