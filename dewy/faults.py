@@ -48,6 +48,6 @@ def describe(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:  # a system call's failure, not dewy's bug
         where = f" ({exc.filename})" if exc.filename else ""
-        return f"{exc.strerror}{where} (dewy retries; the debug log has the traceback)"
+        return f"{exc.strerror}{where}"
     detail = str(exc).splitlines()[0] if str(exc) else ""
-    return f"internal error {type(exc).__name__}{': ' + detail if detail else ''} (dewy retries; the debug log has the traceback)"
+    return f"internal error {type(exc).__name__}{': ' + detail if detail else ''} (the debug log has the traceback)"

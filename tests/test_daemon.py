@@ -130,7 +130,7 @@ def test_any_exception_in_a_cycle_is_that_cycles_error_in_one_line(tmp_path, cap
         await daemon.notifications.flush()
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert [r.getMessage() for r in errors] == [
-            "internal error KeyError: 'assets' (dewy retries; the debug log has the traceback)"]
+            "internal error KeyError: 'assets' (the debug log has the traceback)"]
         assert any("Traceback" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
         assert daemon.backoff.failures == 1 and 8 <= delay <= 12
         assert [m.summary for m in sent.messages] == [errors[0].getMessage()]
@@ -254,3 +254,27 @@ def test_the_watchdog_stops_pinging_when_a_step_is_stuck_past_its_allowance(tmp_
 def test_backoff_cannot_overflow() -> None:
     backoff = Backoff(interval=300.0, failures=5000)
     assert MAX_BACKOFF * 0.8 <= backoff.next_delay() <= MAX_BACKOFF * 1.2
+
+
+def test_a_sigusr1_restart_failing_unexpectedly_is_logged_not_lost(tmp_path, caplog) -> None:
+    async def main() -> None:
+        app_release(tmp_path, "v1.0.0")
+        daemon = Daemon.from_settings(server_settings(tmp_path), PlainProcess())
+        await daemon.cycle()
+
+        async def broken(*args) -> None:
+            raise ValueError("generation counter")
+
+        daemon.supervisor.restart = broken
+        logging.getLogger("dewy").propagate = True
+        try:
+            with caplog.at_level(logging.ERROR, logger="dewy"):
+                daemon._restart_app()  # what SIGUSR1 runs
+                await asyncio.gather(*daemon.background._tasks, return_exceptions=True)
+        finally:
+            await daemon.supervisor.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "the graceful restart failed: internal error ValueError: generation counter "
+        "(the debug log has the traceback)"]
