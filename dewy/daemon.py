@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import random
 import signal
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -42,6 +46,8 @@ from dewy.urls import Url
 MAX_BACKOFF = 300.0
 IDLE_BEAT = 1.0  # between cycles, how often the loop tells the watchdog it is fine
 START_SLACK = 30.0  # a step's allowance beyond its configured timeouts (systemd jobs, process spawns)
+POLL_ALLOWANCE = 300.0  # a registry poll (its reads have their own deadlines): beyond this it is wedged
+THREAD_GRACE = 1.0  # at exit, how long a worker thread may take to finish
 STOP_GRACE = 10.0  # container mode: how long connections through the host port may take to finish when dewy stops
 
 
@@ -410,7 +416,7 @@ class Daemon:
         if self.replicas:
             with self.liveness.step(None):
                 await self.replicas.heal()
-        with self.liveness.step(None):
+        with self.liveness.step(POLL_ALLOWANCE):
             release = await self.registry.current()
         if self._is_deployed(release):
             log.debug("up-to-date", f"{release.tag} is deployed", version=release.tag)
@@ -623,4 +629,35 @@ def run(settings: Settings) -> int:
     host = detect()
     log.setup(settings.log_level, settings.log_format, handler=host.log_handler(app_name(settings)))
     daemon = Daemon.from_settings(settings, host)
-    return asyncio.run(daemon.serve())
+    loop = asyncio.new_event_loop()  # asyncio.run() without its wait for the worker threads
+    asyncio.set_event_loop(loop)
+    try:
+        code = loop.run_until_complete(daemon.serve())
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        if left:
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    _leave_blocked_threads(code)
+    return code
+
+
+def _leave_blocked_threads(code: int) -> None:
+    """A blocking call that a stop cancelled (an extraction, an SDK download or pull) may still run in a worker
+    thread, and Python waits for worker threads at exit: after TimeoutStopSec systemd would SIGKILL dewy. Its result
+    is discarded and what it leaves is cleaned up at the next start, so the process ends now instead."""
+    deadline = time.monotonic() + THREAD_GRACE
+    busy = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    for thread in busy:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    busy = [t for t in busy if t.is_alive()]
+    if busy:
+        log.info("stopping", f"leaving {len(busy)} blocking operation(s) unfinished", threads=[t.name for t in busy])
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

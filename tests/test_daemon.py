@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -278,3 +280,14 @@ def test_a_sigusr1_restart_failing_unexpectedly_is_logged_not_lost(tmp_path, cap
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
         "the graceful restart failed: internal error ValueError: generation counter "
         "(the debug log has the traceback)"]
+
+
+def test_dewy_exits_at_once_past_a_worker_thread_a_stop_left_blocked() -> None:
+    """An SDK download or a pull in a worker thread that the stop cancelled: Python would wait for it at exit."""
+    program = ("import threading\nfrom dewy import log\nfrom dewy.daemon import _leave_blocked_threads\nlog.setup()\n"
+               "threading.Thread(target=threading.Event().wait, name='sdk-download').start()\n"
+               "_leave_blocked_threads(0)\n")
+    began = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and time.monotonic() - began < 5
+    assert "leaving 1 blocking operation(s) unfinished" in result.stderr
