@@ -555,9 +555,10 @@ class Daemon:
             self.state.history = self.state.history[-keep:]
             self.state.save()
         try:
-            await self.replicas.prune_images({d.tag for d in self.state.history})
-        except DewyError as exc:
-            log.warning("image-prune-failed", f"could not prune images: {exc}")
+            with self.liveness.step(None):
+                await self.replicas.prune_images({d.tag for d in self.state.history})
+        except Exception as exc:  # the deploy happened; pruning is tried again after the next one
+            log.warning("image-prune-failed", f"could not prune images: {describe(exc)}")
 
     async def _start_generation(self, release: Release, release_dir: Path, old_dir: Path | None, deployed: Deployed,
                                 previous: Deployed | None) -> None:
@@ -585,10 +586,13 @@ class Daemon:
             raise
 
     async def _report(self, release: Release, error: str | None = None) -> None:
+        """Best effort: the deploy (or its rollback) happened whether the registry hears of it or not."""
         try:
-            await self.registry.report(release, self.settings.command, error)
-        except DewyError as exc:
-            log.warning("report-failed", f"could not record the deploy in the registry: {exc}", version=release.tag)
+            with self.liveness.step(POLL_ALLOWANCE):
+                await self.registry.report(release, self.settings.command, error)
+        except Exception as exc:
+            log.warning("report-failed", f"could not record the deploy in the registry: {describe(exc)}",
+                        version=release.tag)
 
     def _prune(self) -> None:
         """Keep the newest releases on disk and only their artifacts in the store; never remove a release that
