@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -311,22 +312,28 @@ def test_crashed_app_is_restarted_with_backoff(tmp_path: Path, events: list[dict
     assert len(exited) == 1 and "was killed by SIGKILL" in exited[0]["msg"]
 
 
+@contextlib.asynccontextmanager
+async def running(sup: Supervisor, release_dir: Path) -> AsyncIterator[None]:
+    """``sup`` serving ``release_dir`` (its name as the version) inside the block, stopped after it."""
+    await sup.start(release_dir, release_dir.name)
+    try:
+        yield
+    finally:
+        await sup.stop()
+
+
 def test_a_recovery_that_fails_unexpectedly_is_retried_and_a_lost_one_resumed(
         tmp_path: Path, events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(supervisor_module, "BACKOFF_FIRST", 0.05)
-    held = HeldSockets([("127.0.0.1", 0)])
-    port = held.addresses[0][1]
-    v1 = release(tmp_path, "v1")
-    sup = supervisor(tmp_path, held)
-    spawn = sup._spawn
 
-    async def fd_table_full(*args: Any) -> Any:  # not an AppStartError: os.pidfd_open's EMFILE, say
-        sup._spawn = spawn
-        raise OSError(24, "Too many open files")
+    async def test(sup: Supervisor, port: int) -> None:
+        spawn = sup._spawn
 
-    async def test() -> None:
-        await sup.start(v1, "v1")
-        try:
+        async def fd_table_full(*args: Any) -> Any:  # not an AppStartError: os.pidfd_open's EMFILE, say
+            sup._spawn = spawn
+            raise OSError(24, "Too many open files")
+
+        async with running(sup, release(tmp_path, "v1")):
             sup._spawn = fd_table_full
             os.kill(sup.pid, signal.SIGKILL)
             await sup.wait_until(lambda: sup.state == "running" and sup.pid is not None and sup.crashes == 2, 10)
@@ -338,32 +345,23 @@ def test_a_recovery_that_fails_unexpectedly_is_retried_and_a_lost_one_resumed(
             sup.ensure_recovering()
             await sup.wait_until(lambda: sup.state == "running" and sup.pid is not None, 10)
             assert await fetch(port) == (200, "v1")
-        finally:
-            await sup.stop()
 
-    try:
-        run(test)
-    finally:
-        held.close()
+    with HeldSockets([("127.0.0.1", 0)]) as held:
+        asyncio.run(asyncio.wait_for(test(supervisor(tmp_path, held), held.addresses[0][1]), TEST_TIMEOUT))
     failed = [e["msg"] for e in events if e.get("event") == "app-restart-failed"]
     assert failed == ["restarting the app failed: Too many open files"]
 
 
 def test_adoption_proves_the_process_is_the_generation_dewy_started(tmp_path: Path, events: list[dict[str, Any]]) -> None:
-    held = HeldSockets([("127.0.0.1", 0)])
-    v1 = release(tmp_path, "v1")
-    sup = supervisor(tmp_path, held)
     stranger = subprocess.Popen(["sleep", "30"])
     time.sleep(0.05)  # start times count in 10 ms clock ticks: the app starts in a later one
 
-    async def test() -> None:
-        await sup.start(v1, "v1")
-        try:
+    async def test(sup: Supervisor, other: Supervisor) -> None:
+        async with running(sup, release(tmp_path, "v1")):
             record = sup.serving()
             assert record["started"] > 0 and record["boot"]
             # after a reboot or a crash, the recorded pid belongs to another process
             reused = {**record, "pid": stranger.pid}
-            other = supervisor(tmp_path, held)
             assert not await other.adopt(reused)
             assert not await other.adopt({**reused, "unit": "dewy-app-g1.scope", "started": None, "boot": None})
             assert other.version is None  # the daemon starts the app from current
@@ -373,20 +371,15 @@ def test_adoption_proves_the_process_is_the_generation_dewy_started(tmp_path: Pa
             assert await other.adopt(record)  # the real one, proven by its start time in this boot
             assert other.pid == sup.pid and other.version == "v1"
             await other.stop()
-        finally:
-            await sup.stop()
 
     try:
-        run(test)
+        with HeldSockets([("127.0.0.1", 0)]) as held:
+            asyncio.run(asyncio.wait_for(test(supervisor(tmp_path, held), supervisor(tmp_path, held)), TEST_TIMEOUT))
     finally:
-        held.close()
         stranger.kill()
         stranger.wait()
-    assert [e["pid"] for e in events if e.get("event") == "app-not-adopted"] == [stranger.pid] * 2 + [sup_pid(events)]
-
-
-def sup_pid(events: list[dict[str, Any]]) -> int:
-    return next(e["pid"] for e in events if e.get("event") == "app-starting")
+    started = next(e["pid"] for e in events if e.get("event") == "app-starting")
+    assert [e["pid"] for e in events if e.get("event") == "app-not-adopted"] == [stranger.pid] * 2 + [started]
 
 
 # -- stopping -----------------------------------------------------------------------------------
