@@ -173,7 +173,8 @@ class Killed(BaseException):
     """dewy killed (kill -9) at this point: nothing after it runs."""
 
 
-def test_a_kill_between_the_switch_and_the_restart_keeps_the_version_on_record(tmp_path) -> None:
+@pytest.mark.parametrize("app_survives", [False, True], ids=["app-died-with-dewy", "app-adopted"])
+def test_a_kill_between_the_switch_and_the_restart_keeps_the_version_on_record(tmp_path, app_survives) -> None:
     async def main() -> None:
         app_release(tmp_path, "v1.0.0")
         first = Daemon.from_settings(server_settings(tmp_path), PlainProcess())
@@ -186,14 +187,17 @@ def test_a_kill_between_the_switch_and_the_restart_keeps_the_version_on_record(t
         first._start_generation = killed
         with pytest.raises(Killed):
             await first.cycle()
-        await first.supervisor.stop()  # outside systemd the app dies with dewy
         releases = sorted(p.name for p in (tmp_path / "site" / "releases").iterdir())
         second = Daemon.from_settings(server_settings(tmp_path), PlainProcess())
+        if app_survives:  # under systemd the old generation keeps running and the next dewy adopts it
+            second.supervisor = first.supervisor
+        else:
+            await first.supervisor.stop()  # outside systemd the app dies with dewy
         try:
             await second.cycle()
             assert second.supervisor.version == "v1.1.0"  # DEWY_VERSION, not the release directory's name
             assert sorted(p.name for p in (tmp_path / "site" / "releases").iterdir()) == releases  # not extracted again
-            assert await asyncio.to_thread(get, second.settings.ports[0][1]) == (200, "v1.1.0")
+            assert await asyncio.to_thread(get, second.supervisor.sockets.addresses[0][1]) == (200, "v1.1.0")
         finally:
             await second.supervisor.stop()
 
