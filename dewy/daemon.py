@@ -304,7 +304,8 @@ class Daemon:
         Container mode: take over the running replicas (found by label) and converge what a killed dewy left."""
         if self.replicas:
             try:
-                await self.replicas.adopt()
+                with self.liveness.step(None):  # runtime calls, bounded by the SDK's timeouts
+                    await self.replicas.adopt()
             except DewyError as exc:
                 log.error("adopt-failed", f"cannot take over the running replicas yet: {exc}")
                 self.replicas.adopt_recorded()
