@@ -165,7 +165,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGUSR1, self._restart_app)
         log.info("started", f"dewy {self.settings.command} watching {Url.parse(self.settings.registry)}",
                  dir=str(self.settings.dir))
-        watchdog = asyncio.create_task(self._watchdog())
+        self.background.start(self._watchdog(), "the watchdog")
         if self.supervisor:
             self.background.start(self._track_app(), "recording the running app")
         code = 0
@@ -185,7 +185,6 @@ class Daemon:
         finally:
             self.host.stopping()
             await self.background.cancel()
-            watchdog.cancel()
             await self._shut_down(stop_app=code == 0)
         return code
 
