@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from dewy import log
 from dewy.errors import DewyError
 from dewy.sockets import HeldSockets
+from dewy.tasks import Background
 
 # Replicas are on a local bridge: the kernel completes a handshake in well under a millisecond,
 # whatever the app is doing. A connect that takes longer lost its SYN (the network is being changed
@@ -131,7 +132,7 @@ class TcpProxy:
         self._listeners: dict[int, socket.socket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = Background()  # one per connection being forwarded
         self.accepted = 0
         self.refused = 0  # connections closed because no backend could be reached
 
@@ -188,9 +189,7 @@ class TcpProxy:
             try:
                 loop.run_forever()
             finally:
-                for task in list(self._tasks):
-                    task.cancel()
-                loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
+                loop.run_until_complete(self._tasks.cancel())
                 loop.close()
 
         self._thread = threading.Thread(target=run, name="dewy-proxy", daemon=True)
@@ -261,9 +260,7 @@ class TcpProxy:
                 return
             conn.setblocking(False)
             self.accepted += 1
-            task = self._loop.create_task(self._forward(conn))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.start(self._forward(conn), "forwarding a connection")
 
     def _candidates(self, backends: tuple[Backend, ...]) -> list[Backend]:
         """``backends`` in round-robin order from the next one, those that failed lately last."""

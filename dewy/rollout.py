@@ -107,7 +107,7 @@ class Replicas:
         self.image: str | None = None
         self.health: dict[str, str | None] = {}  # container id -> None (healthy) or why not
         self._draining: dict[str, tuple[Container, datetime]] = {}
-        self._drains: set[asyncio.Task] = set()
+        self._drains = Background()
         self._rollout: dict | None = None
         self._cleanup = Background()  # removals that need not hold anything up
         self._lock = asyncio.Lock()
@@ -397,9 +397,7 @@ class Replicas:
             return
         for container in containers:
             self._draining[container.id] = (container, until)
-        task = asyncio.get_running_loop().create_task(self._drain_then_remove(containers, until))
-        self._drains.add(task)
-        task.add_done_callback(self._drains.discard)
+        self._drains.start(self._drain_then_remove(containers, until), f"draining {len(containers)} old replicas")
 
     async def _drain_then_remove(self, containers: list[Container], until: datetime) -> None:
         delay = (until - datetime.now(timezone.utc)).total_seconds()
@@ -521,9 +519,7 @@ class Replicas:
             self.proxy.close()
             if left:
                 log.warning("proxy-cut", f"{left} connections through the host port were still open and are cut")
-        for task in list(self._drains):
-            task.cancel()
-        await asyncio.gather(*self._drains, return_exceptions=True)
+        await self._drains.cancel()
         await self._cleanup.cancel()  # the next dewy finds what is left and removes it
 
     async def stop(self, grace: float) -> None:

@@ -25,6 +25,10 @@ class Background:
         task.add_done_callback(lambda done: self._finished(done, what))
         return task
 
+    def __len__(self) -> int:
+        """How many are still running."""
+        return len(self._tasks)
+
     def _finished(self, task: asyncio.Task, what: str) -> None:
         self._tasks.discard(task)
         if task.cancelled() or task.exception() is None:
