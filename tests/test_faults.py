@@ -1,4 +1,4 @@
-"""Faults around a real ``dewy server``: a stop during a slow download, a disk that fills up. The app serves
+"""Faults around a real ``dewy server``: a stop during a slow download, a disk that fills up or turns read-only. The app serves
 throughout (a client loop counts every failure), nothing partial is left, and dewy recovers by itself."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from dewy.faults import DiskError
+from dewy.state import State
 from tests.conftest import host_artifact, tar_gz
 from tests.github_server import CHUNK_SIZE, GitHubServer
 from tests.harness import APP, ClientLoop, Dewy, free_port, get
@@ -117,3 +119,20 @@ def test_a_disk_fault_during_a_deploy_is_one_error_and_recovered_when_fixed(tmp_
             assert not [e for e in dewy.seen if e.get("event") == "internal-error" or "Traceback" in e.get("msg", "")]
         finally:
             dewy.kill()
+
+
+@pytest.mark.system
+def test_the_state_file_on_a_read_only_disk_is_one_error_naming_it_and_the_old_file_stays(tmp_path, tiny_fs) -> None:
+    disk = tiny_fs(tmp_path / "site", 1 << 20)
+    state = State(disk / ".dewy" / "state.json", last_error="before")
+    state.save()
+    remount(disk, "ro")
+    state.last_error = "after"
+    with pytest.raises(DiskError) as caught:
+        state.save()
+    assert str(caught.value) == (f"cannot write the state file in {disk / '.dewy'}: Read-only file system; the filesystem "
+                                 "is read-only: remount it read-write (dewy retries, the running version keeps serving)")
+    assert State.load(state.path).last_error == "before"
+    remount(disk, "rw")
+    state.save()
+    assert State.load(state.path).last_error == "after" and os.listdir(disk / ".dewy") == ["state.json"]
