@@ -106,6 +106,18 @@ except (OSError, KeyError) as exc:
 # Inherited from whatever started dewy (e.g. its own socket activation); they must not
 # reach the app unless dewy sets them for this generation.
 _PROTOCOL_VARS = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "SERVER_STARTER_PORT", "SERVER_STARTER_GENERATION")
+# What systemd sets for dewy@NAME itself (its notify socket, watchdog, credentials, journal
+# stream, directories, invocation): the app is not that service, and an app that finds
+# NOTIFY_SOCKET or WATCHDOG_USEC would talk to systemd in dewy's name.
+_SERVICE_MANAGER_VARS = frozenset((
+    "NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "CREDENTIALS_DIRECTORY", "INVOCATION_ID",
+    "JOURNAL_STREAM", "MANAGERPID", "SYSTEMD_EXEC_PID", "MAINPID", "FDSTORE", "LOG_NAMESPACE",
+    "MEMORY_PRESSURE_WATCH", "MEMORY_PRESSURE_WRITE", "RUNTIME_DIRECTORY", "STATE_DIRECTORY",
+    "CACHE_DIRECTORY", "LOGS_DIRECTORY", "CONFIGURATION_DIRECTORY", "MONITOR_EXIT_CODE",
+    "MONITOR_EXIT_STATUS", "MONITOR_INVOCATION_ID", "MONITOR_UNIT", "MONITOR_SERVICE_RESULT",
+    "TRIGGER_UNIT", "TRIGGER_PATH", "TRIGGER_TIMER_REALTIME_USEC", "TRIGGER_TIMER_MONOTONIC_USEC",
+    "DEWY_CACHEDIR",
+))
 _DEFAULT_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
 # `systemctl kill -s USR1 dewy@NAME` signals every process in dewy's cgroup, again and again
 # until none is new, so it also hits a generation dewy spawns in answer, before systemd has
@@ -390,7 +402,8 @@ class Supervisor:
     async def _spawn(self, release_dir: Path, version: str) -> _Generation:
         self._counter += 1
         number = self._counter
-        env = {k: v for k, v in os.environ.items() if k not in _PROTOCOL_VARS and k not in self.hidden}
+        env = {k: v for k, v in os.environ.items()
+               if k not in _PROTOCOL_VARS and k not in _SERVICE_MANAGER_VARS and k not in self.hidden}
         env.update(self.env)
         env.update(DEWY_VERSION=version, DEWY_RELEASE_DIR=str(release_dir), SERVER_STARTER_GENERATION=str(number))
         count = len(self.sockets) if self.sockets else 0

@@ -6,8 +6,9 @@
 # creates DESTDIR/VENV (VENV: the installed path, /usr/lib/dewy/venv) holding dewy and every
 # bundled dependency of packaging/requirements.txt, ready to run from VENV once installed:
 #
-# - built with PYTHON (default /usr/bin/python3.11, the distribution's interpreter, never a
-#   pyenv/local one): bin/python3.11 is a symlink to it, so the package depends on exactly it;
+# - built with PYTHON (default: the distribution's /usr/bin/python3 by its versioned name, e.g.
+#   /usr/bin/python3.13, never a pyenv/local one): bin/python3.X is a symlink to it, so the
+#   package depends on exactly that minor version;
 # - built WITHOUT the system site-packages (pip must not count the build host's python3-* packages
 #   as installed), then switched to include-system-site-packages = true so the installed venv
 #   sees the distribution's python3-systemd (journal); the venv's own packages come first;
@@ -27,7 +28,7 @@ set -eu
 [ $# -eq 2 ] || { echo "usage: $0 DESTDIR VENV" >&2; exit 2; }
 destdir=$1
 venv=$2
-python=${PYTHON:-/usr/bin/python3.11}
+python=${PYTHON:-$(readlink -f /usr/bin/python3)}
 ca_bundle=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 src=$(cd "$(dirname "$0")/.." && pwd)
 root=$destdir$venv
@@ -45,13 +46,13 @@ index=""
 [ -n "${DEWY_WHEELHOUSE:-}" ] && index="--no-index --find-links=$DEWY_WHEELHOUSE"
 # shellcheck disable=SC2086
 pip install --quiet --no-compile --no-deps --only-binary=:all: $index -r "$src/packaging/requirements.txt"
-# dewy from the source tree, built by the venv's own setuptools (66, from ensurepip) with
-# wheel 0.45 (the last with bdist_wheel for setuptools < 70.1); both removed below
+# dewy from the source tree, built by a pinned setuptools (which has bdist_wheel built in; Python
+# 3.12+'s ensurepip brings no setuptools, 3.11's an older one), removed below with pip
 # shellcheck disable=SC2086
-pip install --quiet --no-compile --no-deps --only-binary=:all: $index "wheel==0.45.1"
+pip install --quiet --no-compile --no-deps --only-binary=:all: $index "setuptools==80.9.0"
 pip install --quiet --no-compile --no-deps --no-build-isolation "$src"
 pip check
-pip uninstall --quiet --yes wheel setuptools pip
+pip uninstall --quiet --yes setuptools pip
 rm -rf "$site/_distutils_hack" "$site/distutils-precedence.pth" "$site/pkg_resources" "$site"/wheel "$site"/wheel-*.dist-info
 
 # bin: the interpreter symlinks only. /usr/bin/dewy is packaging/dewy.sh, which runs
@@ -60,12 +61,18 @@ rm -rf "$site/_distutils_hack" "$site/distutils-precedence.pth" "$site/pkg_resou
 for f in "$root"/bin/*; do
     case ${f##*/} in python|python3|python3.*) ;; *) rm -f "$f" ;; esac
 done
+# ... and their lines in the RECORD files (the hashes of scripts whose shebang named the build
+# directory: left in, two builds of the same tree would differ)
+sed -i '\#^\.\./\.\./\.\./bin/#d' "$site"/*.dist-info/RECORD
 rm -rf "$root/include"
+# Python 3.13's venv writes a .gitignore (for checkouts), which has no place in a package
+rm -f "$root/.gitignore"
 
 # the installed venv sees the distribution's python3-systemd; no build path in pyvenv.cfg
 sed -i -e 's/^include-system-site-packages = .*/include-system-site-packages = true/' -e '/^command = /d' "$root/pyvenv.cfg"
 # pip's record of where dewy was installed from (the build directory)
 rm -f "$site"/dewy-*.dist-info/direct_url.json
+sed -i '\#/direct_url\.json,#d' "$site"/dewy-*.dist-info/RECORD
 
 # botocore: only the service models that dewy's code paths load
 data=$site/botocore/data

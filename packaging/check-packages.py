@@ -5,7 +5,7 @@
 Compares every file and symlink (not directories: dpkg lists /usr, /usr/bin, ... too) with its
 permission bits and link target, and the configuration files. Differences that are the two
 distributions' conventions, not the package's, are normalised first and printed:
-  - /lib/systemd/system (Debian 12's unit directory) is /usr/lib/systemd/system (merged /usr);
+  - /lib/... is /usr/lib/... (merged /usr; a deb built by Debian 12's debhelper may use /lib);
   - documentation: Debian gzips README.md and grpc.md and adds changelog.Debian.gz and
     copyright; rpm keeps them plain and puts the copyright under /usr/share/licenses/dewy;
   - /usr/share/lintian/overrides/dewy is Debian's alone;
@@ -15,10 +15,12 @@ Exits 1 listing the differences, 0 printing the number of entries compared.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
-CA_LINK = "/usr/lib/dewy/venv/lib/python3.11/site-packages/certifi/cacert.pem"
+# certifi's bundle in the venv, for whichever python3.X the packages were built with
+CA_LINK = re.compile(r"/usr/lib/dewy/venv/lib/python3\.\d+/site-packages/certifi/cacert\.pem")
 CA_STORES = {"/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"}
 
 
@@ -80,7 +82,7 @@ def main(deb: str, rpm: str) -> int:
         problems.append(f"only in the rpm: {path}")
     for path in sorted(set(d) & set(r)):
         (d_mode, d_target), (r_mode, r_target) = d[path], r[path]
-        if path == CA_LINK and {d_target, r_target} <= CA_STORES and d_mode == r_mode == "link":
+        if CA_LINK.fullmatch(path) and {d_target, r_target} <= CA_STORES and d_mode == r_mode == "link":
             continue
         if d_mode != r_mode:
             problems.append(f"{path}: mode {d_mode} in the deb, {r_mode} in the rpm")

@@ -5,8 +5,9 @@
     python3 packaging/srctree.py hash          a digest of their paths, modes and contents
 
 In a git checkout: tracked and untracked-but-not-ignored files (so uncommitted edits count);
-elsewhere every file but VCS, venvs and build output. tests/, bench/, .ci/ and the Vagrantfile
-never go into a package (nor into the digest the system tests cache builds by).
+elsewhere every file but VCS, venvs and build output. tests/, bench/, .ci/, the Vagrantfile and
+the Ansible role (packaging/ansible/) never go into a package (nor into the digest the system
+tests cache builds by).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import tarfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-NOT_PACKAGED = ("tests/", "bench/", "dist/", "build/", ".ci/", "Vagrantfile")
+NOT_PACKAGED = ("tests/", "bench/", "dist/", "build/", ".ci/", "Vagrantfile", "packaging/ansible/")
 SKIP_DIRS = {".git", ".venv", "build", "dist", "__pycache__", ".pytest_cache", ".dewy"}
 
 

@@ -1,4 +1,4 @@
-"""Real Podman for container-mode tests (see ../shared/TESTBED.md): packages, the API service, tiny images.
+"""Real Podman for container-mode tests: packages, the API service, tiny images.
 
 - :func:`ensure_packages` installs podman, runc, aardvark-dns and busybox-static with apt
   when they are missing (a failure skips, and in CI fails, the test).
@@ -12,6 +12,8 @@
   and pushes it to the registry under a semver tag.
 
 Every container, network and image a test makes is removed by :meth:`PodmanService.cleanup`.
+The module-scoped fixtures ``registry`` and ``podman`` (a test module imports them) give each
+test module its own registry and Podman service.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import pytest
 
 from tests.conftest import IN_CI
 from tests.harness import Dewy
+from tests.oci_registry import OciRegistry
 
 PACKAGES = ("podman", "runc", "aardvark-dns", "busybox-static")
 BUSYBOX = Path("/bin/busybox")
@@ -245,6 +248,26 @@ class PodmanService:
         images = self.podman("images", "-q", "--filter", f"reference={self.registry_host}/{repository}", check=False).split()
         if images:
             self.podman("rmi", "-f", *set(images), check=False)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory):
+    """A docker-registry on loopback for the module's images (import it into a test module to use it)."""
+    with OciRegistry(tmp_path_factory.mktemp("registry")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory: pytest.TempPathFactory, registry: OciRegistry):
+    """The module's PodmanService, pulling from ``registry`` (import it into a test module to use it)."""
+    if os.geteuid() != 0:
+        pytest.skip("container tests need root (rootful Podman: dewy reaches replicas on their bridge network)")
+    ensure_packages()
+    service = PodmanService(tmp_path_factory.mktemp("podman"), registry.host).start()
+    try:
+        yield service
+    finally:
+        service.stop()
 
 
 # Runs dewy with its host port handed over as fd 3 (LISTEN_FDS/LISTEN_PID, systemd's socket-activation

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import re
 import secrets
 import subprocess
@@ -24,29 +23,11 @@ import pytest
 
 from tests.harness import ClientLoop, Dewy, free_port, get
 from tests.oci_registry import OciRegistry
-from tests.podman import (
-    PORT, ActivatedDewy, PodmanService, ensure_packages, listening_socket, rootfs, serve_command, stop_dewy,
+from tests.podman import (  # podman and registry: the module's fixtures
+    PORT, ActivatedDewy, PodmanService, listening_socket, podman, registry, rootfs, serve_command, stop_dewy,
 )
 
 pytestmark = pytest.mark.system
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    with OciRegistry(tmp_path_factory.mktemp("registry")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def podman(tmp_path_factory, registry):
-    if os.geteuid() != 0:
-        pytest.skip("container tests need root (rootful Podman: dewy reaches replicas on their bridge network)")
-    ensure_packages()
-    service = PodmanService(tmp_path_factory.mktemp("podman"), registry.host).start()
-    try:
-        yield service
-    finally:
-        service.stop()
 
 
 @dataclass

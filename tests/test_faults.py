@@ -1,5 +1,5 @@
-"""Faults around a real ``dewy server``: a stop during a slow download, a disk that fills up or turns read-only. The app serves
-throughout (a client loop counts every failure), nothing partial is left, and dewy recovers by itself."""
+"""Faults around a real ``dewy server``: a stop during a slow download, a disk that fills up or turns read-only.
+The app serves throughout (a client loop counts every failure), nothing partial is left, and dewy recovers by itself."""
 
 from __future__ import annotations
 

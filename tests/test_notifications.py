@@ -1,4 +1,4 @@
-"""Notifications: the error limit (DESIGN.md section 5, step 11), and notifiers that never block or break a deploy."""
+"""Notifications: the error limit (the 3rd consecutive error says further ones are silenced), and notifiers that never block or break a deploy."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """The gRPC registry protocol: ``dewy.proto`` and the Python modules generated from it.
 
-``dewy.proto`` is the wire contract with registry servers (DESIGN.md section 7,
-docs/grpc.md). ``dewy_pb2`` (messages) and ``dewy_pb2_grpc`` (stub and servicer)
-are generated; do not edit them. After changing the .proto, regenerate from the
-repository root with grpcio-tools (a test dependency)::
+``dewy.proto`` is the wire contract with registry servers (docs/grpc.md).
+``dewy_pb2`` (messages) and ``dewy_pb2_grpc`` (stub and servicer) are generated;
+do not edit them. After changing the .proto, regenerate from the repository root
+with grpcio-tools (a test dependency)::
 
     .venv/bin/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. dewy/proto/dewy.proto
 

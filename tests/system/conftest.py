@@ -65,16 +65,40 @@ def nspawn_available() -> None:
         pytest.skip(reason)
 
 
+@pytest.fixture
+def suite(request: pytest.FixtureRequest) -> str:
+    """The Debian release (suite) a test's machines run and its package is built for: the first of
+    nspawn.SUITES, or each of them for a test marked ``every_suite`` (see pytest_generate_tests)."""
+    return getattr(request, "param", nspawn.DEFAULT_SUITE)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``@pytest.mark.every_suite``: the test runs once per supported Debian release."""
+    if metafunc.definition.get_closest_marker("every_suite") and "suite" in metafunc.fixturenames:
+        metafunc.parametrize("suite", nspawn.SUITES, indirect=True)
+
+
 @pytest.fixture(scope="session")
-def system_rootfs(nspawn_available: None) -> Path:
-    """The cached Debian bookworm root (debootstrap on first use, about a minute)."""
+def rootfs_of(nspawn_available: None) -> Callable[[str], Path]:
+    """``rootfs_of(suite)``: the cached root of that Debian release (debootstrap on first use, a minute or two)."""
     nspawn.reap_stale()
-    started = time.monotonic()
-    root = nspawn.rootfs(log=lambda message: print(f"\n[nspawn] {message}", flush=True))
-    took = time.monotonic() - started
-    if took > 5:
-        print(f"[nspawn] root file system ready after {took:.0f}s", flush=True)
-    return root
+    roots: dict[str, Path] = {}
+
+    def get(suite: str) -> Path:
+        if suite not in roots:
+            started = time.monotonic()
+            roots[suite] = nspawn.rootfs(suite, log=_log)
+            if (took := time.monotonic() - started) > 5:
+                print(f"[nspawn] {suite} root file system ready after {took:.0f}s", flush=True)
+        return roots[suite]
+
+    return get
+
+
+@pytest.fixture
+def system_rootfs(rootfs_of: Callable[[str], Path], suite: str) -> Path:
+    """The root file system this test's machines boot (a copy of it each)."""
+    return rootfs_of(suite)
 
 
 @pytest.fixture(scope="session")
@@ -100,19 +124,20 @@ def install_kind(nspawn_available: None) -> str:
     return "deb" if nspawn.package_unavailable_reason("deb") is None else "wheel"
 
 
-@pytest.fixture(scope="session")
-def dewy_deb(nspawn_available: None) -> Path:
-    """The .deb of this checkout (`make deb`, cached while the packaged sources are unchanged)."""
+@pytest.fixture
+def dewy_deb(nspawn_available: None, suite: str) -> Path:
+    """The .deb of this checkout for the test's suite (`make deb SUITE=...` in a clean root of that
+    release, cached while the packaged sources are unchanged)."""
     reason = nspawn.package_unavailable_reason("deb")
     if reason:
         pytest.skip(reason)
-    return nspawn.build_package("deb", log=_log)
+    return nspawn.build_package("deb", suite, log=_log)
 
 
-@pytest.fixture(scope="session")
-def dewy_deb_next(dewy_deb: Path) -> Path:
-    """The same package with a newer version (one more changelog entry): an upgrade of dewy_deb."""
-    return nspawn.build_package("deb", version_suffix="+test1", log=_log)
+@pytest.fixture
+def dewy_deb_next(dewy_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same package with a newer version (+test1): an upgrade of dewy_deb."""
+    return nspawn.next_version(dewy_deb, "+test1", tmp_path_factory.mktemp("next"))
 
 
 @pytest.fixture(scope="session")
@@ -125,7 +150,7 @@ def dewy_rpm(nspawn_available: None) -> Path:
 
 
 @pytest.fixture
-def machine_factory(system_rootfs: Path, install_kind: str, request: pytest.FixtureRequest,
+def machine_factory(system_rootfs: Path, install_kind: str, suite: str, request: pytest.FixtureRequest,
                     tmp_path: Path) -> Iterator[Callable[..., Machine]]:
     """``boot(*, bind=(), bind_ro=(), install=False, name=None, timeout=90) -> Machine``.
 
@@ -149,7 +174,7 @@ def machine_factory(system_rootfs: Path, install_kind: str, request: pytest.Fixt
             extra_ro.append((directory, nspawn.WHEELHOUSE_INSIDE))
         elif kind:
             raise ValueError(f"install={install!r}: use True, 'deb' or 'wheel'")
-        m = nspawn.boot(system_rootfs, name=name or nspawn.unique_name(), bind=bind,
+        m = nspawn.boot(system_rootfs, name=name or nspawn.unique_name(suite), bind=bind,
                         bind_ro=[*extra_ro, *bind_ro], console_dir=tmp_path, timeout=timeout)
         machines.append(m)
         if kind == "deb":

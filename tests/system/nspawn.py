@@ -1,16 +1,18 @@
 """Real systemd as PID 1 for system tests: a cached Debian root booted with systemd-nspawn.
 
-The machine running the tests has no systemd of its own (see ../shared/TESTBED.md), so
+The machine running the tests has no systemd of its own, so
 ``--register=no --keep-unit`` are required and each container gets its own cgroup here
 (nspawn would otherwise put every container into the same ``/payload`` cgroup at the root
 of the hierarchy, and two machines booted at once would share it).
 
 Layout under CACHE (``$DEWY_TEST_CACHE``, default ``/var/cache/dewy-tests``):
 
-    bookworm-<key>/         the debootstrap root, complete (renamed into place when done)
-    bookworm-<key>.lock     flock held while building it
-    packages/<digest>/      `make deb` / `make rpm` output for one state of the packaged sources
-                            (tests/ and bench/ aside), so a fresh clone of unchanged code
+    SUITE-<key>/            a booted machine's root, one per suite (packaging/debroot.py)
+    SUITE-<key>.lock        flock held while building it
+    build/                  packaging/debroot.py's cache for `make deb SUITE=...` (its clean build roots)
+    packages/<digest>-<suite>-deb/, packages/<digest>-rpm/
+                            `make deb SUITE=` / `make rpm` output for one state of the packaged
+                            sources (tests/ and bench/ aside), so a fresh clone of unchanged code
                             reuses it; pip/ holds pip's download cache for those builds
     machines/<name>/        one booted machine: overlay upper/work dirs (or a full copy),
                             the mounted root, a ``share`` dir bound at the same path inside,
@@ -41,14 +43,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-SUITE = "bookworm"
+# The Debian releases dewy's packages are built and system-tested for: Debian 12 and 13.
+SUITES = ("bookworm", "trixie")
+DEFAULT_SUITE = SUITES[0]
 INCLUDE = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "python3-systemd",
-           "procps", "iproute2", "curl")
+           "procps", "iproute2", "curl",
+           "rpm",              # the rpm is installed into a booted machine too
+           "python3-apt")      # Ansible's apt module, for the role's test
 # Units that would fire at random moments during a test (apt runs against the network, fstrim, ...).
 MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
                 "e2scrub_all.timer", "fstrim.timer", "e2scrub_reap.service")
 # Bump when the post-debootstrap customisation below changes: the cache key includes it.
-IMAGE_REVISION = 1
+IMAGE_REVISION = 2
 
 CACHE = Path(os.environ.get("DEWY_TEST_CACHE", "/var/cache/dewy-tests"))
 REPO = Path(__file__).resolve().parents[2]
@@ -56,7 +62,7 @@ WHEELHOUSE_INSIDE = "/wheelhouse"
 DEWY_VENV = "/opt/dewy"
 PACKAGES_INSIDE = "/packages"
 PACKAGED_VENV = "/usr/lib/dewy/venv"            # where the deb puts dewy (packaging/build-venv.sh)
-PACKAGE_TOOLS = ("make", "dpkg-buildpackage", "dh", "dpkg-deb")
+PACKAGE_TOOLS = ("make", "dpkg-deb", "debootstrap", "systemd-nspawn")    # make deb SUITE=... builds in a root
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 UNIT_SUFFIXES = (".service", ".socket", ".slice", ".target", ".timer", ".path", ".mount", ".scope")
 
@@ -116,36 +122,26 @@ def unavailable_reason() -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The cached root file system
+# The cached root file systems (packaging/debroot.py builds them, as it builds the package roots)
 
-def image_key() -> str:
-    recipe = json.dumps([SUITE, sorted(INCLUDE), sorted(MASKED_UNITS), IMAGE_REVISION])
-    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+def _debroot() -> Any:
+    """packaging/debroot.py (loaded by path: a top-level ``packaging`` would be PyPI's)."""
+    return _load_packaging("debroot")
 
 
-def _mounts_under(path: Path) -> list[str]:
-    """Mount points at or below ``path`` in this mount namespace, deepest first."""
-    prefix = str(path).rstrip("/")
-    found = []
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            point = line.split()[4].encode().decode("unicode_escape")
-            if point == prefix or point.startswith(prefix + "/"):
-                found.append(point)
-    return sorted(found, key=len, reverse=True)
+def _load_packaging(name: str) -> Any:
+    module = sys.modules.get(f"dewy_packaging_{name}")
+    if module is None:
+        spec = importlib.util.spec_from_file_location(f"dewy_packaging_{name}", REPO / "packaging" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return module
 
 
 def remove_tree(path: Path) -> None:
-    """Unmount whatever is mounted below ``path`` (debootstrap leaves /proc, /sys mounted when killed), then delete it."""
-    if not os.path.lexists(path):
-        return
-    for point in _mounts_under(path):
-        subprocess.run(["umount", point], capture_output=True)
-    for point in _mounts_under(path):
-        subprocess.run(["umount", "-l", point], capture_output=True)
-    if _mounts_under(path):
-        raise MachineError(f"cannot unmount everything under {path}: {_mounts_under(path)}")
-    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True, capture_output=True)
+    """Unmount whatever is mounted below ``path``, then delete it."""
+    _debroot().remove_tree(path)
 
 
 def _customise(root: Path) -> None:
@@ -154,54 +150,31 @@ def _customise(root: Path) -> None:
     # Without /etc/hostname the container keeps the machine name nspawn gives it.
     (root / "etc/hostname").unlink(missing_ok=True)
     # A per-machine id is written before each boot; an empty file would mean "first boot" (preset-all).
-    for deb in (root / "var/cache/apt/archives").glob("*.deb"):
-        deb.unlink()
 
 
-def rootfs(cache: Path = CACHE, *, log: Callable[[str], None] = lambda message: None, timeout: float = 900) -> Path:
-    """The cached debootstrap root, built first if missing. Safe against parallel sessions and interruptions."""
-    cache.mkdir(parents=True, exist_ok=True)
-    final = cache / f"{SUITE}-{image_key()}"
-    if final.is_dir():
-        return final
-    with open(cache / f"{final.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)        # another session building the same root: wait for it
-        if final.is_dir():
-            return final
-        for stale in cache.glob(f"{final.name}.tmp-*"):    # we hold the lock: nobody is building these
-            remove_tree(stale)
-        partial = cache / f"{final.name}.tmp-{os.getpid()}"
-        log_path = cache / f"{final.name}.debootstrap.log"
-        log(f"building the {SUITE} root in {final} (debootstrap, about a minute; cached afterwards)")
-        started = time.monotonic()
-        debs = cache / "debs"          # downloaded packages kept: a changed include list rebuilds without them
-        debs.mkdir(exist_ok=True)
-        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(INCLUDE)}", f"--cache-dir={debs}",
-               SUITE, str(partial)]
-        with open(log_path, "w") as out:
-            # The build inherits the lock: if this session is killed, the next one waits for the
-            # orphaned debootstrap to finish before it removes the partial root.
-            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True, pass_fds=[lock.fileno()])
-            try:
-                code = process.wait(timeout)
-            except BaseException:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                remove_tree(partial)
-                raise
-        if code != 0:
-            remove_tree(partial)
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise MachineError(f"debootstrap failed ({code}); {log_path}:\n{tail}")
-        try:
-            _customise(partial)
-        except BaseException:
-            remove_tree(partial)
-            raise
-        os.rename(partial, final)
-        log(f"built {final} in {time.monotonic() - started:.0f}s")
-        return final
+def rootfs(suite: str = DEFAULT_SUITE, cache: Path = CACHE, *, log: Callable[[str], None] = lambda message: None) -> Path:
+    """The cached debootstrap root of ``suite``, built first if missing (safe against parallel sessions)."""
+    return _debroot().ensure_root(suite, INCLUDE, cache, revision=[sorted(MASKED_UNITS), IMAGE_REVISION],
+                                  customise=_customise, log=log)
+
+
+def host_suite() -> str:
+    """This host's Debian release (codename), the one whose python3 builds the rpm; the first
+    supported one on a host that is not a released Debian."""
+    try:
+        return _debroot().suite_of()[0]
+    except _debroot().RootError:
+        return DEFAULT_SUITE
+
+
+def systemd_version(root: Path) -> int:
+    """The version of the systemd installed in ``root`` (its libsystemd-shared-NNN.so), 0 if unknown."""
+    for directory in ("usr/lib/systemd", "usr/lib/x86_64-linux-gnu/systemd", "lib/systemd"):
+        for lib in (root / directory).glob("libsystemd-shared-*.so"):
+            match = re.match(r"libsystemd-shared-(\d+)", lib.name)
+            if match:
+                return int(match.group(1))
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,17 +268,13 @@ def package_unavailable_reason(kind: str = "deb") -> str | None:
     missing = [tool for tool in tools if not shutil.which(tool)]
     if missing:
         return f"building the {kind} needs {', '.join(missing)} (scripts/test installs the packaging tools)"
-    if subprocess.run(["/usr/bin/python3.11", "-c", "import ensurepip, venv"], capture_output=True).returncode:
-        return "building the packages needs Debian's python3.11 with venv (apt-get install python3.11-venv)"
+    if kind == "rpm" and subprocess.run(["/usr/bin/python3", "-c", "import ensurepip, venv"], capture_output=True).returncode:
+        return "building the rpm needs the distribution's python3 with venv (apt-get install python3-venv)"
     return None
 
 
 def _srctree() -> Any:
-    """packaging/srctree.py (loaded by path: a top-level ``packaging`` would be PyPI's)."""
-    spec = importlib.util.spec_from_file_location("dewy_packaging_srctree", REPO / "packaging" / "srctree.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_packaging("srctree")
 
 
 _digests: dict[Path, str] = {}
@@ -319,35 +288,18 @@ def sources_digest(repo: Path = REPO) -> str:
     return _digests[repo]
 
 
-def bump_changelog(changelog: Path, suffix: str) -> str:
-    """Prepend an entry whose version is the newest one plus ``suffix`` (0.1.0-1 -> 0.1.0-1+test1)."""
-    text = changelog.read_text()
-    first = text.splitlines()[0]
-    match = re.match(r"^(\S+) \(([^)]+)\) ([^;]+); (.*)$", first)
-    if not match:
-        raise MachineError(f"{changelog}: cannot parse {first!r}")
-    source, version, suite, urgency = match.groups()
-    trailer = next(line for line in text.splitlines() if line.startswith(" -- "))
-    maintainer = trailer[4:].split("  ")[0]
-    when = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
-    new = f"{version}{suffix}"
-    changelog.write_text(f"{source} ({new}) {suite}; {urgency}\n\n  * Test build: an upgrade of {version}.\n\n"
-                         f" -- {maintainer}  {when}\n\n{text}")
-    return new
-
-
-def build_package(kind: str = "deb", cache: Path = CACHE, *, version_suffix: str = "",
-                  log: Callable[[str], None] = lambda message: None, timeout: float = 1200, keep: int = 8) -> Path:
-    """``make deb`` (or ``make rpm``) of this checkout, cached under CACHE/packages/<digest>[-suffix]-<kind>/.
+def build_package(kind: str = "deb", suite: str = DEFAULT_SUITE, cache: Path = CACHE, *,
+                  log: Callable[[str], None] = lambda message: None, timeout: float = 1800, keep: int = 8) -> Path:
+    """``make deb SUITE=suite`` (or ``make rpm``, on this host) of this checkout, cached under
+    CACHE/packages/<digest>-<suite>-deb/ (or <digest>-rpm/).
 
     The digest covers the packaged sources (packaging/srctree.py: tests/ and bench/ do not count),
-    so the tests of an unchanged tree on the same machine reuse the build. version_suffix: a deb
-    whose changelog has one more entry, version + suffix (an upgrade of the plain build).
-    Builds in a copy of the tree; pip's downloads are cached in CACHE/pip. Returns the package.
+    so the tests of an unchanged tree on the same machine reuse the build. Builds in a copy of the
+    tree; the deb's clean build roots and pip's downloads are cached in CACHE/build and CACHE/pip.
+    Returns the package.
     """
     srctree = _srctree()
-    tag = re.sub(r"[^A-Za-z0-9]+", "", version_suffix)
-    key = f"{sources_digest(REPO)[:16]}{'-' + tag if tag else ''}-{kind}"
+    key = f"{sources_digest(REPO)[:16]}-{suite + '-' if kind == 'deb' else ''}{kind}"
     base = cache / "packages"
     final = base / key
     pattern = "dewy_*.deb" if kind == "deb" else "dewy-*.rpm"
@@ -369,20 +321,19 @@ def build_package(kind: str = "deb", cache: Path = CACHE, *, version_suffix: str
         try:
             source = partial / "dewy"
             srctree.copy(source, REPO)
-            if version_suffix:
-                bump_changelog(source / "packaging" / "debian" / "changelog", version_suffix)
-            log(f"make {kind}{' (version +' + version_suffix.lstrip('+') + ')' if version_suffix else ''}"
-                f" into {final} (cached afterwards)")
+            out = partial / (suite if kind == "deb" else "rpm")      # make deb SUITE=x writes DIST/x/
+            target = [f"SUITE={suite}", f"DIST={partial}"] if kind == "deb" else [f"DIST={out}"]
+            log(f"make {kind} {' '.join(target[:-1])} into {final} (cached afterwards)")
             started = time.monotonic()
-            env = {**os.environ, "PIP_CACHE_DIR": str(cache / "pip"), "TMPDIR": str(partial)}
-            result = subprocess.run(["make", "-C", str(source), kind, f"DIST={partial / 'dist'}"], env=env,
+            env = {**os.environ, "PIP_CACHE_DIR": str(cache / "pip"), "TMPDIR": str(partial),
+                   "DEWY_BUILD_CACHE": str(cache / "build")}
+            result = subprocess.run(["make", "-C", str(source), kind, *target], env=env,
                                     stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
-            (partial / "build.log").write_text(result.stdout + result.stderr)
             if result.returncode != 0:
                 raise MachineError(f"make {kind} failed ({result.returncode}); last output:\n"
                                    f"{(result.stdout + result.stderr)[-4000:]}")
-            shutil.move(str(partial / "build.log"), partial / "dist" / "build.log")
-            os.rename(partial / "dist", final)
+            (out / "make.log").write_text(result.stdout + result.stderr)
+            os.rename(out, final)
             log(f"built {built().name} in {time.monotonic() - started:.0f}s")
         finally:
             shutil.rmtree(partial, ignore_errors=True)
@@ -392,6 +343,22 @@ def build_package(kind: str = "deb", cache: Path = CACHE, *, version_suffix: str
         package = built()
         assert package is not None
         return package
+
+
+def next_version(deb: Path, suffix: str, dest: Path) -> Path:
+    """``deb`` repacked with its version plus ``suffix`` (0.1.0-1~deb12u1 -> ...+test1) into ``dest``:
+    the same files under a newer version, i.e. an upgrade of it (seconds, not another build)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    tree = dest / "tree"
+    subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True, capture_output=True)
+    control = tree / "DEBIAN" / "control"
+    text = control.read_text()
+    version = re.search(r"^Version: (\S+)$", text, re.M).group(1)
+    control.write_text(text.replace(f"Version: {version}\n", f"Version: {version}{suffix}\n"))
+    out = dest / deb.name.replace(f"_{version}_", f"_{version}{suffix}_")
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-b", str(tree), str(out)], check=True, capture_output=True)
+    shutil.rmtree(tree)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,7 +417,6 @@ def _prctl(option: int, value: int) -> None:
     _libc.prctl(option, value, 0, 0, 0)
 
 
-_overlay_works: bool | None = None
 _names = itertools.count(1)
 
 
@@ -765,30 +731,13 @@ def _find_init(nspawn_pid: int) -> int | None:
     return None
 
 
-def _make_root(lower: Path, machine_dir: Path) -> tuple[Path, bool]:
-    """An overlay of the cached root (upper in machine_dir), or a full copy when overlayfs is unavailable."""
-    global _overlay_works
-    root = machine_dir / "root"
-    root.mkdir()
-    if _overlay_works is not False:
-        upper, work = machine_dir / "upper", machine_dir / "work"
-        upper.mkdir()
-        work.mkdir()
-        result = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                                 f"lowerdir={lower},upperdir={upper},workdir={work}", str(root)],
-                                capture_output=True, text=True)
-        _overlay_works = result.returncode == 0
-        if _overlay_works:
-            return root, True
-    root.rmdir()
-    subprocess.run(["cp", "-a", "--reflink=auto", str(lower), str(root)], check=True, capture_output=True)
-    return root, False
-
-
 def boot(lower: Path, *, name: str | None = None, bind: Iterable = (), bind_ro: Iterable = (),
-         console_dir: Path | None = None, timeout: float = 90, cache: Path = CACHE) -> Machine:
+         console_dir: Path | None = None, timeout: float = 90, cache: Path = CACHE,
+         options: Sequence[str] = ()) -> Machine:
     """Boot a throwaway copy of ``lower`` and wait until systemd says running (or degraded).
 
+    options: more systemd-nspawn options (e.g. ``--capability=all`` for a machine that runs
+    containers or machines of its own).
     bind / bind_ro: host paths (bound at the same path inside) or (host, inside) pairs.
     The machine always has ``share``: a fresh host dir bound read-write at the same path.
     console_dir: where the boot console log goes (default: the machine dir, deleted with it).
@@ -801,7 +750,7 @@ def boot(lower: Path, *, name: str | None = None, bind: Iterable = (), bind_ro: 
     process = None
     machine: Machine | None = None
     try:
-        root, overlay = _make_root(lower, machine_dir)
+        root, overlay = _debroot().make_writable_copy(lower, machine_dir)
         (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
         share = machine_dir / "share"
         share.mkdir()
@@ -820,8 +769,12 @@ def boot(lower: Path, *, name: str | None = None, bind: Iterable = (), bind_ro: 
             _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
         cmd = ["systemd-nspawn", "--quiet", "-D", str(root), "-M", name, "--register=no", "--keep-unit",
-               "--link-journal=no", "--console=read-only", *[b.option() for b in all_binds], "-b"]
+               "--link-journal=no", "--console=read-only", *[b.option() for b in all_binds], *options, "-b"]
         env = {"PATH": os.environ.get("PATH", CONTAINER_PATH), "TERM": "dumb", "SYSTEMD_COLORS": "0"}
+        if systemd_version(lower) >= 256:
+            # systemd 256+ refuses to boot on cgroup v1 (this host's layout may be legacy or
+            # hybrid): nspawn then gives it a cgroup2 of its own, without resource controllers.
+            env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
         with open(console_log, "w") as out:
             process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                        env=env, start_new_session=True, preexec_fn=before_exec)

@@ -1,15 +1,17 @@
-"""The OS packages (packaging/, issue 4): the deb built from this checkout and installed with
-``apt-get install ./dewy_*.deb`` into a booted Debian 12 (systemd as PID 1 in systemd-nspawn),
-and the rpm's files and scriptlets.
+"""The OS packages (packaging/): the deb of each supported Debian release, built from this checkout
+in a clean root of that release (`make deb SUITE=...`) and installed with ``apt-get install
+./dewy_*.deb`` into a booted machine of the same release (systemd as PID 1 in systemd-nspawn),
+and the rpm's files, scriptlets, and an install with ``rpm -i`` into a booted machine.
 
-The deb is built once per state of the packaged sources (cached in /var/cache/dewy-tests/packages,
-see nspawn.build_package); the upgrade test builds a second one with one more changelog entry.
+The debs are built once per state of the packaged sources (cached in /var/cache/dewy-tests/packages,
+see nspawn.build_package); the upgrade test installs the same deb repacked under a newer version.
 tests/system/test_service.py runs against the installed deb too whenever this machine can build
 it (conftest.install_kind), so the whole dewy@.service scenario is proven on the package.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -32,10 +34,9 @@ pytestmark = pytest.mark.system
 
 REPO = nspawn.REPO
 VENV = nspawn.PACKAGED_VENV
-SITE = f"{VENV}/lib/python3.11/site-packages"
 CONFFILES = ["/etc/dewy/example-assets.toml", "/etc/dewy/example-server.toml", "/etc/dewy/example.env"]
 
-# Every backend of DESIGN.md, dewy's module and the library under it, imported by the package's
+# Every backend, dewy's module and the library under it, imported by the package's
 # interpreter; boto3 builds a client for every service model the package keeps (build-venv.sh).
 IMPORT_EVERYTHING = r"""
 import importlib, json, ssl, sys
@@ -76,25 +77,49 @@ def dpkg_version(m: Machine) -> str:
     return m.run(["dpkg-query", "-W", "-f", "${Version}", "dewy"]).stdout
 
 
-def test_the_deb_installs_offline_as_debian_expects(packaged: Demo, dewy_deb: Path) -> None:
+def system_python(m: Machine) -> tuple[str, str]:
+    """(the machine's python3 by its versioned path, its X.Y): /usr/bin/python3.13, 3.13 on Debian 13."""
+    path = m.run(["readlink", "-f", "/usr/bin/python3"]).stdout.strip()
+    return path, path.removeprefix("/usr/bin/python")
+
+
+def venv_site(m: Machine) -> str:
+    return f"{VENV}/lib/python{system_python(m)[1]}/site-packages"
+
+
+# The release the host's rpm and Vagrant box match: the rpm is built with this host's python3.
+HOST_SUITE = nspawn.host_suite()
+
+
+@pytest.mark.every_suite
+def test_the_deb_installs_offline_as_debian_expects(packaged: Demo, dewy_deb: Path, suite: str) -> None:
     m = packaged.m
     assert m.run(["dpkg-query", "-W", "-f", "${Status}", "dewy"]).stdout == "install ok installed"
     assert dpkg_version(m) == dewy_deb.name.split("_")[1]
+    assert dewy_deb.parent.name.endswith(f"-{suite}-deb")
+    release = m.read("/etc/debian_version").split(".")[0]
+    assert dpkg_version(m).endswith(f"~deb{release}u1"), "the version names the release it was built for"
     assert m.run(["dewy", "--version"]).stdout.strip() == f"dewy {_upstream_version()}"
-    # the interpreter is Debian's python3.11, with python3-systemd from the system site-packages
-    assert m.run(["readlink", "-f", f"{VENV}/bin/python3"]).stdout.strip() == "/usr/bin/python3.11"
+    # the interpreter is this release's python3, with python3-systemd from the system site-packages
+    python, version = system_python(m)
+    assert m.run(["readlink", "-f", f"{VENV}/bin/python3"]).stdout.strip() == python
+    depends = m.run(["dpkg-query", "-W", "-f", "${Depends}", "dewy"]).stdout
+    major, minor = version.split(".")
+    assert f"python{version}" in depends.split(", ")
+    assert f"python3 (>= {version}~)" in depends and f"python3 (<< {major}.{int(minor) + 1}~)" in depends
     assert "include-system-site-packages = true" in m.read(f"{VENV}/pyvenv.cfg")
+    site = venv_site(m)
     # shipped without pip, setuptools or tests; byte code written by the postinst, not shipped
     for absent in ("pip", "setuptools", "pkg_resources", "wheel", "_distutils_hack"):
-        assert m.run(["test", "-e", f"{SITE}/{absent}"], check=False).returncode == 1, absent
-    assert m.run(f"find {SITE} -type d -name tests | wc -l").stdout.strip() == "0"
+        assert m.run(["test", "-e", f"{site}/{absent}"], check=False).returncode == 1, absent
+    assert m.run(f"find {site} -type d -name tests | wc -l").stdout.strip() == "0"
     listed = m.run(["dpkg", "-L", "dewy"]).stdout
     assert ".pyc" not in listed and "__pycache__" not in listed
-    compiled = int(m.run(f"find {VENV} -name '*.cpython-311.pyc' | wc -l").stdout)
+    compiled = int(m.run(f"find {VENV} -name '*.cpython-{major}{minor}.pyc' | wc -l").stdout)
     assert compiled > 1000, "the postinst byte-compiles the venv"
     m.run(["dpkg", "--verify", "dewy"])            # nothing the package shipped was changed
     # units: installed, the template neither enabled nor started
-    assert m.run(["test", "-f", "/lib/systemd/system/dewy@.service"], check=False).returncode == 0
+    assert m.run(["test", "-f", "/usr/lib/systemd/system/dewy@.service"], check=False).returncode == 0
     assert m.systemctl("is-enabled", "dewy@.service", check=False).stdout.strip() in ("disabled", "indirect")
     assert m.systemctl("list-units", "--all", "--plain", "--no-legend", "dewy*").stdout.strip() == ""
     assert m.failed_units() == []
@@ -111,11 +136,13 @@ def test_the_deb_installs_offline_as_debian_expects(packaged: Demo, dewy_deb: Pa
           f" install took {m.install_seconds:.1f}s")
 
 
+@pytest.mark.every_suite
 def test_every_backend_imports_from_the_installed_package(packaged: Demo) -> None:
     m = packaged.m
+    site = venv_site(m)
     result = json.loads(m.run([f"{VENV}/bin/python3", "-I", "-c", IMPORT_EVERYTHING], cwd="/tmp").stdout)
     for module, path in result["where"].items():
-        expected = "/usr/lib/python3/dist-packages/systemd/" if module.startswith("systemd") else f"{SITE}/"
+        expected = "/usr/lib/python3/dist-packages/systemd/" if module.startswith("systemd") else f"{site}/"
         assert path.startswith(expected), (module, path)
     assert result["prefix"] == VENV
     # certifi's bundle is the system CA store (ca-certificates), as for Debian's python3-certifi
@@ -126,6 +153,7 @@ def test_every_backend_imports_from_the_installed_package(packaged: Demo) -> Non
     assert m.run(["dewy", "--version"], cwd="/var/tmp/shadow").stdout.strip() == f"dewy {_upstream_version()}"
 
 
+@pytest.mark.every_suite
 def test_enable_now_deploys_from_a_file_registry_and_serves(packaged: Demo) -> None:
     start(packaged)                        # systemctl enable --now dewy@demo; v1.0.0 deployed
     assert get(packaged.port)[1] == "v1.0.0"
@@ -176,6 +204,7 @@ settle_time = "0.5s"
         m.systemctl("stop", "dewy@s3", "dewy@gs", timeout=120)
 
 
+@pytest.mark.every_suite
 def test_upgrade_restarts_dewy_and_keeps_the_app_serving(machine_factory: Callable[..., Machine], tmp_path: Path,
                                                           dewy_deb: Path, dewy_deb_next: Path) -> None:
     registry = tmp_path / "registry"
@@ -219,6 +248,7 @@ SNAPSHOT = ("find / -xdev \\( -path /var/lib/dpkg -o -path /var/lib/apt -o -path
             " -o -print | sort")
 
 
+@pytest.mark.every_suite
 def test_purge_removes_everything_dewy_created(machine_factory: Callable[..., Machine], tmp_path: Path,
                                                 dewy_deb: Path) -> None:
     registry = tmp_path / "registry"
@@ -244,6 +274,7 @@ def test_purge_removes_everything_dewy_created(machine_factory: Callable[..., Ma
     assert m.failed_units() == []
 
 
+@pytest.mark.parametrize("suite", [HOST_SUITE], indirect=True)
 def test_rpm_installs_the_same_files_with_the_same_scriptlets(dewy_deb: Path, dewy_rpm: Path) -> None:
     check = subprocess.run([sys.executable, str(REPO / "packaging" / "check-packages.py"), str(dewy_deb), str(dewy_rpm)],
                            capture_output=True, text=True, timeout=120)
@@ -263,16 +294,64 @@ def test_rpm_installs_the_same_files_with_the_same_scriptlets(dewy_deb: Path, de
     assert "daemon-reload" in parts["postuninstall"]
     assert "stop" not in parts["posttrans"] and "restart" not in parts["preuninstall"]
     requires = subprocess.run(["rpm", "-qp", "--requires", str(dewy_rpm)], capture_output=True, text=True, check=True).stdout
-    assert {"/usr/bin/python3.11", "python3-systemd", "ca-certificates"} <= set(requires.split())
+    host_python = os.path.realpath("/usr/bin/python3")
+    assert {host_python, "python3-systemd", "ca-certificates"} <= set(requires.split())
     provides = subprocess.run(["rpm", "-qp", "--provides", str(dewy_rpm)], capture_output=True, text=True, check=True).stdout
     assert "bundled(python3dist(boto3))" in provides
     assert not [line for line in provides.splitlines() if line.startswith("python3dist(")], "bundled libraries leak"
 
 
-def test_lintian_and_rpmlint_find_no_errors_or_warnings(dewy_deb: Path, dewy_rpm: Path) -> None:
-    lintian = subprocess.run(["lintian", "--fail-on", "error,warning", str(dewy_deb)], capture_output=True,
-                             text=True, timeout=300)
-    assert lintian.returncode == 0, lintian.stdout + lintian.stderr
+@pytest.mark.parametrize("suite", [HOST_SUITE], indirect=True)
+def test_the_rpm_installs_with_rpm_runs_its_scriptlets_and_deploys(machine_factory: Callable[..., Machine],
+                                                                   tmp_path: Path, dewy_rpm: Path) -> None:
+    """The nearest thing to an RPM system reachable here: a booted Debian machine with an rpm
+    database, the rpm installed with ``rpm -i --nodeps`` (Debian's python3, python3-systemd and
+    ca-certificates stand in for its Requires, which rpm cannot see in dpkg's database)."""
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    m = machine_factory(bind=[registry], bind_ro=[(dewy_rpm.parent, "/rpms")])
+    m.run(["rpm", "--initdb"])
+    m.run(["rpm", "-i", "--nodeps", "--force-debian", f"/rpms/{dewy_rpm.name}"], timeout=300)
+    assert m.run(["rpm", "-q", "--qf", "%{NAME} %{VERSION}", "dewy"]).stdout == f"dewy {_upstream_version()}"
+    assert m.run(["rpm", "-qf", "--qf", "%{NAME}", "/usr/lib/systemd/system/dewy@.service"]).stdout == "dewy"
+    _, version = system_python(m)
+    compiled = int(m.run(f"find {VENV} -name '*.cpython-{version.replace('.', '')}.pyc' | wc -l").stdout)
+    assert compiled > 1000, "%posttrans byte-compiles the venv"
+    assert m.run(["dewy", "--version"]).stdout.strip() == f"dewy {_upstream_version()}"
+    demo = Demo(m, registry, free_port())
+    start(demo)                                     # systemctl enable --now dewy@demo from the rpm's unit
+    assert get(demo.port)[1] == "v1.0.0"
+    assert demo.scopes() == ["dewy-demo-g1.scope"]
+    app_pid = demo.app_env()["pid"]
+    m.run(["rpm", "-e", "--nodeps", "dewy"], timeout=120)        # %preun stops every dewy@ instance
+    assert m.is_active("dewy@demo") in ("inactive", "failed") and demo.scopes() == []
+    assert m.run(["ps", "-p", str(app_pid)], check=False).returncode != 0
+    assert m.run(["test", "-e", "/usr/lib/dewy"], check=False).returncode == 1, "erase leaves no byte code behind"
+
+
+@pytest.mark.every_suite
+def test_the_releases_own_lintian_finds_no_errors_or_warnings(dewy_deb: Path) -> None:
+    """`make deb SUITE=` fails when lintian, run in the clean build root, reports an error or a
+    warning; this reads what that lintian said about the package the other tests install."""
+    said = (dewy_deb.parent / "lintian.log").read_text()
+    assert [line for line in said.splitlines() if line.startswith(("E:", "W:"))] == [], said
+
+
+@pytest.mark.parametrize("suite", ["trixie"], indirect=True)
+def test_a_rebuild_of_the_same_tree_is_the_same_package(dewy_deb: Path, suite: str, tmp_path: Path) -> None:
+    """`make deb SUITE=` from a clean copy of the same sources gives a bit-identical .deb (the
+    version suffix, its changelog date and every mtime derive from the tree, no build path stays)."""
+    source = tmp_path / "dewy"
+    nspawn._srctree().copy(source, REPO)
+    env = {**os.environ, "DEWY_BUILD_CACHE": str(nspawn.CACHE / "build"), "PIP_CACHE_DIR": str(nspawn.CACHE / "pip")}
+    result = subprocess.run(["make", "-C", str(source), "deb", f"SUITE={suite}", f"DIST={tmp_path / 'dist'}"],
+                            env=env, capture_output=True, text=True, timeout=1200, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    again = tmp_path / "dist" / suite / dewy_deb.name
+    assert hashlib.sha256(again.read_bytes()).hexdigest() == hashlib.sha256(dewy_deb.read_bytes()).hexdigest()
+
+
+def test_rpmlint_finds_no_errors_or_warnings(dewy_rpm: Path) -> None:
     rpmlint = subprocess.run(["rpmlint", "-c", "packaging/rpm/rpmlint.toml", "-r", "packaging/rpm/dewy.rpmlintrc",
                               "packaging/rpm/dewy.spec", str(dewy_rpm)], cwd=REPO, capture_output=True, text=True,
                              timeout=300)
@@ -293,6 +372,7 @@ def vagrant_provisioner() -> str:
     return textwrap.dedent(body.group(1)) + "\n"
 
 
+@pytest.mark.parametrize("suite", ["bookworm"], indirect=True)       # the Vagrantfile's box is Debian 12
 def test_vagrantfile_validates_and_its_provisioner_runs_on_debian_12(machine_factory: Callable[..., Machine],
                                                                       tmp_path: Path, dewy_deb: Path) -> None:
     """`vagrant validate`, then the provisioner itself in a booted Debian 12 (systemd-nspawn standing
@@ -311,9 +391,9 @@ def test_vagrantfile_validates_and_its_provisioner_runs_on_debian_12(machine_fac
     assert "ports = [8000]" in script
     script = script.replace("ports = [8000]", f'ports = ["127.0.0.1:{port}"]').replace("8000", str(port))
     synced = tmp_path / "vagrant"
-    (synced / "dist").mkdir(parents=True)
+    (synced / "dist" / "bookworm").mkdir(parents=True)
     (synced / "tests" / "apps").mkdir(parents=True)
-    shutil.copy2(dewy_deb, synced / "dist" / dewy_deb.name)
+    shutil.copy2(dewy_deb, synced / "dist" / "bookworm" / dewy_deb.name)
     shutil.copy2(REPO / "tests" / "apps" / "httpapp.py", synced / "tests" / "apps" / "httpapp.py")
     m = machine_factory(bind_ro=[(synced, "/vagrant")])
     # the machine's root already has what the deb depends on: no package lists from the network

@@ -1,4 +1,4 @@
-"""dewy@.service under a real systemd (PID 1 in systemd-nspawn): DESIGN.md section 8, each behaviour its own test.
+"""dewy@.service under a real systemd (PID 1 in systemd-nspawn), each behaviour its own test.
 
 The machine shares the host's network namespace, so the client loop runs on the host
 against the app's port, and the file:// registry is a host directory bound into the
@@ -15,6 +15,7 @@ import json
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from tests.github_server import GitHubServer
 from tests.harness import APP, ClientLoop, free_port, get
 from tests.system.nspawn import Machine
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.every_suite]
 
 TOKEN = "ghp_system_test_secret_1234567890"
 PASSWORD = "mail-password-never-logged"
@@ -123,6 +124,48 @@ def test_the_app_runs_in_a_transient_unit_with_its_user_and_limits(demo: Demo) -
     assert env["LISTEN_PID"] == str(pid) and env["LISTEN_FDS"] == "1"
     said = [r["MESSAGE"] for r in demo.m.journal(identifier="demo")]
     assert f"httpapp v1.0.0 (pid {pid}) serving on 1 socket(s)" in said, "the app's output reaches the journal as 'demo'"
+
+
+# What systemd gives dewy@NAME for itself: an app that saw these would notify, feed the
+# watchdog or read credentials in dewy's name.
+SERVICE_PLUMBING = ("CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "INVOCATION_ID",
+                    "JOURNAL_STREAM", "STATE_DIRECTORY", "CACHE_DIRECTORY", "DEWY_CACHEDIR")
+
+
+def test_the_app_gets_its_own_environment_not_dewys_service_plumbing(demo: Demo) -> None:
+    demo.release("v1.0.0")
+    demo.configure()
+    demo.m.run("printf '\n[app.environment]\nSHOP_MODE = \"live\"\n' >> /etc/dewy/demo.toml")
+    demo.m.write("/etc/dewy/demo.slack-token", "xoxb-credential-for-dewy-only\n", mode=0o600)
+    demo.m.write("/etc/systemd/system/dewy@demo.service.d/credential.conf",
+                 "[Service]\nLoadCredential=SLACK_TOKEN:/etc/dewy/demo.slack-token\n")
+    demo.m.systemctl("daemon-reload")
+    demo.m.systemctl("enable", "--now", "dewy@demo", timeout=120)
+    demo.deployed("v1.0.0")
+    dewy_env = demo.m.read(f"/proc/{demo.dewy_pid()}/environ").split("\0")
+    assert any(item.startswith("CREDENTIALS_DIRECTORY=") for item in dewy_env), "dewy itself got the credential"
+    env = demo.app_env()["env"]
+    assert [name for name in SERVICE_PLUMBING if name in env] == []
+    assert "SLACK_TOKEN" not in env and "xoxb-credential-for-dewy-only" not in json.dumps(env)
+    assert (env["SHOP_MODE"], env["DEWY_VERSION"], env["LISTEN_FDS"]) == ("live", "v1.0.0", "1")
+
+
+def test_a_configuration_error_leaves_the_unit_failed_with_its_one_line(demo: Demo) -> None:
+    demo.release("v1.0.0")
+    demo.configure(extra='intervall = "5s"')
+    started = time.monotonic()
+    demo.m.systemctl("start", "dewy@demo", check=False, timeout=60)
+    demo.m.wait_until(lambda: demo.m.is_active("dewy@demo") == "failed", 10, what="dewy@demo to be failed")
+    assert time.monotonic() - started < 10
+    shown = demo.m.show("dewy@demo.service", "NRestarts", "ExecMainStatus", "Result")
+    assert (shown["ExecMainStatus"], shown["Result"]) == ("2", "exit-code")
+    assert int(shown["NRestarts"]) <= 1
+    status = demo.m.systemctl("status", "dewy@demo", "--lines=5", check=False).stdout
+    assert re.search(r"/etc/dewy/demo\.toml:\d+: .*intervall", status), status
+    # "failed", not "activating (auto-restart)": systemd has given up, no restart is pending
+    demo.configure()            # the operator fixes the file and starts it again
+    demo.m.systemctl("start", "dewy@demo", timeout=120)
+    demo.deployed("v1.0.0")
 
 
 def test_a_new_release_is_deployed_with_zero_failed_requests(demo: Demo) -> None:
