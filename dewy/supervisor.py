@@ -160,7 +160,10 @@ class _Generation:
         self.exited: asyncio.Future[int | None] = self.loop.create_future()  # the wait status
         self.stopper: asyncio.Task[None] | None = None
         self._pidfd = os.pidfd_open(pid) if pidfd is None else pidfd
-        self.identity = process_identity(pid) if self.child else {}
+        self.identity: dict = {}  # recorded for adoption; an adopted one's comes from the record
+        if self.child:
+            with contextlib.suppress(OSError, ValueError, IndexError):  # without it, only its unit proves it
+                self.identity = process_identity(pid)
         self.loop.add_reader(self._pidfd, self._reap)
 
     def _reap(self) -> None:

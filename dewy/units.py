@@ -48,29 +48,39 @@ class Systemd:
         self.address = address  # None: the system bus
         self._bus: Any = None
         self._watch: asyncio.Task | None = None
+        self._connecting = asyncio.Lock()
         self._jobs: dict[str, asyncio.Future[str]] = {}  # job path -> its result, for the jobs being waited for
         self._early: OrderedDict[str, str] = OrderedDict()  # results that came before their job was waited for
         self._creating = 0  # calls under way that create a job
         self._removed: dict[str, asyncio.Event] = {}
 
-    async def connect(self) -> None:
+    async def _connected(self) -> Any:
+        """The bus connection, (re)connected if there is none; one connection however many calls wait for it."""
+        async with self._connecting:
+            if self._bus is None or not self._bus.connected:
+                self._drop(self._bus)
+                await self._connect()
+            return self._bus
+
+    async def _connect(self) -> None:
         from dbus_next import BusType
         from dbus_next.aio import MessageBus
 
         bus = MessageBus(bus_address=self.address) if self.address else MessageBus(bus_type=BusType.SYSTEM)
         try:
             async with asyncio.timeout(CALL_TIMEOUT):
-                self._bus = await bus.connect()
+                await bus.connect()
         except Exception as exc:
             raise SystemdError(f"cannot reach systemd on the system bus: {_reason(exc)}") from None
-        self._bus.add_message_handler(self._on_signal)
-        self._watch = asyncio.get_running_loop().create_task(self._watch_bus(self._bus))
+        bus.add_message_handler(self._on_signal)
+        self._bus = bus
+        self._watch = asyncio.get_running_loop().create_task(self._watch_bus(bus))
         try:
-            await self._call("AddMatch", "s", [f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}'"],
+            await self._send(bus, "AddMatch", "s", [f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}'"],
                              destination="org.freedesktop.DBus", path="/org/freedesktop/DBus", interface="org.freedesktop.DBus")
-            await self._call("Subscribe", "", [])
+            await self._send(bus, "Subscribe", "", [])
         except SystemdError:
-            self._drop(self._bus)
+            self._drop(bus)
             raise
 
     async def _watch_bus(self, bus: Any) -> None:
@@ -110,12 +120,13 @@ class Systemd:
 
     async def _call(self, member: str, signature: str, body: list, *, destination: str = SYSTEMD,
                     path: str = MANAGER_PATH, interface: str = MANAGER) -> list:
+        return await self._send(await self._connected(), member, signature, body, destination=destination, path=path,
+                                interface=interface)
+
+    async def _send(self, bus: Any, member: str, signature: str, body: list, *, destination: str = SYSTEMD,
+                    path: str = MANAGER_PATH, interface: str = MANAGER) -> list:
         from dbus_next import Message, MessageType
 
-        if self._bus is None or not self._bus.connected:
-            self._drop(self._bus)
-            await self.connect()
-        bus = self._bus
         try:
             async with asyncio.timeout(CALL_TIMEOUT):
                 reply = await bus.call(Message(destination=destination, path=path, interface=interface,
