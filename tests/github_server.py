@@ -114,6 +114,7 @@ class GitHubServer(LoopbackServer):
         self.rate_limit_remaining = self.rate_limit  # set to 0 to get 403 "API rate limit exceeded"
         self.rate_limit_reset = int(time.time()) + 3600
         self.rate_limit_used = 0  # requests counted against the rate limit
+        self.chunk_delay = 0.0  # seconds between two CHUNK_SIZE chunks of an answer (a slow link)
         self._failures: list[tuple[int, dict[str, str]]] = []
         self._repos: dict[tuple[str, str], list[StoredRelease]] = {}
         self._presigned: dict[str, StoredAsset] = {}
@@ -380,6 +381,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         for start in range(0, len(content), CHUNK_SIZE):
             self.wfile.write(content[start:start + CHUNK_SIZE])
+            if github.chunk_delay:
+                time.sleep(github.chunk_delay)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
