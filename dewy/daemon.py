@@ -12,8 +12,16 @@ pulled instead of fetched and extracted, and the replicas are rolled out
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import random
 import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,17 +31,23 @@ from dewy.cache import CACHES, Cache
 from dewy.cli import Settings
 from dewy.config import secret_variables
 from dewy.errors import AppStartError, ArtifactNotReady, DewyError, HookError, UsageError
+from dewy.faults import describe, on_disk
 from dewy.hooks import run_hook
 from dewy.notifiers import NOTIFIERS, Notifications
 from dewy.registry import REGISTRIES, Registry, Release
-from dewy.releases import Releases
+from dewy.releases import PARTIAL_PREFIX, Releases
 from dewy.service import PlainProcess, detect
 from dewy.state import Deployed, State
 from dewy.store import ArtifactStore, default_cache_dir
 from dewy.supervisor import Supervisor
+from dewy.tasks import Background
 from dewy.urls import Url
 
 MAX_BACKOFF = 300.0
+IDLE_BEAT = 1.0  # between cycles, how often the loop tells the watchdog it is fine
+START_SLACK = 30.0  # a step's allowance beyond its configured timeouts (systemd jobs, process spawns)
+POLL_ALLOWANCE = 300.0  # a registry poll (its reads have their own deadlines): beyond this it is wedged
+THREAD_GRACE = 1.0  # at exit, how long a worker thread may take to finish
 STOP_GRACE = 10.0  # container mode: how long connections through the host port may take to finish when dewy stops
 
 
@@ -47,8 +61,41 @@ class Backoff:
     def next_delay(self, retry_after: float | None = None) -> float:
         if self.failures == 0:
             return self.interval
-        grown = min(self.interval * 2 ** (self.failures - 1), max(MAX_BACKOFF, self.interval))
+        doublings = min(self.failures - 1, 64)  # past the cap anyway; 2 ** 1024 would not fit a float
+        grown = min(self.interval * 2.0 ** doublings, max(MAX_BACKOFF, self.interval))
         return max(grown * random.uniform(0.8, 1.2), retry_after or 0.0)
+
+
+class Liveness:
+    """Is the main loop getting on? For systemd's watchdog, so that a wedged dewy is restarted (and adopts the app).
+
+    The loop is a sequence of steps (a cycle's phases, the wait between cycles). A step must end
+    within the watchdog period plus its ``allowance``: what its own deadlines allow (a hook's
+    timeout, an app start's health timeout). ``None`` marks a step bounded by progress rather
+    than time (a download, an extraction). A step past its allowance is stuck on something that
+    never returns, and the pings stop.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.last = clock()
+        self.allowance: float | None = 0.0
+
+    def beat(self) -> None:
+        self.last = self.clock()
+
+    @contextlib.contextmanager
+    def step(self, allowance: float | None) -> Iterator[None]:
+        self.beat()
+        previous, self.allowance = self.allowance, allowance
+        try:
+            yield
+        finally:
+            self.allowance = previous
+            self.beat()
+
+    def alive(self, period: float) -> bool:
+        return self.allowance is None or self.clock() - self.last <= period + self.allowance
 
 
 class Daemon:
@@ -67,6 +114,8 @@ class Daemon:
         self.replicas = replicas  # container mode: dewy.rollout.Replicas
         self.backoff = Backoff(settings.interval)
         self.stopping = asyncio.Event()
+        self.liveness = Liveness()
+        self.background = Background()
 
     @classmethod
     def from_settings(cls, settings: Settings, host: PlainProcess) -> Daemon:
@@ -107,6 +156,8 @@ class Daemon:
         return cls(settings, registry, cache, store, releases, state, notifications, host, supervisor)
 
     async def serve(self) -> int:
+        """Cycle until a stop is requested; 0 then. An internal error (a bug) ends dewy with 1 but, as a
+        restart does, leaves the app running for the next dewy to adopt."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -114,27 +165,61 @@ class Daemon:
         loop.add_signal_handler(signal.SIGUSR1, self._restart_app)
         log.info("started", f"dewy {self.settings.command} watching {Url.parse(self.settings.registry)}",
                  dir=str(self.settings.dir))
-        background = [asyncio.create_task(self._watchdog())]
+        self.background.start(self._watchdog(), "the watchdog")
+        if self.supervisor:
+            self.background.start(self._track_app(), "recording the running app")
+        code = 0
         try:
-            await self._adopt_or_resume()
-            if self.supervisor:
-                background.append(asyncio.create_task(self._track_app()))
+            await self._until_stopped(self._guarded(self._adopt_or_resume))
             self.host.ready(self.status())
             while not self.stopping.is_set():
-                delay = await self.cycle()
+                delay = await self._until_stopped(self.cycle())
+                if delay is None:
+                    break
                 self.host.status(self.status())
-                try:
-                    await asyncio.wait_for(self.stopping.wait(), delay)
-                except asyncio.TimeoutError:
-                    pass
+                await self._idle(delay)
+        except Exception as exc:  # a bug outside any cycle: dewy ends, the app does not
+            log.error("internal-error", f"dewy stops: {describe(exc)}")
+            log.debug("internal-error", traceback.format_exc())
+            code = 1
         finally:
             self.host.stopping()
-            for task in background:
-                task.cancel()
+            await self.background.cancel()
+            await self._shut_down(stop_app=code == 0)
+        return code
+
+    async def _until_stopped(self, step):
+        """Await ``step`` unless a stop is requested first: then it is cancelled (its cleanup runs) and None returned."""
+        task = asyncio.ensure_future(step)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            return task.result()
+        log.info("stopping", "stop requested: cancelling the deploy cycle in flight")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+
+    async def _idle(self, delay: float) -> None:
+        """Wait ``delay`` for the next cycle (or a stop), telling the watchdog the loop is fine meanwhile."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + delay
+        while not self.stopping.is_set() and (left := until - loop.time()) > 0:
+            self.liveness.beat()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), min(left, IDLE_BEAT))
+
+    async def _shut_down(self, stop_app: bool) -> None:
+        """Stop the app only when a stop was asked for and dewy is not being restarted; release everything."""
+        try:
             if self.replicas:
-                await self._stop_replicas()
+                await self._stop_replicas(stop_app)
             if self.supervisor:
-                if await self.host.restarting():
+                if not stop_app or await self.host.restarting():
                     log.info("stopping", "dewy is restarting: the app keeps serving and the next dewy adopts it",
                              pid=self.supervisor.pid)
                 else:
@@ -142,18 +227,20 @@ class Daemon:
                     await self.supervisor.stop()
                     self.state.app = None
                     self.state.save()
+        except DewyError as exc:
+            log.error("stop-failed", str(exc))
+        finally:
             await self.registry.aclose()
             await self.cache.aclose()
             await self.notifications.aclose()
             await self.host.aclose()
-        return 0
 
-    async def _stop_replicas(self) -> None:
+    async def _stop_replicas(self, stop_app: bool) -> None:
         """Container mode: connections through the host port finish first (bounded); then the replicas stop,
         unless dewy itself is restarting (systemd), in which case the next dewy adopts them."""
         grace = min(self.settings.drain_time, STOP_GRACE)
         try:
-            if await self.host.restarting():
+            if not stop_app or await self.host.restarting():
                 log.info("stopping", "dewy is restarting: the replicas keep serving and the next dewy adopts them")
                 await self.replicas.release(grace)
             else:
@@ -165,21 +252,37 @@ class Daemon:
             await self.replicas.runtime.aclose()
 
     async def _watchdog(self) -> None:
-        """WATCHDOG=1 from the event loop itself: a frozen or blocked dewy stops pinging and systemd restarts it."""
+        """WATCHDOG=1 while the main loop gets on (see Liveness): a frozen loop or a step stuck on a call
+        stops the pings and systemd restarts dewy."""
         interval = self.host.watchdog_interval()
         while interval:
-            self.host.ping()
+            if self.liveness.alive(interval):
+                self.host.ping()
+            else:
+                log.error("watchdog", f"the deploy cycle has been stuck for "
+                          f"{self.liveness.clock() - self.liveness.last:.0f}s: no watchdog ping, systemd restarts dewy")
             await asyncio.sleep(interval)
 
+    def _record_app(self) -> None:
+        """Record the serving generation (for adoption by a restarted dewy, and for ``dewy status``); a failed
+        write is retried on the next change or tick."""
+        app = self.supervisor.serving()
+        if app != self.state.app:
+            previous, self.state.app = self.state.app, app
+            try:
+                self.state.save()
+            except DewyError:
+                self.state.app = previous
+                raise
+            self.host.status(self.status())
+
     async def _track_app(self) -> None:
-        """Record the serving generation (for adoption by a restarted dewy, and for ``dewy status``)."""
         while True:
             await self.supervisor.changed.wait()
-            app = self.supervisor.serving()
-            if app != self.state.app:
-                self.state.app = app
-                self.state.save()
-                self.host.status(self.status())
+            try:
+                self._record_app()
+            except DewyError as exc:
+                log.error("state-save-failed", f"cannot record the running app: {exc}")
 
     def status(self) -> str:
         """systemd's STATUS= line: what is deployed, the app, the last check and its error."""
@@ -200,28 +303,28 @@ class Daemon:
         Container mode: take over the running replicas (found by label) and converge what a killed dewy left."""
         if self.replicas:
             try:
-                await self.replicas.adopt()
+                with self.liveness.step(None):  # runtime calls, bounded by the SDK's timeouts
+                    await self.replicas.adopt()
             except DewyError as exc:
                 log.error("adopt-failed", f"cannot take over the running replicas yet: {exc}")
                 self.replicas.adopt_recorded()
             return
         app = self.state.app
         if self.supervisor and app and self.supervisor.placement:
-            if await self.supervisor.adopt(app["pid"], app.get("unit"), app["generation"], app["version"],
-                                           Path(app["release_dir"])):
+            if await self.supervisor.adopt(app):
                 return
-        await self._resume_current()
+        await self._converge_app()
 
     def _restart_app(self) -> None:
         if self.replicas:
             log.info("signal", "SIGUSR1: replacing the replicas with fresh ones of the same image (rolling)")
-            asyncio.get_running_loop().create_task(self._rolling_restart())
+            self.background.start(self._rolling_restart(), "the rolling restart")
             return
         if self.supervisor is None:
             log.info("signal", "SIGUSR1: no app to restart in assets mode")
             return
         log.info("signal", "SIGUSR1: restarting the app gracefully")
-        asyncio.get_running_loop().create_task(self._graceful_restart())
+        self.background.start(self._graceful_restart(), "the graceful restart")
 
     async def _rolling_restart(self) -> None:
         try:
@@ -237,56 +340,84 @@ class Daemon:
         except DewyError as exc:
             log.error("restart-failed", f"restart failed, the running generation keeps serving: {exc}")
 
-    async def _resume_current(self) -> None:
-        """Start the app from ``current`` if it is not running: before the first poll (a host serves even
-        if the registry is down), and on later ticks if that start failed."""
+    async def _converge_app(self) -> None:
+        """Server mode, before the first poll and on every tick: the app of ``current`` runs. Started if nothing
+        runs (a host serves even if the registry is down), restarted onto ``current`` if it runs another release
+        (dewy was killed between the switch and the restart), crash recovery resumed if it was lost."""
         if self.supervisor is None:
             return
         current = self.releases.current_dir()
-        if current is None or self.supervisor.version is not None:
+        if current is None:
             return
         tag = self.state.tag_of_release(current.name) or current.name
-        try:
-            await self.supervisor.start(current, tag)
-        except AppStartError as exc:
-            log.error("start-failed", f"the deployed release does not start: {exc}", version=tag)
+        with self.liveness.step(self._start_allowance()):
+            try:
+                if self.supervisor.version is None:
+                    await self.supervisor.start(current, tag)
+                elif self.supervisor.release_dir and self.supervisor.release_dir.resolve() != current:
+                    log.warning("app-behind", f"the app runs {self.supervisor.version} but current is {tag}: restarting it",
+                                version=tag, previous_version=self.supervisor.version)
+                    await self.supervisor.restart(current, tag)
+                else:
+                    self.supervisor.ensure_recovering()
+            except AppStartError as exc:
+                log.error("start-failed", f"the deployed release does not start: {exc}", version=tag)
+        self._record_app()
+
+    def _start_allowance(self) -> float:
+        """How long starting a generation may take: settle and health check, plus stopping a failed one."""
+        return self.settings.settle_time + self.settings.health_timeout + self.settings.stop_timeout + START_SLACK
 
     async def cycle(self) -> float:
-        """One deploy cycle; returns how long to wait before the next. Never raises a DewyError."""
+        """One deploy cycle; returns how long to wait before the next."""
+        return await self._guarded(self.tick)
+
+    async def _guarded(self, step: Callable) -> float:
+        """Run one step of the loop as a cycle: whatever it raises (but a stop) is that cycle's error: logged
+        in one line, notified (within the error limit), counted for the backoff and retried."""
         retry_after = None
         error = None
         try:
-            await self.tick()
+            with self.liveness.step(0.0):
+                await step()
             self.backoff.failures = 0
             await self.notifications.cycle_succeeded()
         except ArtifactNotReady as exc:
             log.info("waiting", str(exc))
-        except DewyError as exc:
-            error = str(exc)
+        except Exception as exc:
+            error = describe(exc)
             self.backoff.failures += 1
             retry_after = getattr(exc, "retry_after", None)
-            log.error("deploy-failed", str(exc), failures=self.backoff.failures)
+            log.error("deploy-failed", error, failures=self.backoff.failures)
+            if not isinstance(exc, DewyError):
+                log.debug("deploy-failed", traceback.format_exc())
             if not isinstance(exc, AppStartError):  # a rollback was notified as such
                 output = {"hook output": exc.output} if isinstance(exc, HookError) and exc.output else {}
-                await self.notifications.error("error", str(exc), **output)
+                await self.notifications.error("error", error, **output)
         self._record_check(error)
         return self.backoff.next_delay(retry_after)
 
     def _record_check(self, error: str | None) -> None:
         """Keep the last check and its error in the state file for ``dewy status``: at once when the error
-        changes, else at most once a minute (no disk write every poll)."""
+        changes, else at most once a minute (no disk write every poll). A full disk only delays it."""
         now = datetime.now(timezone.utc)
         previous = datetime.fromisoformat(self.state.last_check) if self.state.last_check else None
         self.state.last_check = now.isoformat()
         if error != self.state.last_error or previous is None or (now - previous).total_seconds() >= 60:
             self.state.last_error = error
-            self.state.save()
+            try:
+                self.state.save()
+            except DewyError as exc:
+                if error is None:  # else that error was just reported (it is probably the same disk)
+                    log.error("state-save-failed", str(exc))
 
     async def tick(self) -> None:
-        await self._resume_current()
+        await self._converge_app()
         if self.replicas:
-            await self.replicas.heal()
-        release = await self.registry.current()
+            with self.liveness.step(None):
+                await self.replicas.heal()
+        with self.liveness.step(POLL_ALLOWANCE):
+            release = await self.registry.current()
         if self._is_deployed(release):
             log.debug("up-to-date", f"{release.tag} is deployed", version=release.tag)
             return
@@ -299,7 +430,8 @@ class Daemon:
         if self.replicas:
             return self.replicas.runs(release)
         deployed = self.state.current
-        return bool(deployed and deployed.key == release.cache_key and self.releases.current_dir())
+        current = self.releases.current_dir()
+        return bool(deployed and deployed.key == release.cache_key and current and current.name == deployed.release)
 
     async def deploy(self, release: Release) -> None:
         previous = self.state.current
@@ -310,30 +442,35 @@ class Daemon:
             "DEWY_COMMAND": self.settings.command,
         }
         if self.replicas:
-            await self.replicas.pull(release, *self._pull_options())
+            with self.liveness.step(None):
+                await self.replicas.pull(release, *self._pull_options())
             env.update(DEWY_IMAGE=release.artifact_name, DEWY_IMAGE_DIGEST=release.id)
             await self._before_hook(env)
-            await self._roll_out(release)
+            with self.liveness.step(None):
+                await self._roll_out(release)
             name, where = release.artifact_name, {"image": release.artifact_name, "digest": release.id or None}
+            self.state.record(Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat()))
+            self.state.save()
         else:
-            artifact = await self.store.fetch(release)
+            with self.liveness.step(None), on_disk(self.store.directory, f"the download of {release.artifact_name}"):
+                artifact = await self.store.fetch(release)
             name = self.releases.new_name()
             env.update(DEWY_RELEASE_DIR=str(self.releases.directory / name), DEWY_ARTIFACT=str(artifact))
             await self._before_hook(env)
-            release_dir = await asyncio.to_thread(self.releases.extract, artifact, name, self.settings.max_archive_size,
-                                                  self.settings.max_archive_members)
+            with self.liveness.step(None), on_disk(self.releases.directory, f"release {name}"):
+                release_dir = await self._extract(artifact, name)
+            deployed = Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat())
             old_dir = self.releases.current_dir()
-            self.releases.switch(release_dir)
+            self._switch(deployed, previous, release_dir)
             if self.supervisor:
-                await self._start_generation(release, release_dir, old_dir)
+                await self._start_generation(release, release_dir, old_dir, deployed, previous)
             where = {"release_dir": str(release_dir)}
-        self.state.record(Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat()))
-        self.state.save()
         details = {}
         if self.settings.after_deploy_hook:
             try:
-                output = await run_hook("after", self.settings.after_deploy_hook, cwd=self.settings.dir, env=env,
-                                        timeout=self.settings.hook_timeout)
+                with self.liveness.step(self.settings.hook_timeout + START_SLACK):
+                    output = await run_hook("after", self.settings.after_deploy_hook, cwd=self.settings.dir, env=env,
+                                            timeout=self.settings.hook_timeout)
                 if output.strip():
                     details["after hook output"] = output
             except HookError as exc:
@@ -344,15 +481,49 @@ class Daemon:
         if self.replicas:
             await self._prune_images()
         else:
-            self._prune()
+            try:
+                self._prune()
+            except (OSError, DewyError) as exc:  # the deploy happened; pruning is tried again after the next one
+                log.warning("prune-failed", f"could not prune old releases: {describe(exc)}")
         log.info("deployed", f"deployed {release.tag}", version=release.tag,
                  previous_version=previous and previous.tag, **where)
         await self.notifications.deployed(release.tag, previous and previous.tag, **details)
 
+    def _switch(self, deployed: Deployed, previous: Deployed | None, release_dir: Path) -> None:
+        """Record the new release, then point ``current`` at it. The state file names it first: wherever dewy is
+        killed, the release ``current`` names has its version on record (DEWY_VERSION, no second extraction).
+        If either step fails (a full disk), neither took effect."""
+        self.state.record(deployed)
+        try:
+            self.state.save()
+            with on_disk(self.releases.root, "the current link"):
+                self.releases.switch(release_dir)
+        except BaseException:
+            self.state.forget(deployed, previous)
+            self.releases.remove(release_dir)
+            with contextlib.suppress(DewyError):
+                self.state.save()
+            raise
+
+    async def _extract(self, artifact: Path, name: str) -> Path:
+        """Unpack in a thread. A stop cannot interrupt a thread, so the directory it writes to is taken away
+        (its next write fails, it ends) and whatever it left is removed: a stop leaves no partial release."""
+        work = asyncio.ensure_future(asyncio.to_thread(self.releases.extract, artifact, name, self.settings.max_archive_size,
+                                                       self.settings.max_archive_members))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            self.releases.remove(self.releases.directory / (PARTIAL_PREFIX + name))
+            with contextlib.suppress(Exception):
+                await work
+            self.releases.remove(self.releases.directory / name)
+            raise
+
     async def _before_hook(self, env: dict[str, str]) -> None:
         if self.settings.before_deploy_hook:
-            await run_hook("before", self.settings.before_deploy_hook, cwd=self.settings.dir, env=env,
-                           timeout=self.settings.hook_timeout)
+            with self.liveness.step(self.settings.hook_timeout + START_SLACK):
+                await run_hook("before", self.settings.before_deploy_hook, cwd=self.settings.dir, env=env,
+                               timeout=self.settings.hook_timeout)
 
     def _pull_options(self) -> tuple[tuple[str, str] | None, bool]:
         """Credentials (looked up now: a ``podman login`` needs no dewy restart) and TLS for the image pull,
@@ -385,23 +556,27 @@ class Daemon:
             self.state.history = self.state.history[-keep:]
             self.state.save()
         try:
-            await self.replicas.prune_images({d.tag for d in self.state.history})
-        except DewyError as exc:
-            log.warning("image-prune-failed", f"could not prune images: {exc}")
+            with self.liveness.step(None):
+                await self.replicas.prune_images({d.tag for d in self.state.history})
+        except Exception as exc:  # the deploy happened; pruning is tried again after the next one
+            log.warning("image-prune-failed", f"could not prune images: {describe(exc)}")
 
-    async def _start_generation(self, release: Release, release_dir: Path, old_dir: Path | None) -> None:
+    async def _start_generation(self, release: Release, release_dir: Path, old_dir: Path | None, deployed: Deployed,
+                                previous: Deployed | None) -> None:
         """Restart onto the new release; if it does not come up, roll back and quarantine the version."""
         try:
-            if self.supervisor.version is not None:
-                await self.supervisor.restart(release_dir, release.tag)
-            else:
-                await self.supervisor.start(release_dir, release.tag)
+            with self.liveness.step(self._start_allowance()):
+                if self.supervisor.version is not None:
+                    await self.supervisor.restart(release_dir, release.tag)
+                else:
+                    await self.supervisor.start(release_dir, release.tag)
         except AppStartError as exc:
             if old_dir:
                 self.releases.switch(old_dir)
             else:
                 self.releases.current.unlink(missing_ok=True)
             self.releases.remove(release_dir)
+            self.state.forget(deployed, previous)
             self.state.quarantine[release.cache_key] = str(exc)
             self.state.save()
             log.error("rollback", f"{release.tag} did not start and is quarantined; the previous version keeps serving: {exc}",
@@ -412,15 +587,20 @@ class Daemon:
             raise
 
     async def _report(self, release: Release, error: str | None = None) -> None:
+        """Best effort: the deploy (or its rollback) happened whether the registry hears of it or not."""
         try:
-            await self.registry.report(release, self.settings.command, error)
-        except DewyError as exc:
-            log.warning("report-failed", f"could not record the deploy in the registry: {exc}", version=release.tag)
+            with self.liveness.step(POLL_ALLOWANCE):
+                await self.registry.report(release, self.settings.command, error)
+        except Exception as exc:
+            log.warning("report-failed", f"could not record the deploy in the registry: {describe(exc)}",
+                        version=release.tag)
 
     def _prune(self) -> None:
-        """Keep the newest releases on disk and only their artifacts in the store."""
+        """Keep the newest releases on disk and only their artifacts in the store; never remove a release that
+        a living generation runs from (the old one drains after a restart)."""
         current = self.releases.current_dir()
-        self.releases.prune(self.settings.keep_releases, {current} if current else set())
+        running = set(self.supervisor.release_dirs) if self.supervisor else set()
+        self.releases.prune(self.settings.keep_releases, protect=running | ({current} if current else set()))
         on_disk = {p.name for p in self.releases.directory.iterdir()}
         kept = [d for d in self.state.history if d.release in on_disk]
         if kept != self.state.history:
@@ -454,4 +634,35 @@ def run(settings: Settings) -> int:
     host = detect()
     log.setup(settings.log_level, settings.log_format, handler=host.log_handler(app_name(settings)))
     daemon = Daemon.from_settings(settings, host)
-    return asyncio.run(daemon.serve())
+    loop = asyncio.new_event_loop()  # asyncio.run() without its wait for the worker threads
+    asyncio.set_event_loop(loop)
+    try:
+        code = loop.run_until_complete(daemon.serve())
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        if left:
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    _leave_blocked_threads(code)
+    return code
+
+
+def _leave_blocked_threads(code: int) -> None:
+    """A blocking call that a stop cancelled (an extraction, an SDK download or pull) may still run in a worker
+    thread, and Python waits for worker threads at exit: after TimeoutStopSec systemd would SIGKILL dewy. Its result
+    is discarded and what it leaves is cleaned up at the next start, so the process ends now instead."""
+    deadline = time.monotonic() + THREAD_GRACE
+    busy = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    for thread in busy:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    busy = [t for t in busy if t.is_alive()]
+    if busy:
+        log.info("stopping", f"leaving {len(busy)} blocking operation(s) unfinished", threads=[t.name for t in busy])
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

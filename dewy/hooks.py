@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 from pathlib import Path
 
 from dewy import log
@@ -24,9 +26,11 @@ async def run_hook(kind: str, command: str, *, cwd: Path, env: dict[str, str], t
     try:
         output, _ = await asyncio.wait_for(process.communicate(), timeout)
     except asyncio.TimeoutError:
-        os.killpg(process.pid, 9)
-        await process.wait()
+        await _kill(process)
         raise HookError(f"{kind} hook {command!r} timed out after {timeout:g}s and was killed") from None
+    except asyncio.CancelledError:  # dewy stops: the hook and whatever it started go with the cycle
+        await asyncio.shield(_kill(process))
+        raise
     text = output[-OUTPUT_LIMIT:].decode("utf-8", "replace")
     for line in text.splitlines():
         log.info(f"{kind}-hook-output", line, hook=kind)
@@ -37,3 +41,10 @@ async def run_hook(kind: str, command: str, *, cwd: Path, env: dict[str, str], t
         raise error
     log.info(f"{kind}-hook", f"{kind} hook succeeded", hook=kind)
     return text[-EXCERPT_LIMIT:]
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL the hook's whole session (it may have exited already, leaving its children) and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    await process.wait()

@@ -37,7 +37,9 @@ import time
 from collections.abc import Iterable
 
 from dewy import log
+from dewy.errors import DewyError
 from dewy.sockets import HeldSockets
+from dewy.tasks import Background
 
 # Replicas are on a local bridge: the kernel completes a handshake in well under a millisecond,
 # whatever the app is doing. A connect that takes longer lost its SYN (the network is being changed
@@ -47,6 +49,7 @@ CONNECT_BUDGET = 3.0  # how long a client's connection waits for some replica to
 RETRY_PAUSE = 0.05  # between two rounds over the backends (while none accepts, e.g. the only one restarts)
 DOWN_FOR = 5.0  # a backend that failed a connect is tried last for this long (until the next health check)
 ACCEPT_BATCH = 64
+START_TIMEOUT = 10.0
 
 Backend = tuple[str, int]
 
@@ -129,7 +132,7 @@ class TcpProxy:
         self._listeners: dict[int, socket.socket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = Background()  # one per connection being forwarded
         self.accepted = 0
         self.refused = 0  # connections closed because no backend could be reached
 
@@ -158,32 +161,43 @@ class TcpProxy:
         return sum(1 for relay in relays if relay.backend in wanted)
 
     def start(self) -> None:
-        """Start accepting, in the proxy's own thread (idempotent)."""
-        if self._thread is not None:
+        """Start accepting, in the proxy's own thread (idempotent); DewyError if the thread cannot start."""
+        if self._thread is not None and self._thread.is_alive():
             return
         ready = threading.Event()
+        failed: list[BaseException] = []
 
         def run() -> None:
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
             self._loop = loop
-            for fd in self.sockets.fds:
-                listener = socket.socket(fileno=fd)
-                listener.setblocking(False)
-                self._listeners[fd] = listener
-                loop.add_reader(fd, self._accept, listener)
+            try:
+                for fd in self.sockets.fds:
+                    listener = socket.socket(fileno=fd)
+                    listener.setblocking(False)
+                    self._listeners[fd] = listener
+                    loop.add_reader(fd, self._accept, listener)
+            except BaseException as exc:
+                failed.append(exc)
+                for listener in self._listeners.values():
+                    listener.detach()
+                self._listeners.clear()
+                loop.close()
+                ready.set()
+                return
             loop.call_soon(ready.set)
             try:
                 loop.run_forever()
             finally:
-                for task in list(self._tasks):
-                    task.cancel()
-                loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
+                loop.run_until_complete(self._tasks.cancel())
                 loop.close()
 
         self._thread = threading.Thread(target=run, name="dewy-proxy", daemon=True)
         self._thread.start()
-        ready.wait(10)
+        if not ready.wait(START_TIMEOUT) or failed:
+            reason = (str(failed[0]) or type(failed[0]).__name__) if failed else f"its thread did not start within {START_TIMEOUT:g}s"
+            self._thread = None
+            raise DewyError(f"the host port's proxy cannot accept on {', '.join(self.sockets.names)}: {reason}")
 
     def _in_loop(self, function) -> None:
         """Run ``function`` in the proxy's thread and wait for it."""
@@ -246,9 +260,7 @@ class TcpProxy:
                 return
             conn.setblocking(False)
             self.accepted += 1
-            task = self._loop.create_task(self._forward(conn))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.start(self._forward(conn), "forwarding a connection")
 
     def _candidates(self, backends: tuple[Backend, ...]) -> list[Backend]:
         """``backends`` in round-robin order from the next one, those that failed lately last."""
@@ -263,11 +275,21 @@ class TcpProxy:
 
     async def _forward(self, conn: socket.socket) -> None:
         """Connect to a backend (round robin, the current set on each round), then relay; close ``conn`` if no
-        backend took it within CONNECT_BUDGET."""
+        backend took it within CONNECT_BUDGET, or as soon as its client has gone."""
+        try:
+            if await self._connect(conn):
+                return
+        except BaseException:
+            conn.close()
+            raise
+        conn.close()
+
+    async def _connect(self, conn: socket.socket) -> bool:
+        """True once ``conn`` is wired to a backend (the relay owns it then)."""
         loop = self._loop
         deadline = loop.time() + CONNECT_BUDGET
         tried: dict[Backend, str] = {}
-        while True:
+        while not _gone(conn):
             candidates = self._candidates(self._backends)
             for backend in candidates:
                 remaining = deadline - loop.time()
@@ -281,28 +303,26 @@ class TcpProxy:
                     self._down[backend] = loop.time() + DOWN_FOR
                     tried[backend] = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
                     continue
-                except asyncio.CancelledError:
-                    conn.close()
-                    raise
                 self._down.pop(backend, None)
-                await self._wire(relay, conn)
-                return
+                return await self._wire(relay, conn)
             if not candidates or deadline - loop.time() <= RETRY_PAUSE:
                 break
             await asyncio.sleep(RETRY_PAUSE)
+        if _gone(conn):  # a client that closed at once (a port check): nothing was refused
+            return False
         self.refused += 1
         log.warning("proxy-no-backend", f"closed a connection: no replica took it within {CONNECT_BUDGET:g}s"
                     + (f" (tried {', '.join(f'{h}:{p} ({why})' for (h, p), why in tried.items())})" if tried
                        else " (none is serving)"))
-        conn.close()
+        return False
 
-    async def _wire(self, relay: _Relay, conn: socket.socket) -> None:
+    async def _wire(self, relay: _Relay, conn: socket.socket) -> bool:
         self._relays.add(relay)
         try:
             await self._loop.connect_accepted_socket(lambda: relay.client, sock=conn)
         except OSError:
             relay.close()
-            return
+            return False
         # what the backend did before the client side was wired up (a greeting, a close)
         client = relay.client.transport
         if client is not None:
@@ -314,6 +334,17 @@ class TcpProxy:
             elif relay.server.eof:
                 with contextlib.suppress(OSError, RuntimeError):
                     client.write_eof()
+        return True
 
     def _finished(self, relay: _Relay) -> None:
         self._relays.discard(relay)
+
+
+def _gone(conn: socket.socket) -> bool:
+    """Has the client closed (or reset) its connection? Data it sent stays queued for the backend."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True

@@ -60,6 +60,7 @@ from dewy.runtimes import (
     ContainerRuntimeError, ReplicaSpec, Runtime,
 )
 from dewy.state import State
+from dewy.tasks import Background
 from dewy.versions import parse_tag
 
 NAME_CHARS = re.compile(r"[^a-zA-Z0-9_.-]+")
@@ -106,8 +107,9 @@ class Replicas:
         self.image: str | None = None
         self.health: dict[str, str | None] = {}  # container id -> None (healthy) or why not
         self._draining: dict[str, tuple[Container, datetime]] = {}
-        self._drains: set[asyncio.Task] = set()
+        self._drains = Background()
         self._rollout: dict | None = None
+        self._cleanup = Background()  # removals that need not hold anything up
         self._lock = asyncio.Lock()
         self.adopted = False  # the runtime was asked what runs (else only the state file's record is known)
 
@@ -224,25 +226,32 @@ class Replicas:
                     removed.append(container)
                 else:
                     self._drain([container], now + timedelta(seconds=self.config.drain_time))
-            for container in removed:
-                await self._remove(container, "half-started replica of an interrupted rollout"
-                                   if container.rollout == interrupted else f"replica that is {container.status}")
-            if interrupted:
-                log.warning("rollout-interrupted", f"the rollout of {(record or {}).get('rollout', {}).get('version')} "
-                            f"was interrupted (dewy stopped); its replicas were removed, it starts again",
-                            version=(record or {}).get("rollout", {}).get("version"), removed=len(removed))
-            self._rollout = None
             if self.serving:
                 log.info("replicas-adopted", f"adopted {len(self.serving)} running replicas of {self.version}",
                          version=self.version, replicas=[c.name for c in self.serving])
+            self._route()  # the host port forwards to the adopted replicas at once; their checks follow
+            if self.proxy:
+                self.proxy.start()
+            if removed:
+                rollout = (record or {}).get("rollout") or {}
+                self._cleanup.start(self._remove_leftovers(removed, interrupted, rollout.get("version")),
+                                    "removing the replicas of an interrupted rollout")
+            self._rollout = None
             await self._ensure_running()
             await self._fix_aliases()
             await self._check_all()
             self._route()
             self._record()
             self.adopted = True
-        if self.proxy:
-            self.proxy.start()
+
+    async def _remove_leftovers(self, containers: list[Container], interrupted: str | None, version: str | None) -> None:
+        """In the background of an adoption (the proxy serves meanwhile): what a killed dewy left half-done."""
+        for container in containers:
+            await self._remove(container, "half-started replica of an interrupted rollout"
+                               if interrupted and container.rollout == interrupted else f"replica that is {container.status}")
+        if interrupted:
+            log.warning("rollout-interrupted", f"the rollout of {version} was interrupted (dewy stopped); "
+                        "its replicas were removed, it starts again", version=version, removed=len(containers))
 
     def _guess_serving(self, found: list[Container], interrupted: str | None) -> list[Container]:
         """Without a record of the serving replicas: the running ones of the deployed, else the highest, version."""
@@ -388,9 +397,7 @@ class Replicas:
             return
         for container in containers:
             self._draining[container.id] = (container, until)
-        task = asyncio.get_running_loop().create_task(self._drain_then_remove(containers, until))
-        self._drains.add(task)
-        task.add_done_callback(self._drains.discard)
+        self._drains.start(self._drain_then_remove(containers, until), f"draining {len(containers)} old replicas")
 
     async def _drain_then_remove(self, containers: list[Container], until: datetime) -> None:
         delay = (until - datetime.now(timezone.utc)).total_seconds()
@@ -494,11 +501,12 @@ class Replicas:
         for image in await self.runtime.images(repository):
             if any(t.rpartition(":")[2] in keep_tags or t in in_use for t in image.tags):
                 continue
-            try:
-                await self.runtime.remove_image(image.id)
-                log.info("image-pruned", f"removed image {', '.join(image.tags)}", image=image.tags[0])
-            except ContainerRuntimeError as exc:
-                log.warning("image-prune-failed", f"cannot remove image {', '.join(image.tags)}: {exc}")
+            for tag in image.tags:  # by name: an image with a second tag cannot be removed by its ID
+                try:
+                    await self.runtime.remove_image(tag)
+                    log.info("image-pruned", f"removed image {tag}", image=tag)
+                except ContainerRuntimeError as exc:
+                    log.warning("image-prune-failed", f"cannot remove image {tag}: {exc}")
 
     # -- dewy stops ------------------------------------------------------------------------
 
@@ -511,15 +519,18 @@ class Replicas:
             self.proxy.close()
             if left:
                 log.warning("proxy-cut", f"{left} connections through the host port were still open and are cut")
-        for task in list(self._drains):
-            task.cancel()
-        await asyncio.gather(*self._drains, return_exceptions=True)
+        await self._drains.cancel()
+        await self._cleanup.cancel()  # the next dewy finds what is left and removes it
 
     async def stop(self, grace: float) -> None:
         """dewy stops: finish in-flight proxied connections (up to ``grace``), then stop and remove every replica."""
         await self.release(grace)
         async with self._lock:
-            everything = self.serving + [c for c, _ in self._draining.values()]
+            known = {c.id: c for c in self.serving + [c for c, _ in self._draining.values()]}
+            with contextlib.suppress(DewyError):  # also what an adoption's cleanup did not get to
+                for container in await self.runtime.list(self._labels(), self.config.network):
+                    known.setdefault(container.id, container)
+            everything = list(known.values())
             log.info("replicas-stopping", f"stopping {len(everything)} replicas", replicas=[c.name for c in everything])
             await asyncio.gather(*(self._stop_and_remove(c, "dewy is stopping") for c in everything))
             self.serving, self._draining = [], {}

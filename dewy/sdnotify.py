@@ -21,15 +21,20 @@ def under_systemd() -> bool:
 
 
 def notify(*assignments: str, fds: list[int] | None = None) -> bool:
-    """Send ``KEY=value`` lines to systemd; False when not run by systemd."""
+    """Send ``KEY=value`` lines to systemd; False when not run by systemd, or when the message could not be
+    sent (systemd re-executing, say): a status line is not worth stopping dewy for, and a missed
+    watchdog ping is what the watchdog is for."""
     path = os.environ.get("NOTIFY_SOCKET")
     if not path:
         return False
     address = "\0" + path[1:] if path.startswith("@") else path
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(address)
-        sock.sendmsg(["\n".join(assignments).encode()], ancillary)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendmsg(["\n".join(assignments).encode()], ancillary)
+    except OSError:
+        return False
     return True
 
 

@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dewy.faults import on_disk
 from dewy.fsutil import write_atomic
 
 
@@ -27,7 +28,7 @@ class State:
     current: Deployed | None = None
     history: list[Deployed] = field(default_factory=list)  # newest last; matches releases/ on disk
     quarantine: dict[str, str] = field(default_factory=dict)  # cache key -> reason
-    app: dict | None = None  # the serving generation: pid, unit, generation, version, release_dir (for adoption)
+    app: dict | None = None  # the serving generation: pid, start time, boot, unit, generation, version, release_dir
     last_check: str | None = None  # UTC ISO time of the last deploy cycle
     last_error: str | None = None  # its error, None when it succeeded
 
@@ -52,7 +53,7 @@ class State:
         )
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Write the file atomically; DiskError (naming it) if the disk refuses, and the old file stays."""
         data = {
             "current": asdict(self.current) if self.current else None,
             "history": [asdict(d) for d in self.history],
@@ -61,11 +62,19 @@ class State:
             "last_check": self.last_check,
             "last_error": self.last_error,
         }
-        write_atomic(self.path, json.dumps(data, indent=2).encode())
+        with on_disk(self.path.parent, "the state file"):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, json.dumps(data, indent=2).encode())
 
     def record(self, deployed: Deployed) -> None:
         self.current = deployed
         self.history.append(deployed)
+
+    def forget(self, deployed: Deployed, previous: Deployed | None) -> None:
+        """Undo :meth:`record` of a deploy that did not happen (the state file could not be written, a rollback)."""
+        if deployed in self.history:
+            self.history.remove(deployed)
+        self.current = previous
 
     def tag_of_release(self, release: str) -> str | None:
         return next((d.tag for d in reversed(self.history) if d.release == release), None)

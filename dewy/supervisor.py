@@ -46,7 +46,9 @@ from typing import Protocol
 
 from dewy import log
 from dewy.errors import AppStartError, DewyError
+from dewy.faults import describe as one_line
 from dewy.sockets import FIRST_FD, HeldSockets
+from dewy.tasks import Background
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
@@ -123,37 +125,70 @@ _DEFAULT_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
 _BLOCKED_AT_SPAWN = {signal.SIGUSR1}
 
 
-class _Generation:
-    """One spawned app process; its exit is seen through a pidfd, so no SIGCHLD handler is involved."""
+def process_identity(pid: int) -> dict:
+    """What tells this process from a later one with the same pid: its start time (clock ticks since boot,
+    /proc/PID/stat field 22) and the boot it started in. OSError if there is no such process."""
+    with open(f"/proc/{pid}/stat") as f:
+        started = int(f.read().rpartition(")")[2].split()[19])
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return {"started": started, "boot": f.read().strip()}
 
-    def __init__(self, number: int, version: str, pid: int, unit: str | None = None) -> None:
+
+def in_unit(pid: int, unit: str) -> bool:
+    """Is ``pid`` in the cgroup of systemd unit ``unit``?"""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return any(line.rstrip("\n").rpartition("/")[2] == unit for line in f)
+    except OSError:
+        return False
+
+
+class _Generation:
+    """One app process; its exit is seen through a pidfd, so no SIGCHLD handler is involved, and it is
+    signalled through the pidfd, so a signal never reaches a process that took over its pid."""
+
+    def __init__(self, number: int, version: str, pid: int, release_dir: Path, unit: str | None = None,
+                 pidfd: int | None = None) -> None:
         self.number = number
         self.version = version
         self.pid = pid
+        self.release_dir = release_dir
         self.unit = unit  # its transient systemd scope, when placed in one
+        self.child = pidfd is None  # spawned by this dewy (else adopted: a previous dewy's)
         self.loop = asyncio.get_running_loop()
         self.started = self.loop.time()
         self.exited: asyncio.Future[int | None] = self.loop.create_future()  # the wait status
         self.stopper: asyncio.Task[None] | None = None
-        self._pidfd = os.pidfd_open(pid)
+        self._pidfd = os.pidfd_open(pid) if pidfd is None else pidfd
+        self.identity: dict = {}  # recorded for adoption; an adopted one's comes from the record
+        if self.child:
+            with contextlib.suppress(OSError, ValueError, IndexError):  # without it, only its unit proves it
+                self.identity = process_identity(pid)
         self.loop.add_reader(self._pidfd, self._reap)
 
     def _reap(self) -> None:
         self.loop.remove_reader(self._pidfd)
-        # The exited leader is not reaped yet, so its pid (= process group id) cannot be reused:
-        # kill what is left of the generation's process group so no straggler keeps serving.
-        with contextlib.suppress(OSError):
-            os.killpg(self.pid, signal.SIGKILL)
+        if self.child:
+            # The exited leader is not reaped yet, so its pid (= process group id) cannot be reused:
+            # kill what is left of the generation's process group so no straggler keeps serving.
+            # (An adopted one's leader was reaped by its parent already: its pid may be anyone's now.)
+            with contextlib.suppress(OSError):
+                os.killpg(self.pid, signal.SIGKILL)
         try:
             status: int | None = os.waitpid(self.pid, 0)[1]
-        except ChildProcessError:  # reaped by someone else's waitpid(-1)
+        except ChildProcessError:  # adopted, or reaped by someone else's waitpid(-1)
             status = None
         os.close(self._pidfd)
         self.exited.set_result(status)
 
     def signal(self, sig: int, group: bool = False) -> None:
-        if not self.exited.done():  # not reaped, so the pid is still ours
-            (os.killpg if group else os.kill)(self.pid, sig)
+        if self.exited.done():
+            return
+        if group and self.child:  # not reaped, so the process group id is still ours
+            os.killpg(self.pid, sig)
+        else:
+            with contextlib.suppress(ProcessLookupError):  # exited just now
+                signal.pidfd_send_signal(self._pidfd, sig)
 
     @property
     def uptime(self) -> float:
@@ -216,6 +251,7 @@ class Supervisor:
         self._next_delay = BACKOFF_FIRST
         self._stopping = False
         self._changed = asyncio.Event()
+        self._tasks = Background()
 
     # -- observing -------------------------------------------------------------------------
 
@@ -234,6 +270,11 @@ class Supervisor:
         return sorted(gen.pid for gen in self._live)
 
     @property
+    def release_dirs(self) -> list[Path]:
+        """The release directories of every generation not yet reaped (what pruning must keep)."""
+        return [gen.release_dir for gen in self._live]
+
+    @property
     def version(self) -> str | None:
         """The version that runs, or is being crash-restarted."""
         return self._release[1] if self._release else None
@@ -247,8 +288,8 @@ class Supervisor:
         gen = self._current
         if gen is None or self._release is None:
             return None
-        return {"pid": gen.pid, "unit": gen.unit, "generation": gen.number, "version": gen.version,
-                "release_dir": str(self._release[0])}
+        return {"pid": gen.pid, **gen.identity, "unit": gen.unit, "generation": gen.number, "version": gen.version,
+                "release_dir": str(gen.release_dir)}
 
     @property
     def changed(self) -> asyncio.Event:
@@ -267,16 +308,28 @@ class Supervisor:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def adopt(self, pid: int, unit: str | None, generation: int, version: str, release_dir: Path) -> bool:
-        """Take over a generation a previous dewy started (it survived dewy's restart in its own unit).
+    async def adopt(self, record: dict) -> bool:
+        """Take over the generation a previous dewy recorded (``serving()``; it survived dewy's restart in its unit).
 
-        False if that process is gone; then the caller starts a new generation as usual.
+        Only if that pid is provably the process dewy started: the same start time in the same boot, and in
+        the recorded unit. False otherwise (gone, or the pid is another process's now: it is left alone);
+        then the caller starts a new generation as usual.
         """
+        pid, unit, generation, version = record.get("pid"), record.get("unit"), record.get("generation"), record.get("version")
         async with self._lock:
             try:
-                gen = _Generation(generation, version, pid, unit)
-            except ProcessLookupError:
+                pidfd = os.pidfd_open(pid)
+            except (OSError, TypeError, ValueError):
                 return False
+            if not _proven(pid, record):
+                os.close(pidfd)
+                log.warning("app-not-adopted", f"pid {pid} is not the app generation {generation} dewy started "
+                            "(another process has that pid now): leaving it alone, starting the app from current",
+                            pid=pid, generation=generation)
+                return False
+            gen = _Generation(generation, version, pid, Path(record.get("release_dir", "")), unit, pidfd=pidfd)
+            gen.identity = {k: record[k] for k in ("started", "boot") if k in record}
+            release_dir = gen.release_dir
             self._counter = max(self._counter, generation)
             self._live.add(gen)
             self._current, self._release, self._stopping = gen, (Path(release_dir), version), False
@@ -382,7 +435,7 @@ class Supervisor:
         finally:
             for fd in [*copies, *(gate[:1] if gate else ())]:
                 os.close(fd)
-        gen = _Generation(number, version, pid)
+        gen = _Generation(number, version, pid, release_dir)
         self._live.add(gen)
         log.info("app-starting", f"starting app generation {number}", generation=number, version=version, pid=pid,
                  release_dir=str(release_dir))
@@ -508,14 +561,26 @@ class Supervisor:
         self._current = None
         self.crashes += 1
         if gen.unit and self.placement:  # the leader is gone; what it left in its unit goes too
-            asyncio.create_task(self._terminate(gen))
+            self._tasks.start(self._terminate(gen), f"stopping what app generation {gen.number} left in {gen.unit}")
         if gen.uptime >= STABLE_UPTIME:
             self._next_delay = BACKOFF_FIRST
         log.warning("app-exited", f"app generation {gen.number} {describe(gen.exited.result())}",
                     generation=gen.number, version=gen.version, pid=gen.pid, uptime=round(gen.uptime, 3))
+        self._schedule_recovery()
+
+    def _schedule_recovery(self) -> None:
         self.state = "backoff"
-        self._recovery = asyncio.create_task(self._recover())
+        self._recovery = self._tasks.start(self._recover(), "restarting the crashed app")
         self._notify()
+
+    def ensure_recovering(self) -> None:
+        """Level-triggered supervision (each tick): if the app should run but nothing runs it and no recovery is
+        under way (one that ended by a bug), restart it with backoff."""
+        if self._stopping or self._release is None or self._current is not None or self._lock.locked():
+            return
+        if self._recovery is None or self._recovery.done():
+            log.warning("app-not-running", f"app version {self.version} is not running: restarting it", version=self.version)
+            self._schedule_recovery()
 
     async def _recover(self) -> None:
         """Restart the crashed release with backoff until it is ready (or a restart()/stop() takes over)."""
@@ -529,12 +594,33 @@ class Supervisor:
                     return
                 try:
                     await self._launch(*self._release)
-                except AppStartError:
+                except Exception as exc:  # not only AppStartError: whatever failed, the next attempt follows
+                    if not isinstance(exc, AppStartError):
+                        log.error("app-restart-failed", f"restarting the app failed: {one_line(exc)}", version=self.version)
                     self.crashes += 1
                     self._notify()
                     continue
                 self._recovery = None
                 return
+
+
+def _proven(pid: int, record: dict) -> bool:
+    """Does ``record`` prove that ``pid`` is the generation it describes? Every fact it holds must match
+    (start time and boot; the unit's cgroup), and it must hold at least one."""
+    facts = 0
+    if "started" in record or "boot" in record:
+        try:
+            found = process_identity(pid)
+        except (OSError, ValueError, IndexError):
+            return False
+        if any(record.get(key) != found[key] for key in found):
+            return False
+        facts += 1
+    if record.get("unit"):
+        if not in_unit(pid, record["unit"]):
+            return False
+        facts += 1
+    return facts > 0
 
 
 def _connectable(host: str, port: int) -> tuple[str, int]:

@@ -14,6 +14,8 @@ no stray process survives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import OrderedDict
 from typing import Any
 
 from dewy import log
@@ -24,43 +26,92 @@ MANAGER_PATH = "/org/freedesktop/systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 SLICE = "dewy.slice"
-JOB_TIMEOUT = 30.0
+CALL_TIMEOUT = 10.0  # one D-Bus call, connecting included
+JOB_TIMEOUT = 30.0  # a job systemd runs for dewy (create a scope, stop one)
+EARLY_JOBS = 64  # JobRemoved signals kept while a job's path is not known yet (its call is on the way)
 RESTART_JOBS = {"restart", "try-restart", "reload-or-restart", "reload-or-try-restart"}
 
 
 class SystemdError(DewyError):
-    """systemd refused or failed a request over D-Bus."""
+    """systemd refused or failed a request over D-Bus, or could not be reached in time."""
 
 
 class Systemd:
-    """A small client of systemd's Manager API on the system bus (dbus-next)."""
+    """A small client of systemd's Manager API on the system bus (dbus-next).
 
-    def __init__(self) -> None:
+    Every call and every job wait has a deadline, and every failure is a SystemdError. A lost
+    connection (dbus restarted) is noticed at once and re-established by the next call. Only the
+    jobs dewy waits for are tracked: the host's other jobs are not remembered.
+    """
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address  # None: the system bus
         self._bus: Any = None
-        self._jobs: dict[str, asyncio.Future[str]] = {}
+        self._watch: asyncio.Task | None = None
+        self._connecting = asyncio.Lock()
+        self._jobs: dict[str, asyncio.Future[str]] = {}  # job path -> its result, for the jobs being waited for
+        self._early: OrderedDict[str, str] = OrderedDict()  # results that came before their job was waited for
+        self._creating = 0  # calls under way that create a job
         self._removed: dict[str, asyncio.Event] = {}
 
-    async def connect(self) -> None:
+    async def _connected(self) -> Any:
+        """The bus connection, (re)connected if there is none; one connection however many calls wait for it."""
+        async with self._connecting:
+            if self._bus is None or not self._bus.connected:
+                self._drop(self._bus)
+                await self._connect()
+            return self._bus
+
+    async def _connect(self) -> None:
         from dbus_next import BusType
         from dbus_next.aio import MessageBus
 
+        bus = MessageBus(bus_address=self.address) if self.address else MessageBus(bus_type=BusType.SYSTEM)
         try:
-            self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-        except OSError as exc:
-            raise SystemdError(f"cannot reach systemd on the system bus: {exc}") from None
-        self._bus.add_message_handler(self._on_signal)
-        await self._call("AddMatch", "s", [f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}'"],
-                         destination="org.freedesktop.DBus", path="/org/freedesktop/DBus", interface="org.freedesktop.DBus")
-        await self._call("Subscribe", "", [])
+            async with asyncio.timeout(CALL_TIMEOUT):
+                await bus.connect()
+        except Exception as exc:
+            raise SystemdError(f"cannot reach systemd on the system bus: {_reason(exc)}") from None
+        bus.add_message_handler(self._on_signal)
+        self._bus = bus
+        self._watch = asyncio.get_running_loop().create_task(self._watch_bus(bus))
+        try:
+            await self._send(bus, "AddMatch", "s", [f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}'"],
+                             destination="org.freedesktop.DBus", path="/org/freedesktop/DBus", interface="org.freedesktop.DBus")
+            await self._send(bus, "Subscribe", "", [])
+        except SystemdError:
+            self._drop(bus)
+            raise
+
+    async def _watch_bus(self, bus: Any) -> None:
+        """Notice a lost connection when it happens: jobs waited for fail now, the next call reconnects."""
+        with contextlib.suppress(Exception):
+            await bus.wait_for_disconnect()
+        self._drop(bus)
+
+    def _drop(self, bus: Any) -> None:
+        if bus is not self._bus or bus is None:
+            return
+        self._bus = None
+        with contextlib.suppress(Exception):
+            bus.disconnect()
+        for job, future in self._jobs.items():
+            if not future.done():
+                future.set_exception(SystemdError(f"lost the system bus while waiting for job {job}"))
 
     def _on_signal(self, message: Any) -> bool:
         if message.interface != MANAGER:
             return False
         if message.member == "JobRemoved":  # (id, job path, unit, result)
             _, job, _, result = message.body
-            self._jobs.setdefault(job, asyncio.get_running_loop().create_future())
-            if not self._jobs[job].done():
-                self._jobs[job].set_result(result)
+            future = self._jobs.get(job)
+            if future is not None:
+                if not future.done():
+                    future.set_result(result)
+            elif self._creating:
+                self._early[job] = result
+                while len(self._early) > EARLY_JOBS:
+                    self._early.popitem(last=False)
         elif message.member == "UnitRemoved":
             event = self._removed.get(message.body[0])
             if event:
@@ -69,23 +120,46 @@ class Systemd:
 
     async def _call(self, member: str, signature: str, body: list, *, destination: str = SYSTEMD,
                     path: str = MANAGER_PATH, interface: str = MANAGER) -> list:
+        return await self._send(await self._connected(), member, signature, body, destination=destination, path=path,
+                                interface=interface)
+
+    async def _send(self, bus: Any, member: str, signature: str, body: list, *, destination: str = SYSTEMD,
+                    path: str = MANAGER_PATH, interface: str = MANAGER) -> list:
         from dbus_next import Message, MessageType
 
-        if self._bus is None:
-            await self.connect()
-        reply = await self._bus.call(Message(destination=destination, path=path, interface=interface,
-                                             member=member, signature=signature, body=body))
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT):
+                reply = await bus.call(Message(destination=destination, path=path, interface=interface,
+                                               member=member, signature=signature, body=body))
+        except TimeoutError:
+            raise SystemdError(f"systemd {member}: no answer within {CALL_TIMEOUT:g}s") from None
+        except Exception as exc:  # the connection broke under the call
+            self._drop(bus)
+            raise SystemdError(f"systemd {member}: lost the system bus ({_reason(exc)}); dewy reconnects") from None
         if reply.message_type == MessageType.ERROR:
             detail = reply.body[0] if reply.body else ""
             raise SystemdError(f"systemd {member} failed: {reply.error_name}: {detail}")
         return reply.body
 
-    async def _wait_job(self, job: str, what: str) -> None:
-        future = self._jobs.setdefault(job, asyncio.get_running_loop().create_future())
+    async def _job(self, member: str, signature: str, body: list, what: str) -> None:
+        """Call ``member``, which queues a job, and wait for the job's end."""
+        self._creating += 1
         try:
-            result = await asyncio.wait_for(future, JOB_TIMEOUT)
+            job = (await self._call(member, signature, body))[0]
         finally:
-            self._jobs.pop(job, None)
+            self._creating -= 1
+        if job in self._early:
+            result = self._early.pop(job)
+        else:
+            future = self._jobs[job] = asyncio.get_running_loop().create_future()
+            try:
+                result = await asyncio.wait_for(future, JOB_TIMEOUT)
+            except TimeoutError:
+                raise SystemdError(f"systemd could not {what}: the job did not end within {JOB_TIMEOUT:g}s") from None
+            finally:
+                self._jobs.pop(job, None)
+        if not self._creating:
+            self._early.clear()
         if result != "done":
             raise SystemdError(f"systemd could not {what}: job {result}")
 
@@ -96,22 +170,23 @@ class Systemd:
         props = [["PIDs", Variant("au", [pid])], ["Slice", Variant("s", SLICE)], ["Description", Variant("s", description)],
                  ["CollectMode", Variant("s", "inactive-or-failed")],
                  *([key, Variant(sig, value)] for key, (sig, value) in properties.items())]
-        job = (await self._call("StartTransientUnit", "ssa(sv)a(sa(sv))", [name, "fail", props, []]))[0]
-        await self._wait_job(job, f"create {name}")
+        await self._job("StartTransientUnit", "ssa(sv)a(sa(sv))", [name, "fail", props, []], f"create {name}")
 
     async def stop(self, name: str) -> None:
         """Stop unit ``name`` (SIGTERM to its whole cgroup, SIGKILL after its stop timeout) and wait until it is gone."""
         removed = self._removed.setdefault(name, asyncio.Event())
         try:
             try:
-                job = (await self._call("StopUnit", "ss", [name, "replace"]))[0]
+                await self._job("StopUnit", "ss", [name, "replace"], f"stop {name}")
             except SystemdError as exc:
                 if "NoSuchUnit" in str(exc):
                     return
                 raise
-            await self._wait_job(job, f"stop {name}")
             if await self.active_state(name) not in (None, "inactive", "failed"):
-                await asyncio.wait_for(removed.wait(), JOB_TIMEOUT)
+                try:
+                    await asyncio.wait_for(removed.wait(), JOB_TIMEOUT)
+                except TimeoutError:
+                    raise SystemdError(f"systemd stopped {name} but it was not gone within {JOB_TIMEOUT:g}s") from None
         finally:
             self._removed.pop(name, None)
 
@@ -149,8 +224,13 @@ class Systemd:
             return False
 
     async def aclose(self) -> None:
-        if self._bus:
-            self._bus.disconnect()
+        self._drop(self._bus)
+        if self._watch:
+            self._watch.cancel()
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class AppScopes:

@@ -182,21 +182,25 @@ class Fifo:
             pipe.write("go\n")
 
 
-def read_only_during_deploy(workdir: Path) -> Outcome:
-    """The filesystem of the cache and releases/ is remounted read-only between the download and the extraction
-    (dewy's before-deploy hook holds v1.1.0's first attempt there), then read-write again."""
-    outcome = Outcome("filesystem remounted read-only during a deploy, then read-write")
+def read_only_during_deploy(workdir: Path, during: str = "extraction") -> Outcome:
+    """The filesystem of the cache and releases/ is remounted read-only for a deploy's ``download`` (before it starts)
+    or its ``extraction`` (dewy's before-deploy hook holds v1.1.0's first attempt after the download), then
+    read-write again. (Linux refuses the remount while a file on it is open for writing: no mid-download case.)"""
+    outcome = Outcome(f"filesystem read-only for a deploy's {during}, then read-write")
     reached, proceed, once = Fifo(workdir / "reached"), Fifo(workdir / "proceed"), workdir / "held-once"
     hook = (f'[ "$DEWY_VERSION" != v1.1.0 ] || [ -e {once} ] || '
             f'{{ : > {once}; echo > {reached.path}; read go < {proceed.path}; }}')
     with TinyFs(workdir / "disk", 64 << 20) as disk, stage(workdir, disk.path) as s:
-        dewy = s.serving("--before-deploy-hook", hook)
+        dewy = s.serving(*(["--before-deploy-hook", hook] if during == "extraction" else []))
         with ClientLoop(s.port, max_seconds=2 * WAIT) as client:
             mark = len(dewy.seen)
+            if during == "download":
+                disk.remount("ro")
             s.publish("v1.1.0", payload=4 << 20)
-            reached.wait(WAIT)  # downloaded; the hook holds the deploy before the extraction
-            disk.remount("ro")
-            proceed.send()
+            if during == "extraction":
+                reached.wait(WAIT)  # downloaded; the hook holds the deploy before the extraction
+                disk.remount("ro")
+                proceed.send()
             dewy.wait_for("deploy-failed", timeout=WAIT)
             outcome.errors = errors_since(dewy, mark)
             outcome.kept_serving = s.version() == "v1.0.0"
@@ -234,10 +238,11 @@ def registry_unresponsive(workdir: Path, mode: str) -> Outcome:
 class Stopped(Outcome):
     stop_seconds: float = 0.0  # SIGTERM to dewy's exit
     exit_code: int | None = None
+    served_after_stop: str | None = None  # what the app's port answered once dewy had exited
 
     @property
     def ok(self) -> bool:
-        return super().ok and self.exit_code == 0 and self.stop_seconds < PROMPT_STOP
+        return super().ok and self.exit_code == 0 and self.stop_seconds < PROMPT_STOP and self.served_after_stop is None
 
 
 def sigterm_during_download(workdir: Path) -> Stopped:
@@ -258,6 +263,7 @@ def sigterm_during_download(workdir: Path) -> Stopped:
             outcome.exit_code = dewy.process.wait(WAIT)
         finally:
             outcome.stop_seconds = time.monotonic() - asked
+        outcome.served_after_stop = s.version()
         outcome.errors = errors_since(dewy, 0)
         outcome.leftovers = s.leftovers()  # right after the stop: nothing a next start would have to clean
         s.proxy.mode = FORWARD

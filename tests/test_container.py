@@ -140,7 +140,9 @@ def slow_request(port: int, results: list) -> threading.Thread:
 
 
 def test_rolling_update_of_three_replicas_across_three_tags_drops_nothing(app: App) -> None:
-    app.push("v1.0.0")
+    first = app.push("v1.0.0")
+    mirror = f"localhost/{app.name}-mirror:v1"
+    app.podman.podman("tag", first, mirror)  # a second name for the image, outside dewy's repository
     dewy = app.start("--replicas", "3", "--keep-releases", "2")
     try:
         dewy.wait_for("deployed", version="v1.0.0", timeout=60)
@@ -185,8 +187,11 @@ def test_rolling_update_of_three_replicas_across_three_tags_drops_nothing(app: A
 
         # --keep-releases 2: the images of the two newest deploys stay, the others were pruned
         assert [i.rpartition(":")[2] for i in app.podman.images(app.repository)] == ["v1.2.0", "v1.3.0"]
+        assert not [e for e in dewy.seen if e.get("event") == "image-prune-failed"]
+        assert app.podman.podman("images", "-q", mirror), "the other name of the image is not dewy's to remove"
     finally:
         stop_dewy(dewy)
+        app.podman.podman("rmi", mirror, check=False)
     assert app.containers() == [], "a stopped dewy stops and removes its replicas"
 
 
@@ -373,6 +378,8 @@ def test_kill_9_then_restart_adopts_and_converges_without_downtime(app: App) -> 
             dewy = app.start(*extra, listener=listener)
             dewy.wait_for("replicas-adopted", timeout=30)
             dewy.wait_for("rollout-interrupted", already=True, timeout=30)
+            order = [e["event"] for e in dewy.seen if e.get("event") in ("proxy-backends", "replica-removed")]
+            assert order[0] == "proxy-backends", "the host port forwards before the half-started replicas are removed"
             dewy.wait_for("deployed", version="v1.1.0", timeout=60)
             dewy.wait_for("replicas-drained", timeout=30)
             deadline = time.monotonic() + 15

@@ -1,12 +1,27 @@
-"""Daemon pieces that need no process: backoff and where the cache lives."""
+"""The daemon: backoff, where the cache lives, and the cycle's error boundary (in-process daemons)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-from dewy.daemon import MAX_BACKOFF, Backoff
+import pytest
+
+from dewy.cli import Settings
+from dewy.daemon import MAX_BACKOFF, Backoff, Daemon, Liveness
+from dewy.errors import RegistryError
+from dewy.notifiers import ERROR_LIMIT, Notifications
+from dewy.registry import REGISTRIES
+from dewy.service import PlainProcess
+from dewy.state import State
 from dewy.store import default_cache_dir
+from tests.conftest import publish
+from tests.harness import APP, free_port, get
 
 
 def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
@@ -40,3 +55,243 @@ def test_cache_dir_from_env_then_working_dir_then_temp(tmp_path, monkeypatch, ca
     assert fallback.is_dir() and not str(fallback).startswith(str(readonly))
     assert "set DEWY_CACHEDIR" in caplog.text
     os.rmdir(fallback)
+
+
+# -- the cycle's error boundary (in-process daemons, real file:// registry and app processes) -------------
+
+
+class Failing:
+    """A registry whose every poll raises ``exc`` (a registry outage, or a bug somewhere under the poll)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    async def current(self):
+        raise self.exc
+
+    async def report(self, *args) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+class Collect:
+    """A notifier keeping what it was sent."""
+
+    def __init__(self) -> None:
+        self.messages: list = []
+
+    async def send(self, message) -> None:
+        self.messages.append(message)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def settings(tmp_path: Path, command: str = "assets", **overrides) -> Settings:
+    (tmp_path / "registry").mkdir(exist_ok=True)
+    return Settings(command=command, registry=(tmp_path / "registry").as_uri(), dir=tmp_path / "site",
+                    cache=(tmp_path / "cache").as_uri(), interval=10.0, **overrides)
+
+
+def server_settings(tmp_path: Path, **overrides) -> Settings:
+    return settings(tmp_path, "server", ports=[("127.0.0.1", free_port())], health_path="/health", settle_time=0.3,
+                    health_timeout=5, stop_timeout=5, app_command=[sys.executable, "current/app.py"], **overrides)
+
+
+def app_release(tmp_path: Path, tag: str) -> None:
+    publish(tmp_path / "registry", tag, {"app.py": APP.read_text(), "VERSION": tag})
+
+
+def test_a_registry_failing_2000_times_in_a_row_backs_off_at_the_cap_and_notifies_three_times(tmp_path) -> None:
+    async def main() -> None:
+        daemon = Daemon.from_settings(settings(tmp_path), PlainProcess())
+        daemon.registry = Failing(RegistryError("registry.example: 503 Service Unavailable"))
+        sent = Collect()
+        daemon.notifications = Notifications([sent], "app")
+        delays = [await daemon.cycle() for _ in range(2000)]
+        await daemon.notifications.flush()
+        assert daemon.backoff.failures == 2000
+        assert all(MAX_BACKOFF * 0.8 <= d <= MAX_BACKOFF * 1.2 for d in delays[-1000:])
+        assert len(sent.messages) == ERROR_LIMIT
+        assert State.load(daemon.state.path).last_error == "registry.example: 503 Service Unavailable"
+
+    asyncio.run(main())
+
+
+def test_any_exception_in_a_cycle_is_that_cycles_error_in_one_line(tmp_path, caplog) -> None:
+    async def main() -> None:
+        daemon = Daemon.from_settings(settings(tmp_path), PlainProcess())
+        sent = Collect()
+        daemon.notifications = Notifications([sent], "app")
+        daemon.registry = Failing(KeyError("assets"))
+        logging.getLogger("dewy").propagate = True
+        with caplog.at_level(logging.DEBUG, logger="dewy"):
+            delay = await daemon.cycle()
+        await daemon.notifications.flush()
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert [r.getMessage() for r in errors] == [
+            "internal error KeyError: 'assets' (the debug log has the traceback)"]
+        assert any("Traceback" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+        assert daemon.backoff.failures == 1 and 8 <= delay <= 12
+        assert [m.summary for m in sent.messages] == [errors[0].getMessage()]
+        app_release(tmp_path, "v1.0.0")
+        daemon.registry = REGISTRIES.load(REGISTRIES.url(daemon.settings.registry))
+        await daemon.cycle()
+        assert daemon.backoff.failures == 0 and daemon.state.current.tag == "v1.0.0"
+
+    asyncio.run(main())
+
+
+class BrokenHost(PlainProcess):
+    """dewy's own code failing outside any cycle (here: telling the service manager it is ready)."""
+
+    def ready(self, status: str) -> None:
+        raise RuntimeError("bug")
+
+
+def test_an_internal_error_ends_dewy_with_1_and_leaves_the_app_running(tmp_path) -> None:
+    async def main() -> None:
+        app_release(tmp_path, "v1.0.0")
+        first = Daemon.from_settings(server_settings(tmp_path), PlainProcess())
+        await first.cycle()
+        pid = first.supervisor.pid
+        daemon = Daemon.from_settings(server_settings(tmp_path), BrokenHost())
+        daemon.supervisor = first.supervisor  # the same app process, as a restarted dewy adopts it
+        try:
+            assert await daemon.serve() == 1
+            os.kill(pid, 0)  # still running: the next dewy adopts it
+            assert State.load(daemon.state.path).app["pid"] == pid
+        finally:
+            await first.supervisor.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+class Killed(BaseException):
+    """dewy killed (kill -9) at this point: nothing after it runs."""
+
+
+@pytest.mark.parametrize("app_survives", [False, True], ids=["app-died-with-dewy", "app-adopted"])
+def test_a_kill_between_the_switch_and_the_restart_keeps_the_version_on_record(tmp_path, app_survives) -> None:
+    async def main() -> None:
+        app_release(tmp_path, "v1.0.0")
+        first = Daemon.from_settings(server_settings(tmp_path), PlainProcess())
+        await first.cycle()
+        app_release(tmp_path, "v1.1.0")
+
+        async def killed(*args) -> None:
+            raise Killed
+
+        first._start_generation = killed
+        with pytest.raises(Killed):
+            await first.cycle()
+        releases = sorted(p.name for p in (tmp_path / "site" / "releases").iterdir())
+        second = Daemon.from_settings(server_settings(tmp_path), PlainProcess())
+        if app_survives:  # under systemd the old generation keeps running and the next dewy adopts it
+            second.supervisor = first.supervisor
+        else:
+            await first.supervisor.stop()  # outside systemd the app dies with dewy
+        try:
+            await second.cycle()
+            assert second.supervisor.version == "v1.1.0"  # DEWY_VERSION, not the release directory's name
+            assert sorted(p.name for p in (tmp_path / "site" / "releases").iterdir()) == releases  # not extracted again
+            assert await asyncio.to_thread(get, second.supervisor.sockets.addresses[0][1]) == (200, "v1.1.0")
+        finally:
+            await second.supervisor.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+class Hung:
+    """A placement whose systemd call never returns (a D-Bus call without a deadline, a lost reply)."""
+
+    async def place(self, pid: int, generation: int, version: str) -> str:
+        await asyncio.Event().wait()
+        return ""
+
+    async def stop(self, unit: str) -> None:
+        pass
+
+
+class Watched(PlainProcess):
+    def __init__(self) -> None:
+        self.pings = 0
+
+    def watchdog_interval(self) -> float:
+        return 0.01
+
+    def ping(self) -> None:
+        self.pings += 1
+
+
+def test_the_watchdog_stops_pinging_when_a_step_is_stuck_past_its_allowance(tmp_path) -> None:
+    async def main() -> None:
+        app_release(tmp_path, "v1.0.0")
+        host = Watched()
+        daemon = Daemon.from_settings(server_settings(tmp_path), host)
+        now = [1000.0]
+        daemon.liveness = Liveness(clock=lambda: now[0])
+        watchdog = asyncio.create_task(daemon._watchdog())
+        daemon.supervisor.placement = Hung()
+        cycle = asyncio.create_task(daemon.cycle())
+        try:
+            while daemon.supervisor.live_pids == [] or daemon.liveness.allowance == 0.0:
+                await asyncio.sleep(0.01)  # the deploy got to the app's start, which hangs on its unit
+            now[0] += daemon._start_allowance()  # within what a start may take: still alive
+            pings = host.pings
+            await asyncio.sleep(0.05)
+            assert host.pings > pings
+            now[0] += 31  # past it: the loop is wedged
+            await asyncio.sleep(0.02)
+            pings = host.pings
+            await asyncio.sleep(0.05)
+            assert host.pings == pings
+        finally:
+            cycle.cancel()
+            watchdog.cancel()
+            await asyncio.gather(cycle, watchdog, return_exceptions=True)
+            await daemon.supervisor.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_backoff_cannot_overflow() -> None:
+    backoff = Backoff(interval=300.0, failures=5000)
+    assert MAX_BACKOFF * 0.8 <= backoff.next_delay() <= MAX_BACKOFF * 1.2
+
+
+def test_a_sigusr1_restart_failing_unexpectedly_is_logged_not_lost(tmp_path, caplog) -> None:
+    async def main() -> None:
+        app_release(tmp_path, "v1.0.0")
+        daemon = Daemon.from_settings(server_settings(tmp_path), PlainProcess())
+        await daemon.cycle()
+
+        async def broken(*args) -> None:
+            raise ValueError("generation counter")
+
+        daemon.supervisor.restart = broken
+        logging.getLogger("dewy").propagate = True
+        try:
+            with caplog.at_level(logging.ERROR, logger="dewy"):
+                daemon._restart_app()  # what SIGUSR1 runs
+                await asyncio.gather(*daemon.background._tasks, return_exceptions=True)
+        finally:
+            await daemon.supervisor.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "the graceful restart failed: internal error ValueError: generation counter "
+        "(the debug log has the traceback)"]
+
+
+def test_dewy_exits_at_once_past_a_worker_thread_a_stop_left_blocked() -> None:
+    """An SDK download or a pull in a worker thread that the stop cancelled: Python would wait for it at exit."""
+    program = ("import threading\nfrom dewy import log\nfrom dewy.daemon import _leave_blocked_threads\nlog.setup()\n"
+               "threading.Thread(target=threading.Event().wait, name='sdk-download').start()\n"
+               "_leave_blocked_threads(0)\n")
+    began = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and time.monotonic() - began < 5
+    assert "leaving 1 blocking operation(s) unfinished" in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 import json
 import re
 import shutil
@@ -117,6 +118,24 @@ def test_three_releases_under_load_zero_failed_requests(tmp_path, port, registry
         dewy.kill()
     with pytest.raises(OSError):
         get(port, timeout=1)  # the app stopped with dewy
+
+
+def test_keep_releases_1_keeps_the_release_the_old_generation_drains_from(tmp_path, port) -> None:
+    release(tmp_path / "registry", "v1.0.0")
+    dewy = start(tmp_path, port, "--keep-releases", "1")
+    try:
+        dewy.wait_for("deployed", version="v1.0.0")
+        old = (tmp_path / "app" / "current").resolve()
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(get, port, "/sleep?s=3")  # the old generation drains it after the restart
+            release(tmp_path / "registry", "v1.1.0")
+            dewy.wait_for("deployed", version="v1.1.0")
+            assert not in_flight.done(), "the old generation is still draining"
+            assert old.is_dir() and (old / "app.py").exists()
+            assert in_flight.result(10) == (200, "slept")
+        dewy.wait_for("app-stopped", version="v1.0.0", already=True)
+    finally:
+        dewy.kill()
 
 
 def test_releases_and_cache_pruned_to_seven(tmp_path, port, serving) -> None:

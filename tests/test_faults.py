@@ -13,9 +13,11 @@ import re
 import pytest
 
 from dewy.daemon import MAX_BACKOFF
+from dewy.faults import DiskError
 from dewy.notifiers import ERROR_LIMIT
+from dewy.state import State
 from tests import faultmatrix
-from tests.faultinject import HANG, TRICKLE
+from tests.faultinject import HANG, TRICKLE, TinyFs
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 
@@ -47,12 +49,30 @@ def test_a_disk_filling_up_during_a_deploy_is_one_line_and_recovered_when_freed(
 
 
 @needs_root
-def test_a_read_only_remount_during_a_deploy_is_one_line_and_recovered_when_writable(tmp_path) -> None:
-    outcome = faultmatrix.read_only_during_deploy(tmp_path)
+@pytest.mark.parametrize("during", ["download", "extraction"])
+def test_a_read_only_remount_during_a_deploy_is_one_line_and_recovered_when_writable(tmp_path, during) -> None:
+    outcome = faultmatrix.read_only_during_deploy(tmp_path, during)
     assert_survived(outcome)
     assert_one_line_each(outcome.errors)
     failed = next(r for r in outcome.errors if r["event"] == "deploy-failed")
     assert str(tmp_path / "disk") in failed["msg"] and "Read-only file system" in failed["msg"], failed["msg"]
+
+
+@needs_root
+def test_the_state_file_on_a_read_only_disk_is_one_error_naming_it_and_the_old_file_stays(tmp_path) -> None:
+    with TinyFs(tmp_path / "site", 1 << 20) as disk:
+        state = State(disk.path / ".dewy" / "state.json", last_error="before")
+        state.save()
+        disk.remount("ro")
+        state.last_error = "after"
+        with pytest.raises(DiskError) as caught:
+            state.save()
+        assert str(caught.value) == (f"cannot write the state file in {disk.path / '.dewy'}: Read-only file system; the "
+                                     "filesystem is read-only: remount it read-write (dewy retries, the running version keeps serving)")
+        assert State.load(state.path).last_error == "before"
+        disk.remount("rw")
+        state.save()
+        assert State.load(state.path).last_error == "after" and os.listdir(disk.path / ".dewy") == ["state.json"]
 
 
 @pytest.mark.parametrize("mode", [HANG, TRICKLE])
@@ -85,5 +105,6 @@ def test_sigterm_during_a_slow_download_stops_dewy_within_seconds_and_leaves_not
     assert outcome.exit_code == 0
     assert outcome.stop_seconds < faultmatrix.PROMPT_STOP, f"dewy took {outcome.stop_seconds:.1f}s to stop"
     assert outcome.leftovers == []
+    assert outcome.served_after_stop is None, "a requested stop stops the app too"
     assert outcome.failed == [] and outcome.kept_serving
     assert outcome.recovered_in is not None

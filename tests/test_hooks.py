@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 
 import pytest
@@ -47,3 +49,39 @@ def test_timeout_kills_the_whole_hook(tmp_path) -> None:
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not alive(pid), "the hook's background child must be killed too"
+
+
+def test_timeout_of_a_hook_whose_shell_already_exited_is_still_a_hook_error(tmp_path) -> None:
+    # the shell is gone (reaped) while a process it left in a session of its own keeps the output open:
+    # its process group is empty when the timeout kills it
+    async def main() -> None:
+        with pytest.raises(HookError, match=r"timed out after 0.5s and was killed"):
+            await run_hook("before", f"setsid sh -c 'echo $$ > {tmp_path}/pid; exec sleep 3' &", cwd=tmp_path,
+                           env={}, timeout=0.5)
+        os.kill(int((tmp_path / "pid").read_text()), signal.SIGKILL)
+        await asyncio.sleep(0.1)  # the loop sees the output pipe close before it is closed itself
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_hook_is_killed_with_what_it_started(tmp_path) -> None:
+    async def main() -> None:
+        task = asyncio.create_task(run_hook("before", f"sleep 30 & echo $! > {tmp_path}/pid; wait", cwd=tmp_path,
+                                            env={}, timeout=60))
+        while not (tmp_path / "pid").exists() or not (tmp_path / "pid").read_text().strip():
+            await asyncio.sleep(0.01)  # the hook is running
+        task.cancel()  # dewy stops during the hook
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+    assert not running(int((tmp_path / "pid").read_text()))
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan waits to be reaped by whatever adopts it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False

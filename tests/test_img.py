@@ -530,3 +530,36 @@ def test_docker_hub_release_names(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_constructing_holds_no_connection() -> None:
     reg = backend("img://ghcr.io/acme/app")
     assert reg._client is None and isinstance(httpx.URL(reg.base), httpx.URL)
+
+
+def test_the_token_request_goes_to_the_address_that_was_checked(fake_dns: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DNS rebinding: the realm's name resolves to a public address for the check, and to an internal one after."""
+    seen: list[httpx.Request] = []
+
+    def token_server(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"token": "t0ken", "expires_in": 300})
+
+    async def run() -> None:
+        reg = backend("img://registry.example.com/acme/app")
+        reg._client = httpx.AsyncClient(transport=httpx.MockTransport(token_server))
+        fake_dns["auth.example.com"] = "93.184.216.35"
+        checked = img._addresses
+
+        async def rebinding(host: str) -> list:
+            found = await checked(host)
+            if host == "auth.example.com":
+                fake_dns[host] = "127.0.0.1"  # the next lookup, by whoever does it, is internal
+            return found
+
+        monkeypatch.setattr(img, "_addresses", rebinding)
+        try:
+            await reg._authorize(parse_challenges(['Bearer realm="https://auth.example.com:8443/token",service="s"']))
+        finally:
+            await reg.aclose()
+
+    asyncio.run(run())
+    [request] = seen
+    assert (request.url.host, request.url.port, request.url.path) == ("93.184.216.35", 8443, "/token")
+    assert request.headers["host"] == "auth.example.com:8443"
+    assert request.extensions["sni_hostname"] == "auth.example.com"

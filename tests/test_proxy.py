@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import time
 
+import pytest
+
+from dewy.errors import DewyError
 from dewy.proxy import TcpProxy
 from dewy.sockets import HeldSockets
 
@@ -170,3 +176,74 @@ def test_a_connect_that_fails_after_the_switch_goes_to_the_new_backends() -> Non
         server.close()
 
     run(main())
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def settled(proxy: TcpProxy) -> None:
+    """Until the proxy has dealt with every accepted connection (its forwarding tasks ended)."""
+    for _ in range(500):
+        if proxy.accepted and not proxy._tasks:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the proxy is still forwarding")
+
+
+def test_a_client_closing_at_once_is_not_a_refused_connection(caplog) -> None:
+    async def main() -> None:
+        with HeldSockets([("127.0.0.1", 0)]) as held:
+            dead_port = held.addresses[0][1]  # bound, not listening: refuses, as a replica still starting
+        with HeldSockets([("127.0.0.1", 0)]) as sockets:
+            proxy = TcpProxy(sockets)
+            port = sockets.addresses[0][1]
+            proxy.set_backends([("127.0.0.1", dead_port)])
+            proxy.start()
+            logging.getLogger("dewy").propagate = True
+            with caplog.at_level(logging.WARNING, logger="dewy"):
+                began = time.monotonic()
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()  # a port check: connect, close
+                await settled(proxy)
+                assert time.monotonic() - began < 1, "given up as soon as the client left, not after 3 s"
+            assert proxy.refused == 0 and not caplog.records
+            proxy.close()
+
+    run(main())
+
+
+def test_no_socket_is_left_open_when_connecting_to_a_backend_fails_unexpectedly() -> None:
+    async def main() -> None:
+        with HeldSockets([("127.0.0.1", 0)]) as sockets:
+            proxy = TcpProxy(sockets)
+            port = sockets.addresses[0][1]
+            proxy.set_backends([("127.0.0.1", 70000)])  # connect() raises OverflowError, not OSError
+            proxy.start()
+            before = open_fds()
+            for _ in range(20):
+                try:
+                    assert await ask(port) == ""
+                except ConnectionResetError:
+                    pass
+            await settled(proxy)
+            assert open_fds() == before
+            proxy.close()
+
+    run(main())
+
+
+class ClosedSockets:
+    """Held sockets whose fd is not open (closed under the proxy)."""
+
+    fds = [1 << 20]
+    names = ["127.0.0.1:1"]
+    addresses = [("127.0.0.1", 1)]
+
+
+def test_start_fails_at_once_when_the_proxy_cannot_accept() -> None:
+    proxy = TcpProxy(ClosedSockets())  # type: ignore[arg-type]
+    began = time.monotonic()
+    with pytest.raises(DewyError, match=r"^the host port's proxy cannot accept on 127.0.0.1:1: \[Errno 9\] Bad file"):
+        proxy.start()
+    assert time.monotonic() - began < 1

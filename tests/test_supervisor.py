@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -12,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 from dewy import log
 from dewy.errors import AppStartError, UsageError
 from dewy.sockets import HeldSockets, parse_ports
+from dewy import supervisor as supervisor_module
 from dewy.supervisor import Supervisor
 from tests.harness import APP, ClientLoop, get
 
@@ -311,6 +313,76 @@ def test_crashed_app_is_restarted_with_backoff(tmp_path: Path, events: list[dict
     assert len(exited) == 1 and "was killed by SIGKILL" in exited[0]["msg"]
 
 
+@contextlib.asynccontextmanager
+async def running(sup: Supervisor, release_dir: Path) -> AsyncIterator[None]:
+    """``sup`` serving ``release_dir`` (its name as the version) inside the block, stopped after it."""
+    await sup.start(release_dir, release_dir.name)
+    try:
+        yield
+    finally:
+        await sup.stop()
+
+
+def test_a_recovery_that_fails_unexpectedly_is_retried_and_a_lost_one_resumed(
+        tmp_path: Path, events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(supervisor_module, "BACKOFF_FIRST", 0.05)
+
+    async def test(sup: Supervisor, port: int) -> None:
+        spawn = sup._spawn
+
+        async def fd_table_full(*args: Any) -> Any:  # not an AppStartError: os.pidfd_open's EMFILE, say
+            sup._spawn = spawn
+            raise OSError(24, "Too many open files")
+
+        async with running(sup, release(tmp_path, "v1")):
+            sup._spawn = fd_table_full
+            os.kill(sup.pid, signal.SIGKILL)
+            await sup.wait_until(lambda: sup.state == "running" and sup.pid is not None and sup.crashes == 2, 10)
+            assert await fetch(port) == (200, "v1")
+            os.kill(sup.pid, signal.SIGKILL)
+            await sup.wait_until(lambda: sup.state == "backoff", 5)
+            sup._recovery.cancel()  # a recovery lost (however): the next tick finds nothing running
+            await asyncio.gather(sup._recovery, return_exceptions=True)
+            sup.ensure_recovering()
+            await sup.wait_until(lambda: sup.state == "running" and sup.pid is not None, 10)
+            assert await fetch(port) == (200, "v1")
+
+    with HeldSockets([("127.0.0.1", 0)]) as held:
+        asyncio.run(asyncio.wait_for(test(supervisor(tmp_path, held), held.addresses[0][1]), TEST_TIMEOUT))
+    failed = [e["msg"] for e in events if e.get("event") == "app-restart-failed"]
+    assert failed == ["restarting the app failed: Too many open files"]
+
+
+def test_adoption_proves_the_process_is_the_generation_dewy_started(tmp_path: Path, events: list[dict[str, Any]]) -> None:
+    stranger = subprocess.Popen(["sleep", "30"])
+    time.sleep(0.05)  # start times count in 10 ms clock ticks: the app starts in a later one
+
+    async def test(sup: Supervisor, other: Supervisor) -> None:
+        async with running(sup, release(tmp_path, "v1")):
+            record = sup.serving()
+            assert record["started"] > 0 and record["boot"]
+            # after a reboot or a crash, the recorded pid belongs to another process
+            reused = {**record, "pid": stranger.pid}
+            assert not await other.adopt(reused)
+            assert not await other.adopt({**reused, "unit": "dewy-app-g1.scope", "started": None, "boot": None})
+            assert other.version is None  # the daemon starts the app from current
+            await other.stop()
+            assert stranger.poll() is None, "dewy never signals a process it cannot prove is its own"
+            assert not await other.adopt({**record, "started": record["started"] + 1})
+            assert await other.adopt(record)  # the real one, proven by its start time in this boot
+            assert other.pid == sup.pid and other.version == "v1"
+            await other.stop()
+
+    try:
+        with HeldSockets([("127.0.0.1", 0)]) as held:
+            asyncio.run(asyncio.wait_for(test(supervisor(tmp_path, held), supervisor(tmp_path, held)), TEST_TIMEOUT))
+    finally:
+        stranger.kill()
+        stranger.wait()
+    started = next(e["pid"] for e in events if e.get("event") == "app-starting")
+    assert [e["pid"] for e in events if e.get("event") == "app-not-adopted"] == [stranger.pid] * 2 + [started]
+
+
 # -- stopping -----------------------------------------------------------------------------------
 
 def test_stop_kills_what_ignores_sigterm_and_a_starting_generation(tmp_path: Path, events: list[dict[str, Any]]) -> None:
@@ -375,6 +447,7 @@ def test_app_dies_with_a_killed_dewy_and_frees_the_ports(tmp_path: Path) -> None
 import asyncio, sys
 from pathlib import Path
 from dewy.sockets import HeldSockets
+from dewy import supervisor as supervisor_module
 from dewy.supervisor import Supervisor
 
 async def main():

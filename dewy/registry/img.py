@@ -494,7 +494,7 @@ class ImageRegistry:
         assert self._challenge is not None
         params = self._challenge[1]
         realm = params["realm"]
-        await self._check_realm(realm)
+        address = await self._check_realm(realm)
         query = {"scope": params.get("scope") or f"repository:{self.repository}:pull"}
         if params.get("service"):
             query["service"] = params["service"]
@@ -503,8 +503,14 @@ class ImageRegistry:
             query["account"] = self._credentials.username
             headers["Authorization"] = _basic(self._credentials)
         shown = f"{self.where}: token from {redact(realm)}"
+        url, extensions = httpx.URL(realm), {}
+        if address is not None:  # connect to the address that was checked, not to what a second lookup says
+            headers["Host"] = url.netloc.decode("ascii")
+            extensions["sni_hostname"] = url.host  # TLS: SNI and the certificate check still use the name
+            url = url.copy_with(host=address)
         try:
-            response = await self._http.get(realm, params=query, headers=headers, follow_redirects=False)
+            response = await self._http.get(url, params=query, headers=headers, follow_redirects=False,
+                                            extensions=extensions)
         except httpx.HTTPError as exc:
             raise self._network("GET", realm, exc, what=f"{self.where}: token:") from exc
         log.debug("registry", f"token GET {redact(realm)}: HTTP {response.status_code}")
@@ -529,13 +535,15 @@ class ImageRegistry:
         self._secrets.add(token)
         self._token = _Token(token, time.monotonic() + lifetime - TOKEN_MARGIN)
 
-    async def _check_realm(self, realm: str) -> None:
+    async def _check_realm(self, realm: str) -> str | None:
         """Refuse a realm that would leak credentials: plain HTTP from an HTTPS registry, or an internal address.
 
         A realm on a loopback, private or link-local address is accepted only
         when the registry itself is on such an address (a registry on the LAN
         with its token server next to it); otherwise a registry could point
-        dewy at the host's own services or a cloud metadata endpoint.
+        dewy at the host's own services or a cloud metadata endpoint. Returns the
+        checked address the token request must go to (a name resolved again could
+        answer an internal address: DNS rebinding), None when any address may be used.
         """
         try:
             target = httpx.URL(realm)
@@ -553,14 +561,16 @@ class ImageRegistry:
             except OSError:
                 self._registry_internal = False
         if self._registry_internal:
-            return
+            return None
         try:
-            internal = await _internal_address(target.host)
+            addresses = [] if is_loopback_name(target.host) else await _addresses(target.host)
         except OSError as exc:
             raise self._err(f"{self.where}: token realm {redact(realm)}: cannot resolve {target.host}: {exc}") from None
+        internal = target.host if not addresses else next((str(a) for a in addresses if not a.is_global), None)
         if internal is not None:
             raise self._err(f"{self.where}: refusing token realm {redact(realm)}: {target.host} is a loopback, "
                             f"private or link-local address ({internal}) and the registry {self.api_host} is not")
+        return str(addresses[0])
 
     def _credentials_advice(self) -> str:
         if self._credentials is not None:

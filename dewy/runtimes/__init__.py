@@ -136,7 +136,7 @@ class Runtime(Protocol):
     async def images(self, repository: str) -> list[Image]:
         """Images tagged ``repository:*``."""
 
-    async def remove_image(self, image_id: str) -> None: ...
+    async def remove_image(self, reference: str) -> None: ...  # repository:tag; its last name removes the image
 
     async def aclose(self) -> None: ...
 

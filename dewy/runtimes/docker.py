@@ -143,16 +143,16 @@ class DockerRuntime:
 
         return await in_thread(f"docker images {repository}", images)
 
-    async def remove_image(self, image_id: str) -> None:
+    async def remove_image(self, reference: str) -> None:
         def remove() -> None:
             try:
-                self.api.remove_image(image_id)
+                self.api.remove_image(reference)
             except Exception as exc:
                 status = getattr(getattr(exc, "response", None), "status_code", None)
                 if not self._not_found(exc) and status != 409:
                     raise
 
-        await in_thread(f"docker rmi {image_id[:12]}", remove)
+        await in_thread(f"docker rmi {reference}", remove)
 
     async def aclose(self) -> None:
         self.client.close()

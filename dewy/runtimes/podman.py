@@ -156,13 +156,13 @@ class PodmanRuntime:
 
         return await in_thread(f"podman images {repository}", images)
 
-    async def remove_image(self, image_id: str) -> None:
+    async def remove_image(self, reference: str) -> None:
         def remove() -> None:
-            response = self.client.api.delete(f"/images/{image_id}")
+            response = self.client.api.delete(f"/images/{reference}")
             if response.status_code not in (404, 409):  # 409: in use (by a container dewy does not manage)
-                self._check(response, f"podman rmi {image_id[:12]}")
+                self._check(response, f"podman rmi {reference}")
 
-        await in_thread(f"podman rmi {image_id[:12]}", remove)
+        await in_thread(f"podman rmi {reference}", remove)
 
     async def aclose(self) -> None:
         self.client.close()
