@@ -37,6 +37,7 @@ from tests.harness import APP, ClientLoop, Dewy, free_port, get
 TOKEN = "ghp_fault_matrix_secret"
 OWNER, REPO = "acme", "app"
 PROMPT_STOP = 5.0  # seconds from SIGTERM to dewy's exit that count as prompt, whatever is in flight
+MAX_REQUESTS = 2_000_000  # the client loop's bound; its time bound (a few WAITs) ends it first at ~1,000 requests/s
 WAIT = 120  # the longest any single step of a scenario may take (a hanging peer takes dewy's network deadline)
 
 
@@ -147,7 +148,7 @@ def disk_full(workdir: Path, during: str = "download") -> Outcome:
     outcome = Outcome(f"disk full during a 60 MB release's {during}, then freed")
     with TinyFs(workdir / "disk", 200 << 20) as disk, stage(workdir, disk.path) as s:
         dewy = s.serving()
-        with ClientLoop(s.port, max_seconds=2 * WAIT) as client:
+        with ClientLoop(s.port, max_requests=MAX_REQUESTS, max_seconds=2 * WAIT) as client:
             disk.fill(leave={"download": 30 << 20, "extraction": 90 << 20}[during])
             mark = len(dewy.seen)
             s.publish("v1.1.0", payload=60 << 20)
@@ -192,7 +193,7 @@ def read_only_during_deploy(workdir: Path, during: str = "extraction") -> Outcom
             f'{{ : > {once}; echo > {reached.path}; read go < {proceed.path}; }}')
     with TinyFs(workdir / "disk", 64 << 20) as disk, stage(workdir, disk.path) as s:
         dewy = s.serving(*(["--before-deploy-hook", hook] if during == "extraction" else []))
-        with ClientLoop(s.port, max_seconds=2 * WAIT) as client:
+        with ClientLoop(s.port, max_requests=MAX_REQUESTS, max_seconds=2 * WAIT) as client:
             mark = len(dewy.seen)
             if during == "download":
                 disk.remount("ro")
@@ -220,7 +221,7 @@ def registry_unresponsive(workdir: Path, mode: str) -> Outcome:
     outcome = Outcome(f"{what}, then recovers")
     with stage(workdir) as s:
         dewy = s.serving()
-        with ClientLoop(s.port, max_seconds=3 * WAIT) as client:
+        with ClientLoop(s.port, max_requests=MAX_REQUESTS, max_seconds=3 * WAIT) as client:
             mark = len(dewy.seen)
             s.proxy.mode = mode
             s.publish("v1.1.0")
@@ -251,7 +252,7 @@ def sigterm_during_download(workdir: Path) -> Stopped:
     outcome = Stopped("SIGTERM during a 50 MB download at 1 MB/s, then started again")
     with stage(workdir) as s:
         dewy = s.serving()
-        with ClientLoop(s.port, max_seconds=WAIT) as client:
+        with ClientLoop(s.port, max_requests=MAX_REQUESTS, max_seconds=WAIT) as client:
             s.proxy.rate, s.proxy.mode = 1 << 20, THROTTLE
             s.publish("v1.1.0", payload=50 << 20)
             dewy.wait_for("deploying", version="v1.1.0", timeout=WAIT)
