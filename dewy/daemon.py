@@ -1,4 +1,4 @@
-"""The daemon: the deploy cycle of DESIGN.md section 5, run once per interval, forever.
+"""The daemon: the deploy cycle (docs/architecture.md), run once per interval, forever.
 
 Reads top to bottom like the contract: ask the registry, skip what runs or is
 quarantined, fetch and verify, before-hook, extract, switch ``current``,

@@ -1,4 +1,4 @@
-"""Runs the app of ``dewy server`` as numbered generations (DESIGN section 6).
+"""Runs the app of ``dewy server`` as numbered generations.
 
 Each generation is spawned with dewy's held sockets as fds 3, 4, ... and both the
 systemd (LISTEN_*) and Server::Starter (SERVER_STARTER_*) conventions. A graceful
