@@ -1,4 +1,4 @@
-"""Safe extraction of release archives (DESIGN.md section 5 step 6).
+"""Safe extraction of release archives.
 
 Anyone who can publish a release can make dewy unpack an archive on the host,
 often as root, so extraction trusts nothing in it: every path must stay inside

@@ -1,4 +1,4 @@
-"""The daemon: the deploy cycle of DESIGN.md section 5, run once per interval, forever.
+"""The daemon: the deploy cycle (docs/architecture.md), run once per interval, forever.
 
 Reads top to bottom like the contract: ask the registry, skip what runs or is
 quarantined, fetch and verify, before-hook, extract, switch ``current``,
@@ -144,10 +144,11 @@ class Daemon:
                        replicas=container_replicas(settings, host, state))
         supervisor = None
         if settings.command == "server":
-            from dewy.supervisor import Supervisor
+            from dewy.supervisor import Supervisor, recorded_holders
 
+            sockets = host.sockets(settings.ports, recorded_holders(state.app)) if settings.ports else None
             supervisor = Supervisor(
-                settings.app_command, host.sockets(settings.ports) if settings.ports else None, workdir=settings.dir,
+                settings.app_command, sockets, workdir=settings.dir,
                 settle=settings.settle_time, health_url_path=settings.health_path, health_timeout=settings.health_timeout,
                 stop_timeout=settings.stop_timeout, env=settings.app.environment, placement=host.placement(settings),
                 user=settings.app.user, group=settings.app.group, output=host.app_output(app_name(settings)),

@@ -1,6 +1,6 @@
 """The replicas of ``dewy container``: rolling updates, rollback, drain, adoption, healing, image pruning.
 
-A rollout of a new image (DESIGN section 9):
+A rollout of a new image:
 
 1. Pull the image (the daemon does this before the before-deploy hook).
 2. Start the new replicas one by one next to the old ones, on dewy's network

@@ -17,6 +17,7 @@ import re
 import socket
 from collections.abc import Callable, Iterable
 
+from dewy import log
 from dewy.errors import UsageError
 
 BACKLOG = 1024
@@ -229,12 +230,14 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def _borrow(address: tuple[str, int], holders: list[int]) -> socket.socket | None:
     """A duplicate of the listening TCP socket bound to ``address`` in one of the processes ``holders``
     (pidfd_getfd: root with CAP_SYS_PTRACE, which dewy@.service keeps), or None. Close-on-exec, like
-    every socket dewy holds; the holder keeps its own copy."""
+    every socket dewy holds; the holder keeps its own copy. Why none could be taken is logged."""
     for pid in holders:
         try:
             pidfd = os.pidfd_open(pid)
-        except OSError:
+        except OSError as exc:
+            log.warning("sockets", f"cannot take {_display(*address)} back from the app (pid {pid}): {exc.strerror}")
             continue
+        failure = "it holds no such listening socket"
         try:
             for name in os.listdir(f"/proc/{pid}/fd"):
                 try:
@@ -244,6 +247,7 @@ def _borrow(address: tuple[str, int], holders: list[int]) -> socket.socket | Non
                     continue
                 fd = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, int(name), 0)
                 if fd < 0:
+                    failure = f"pidfd_getfd: {os.strerror(ctypes.get_errno())}"
                     continue
                 sock = socket.socket(fileno=fd)
                 if (sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
@@ -251,8 +255,9 @@ def _borrow(address: tuple[str, int], holders: list[int]) -> socket.socket | Non
                         and sock.getsockname()[:2] == address):
                     return sock
                 sock.close()
-        except OSError:
-            continue
+        except OSError as exc:
+            failure = exc.strerror or str(exc)
         finally:
             os.close(pidfd)
+        log.warning("sockets", f"cannot take {_display(*address)} back from the app (pid {pid}): {failure}")
     return None

@@ -1,4 +1,4 @@
-"""Runs the app of ``dewy server`` as numbered generations (DESIGN section 6).
+"""Runs the app of ``dewy server`` as numbered generations.
 
 Each generation is spawned with dewy's held sockets as fds 3, 4, ... and both the
 systemd (LISTEN_*) and Server::Starter (SERVER_STARTER_*) conventions. A graceful
@@ -321,7 +321,7 @@ class Supervisor:
                 pidfd = os.pidfd_open(pid)
             except (OSError, TypeError, ValueError):
                 return False
-            if not _proven(pid, record):
+            if not proven(pid, record):
                 os.close(pidfd)
                 log.warning("app-not-adopted", f"pid {pid} is not the app generation {generation} dewy started "
                             "(another process has that pid now): leaving it alone, starting the app from current",
@@ -604,7 +604,7 @@ class Supervisor:
                 return
 
 
-def _proven(pid: int, record: dict) -> bool:
+def proven(pid: int, record: dict) -> bool:
     """Does ``record`` prove that ``pid`` is the generation it describes? Every fact it holds must match
     (start time and boot; the unit's cgroup), and it must hold at least one."""
     facts = 0
@@ -621,6 +621,13 @@ def _proven(pid: int, record: dict) -> bool:
             return False
         facts += 1
     return facts > 0
+
+
+def recorded_holders(record: dict | None) -> list[int]:
+    """The pid of the recorded generation when it is proven to be that generation, still running: it
+    holds the listening sockets, which a dewy whose fd store is gone takes back from it."""
+    pid = (record or {}).get("pid")
+    return [pid] if isinstance(pid, int) and proven(pid, record) else []
 
 
 def _connectable(host: str, port: int) -> tuple[str, int]:

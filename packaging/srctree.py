@@ -4,8 +4,8 @@
     python3 packaging/srctree.py tar OUT.tar.gz PREFIX   a source tarball (rpm's Source0)
     python3 packaging/srctree.py hash          a digest of their paths, modes and contents
 
-In a git checkout: tracked and untracked-but-not-ignored files (so uncommitted edits count);
-elsewhere every file but VCS, venvs and build output. tests/, bench/, .ci/, the Vagrantfile and
+In a git checkout (with git installed): tracked and untracked-but-not-ignored files (so
+uncommitted edits count); elsewhere every file but VCS, venvs and build output. tests/, bench/, .ci/, the Vagrantfile and
 the Ansible role (packaging/ansible/) never go into a package (nor into the digest the system
 tests cache builds by).
 """
@@ -26,7 +26,7 @@ SKIP_DIRS = {".git", ".venv", "build", "dist", "__pycache__", ".pytest_cache", "
 
 
 def files(repo: Path = REPO) -> list[str]:
-    if (repo / ".git").exists():
+    if (repo / ".git").exists() and shutil.which("git"):
         out = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                              check=True, capture_output=True).stdout.decode()
         names = {name for name in out.split("\0") if name}

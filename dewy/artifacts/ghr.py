@@ -1,6 +1,6 @@
 """GitHub release assets: ``ghr://OWNER/REPO/tag/TAG/NAME[?asset=ID]``.
 
-The tag form is the one gRPC registry servers hand out (DESIGN.md section 7);
+The tag form is the one gRPC registry servers hand out (docs/grpc.md);
 the ghr:// registry adds ``asset=ID`` so a download needs no lookup of the
 release by tag. This module owns the format: :func:`asset_url` builds it.
 """

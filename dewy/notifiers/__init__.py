@@ -1,8 +1,8 @@
 """Notifiers: where people are told about deploys and failures, and how often.
 
 A notifier backend (slack://, mail://) is one module implementing :class:`Notifier`.
-:class:`Notifications` fans each message out to all of them and limits error spam
-(DESIGN.md section 5, step 11): the ERROR_LIMIT-th consecutive error says further errors
+:class:`Notifications` fans each message out to all of them and limits error spam:
+the ERROR_LIMIT-th consecutive error says further errors
 are suppressed; the next successful cycle (or deploy) resets the count and says so, before
 the deploy's own message.
 

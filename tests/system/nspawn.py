@@ -769,7 +769,10 @@ def boot(lower: Path, *, name: str | None = None, bind: Iterable = (), bind_ro: 
             _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
         cmd = ["systemd-nspawn", "--quiet", "-D", str(root), "-M", name, "--register=no", "--keep-unit",
-               "--link-journal=no", "--console=read-only", *[b.option() for b in all_binds], *options, "-b"]
+               "--link-journal=no", "--console=read-only", *[b.option() for b in all_binds],
+               # nspawn's own seccomp filter refuses pidfd_getfd, which a host's systemd allows
+               # (dewy takes its listening sockets back from the app with it)
+               "--system-call-filter=pidfd_getfd", *options, "-b"]
         env = {"PATH": os.environ.get("PATH", CONTAINER_PATH), "TERM": "dumb", "SYSTEMD_COLORS": "0"}
         if systemd_version(lower) >= 256:
             # systemd 256+ refuses to boot on cgroup v1 (this host's layout may be legacy or

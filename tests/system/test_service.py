@@ -168,6 +168,26 @@ def test_a_configuration_error_leaves_the_unit_failed_with_its_one_line(demo: De
     demo.deployed("v1.0.0")
 
 
+def test_a_restart_onto_a_bad_configuration_keeps_the_app_serving_until_it_is_fixed(demo: Demo) -> None:
+    """The failed unit's fd store is emptied by systemd, but the app still serves on the sockets: the
+    fixed dewy takes them back from the app (no EADDRINUSE) and adopts it, and no request fails."""
+    start(demo)
+    app_pid = demo.app_env()["pid"]
+    with ClientLoop(demo.port) as client:
+        demo.configure(extra='intervall = "5s"')
+        demo.m.systemctl("restart", "dewy@demo", check=False, timeout=60)
+        demo.m.wait_until(lambda: demo.m.is_active("dewy@demo") == "failed", 10, what="dewy@demo to be failed")
+        assert demo.m.show("dewy@demo.service", "NFileDescriptorStore")["NFileDescriptorStore"] == "0"
+        assert get(demo.port)[1] == "v1.0.0", "the app serves on while dewy@demo is failed"
+        demo.configure()
+        demo.m.systemctl("start", "dewy@demo", timeout=120)
+        demo.m.wait_until(lambda: demo.m.journal("dewy@demo.service", DEWY_EVENT="app-adopted"), 30, what="adoption")
+        demo.release("v1.1.0")          # the sockets dewy took back are the app's: a deploy stays seamless
+        demo.deployed("v1.1.0")
+    assert client.failures == [] and client.ok > 20
+    assert demo.m.journal("dewy@demo.service", DEWY_EVENT="app-adopted")[-1]["DEWY_PID"] == str(app_pid)
+
+
 def test_a_new_release_is_deployed_with_zero_failed_requests(demo: Demo) -> None:
     start(demo)
     with ClientLoop(demo.port) as client:
