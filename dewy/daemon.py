@@ -572,12 +572,7 @@ class Daemon:
                 else:
                     await self.supervisor.start(release_dir, release.tag)
         except AppStartError as exc:
-            if old_dir:
-                self.releases.switch(old_dir)
-            else:
-                self.releases.current.unlink(missing_ok=True)
-            self.releases.remove(release_dir)
-            self.state.forget(deployed, previous)
+            self._switch_back(release_dir, old_dir, deployed, previous)
             self.state.quarantine[release.cache_key] = str(exc)
             self.state.save()
             log.error("rollback", f"{release.tag} did not start and is quarantined; the previous version keeps serving: {exc}",
@@ -586,6 +581,24 @@ class Daemon:
             await self.notifications.error("rollback", f"{release.tag} did not start and was rolled back", version=release.tag,
                                            reason=str(exc))
             raise
+        except Exception:
+            # Not the release's fault (the bus or a disk failed under the start): unless the new generation
+            # serves already, undo the switch without quarantine, so the next cycle deploys it again, whole
+            # (the deployed event, report, hooks and pruning included), once the fault is gone.
+            if self.supervisor.version != release.tag:
+                self._switch_back(release_dir, old_dir, deployed, previous)
+                with contextlib.suppress(DewyError, OSError):
+                    self.state.save()
+            raise
+
+    def _switch_back(self, release_dir: Path, old_dir: Path | None, deployed: Deployed, previous: Deployed | None) -> None:
+        """``current`` back at the release that ran before, the new one removed and forgotten."""
+        if old_dir:
+            self.releases.switch(old_dir)
+        else:
+            self.releases.current.unlink(missing_ok=True)
+        self.releases.remove(release_dir)
+        self.state.forget(deployed, previous)
 
     async def _report(self, release: Release, error: str | None = None) -> None:
         """Best effort: the deploy (or its rollback) happened whether the registry hears of it or not."""

@@ -440,13 +440,21 @@ class Supervisor:
         log.info("app-starting", f"starting app generation {number}", generation=number, version=version, pid=pid,
                  release_dir=str(release_dir))
         if gate:
+            unplaced = None
             try:
                 gen.unit = await self.placement.place(pid, number, version)
                 os.write(gate[1], b"1")
             except DewyError as exc:
-                log.error("app-start-failed", f"cannot place app generation {number} in its unit: {exc}", generation=number)
+                unplaced = exc
             finally:
                 os.close(gate[1])  # without the byte the shim exits: the app never runs outside its unit
+            if unplaced:
+                # Not the release's fault (systemd or its bus failed): no AppStartError, so the version is
+                # not quarantined; the deploy is undone and tried again once the fault is gone.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(gen.exited), 5)
+                self._live.discard(gen)
+                raise DewyError(f"cannot place app generation {number} in its unit: {unplaced}") from None
         self._notify()
         return gen
 

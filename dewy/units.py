@@ -66,12 +66,13 @@ class Systemd:
         from dbus_next import BusType
         from dbus_next.aio import MessageBus
 
-        bus = MessageBus(bus_address=self.address) if self.address else MessageBus(bus_type=BusType.SYSTEM)
-        try:
+        try:  # dbus-next opens the socket in the constructor already
+            bus = MessageBus(bus_address=self.address) if self.address else MessageBus(bus_type=BusType.SYSTEM)
             async with asyncio.timeout(CALL_TIMEOUT):
                 await bus.connect()
         except Exception as exc:
-            raise SystemdError(f"cannot reach systemd on the system bus: {_reason(exc)}") from None
+            raise SystemdError(f"cannot reach systemd on the D-Bus system bus: {_reason(exc)}; dewy retries"
+                               " (is dbus.service running?)") from None
         bus.add_message_handler(self._on_signal)
         self._bus = bus
         self._watch = asyncio.get_running_loop().create_task(self._watch_bus(bus))
