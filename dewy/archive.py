@@ -88,8 +88,18 @@ class _StrictTarInfo(tarfile.TarInfo):
 
     @classmethod
     def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+        return cls._strict(buf, lambda: super(_StrictTarInfo, cls).frombuf(buf, encoding, errors))
+
+    if hasattr(tarfile.TarInfo, "_frombuf"):
+        # Python 3.13 (and the 3.12 security releases) parse headers through _frombuf, not frombuf
+        @classmethod
+        def _frombuf(cls, buf: bytes, encoding: str, errors: str, **options: object) -> tarfile.TarInfo:
+            return cls._strict(buf, lambda: super(_StrictTarInfo, cls)._frombuf(buf, encoding, errors, **options))
+
+    @classmethod
+    def _strict(cls, buf: bytes, parse: Callable[[], tarfile.TarInfo]) -> tarfile.TarInfo:
         try:
-            info = super().frombuf(buf, encoding, errors)
+            info = parse()
         except tarfile.HeaderError as e:
             if buf == bytes(tarfile.BLOCKSIZE):
                 raise  # the real end-of-archive marker
