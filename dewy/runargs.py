@@ -305,13 +305,13 @@ def read_env_file(path: Path, environ: dict[str, str]) -> dict[str, str]:
     except OSError as exc:
         raise ValueError(f"cannot read it: {exc.strerror}") from None
     out: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         key, eq, value = line.partition("=")
         if not ENV_NAME.fullmatch(key):
-            raise ValueError(f"line {number}: expected NAME=VALUE")
+            raise ValueError(f"line {lineno}: expected NAME=VALUE")
         if eq:
             out[key] = value
         elif key in environ:
