@@ -26,7 +26,7 @@ LOG_FORMATS = ("text", "json")
 class Settings:
     """Everything a run of dewy needs, from flags (and, later, /etc/dewy/NAME.toml)."""
 
-    command: str
+    mode: str  # server | assets | container
     registry: str
     interval: float = 10.0
     cache: str | None = None
@@ -238,7 +238,7 @@ def parse(argv: list[str]) -> Settings:
         raise UsageError("missing command: use dewy server, dewy assets or dewy container (see dewy --help)")
     notifiers = args.notifier + args.notify
     settings = Settings(
-        command=args.command, registry=args.registry, interval=args.interval, cache=args.cache,
+        mode=args.command, registry=args.registry, interval=args.interval, cache=args.cache,
         notifiers=notifiers, log_level=args.log_level, log_format=args.log_format,
         before_deploy_hook=args.before_deploy_hook, after_deploy_hook=args.after_deploy_hook,
         hook_timeout=args.hook_timeout, slot=args.slot, dir=(args.dir or Path.cwd()).absolute(),

@@ -241,7 +241,7 @@ def _environment(value: Any) -> dict[str, str]:
 
 # key -> (converter, Settings/AppLimits field)
 TOP: dict[str, tuple[Callable[[Any], Any], str]] = {
-    "mode": (_mode, "command"),
+    "mode": (_mode, "mode"),
     "registry": (_url("registry"), "registry"),
     "interval": (_duration, "interval"),
     "cache": (_url("cache"), "cache"),
@@ -353,11 +353,11 @@ class _Reader:
                 values[field_name] = self.convert((key,), converter, value)
             else:
                 raise self.unknown((), key, value)
-        if "command" not in values:
+        if "mode" not in values:
             raise self.error((), "missing key 'mode': set mode = \"server\", \"assets\" or \"container\"")
         if "registry" not in values:
             raise self.error((), "missing key 'registry': where releases are listed, such as registry = \"ghr://OWNER/REPO\"")
-        mode = values["command"]
+        mode = values["mode"]
         server = self.table(document, "server")
         container = self.table(document, "container")
         app = self.table(document, "app")
@@ -445,7 +445,7 @@ def locate(settings: Settings, exc: UsageError) -> UsageError:
         if url and message.startswith(redact(url) + ":"):
             return UsageError(f"{source}:{line_of(lines, (key,))}: {shown}: {message}")
     if message.startswith("cannot listen on"):
-        table = "container" if settings.command == "container" else "server"
+        table = "container" if settings.mode == "container" else "server"
         return UsageError(f"{source}:{line_of(lines, (table, 'ports'))}: {table}.ports: {message}")
     return exc
 

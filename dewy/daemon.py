@@ -132,18 +132,18 @@ class Daemon:
         releases = store = None
         try:
             settings.dir.mkdir(parents=True, exist_ok=True)
-            if settings.command != "container":  # images live in the container runtime
+            if settings.mode != "container":  # images live in the container runtime
                 cache_dir = Path(cache_url.path) if cache_url.scheme == "file" else default_cache_dir()
                 releases = Releases(settings.dir)
                 store = ArtifactStore(cache_dir / "artifacts" if cache_url.scheme == "file" else cache_dir)
         except OSError as exc:
             raise UsageError(f"cannot use {exc.filename}: {exc.strerror}") from None
         state = State.load(settings.dir / ".dewy" / "state.json")
-        if settings.command == "container":
+        if settings.mode == "container":
             return cls(settings, registry, cache, store, releases, state, notifications, host,
                        replicas=container_replicas(settings, host, state))
         supervisor = None
-        if settings.command == "server":
+        if settings.mode == "server":
             from dewy.supervisor import Supervisor, recorded_holders
 
             sockets = host.sockets(settings.ports, recorded_holders(state.app)) if settings.ports else None
@@ -164,7 +164,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: log.info("signal", "SIGHUP ignored"))
         loop.add_signal_handler(signal.SIGUSR1, self._restart_app)
-        log.info("started", f"dewy {self.settings.command} watching {Url.parse(self.settings.registry)}",
+        log.info("started", f"dewy {self.settings.mode} watching {Url.parse(self.settings.registry)}",
                  dir=str(self.settings.dir))
         self.background.start(self._watchdog(), "the watchdog")
         if self.supervisor:
@@ -440,7 +440,7 @@ class Daemon:
         env = {
             "DEWY_VERSION": release.tag,
             "DEWY_PREVIOUS_VERSION": previous.tag if previous else "",
-            "DEWY_COMMAND": self.settings.command,
+            "DEWY_COMMAND": self.settings.mode,
         }
         if self.replicas:
             with self.liveness.step(None):
@@ -604,7 +604,7 @@ class Daemon:
         """Best effort: the deploy (or its rollback) happened whether the registry hears of it or not."""
         try:
             with self.liveness.step(POLL_ALLOWANCE):
-                await self.registry.report(release, self.settings.command, error)
+                await self.registry.report(release, self.settings.mode, error)
         except Exception as exc:
             log.warning("report-failed", f"could not record the deploy in the registry: {describe(exc)}",
                         version=release.tag)

@@ -330,7 +330,7 @@ def registry_outage(workdir: Path, failures: int = 2000) -> Endured:
     outcome = Endured(f"registry fails {failures} times in a row (fast-forwarded clock), then answers")
     registry = workdir / "registry"
     publish(registry, "v1.0.0", {"VERSION": "v1.0.0"})
-    settings = Settings(command="assets", registry=registry.as_uri(), dir=workdir / "site", cache=(workdir / "cache").as_uri(),
+    settings = Settings(mode="assets", registry=registry.as_uri(), dir=workdir / "site", cache=(workdir / "cache").as_uri(),
                         interval=10.0)
     current = workdir / "site" / "current" / "VERSION"
 

@@ -85,7 +85,7 @@ def dewy(*args: str, cwd=None, env=None, **kwargs) -> subprocess.CompletedProces
 def test_full_server_file(tmp_path) -> None:
     path = write(tmp_path, FULL, "shop.toml")
     assert load(path) == Settings(
-        command="server", registry="ghr://acme/shop?pre-release=true", interval=30.0,
+        mode="server", registry="ghr://acme/shop?pre-release=true", interval=30.0,
         cache="file:///var/cache/dewy/shop", notifiers=["slack://deploys", "mail://smtp.example.com:587/ops@example.com"],
         log_level="debug", log_format="json", before_deploy_hook="test -f /etc/shop.conf",
         after_deploy_hook="logger deployed", hook_timeout=90.0, slot="blue", dir=Path("/var/lib/dewy/shop"),
@@ -303,7 +303,7 @@ def test_container_example_shows_every_container_key(monkeypatch) -> None:
         assert re.search(rf"^(# )?{key} = ", section, re.M), f"{key} missing from [container]"
     monkeypatch.setattr("dewy.runargs.read_env_file", lambda path, environ: {})
     settings = load(EXAMPLES / "example-container.toml")
-    assert settings.command == "container" and settings.container_port == 8080 and settings.replicas == 3
+    assert settings.mode == "container" and settings.container_port == 8080 and settings.replicas == 3
     assert settings.ports == [("127.0.0.1", 8000)] and settings.runtime is None and settings.drain_time == 30
     assert settings.run_args[:2] == ["-e", "TZ=UTC"]
 

@@ -91,7 +91,7 @@ class Collect:
 
 def settings(tmp_path: Path, command: str = "assets", **overrides) -> Settings:
     (tmp_path / "registry").mkdir(exist_ok=True)
-    return Settings(command=command, registry=(tmp_path / "registry").as_uri(), dir=tmp_path / "site",
+    return Settings(mode=command, registry=(tmp_path / "registry").as_uri(), dir=tmp_path / "site",
                     cache=(tmp_path / "cache").as_uri(), interval=10.0, **overrides)
 
 
