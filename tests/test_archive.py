@@ -12,11 +12,16 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from dewy.archive import DEFAULT_MAX_BYTES, DEFAULT_MAX_MEMBERS, extract
 from dewy.errors import ArchiveError
 
-TAR_MODES = {"app.tar.gz": "w:gz", "app.tgz": "w:gz", "app.tar.bz2": "w:bz2", "app.tar.xz": "w:xz", "app.tar": "w"}
+TAR_MODES = {"app.tar.gz": "w:gz", "app.tgz": "w:gz", "app.tar.bz2": "w:bz2", "app.tar.xz": "w:xz", "app.tar.zst": "zst",
+             "app.tzst": "zst", "app.tar": "w"}
+
+
+SAFETY = ["app.tar.gz", "app.tar", "app.tar.zst"]  # streamed, read in place, zstd: the checks hold for each
 
 
 # Building archives.
@@ -50,10 +55,17 @@ def dirent(name: str, mode: int = 0o755) -> tuple[tarfile.TarInfo, bytes | None]
 
 def make_tar(path: Path, *members: tuple[tarfile.TarInfo, bytes | None]) -> Path:
     mode = next(m for suffix, m in TAR_MODES.items() if path.name.lower().endswith(suffix.removeprefix("app")))
-    with tarfile.open(path, mode, format=tarfile.PAX_FORMAT) as tf:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w" if mode == "zst" else mode, format=tarfile.PAX_FORMAT) as tf:
         for info, data in members:
             tf.addfile(info, io.BytesIO(data) if data is not None else None)
+    path.write_bytes(zstd(buffer.getvalue()) if mode == "zst" else buffer.getvalue())
     return path
+
+
+def zstd(data: bytes) -> bytes:
+    """What ``zstd`` writes by default (a content checksum included), as CI pipelines produce .tar.zst."""
+    return zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data)
 
 
 def zentry(name: str, data: bytes = b"", mode: int | None = 0o100644) -> tuple[zipfile.ZipInfo, bytes]:
@@ -205,50 +217,59 @@ def test_later_member_replaces_earlier_file(tmp_path: Path, dest: Path) -> None:
         ("..", "member '..' escapes the release directory"),
     ],
 )
-def test_member_paths_outside_rejected(tmp_path: Path, dest: Path, member: str, problem: str) -> None:
-    rejected(make_tar(tmp_path / "app.tar.gz", reg(member, b"evil")), dest, problem)
+@pytest.mark.parametrize("kind", SAFETY)
+def test_member_paths_outside_rejected(tmp_path: Path, dest: Path, kind: str, member: str, problem: str) -> None:
+    rejected(make_tar(tmp_path / kind, reg(member, b"evil")), dest, problem)
 
 
-def test_dotdot_inside_release_allowed(tmp_path: Path, dest: Path) -> None:
-    extract(make_tar(tmp_path / "app.tar.gz", reg("a/../b", b"ok")), dest)
+@pytest.mark.parametrize("kind", SAFETY)
+def test_dotdot_inside_release_allowed(tmp_path: Path, dest: Path, kind: str) -> None:
+    extract(make_tar(tmp_path / kind, reg("a/../b", b"ok")), dest)
     assert (dest / "b").read_bytes() == b"ok"
 
 
-def test_symlink_to_absolute_path_rejected(tmp_path: Path, dest: Path) -> None:
-    archive = make_tar(tmp_path / "app.tar.gz", sym("passwd", "/etc/passwd"))
+@pytest.mark.parametrize("kind", SAFETY)
+def test_symlink_to_absolute_path_rejected(tmp_path: Path, dest: Path, kind: str) -> None:
+    archive = make_tar(tmp_path / kind, sym("passwd", "/etc/passwd"))
     rejected(archive, dest, "member 'passwd' is a symlink to the absolute path '/etc/passwd'")
 
 
-def test_symlink_climbing_out_rejected(tmp_path: Path, dest: Path) -> None:
-    archive = make_tar(tmp_path / "app.tar.gz", sym("sub/out", "../../x"))
+@pytest.mark.parametrize("kind", SAFETY)
+def test_symlink_climbing_out_rejected(tmp_path: Path, dest: Path, kind: str) -> None:
+    archive = make_tar(tmp_path / kind, sym("sub/out", "../../x"))
     rejected(archive, dest, "member 'sub/out' is a symlink to '../../x', which escapes the release directory")
 
 
-def test_symlink_to_parent_then_write_through_it_rejected(tmp_path: Path, dest: Path) -> None:
-    archive = make_tar(tmp_path / "app.tar.gz", sym("link", ".."), reg("link/evil", b"evil"))
+@pytest.mark.parametrize("kind", SAFETY)
+def test_symlink_to_parent_then_write_through_it_rejected(tmp_path: Path, dest: Path, kind: str) -> None:
+    archive = make_tar(tmp_path / kind, sym("link", ".."), reg("link/evil", b"evil"))
     rejected(archive, dest, "member 'link' is a symlink to '..', which escapes the release directory")
 
 
-def test_write_through_inside_symlink_rejected(tmp_path: Path, dest: Path) -> None:
+@pytest.mark.parametrize("kind", SAFETY)
+def test_write_through_inside_symlink_rejected(tmp_path: Path, dest: Path, kind: str) -> None:
     """Even a link that stays inside is never written through: only real directories are."""
-    archive = make_tar(tmp_path / "app.tar.gz", dirent("sub"), sym("inner", "sub"), reg("inner/evil", b"x"))
+    archive = make_tar(tmp_path / kind, dirent("sub"), sym("inner", "sub"), reg("inner/evil", b"x"))
     rejected(archive, dest, "member 'inner/evil' would be written through the symlink 'inner'")
 
 
-def test_symlink_chain_escape_found_after_later_links(tmp_path: Path, dest: Path) -> None:
+@pytest.mark.parametrize("kind", SAFETY)
+def test_symlink_chain_escape_found_after_later_links(tmp_path: Path, dest: Path, kind: str) -> None:
     """Each link looks harmless when made; together a -> x/y/../.. resolves two levels above dest."""
-    archive = make_tar(tmp_path / "app.tar.gz", sym("a", "x/y/../.."), sym("x", "."), sym("y", "."))
+    archive = make_tar(tmp_path / kind, sym("a", "x/y/../.."), sym("x", "."), sym("y", "."))
     rejected(archive, dest, "member 'a' is a symlink to 'x/y/../..', which escapes the release directory")
 
 
 @pytest.mark.parametrize("target", ["/etc/passwd", "../outside.txt"])
-def test_hardlink_outside_rejected(tmp_path: Path, dest: Path, target: str) -> None:
-    archive = make_tar(tmp_path / "app.tar.gz", hard("h", target), reg("h", b"overwrite"))
+@pytest.mark.parametrize("kind", SAFETY)
+def test_hardlink_outside_rejected(tmp_path: Path, dest: Path, kind: str, target: str) -> None:
+    archive = make_tar(tmp_path / kind, hard("h", target), reg("h", b"overwrite"))
     rejected(archive, dest, f"member 'h' is a hardlink to {target!r}, outside the release directory")
 
 
-def test_hardlink_to_member_not_yet_extracted_rejected(tmp_path: Path, dest: Path) -> None:
-    archive = make_tar(tmp_path / "app.tar.gz", hard("h", "later"), reg("later", b"x"))
+@pytest.mark.parametrize("kind", SAFETY)
+def test_hardlink_to_member_not_yet_extracted_rejected(tmp_path: Path, dest: Path, kind: str) -> None:
+    archive = make_tar(tmp_path / kind, hard("h", "later"), reg("later", b"x"))
     rejected(archive, dest, "member 'h' is a hardlink to 'later', which is not a file extracted earlier")
 
 
@@ -256,8 +277,9 @@ def test_hardlink_to_member_not_yet_extracted_rejected(tmp_path: Path, dest: Pat
     ("kind", "what"),
     [(tarfile.CHRTYPE, "a character device"), (tarfile.BLKTYPE, "a block device"), (tarfile.FIFOTYPE, "a fifo")],
 )
-def test_special_files_rejected(tmp_path: Path, dest: Path, kind: bytes, what: str) -> None:
-    archive = make_tar(tmp_path / "app.tar.gz", entry("dev", kind))
+@pytest.mark.parametrize("name", SAFETY)
+def test_special_files_rejected(tmp_path: Path, dest: Path, name: str, kind: bytes, what: str) -> None:
+    archive = make_tar(tmp_path / name, entry("dev", kind))
     rejected(archive, dest, f"member 'dev' is {what}")
     assert not (dest / "dev").exists()
 
@@ -304,7 +326,7 @@ def test_truncated_tar_gz_rejected(tmp_path: Path, dest: Path) -> None:
     data = good_tar_gz(tmp_path)
     archive = tmp_path / "app.tar.gz"
     archive.write_bytes(data[: len(data) // 2])
-    rejected(archive, dest, "app.tar.gz: member 'a' is truncated or corrupt: Compressed file ended")
+    rejected(archive, dest, "is truncated or corrupt: Compressed file ended")  # in 'a', or in the 1 MiB read ahead
 
 
 def test_gzip_crc_error_rejected(tmp_path: Path, dest: Path) -> None:
@@ -330,7 +352,7 @@ def test_tar_cut_inside_member_rejected(tmp_path: Path, dest: Path) -> None:
     rejected(archive, dest, "app.tar: member 'a' is truncated or corrupt: unexpected end of data")
 
 
-@pytest.mark.parametrize("name", ["app.tar.gz", "app.tar.xz", "app.tar.bz2", "app.zip", "app.tar"])
+@pytest.mark.parametrize("name", ["app.tar.gz", "app.tar.xz", "app.tar.bz2", "app.tar.zst", "app.zip", "app.tar"])
 def test_garbage_and_empty_files_rejected(tmp_path: Path, dest: Path, name: str) -> None:
     archive = tmp_path / name
     archive.write_bytes(b"this is not an archive at all" * 40)
@@ -362,8 +384,9 @@ def test_zip_header_lying_small_rejected(tmp_path: Path, dest: Path) -> None:
 # Size limit.
 
 
-def test_total_over_limit_rejected_and_stops_writing(tmp_path: Path, dest: Path) -> None:
-    archive = make_tar(tmp_path / "app.tar.gz", *(reg(f"f{i}", b"x" * 1000) for i in range(3)))
+@pytest.mark.parametrize("kind", SAFETY)
+def test_total_over_limit_rejected_and_stops_writing(tmp_path: Path, dest: Path, kind: str) -> None:
+    archive = make_tar(tmp_path / kind, *(reg(f"f{i}", b"x" * 1000) for i in range(3)))
     message = rejected(archive, dest, "member 'f2' exceeds the unpacked size limit of 2500 bytes", max_bytes=2500)
     assert "--max-archive-size" in message
     assert sum(p.stat().st_size for p in dest.iterdir()) <= 2500
@@ -388,12 +411,31 @@ def test_limit_in_message_reads_like_the_flag(tmp_path: Path, dest: Path) -> Non
     rejected(archive, dest, "exceeds the unpacked size limit of 0 bytes", max_bytes=0)
 
 
-def test_data_after_end_of_tar_counts_against_limit(tmp_path: Path, dest: Path) -> None:
-    """The trailer is read to verify the gzip CRC; a bomb hidden there must not run for hours."""
+@pytest.mark.parametrize(("name", "compress"), [("app.tar.gz", lambda data: gzip.compress(data, compresslevel=1)),
+                                               ("app.tar.zst", zstd)])
+def test_data_after_end_of_tar_counts_against_limit(tmp_path: Path, dest: Path, name: str, compress) -> None:
+    """The trailer is read to verify the gzip CRC / zstd checksum; a bomb hidden there must not run for hours."""
     tar = make_tar(tmp_path / "inner.tar", reg("a", b"a")).read_bytes()
-    archive = tmp_path / "app.tar.gz"
-    archive.write_bytes(gzip.compress(tar + bytes(4 * 1024 * 1024), compresslevel=1))
-    rejected(archive, dest, "app.tar.gz exceeds the unpacked size limit of 1 MiB", max_bytes=1024 * 1024)
+    archive = tmp_path / name
+    archive.write_bytes(compress(tar + bytes(4 * 1024 * 1024)))
+    rejected(archive, dest, f"{name} exceeds the unpacked size limit of 1 MiB", max_bytes=1024 * 1024)
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9, 0.99])
+def test_truncated_tar_zst_rejected(tmp_path: Path, dest: Path, cut: float) -> None:
+    """The zstandard package ends quietly at a cut-off frame: the missing end of the tar is what fails it."""
+    data = make_tar(tmp_path / "good.tar.zst", reg("a", os.urandom(64 * 1024)), reg("b", b"b")).read_bytes()
+    archive = tmp_path / "app.tar.zst"
+    archive.write_bytes(data[: int(len(data) * cut)])
+    rejected(archive, dest, "is truncated or corrupt: ")
+
+
+def test_zstd_checksum_error_rejected(tmp_path: Path, dest: Path) -> None:
+    data = bytearray(make_tar(tmp_path / "good.tar.zst", reg("a", os.urandom(64 * 1024))).read_bytes())
+    data[-1] ^= 0xFF  # the frame's content checksum
+    archive = tmp_path / "app.tar.zst"
+    archive.write_bytes(data)
+    rejected(archive, dest, "app.tar.zst is truncated or corrupt: ", "checksum")
 
 
 def test_oversized_tar_extended_header_rejected(tmp_path: Path, dest: Path) -> None:
@@ -426,12 +468,12 @@ def test_memory_stays_flat_for_large_member(tmp_path: Path, dest: Path) -> None:
 # Suffixes.
 
 
-@pytest.mark.parametrize("name", ["app.rar", "app.gz", "app.tar.zst", "app"])
+@pytest.mark.parametrize("name", ["app.rar", "app.gz", "app.zst", "app"])
 def test_unsupported_suffix_rejected(tmp_path: Path, dest: Path, name: str) -> None:
     archive = tmp_path / name
     archive.write_bytes(b"whatever")
     message = rejected(archive, dest, f"{name}: unsupported archive type")
-    for suffix in (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip"):
+    for suffix in (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tzst", ".tar", ".zip"):
         assert suffix in message
 
 
@@ -467,9 +509,10 @@ def test_nul_byte_in_a_symlink_target_is_refused(tmp_path: Path, dest: Path) -> 
     rejected(make_tar(tmp_path / "app.tar", reg("index.html", b"x"), (info, data)), dest, "target contains a NUL byte")
 
 
-def test_member_limit_counts_empty_members_while_extracting(tmp_path: Path, dest: Path) -> None:
+@pytest.mark.parametrize("kind", SAFETY)
+def test_member_limit_counts_empty_members_while_extracting(tmp_path: Path, dest: Path, kind: str) -> None:
     members = [reg(f"empty-{i}") for i in range(11)]
-    rejected(make_tar(tmp_path / "app.tar.gz", *members), dest, "has more than 10 members; raise the limit with"
+    rejected(make_tar(tmp_path / kind, *members), dest, "has more than 10 members; raise the limit with"
              " --max-archive-members", max_members=10)
     assert len(list(dest.iterdir())) == 10, "extraction stops at the limit"
     (dest.parent / "r2").mkdir()
