@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dewy import log
+from dewy import archive, log
 from dewy.cache import CACHES, Cache
 from dewy.cli import Settings
 from dewy.config import secret_variables
@@ -35,8 +35,10 @@ from dewy.faults import describe, on_disk
 from dewy.hooks import run_hook
 from dewy.notifiers import NOTIFIERS, Notifications
 from dewy.registry import REGISTRIES, Registry, Release
-from dewy.releases import PARTIAL_PREFIX, Releases
+from dewy.progress import Progress, ProgressFile
+from dewy.releases import Releases
 from dewy.service import PlainProcess, detect
+from dewy.spool import SpoolReader
 from dewy.state import Deployed, State
 from dewy.store import ArtifactStore, default_cache_dir
 from dewy.supervisor import Supervisor
@@ -116,6 +118,7 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.liveness = Liveness()
         self.background = Background()
+        self.activity: str | None = None  # long work in progress ("downloading v2.0.0: 412 MiB of 1.0 GiB, ...")
 
     @classmethod
     def from_settings(cls, settings: Settings, host: PlainProcess) -> Daemon:
@@ -288,7 +291,7 @@ class Daemon:
     def status(self) -> str:
         """systemd's STATUS= line: what is deployed, the app, the last check and its error."""
         deployed = self.state.current.tag if self.state.current else "nothing deployed yet"
-        parts = [deployed]
+        parts = [deployed, self.activity] if self.activity else [deployed]
         if self.supervisor and self.supervisor.pid:
             parts.append(f"app pid {self.supervisor.pid}, generation {self.supervisor.generation}")
         if self.replicas:
@@ -453,13 +456,15 @@ class Daemon:
             self.state.record(Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat()))
             self.state.save()
         else:
-            with self.liveness.step(None), on_disk(self.store.directory, f"the download of {release.artifact_name}"):
-                artifact = await self.store.fetch(release)
             name = self.releases.new_name()
-            env.update(DEWY_RELEASE_DIR=str(self.releases.directory / name), DEWY_ARTIFACT=str(artifact))
-            await self._before_hook(env)
-            with self.liveness.step(None), on_disk(self.releases.directory, f"release {name}"):
-                release_dir = await self._extract(artifact, name)
+            with self.releases.building(name) as partial:  # extracted as the bytes arrive
+                with self.liveness.step(None), self._progress(release) as progress, \
+                        on_disk(self.store.directory, f"the download of {release.artifact_name}"):
+                    artifact = await self.store.fetch(release, self._unpacker(partial, name), progress.sample)
+                env.update(DEWY_RELEASE_DIR=str(self.releases.directory / name), DEWY_ARTIFACT=str(artifact))
+                await self._before_hook(env)
+                with self.liveness.step(None), on_disk(self.releases.directory, f"release {name}"):
+                    release_dir = await asyncio.to_thread(self.releases.complete, name)
             deployed = Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat())
             old_dir = self.releases.current_dir()
             self._switch(deployed, previous, release_dir)
@@ -506,19 +511,30 @@ class Daemon:
                 self.state.save()
             raise
 
-    async def _extract(self, artifact: Path, name: str) -> Path:
-        """Unpack in a thread. A stop cannot interrupt a thread, so the directory it writes to is taken away
-        (its next write fails, it ends) and whatever it left is removed: a stop leaves no partial release."""
-        work = asyncio.ensure_future(asyncio.to_thread(self.releases.extract, artifact, name, self.settings.max_archive_size,
-                                                       self.settings.max_archive_members))
+    def _unpacker(self, partial: Path, name: str) -> Callable[[SpoolReader], None]:
+        def unpack(reader: SpoolReader) -> None:
+            with on_disk(self.releases.directory, f"release {name}"):
+                archive.extract(reader, partial, max_bytes=self.settings.max_archive_size,
+                                max_members=self.settings.max_archive_members)
+        return unpack
+
+    @contextlib.contextmanager
+    def _progress(self, release: Release) -> Iterator[Progress]:
+        """Long work says how far it is (log, STATUS=, ``dewy status``) until it ends."""
+        shown = ProgressFile(self.state.path.with_name("progress.json"))
+
+        def tell(line: str, fields: dict) -> None:
+            self.activity = line
+            log.info("progress", line, version=release.tag, **fields)
+            self.host.status(self.status())
+            shown.write(line)
         try:
-            return await asyncio.shield(work)
-        except asyncio.CancelledError:
-            self.releases.remove(self.releases.directory / (PARTIAL_PREFIX + name))
-            with contextlib.suppress(Exception):
-                await work
-            self.releases.remove(self.releases.directory / name)
-            raise
+            yield Progress(release.tag, tell)
+        finally:
+            if self.activity:
+                self.activity = None
+                shown.clear()
+                self.host.status(self.status())
 
     async def _before_hook(self, env: dict[str, str]) -> None:
         if self.settings.before_deploy_hook:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import tempfile
 from contextlib import contextmanager
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 TEMP_PREFIX = ".tmp-"
+_libc = ctypes.CDLL(None, use_errno=True)  # syncfs(2), which the os module lacks
 
 
 def fsync_dir(path: Path) -> None:
@@ -135,3 +137,17 @@ def _empty(root: int) -> None:
     finally:
         for fd, _, _ in stack[1:]:
             os.close(fd)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Write everything dirty on ``path``'s filesystem to disk: one syncfs(2) instead of an fsync per file.
+
+    A release of 100,000 files becomes durable in one call, and the artifact beside it in the same one.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)

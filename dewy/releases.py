@@ -1,6 +1,7 @@
 """Releases on disk: ``DIR/releases/<UTC timestamp>/`` and the ``DIR/current`` symlink.
 
-A release is extracted under a ``.partial-`` name and renamed when complete, and
+A release is extracted under a ``.partial-`` name (while its artifact downloads) and
+renamed once complete, verified and on disk, and
 ``current`` is replaced by rename(2) of a new symlink, so a kill -9 at any moment
 leaves ``current`` pointing at a complete release. Deleting works the other way
 round: the release is first renamed to a ``.deleting-`` name, so a kill -9 while
@@ -11,13 +12,14 @@ of both kinds are removed when dewy starts.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dewy import archive, log
-from dewy.errors import ArchiveError, CorruptArchive
-from dewy.fsutil import fsync_dir, remove_tree
+from dewy import log
+from dewy.errors import ArchiveError
+from dewy.fsutil import fsync_dir, remove_tree, sync_filesystem
 
 PARTIAL_PREFIX = ".partial-"
 DELETING_PREFIX = ".deleting-"
@@ -43,27 +45,23 @@ class Releases:
             suffix += 1
         return name
 
-    def extract(self, artifact: Path, name: str, max_bytes: int,
-                max_members: int = archive.DEFAULT_MAX_MEMBERS) -> Path:
-        """Unpack ``artifact`` into ``releases/<name>``; on failure nothing is left behind.
-
-        A cut-off or garbled artifact is deleted as well: it is a bad copy in the
-        artifact store (such as a file:// artifact copied while it was still being
-        written), and the next poll must fetch it again, not fail on it forever.
-        """
+    @contextmanager
+    def building(self, name: str) -> Iterator[Path]:
+        """The directory release ``name`` is extracted into, under its partial name; removed if the block fails
+        (then whatever wrote into it has ended: a stopped extraction's thread is waited for by its caller)."""
         partial = self.directory / (PARTIAL_PREFIX + name)
         partial.mkdir()
         try:
-            archive.extract(artifact, partial, max_bytes=max_bytes, max_members=max_members)
-        except CorruptArchive:
-            _remove_tree(partial)
-            artifact.unlink(missing_ok=True)
-            raise
+            yield partial
         except BaseException:
             _remove_tree(partial)
             raise
+
+    def complete(self, name: str) -> Path:
+        """Give the built release its name once all of it is on disk (one syncfs, not an fsync per file)."""
+        sync_filesystem(self.directory)
         final = self.directory / name
-        os.rename(partial, final)
+        os.rename(self.directory / (PARTIAL_PREFIX + name), final)
         fsync_dir(self.directory)
         return final
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 from dewy import log
 from dewy.artifacts import ARTIFACTS
-from dewy.errors import ArtifactError
-from dewy.fsutil import TEMP_PREFIX, atomic_file, bad_file_name, remove_temp_files
+from dewy.errors import ArtifactError, CorruptArchive
+from dewy.fsutil import TEMP_PREFIX, bad_file_name, fsync_dir, remove_temp_files, sync_filesystem
 from dewy.registry import Release
+from dewy.spool import Aborted, Spool, SpoolReader
 from dewy.urls import Url
+
+
+PROGRESS_TICK = 1.0  # how often a fetch samples its progress
+_FEED = 1 << 20
 
 
 def default_cache_dir() -> Path:
@@ -30,18 +37,35 @@ def default_cache_dir() -> Path:
         return fallback
 
 
-class HashingWriter:
-    """Passes writes through to a file while computing their sha256."""
+class Verifier(Protocol):
+    """A check of the artifact's bytes, fed each chunk as it arrives and asked, once all have, whether they pass.
 
-    def __init__(self, out: BinaryIO) -> None:
-        self.out = out
+    The release is extracted while it downloads, but neither the artifact is stored nor the
+    release switched to before every verifier of :meth:`ArtifactStore.verifiers` has passed.
+    """
+
+    def update(self, data: bytes | memoryview) -> None: ...
+
+    def verify(self) -> None:
+        """Raise ArtifactError if the bytes fed are not the published ones."""
+
+
+class Checksum:
+    """The sha256 of the bytes, against the published one when the release has one."""
+
+    def __init__(self, release: Release, expected: str | None) -> None:
+        self.release = release
+        self.expected = expected
         self.sha256 = hashlib.sha256()
-        self.size = 0
 
-    def write(self, data: bytes) -> int:
+    def update(self, data: bytes | memoryview) -> None:
         self.sha256.update(data)
-        self.size += len(data)
-        return self.out.write(data)
+
+    def verify(self) -> None:
+        actual = self.sha256.hexdigest()
+        if self.expected and actual != self.expected:
+            raise ArtifactError(f"{self.release.artifact_name} of {self.release.tag}: sha256 mismatch (published"
+                                f" {self.expected}, downloaded {actual}); the artifact was not deployed")
 
 
 def parse_checksums(text: str, artifact: str) -> str | None:
@@ -69,24 +93,79 @@ class ArtifactStore:
                                 f" the cache: {release.cache_key[:100]!r} {problem}; nothing deployed")
         return self.directory / release.cache_key
 
-    async def fetch(self, release: Release) -> Path:
-        """The verified archive for ``release``, downloading it unless already stored."""
+    def cached(self, release: Release) -> Path | None:
+        target = self.path(release)
+        return target if target.exists() else None
+
+    async def verifiers(self, release: Release) -> list[Verifier]:
+        """What the artifact's bytes must pass before it is stored or deployed: its checksum (a signature check
+        joins here), each fed the same bytes as they are written."""
+        return [Checksum(release, await self._published_sha256(release))]
+
+    async def fetch(self, release: Release, unpack: Callable[[SpoolReader], None] | None = None,
+                    progress: Callable[[Spool, SpoolReader | None], None] | None = None) -> Path:
+        """The verified archive for ``release``, downloading it unless already stored.
+
+        ``unpack`` (blocking, run in a thread) reads the bytes while they arrive; the artifact
+        is stored only once the download, every verifier and ``unpack`` have succeeded, and
+        its bytes (with all ``unpack`` wrote on the same filesystem) are on disk: one syncfs.
+        The first failure ends the others and nothing is stored; what ``unpack`` wrote is the
+        caller's to delete. ``progress`` is called about every second while this runs.
+        """
         target = self.path(release)
         if target.exists():
+            if unpack:
+                spool = Spool.of_file(target, release.artifact_name)
+                with spool.reader() as reader:
+                    try:
+                        await _until_done({asyncio.ensure_future(asyncio.to_thread(unpack, reader))}, spool, reader, progress)
+                    except CorruptArchive:  # a bad copy (a file:// artifact copied while being written): fetch it again
+                        target.unlink(missing_ok=True)
+                        raise
             return target
-        expected = await self._published_sha256(release)
-        with atomic_file(target) as out:
-            writer = HashingWriter(out)
-            await ARTIFACTS.load(Url.parse(release.artifact_url)).download(writer)
-            actual = writer.sha256.hexdigest()
-            if expected and actual != expected:
-                raise ArtifactError(
-                    f"{release.artifact_name} of {release.tag}: sha256 mismatch (published {expected}, downloaded {actual});"
-                    " the artifact was not deployed"
-                )
-        log.info("downloaded", f"downloaded {release.artifact_name} ({writer.size} bytes)", version=release.tag,
-                 sha256=actual, verified=bool(expected))
+        verifiers = await self.verifiers(release)
+        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.directory)
+        spool = Spool(Path(temp), release.artifact_name, fd)
+        reader = spool.reader() if unpack else None
+        download = asyncio.ensure_future(self._download(release, spool))
+        verifying = asyncio.ensure_future(asyncio.to_thread(_feed, spool.reader(), verifiers))
+        extracting = asyncio.ensure_future(asyncio.to_thread(unpack, reader)) if unpack else None
+        try:
+            try:
+                await _until_done({download, verifying} | ({extracting} if extracting else set()), spool, reader, progress)
+            except Exception:
+                if spool.done:  # all bytes are in: a mismatch explains a failed extraction, so it is told first
+                    await verifying
+                    for verifier in verifiers:
+                        verifier.verify()
+                raise
+            for verifier in verifiers:
+                verifier.verify()
+            await asyncio.to_thread(sync_filesystem, self.directory)
+            os.replace(temp, target)
+            fsync_dir(self.directory)
+        except BaseException:
+            spool.abort()
+            download.cancel()
+            await asyncio.wait([t for t in (download, verifying, extracting) if t])  # threads end at their next read
+            Path(temp).unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+            if reader:
+                reader.close()
+        checksum = next(v for v in verifiers if isinstance(v, Checksum))
+        log.info("downloaded", f"downloaded {release.artifact_name} ({spool.size} bytes)", version=release.tag,
+                 sha256=checksum.sha256.hexdigest(), verified=bool(checksum.expected))
         return target
+
+    async def _download(self, release: Release, spool: Spool) -> None:
+        try:
+            await ARTIFACTS.load(Url.parse(release.artifact_url)).download(spool)  # type: ignore[arg-type]
+        except BaseException:
+            spool.abort()
+            raise
+        spool.finish()
 
     async def _published_sha256(self, release: Release) -> str | None:
         if not release.checksums_url:
@@ -105,3 +184,27 @@ class ArtifactStore:
         for entry in self.directory.iterdir():
             if entry.is_file() and not entry.name.startswith(".") and entry.name not in keep:
                 entry.unlink(missing_ok=True)
+
+
+def _feed(reader: SpoolReader, verifiers: list[Verifier]) -> None:
+    """Give every verifier the bytes as they arrive (a thread: hashing never holds up the event loop)."""
+    buffer = memoryview(bytearray(_FEED))
+    with reader:
+        while count := reader.readinto(buffer):
+            for verifier in verifiers:
+                verifier.update(buffer[:count])
+
+
+
+async def _until_done(tasks: set[asyncio.Future], spool: Spool, reader: SpoolReader | None,
+                      progress: Callable[[Spool, SpoolReader | None], None] | None) -> None:
+    """Wait for every task, raising the first real failure at once (the caller aborts the spool, ending the others)."""
+    pending = tasks
+    while pending:
+        done, pending = await asyncio.wait(pending, timeout=PROGRESS_TICK, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            failure = task.exception()
+            if failure is not None and not isinstance(failure, Aborted):
+                raise failure
+        if progress:
+            progress(spool, reader)

@@ -7,9 +7,11 @@ import signal
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
+from dewy.archive import extract
 from dewy.errors import ArchiveError
 from dewy.releases import DELETING_PREFIX, PARTIAL_PREFIX, Releases
 from tests.conftest import tar_gz
@@ -38,13 +40,33 @@ def test_switch_is_a_relative_symlink_replaced_atomically(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".current")] == []
 
 
+def build(releases: Releases, artifact) -> Path:
+    """A release built the way the daemon builds one: extracted under its partial name, then completed."""
+    name = releases.new_name()
+    with releases.building(name) as partial:
+        extract(artifact, partial, max_bytes=1 << 20)
+        return releases.complete(name)
+
+
 def test_extract_failure_leaves_nothing(tmp_path) -> None:
     artifact = tmp_path / "bad.tar.gz"
     artifact.write_bytes(tar_gz({"ok.txt": "x"})[:40])
     releases = Releases(tmp_path / "app")
     with pytest.raises(ArchiveError):
-        releases.extract(artifact, releases.new_name(), max_bytes=1 << 20)
+        build(releases, artifact)
     assert list(releases.directory.iterdir()) == []
+
+
+def test_complete_names_the_release_only_when_done(tmp_path) -> None:
+    releases = Releases(tmp_path / "app")
+    name = releases.new_name()
+    with releases.building(name) as partial:
+        (tmp_path / "a.tar.gz").write_bytes(tar_gz({"index.html": "x"}))
+        extract(tmp_path / "a.tar.gz", partial)
+        assert [p.name for p in releases.directory.iterdir()] == [PARTIAL_PREFIX + name]
+        done = releases.complete(name)
+    assert [p.name for p in releases.directory.iterdir()] == [name]
+    assert (done / "index.html").read_text() == "x"
 
 
 def test_partial_release_from_a_crash_is_removed(tmp_path) -> None:
@@ -86,7 +108,7 @@ def deep_tar(path, depth: int):
 def test_tar_deeper_than_a_path_can_be_is_refused_in_one_line_and_leaves_nothing(tmp_path) -> None:
     releases = Releases(tmp_path / "app")
     with pytest.raises(ArchiveError) as raised:
-        releases.extract(deep_tar(tmp_path / "deep.tar.gz", 2100), releases.new_name(), max_bytes=1 << 20)
+        build(releases, deep_tar(tmp_path / "deep.tar.gz", 2100))
     assert "cannot be extracted: File name too long" in str(raised.value)
     assert "\n" not in str(raised.value) and len(str(raised.value)) < 400
     assert list(releases.directory.iterdir()) == []
@@ -105,7 +127,7 @@ def test_deep_leftovers_of_a_crash_are_removed_at_start(tmp_path) -> None:
 
 def test_legal_1100_level_tree_deploys_and_is_pruned(tmp_path) -> None:
     releases = Releases(tmp_path / "app")
-    deep = releases.extract(deep_tar(tmp_path / "deep.tar.gz", 1100), releases.new_name(), max_bytes=1 << 20)
+    deep = build(releases, deep_tar(tmp_path / "deep.tar.gz", 1100))
     assert (deep / ("d/" * 1100 + "f")).is_file()
     newer = releases.directory / (deep.name + "-1")
     newer.mkdir()
