@@ -529,7 +529,7 @@ class Daemon:
             self.host.status(self.status())
             shown.write(line)
         try:
-            yield Progress(release.tag, tell)
+            yield Progress(release.tag, tell, clock=self.liveness.clock)
         finally:
             if self.activity:
                 self.activity = None

@@ -25,6 +25,7 @@ from urllib.parse import unquote
 import httpx
 
 from dewy import __version__, log
+from dewy.artifacts import expect
 from dewy.artifacts.deadline import download_deadline, stalled
 from dewy.errors import ArtifactError, DewyError, RegistryError, UsageError
 from dewy.urls import Url, redact
@@ -221,6 +222,8 @@ class GitHub:
                     response = await self._send("GET", url, headers, stream=True)
                     try:
                         if not response.is_redirect:
+                            length = response.headers.get("content-length", "")
+                            expect(out, int(length) if length.isdigit() else None)
                             with self._network(response.request):
                                 async for chunk in response.aiter_bytes():  # as it arrives: counted at once
                                     out.write(chunk)

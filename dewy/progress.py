@@ -40,8 +40,10 @@ class Progress:
 
     def update(self, phase: str, done: int, total: int | None) -> None:
         now = self.clock()
-        if phase != self.phase:  # another kind of bytes: the rate starts again
-            self.phase, self.mark = phase, (now, done)
+        if phase != self.phase:
+            if self.phase:  # another kind of bytes: the rate starts again
+                self.mark = (now, done)
+            self.phase = phase
         self.done, self.total = done, total
         if now < self.due:
             return

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from dewy.errors import UsageError
+from dewy.progress import ProgressFile
 from dewy.state import State
 
 CONFIG_DIR = Path("/etc/dewy")
@@ -50,6 +51,7 @@ def alive(pid: int | None) -> bool:
 def status(name: str | None, directory: Path | None) -> dict:
     instance, state = state_of(name, directory)
     app = state.app or {}
+    working = ProgressFile(state.path.with_name("progress.json")).read()  # left behind by a killed dewy: ignored
     return {
         "instance": instance,
         "version": state.current.tag if state.current else None,
@@ -59,6 +61,7 @@ def status(name: str | None, directory: Path | None) -> dict:
         "quarantined": state.quarantine,
         "last_check": state.last_check,
         "last_error": state.last_error,
+        "in_progress": working["line"] if working and alive(working.get("pid")) else None,
     }
 
 
@@ -91,6 +94,8 @@ def render_status(info: dict) -> str:
         ("last check", info["last_check"] or "-"),
         ("last error", info["last_error"] or "-"),
     ]
+    if info.get("in_progress"):
+        rows.insert(1, ("in progress", info["in_progress"]))
     return "\n".join(f"{key + ':':<13} {value}" for key, value in rows)
 
 

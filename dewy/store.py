@@ -147,7 +147,11 @@ class ArtifactStore:
         except BaseException:
             spool.abort()
             download.cancel()
-            await asyncio.wait([t for t in (download, verifying, extracting) if t])  # threads end at their next read
+            ended = [t for t in (download, verifying, extracting) if t]
+            await asyncio.wait(ended)  # threads end at their next read
+            for task in ended:
+                if not task.cancelled():
+                    task.exception()  # seen: only the first failure is told
             Path(temp).unlink(missing_ok=True)
             raise
         finally:

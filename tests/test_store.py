@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
+import io
+import os
+import tarfile
+import threading
 
 import pytest
+import semver
 
-from dewy.errors import ArtifactError
-from dewy.registry import REGISTRIES
+from dewy.archive import extract
+from dewy.artifacts import ARTIFACTS
+from dewy.errors import ArchiveError, ArtifactError
+from dewy.registry import REGISTRIES, Release
+from dewy.releases import Releases
+from dewy.spool import Spool
 from dewy.store import ArtifactStore, parse_checksums
 from tests.conftest import host_artifact, publish
 
@@ -54,3 +64,131 @@ def test_leftover_temp_files_are_removed(tmp_path) -> None:
     (tmp_path / "cache" / ".tmp-abc").write_bytes(b"partial")
     ArtifactStore(tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+# -- one pass: extracted while the bytes arrive, stored and named only once everything passed ------------------
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+class Watched(Spool):
+    """A spool that notes when a reader waits for bytes not written yet."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.waited_ahead = threading.Event()
+
+    def wait(self, end: int) -> bool:
+        if end > self.size and not self.done:
+            self.waited_ahead.set()
+        return super().wait(end)
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+def test_members_are_extracted_while_the_rest_is_still_arriving(tmp_path, suffix) -> None:
+    big = os.urandom(8 << 20)
+    data = tar_of({"first.txt": b"early", "big.bin": big})
+    if suffix == ".tar.gz":
+        data = gzip.compress(data, compresslevel=1)
+    fd = os.open(tmp_path / "artifact", os.O_WRONLY | os.O_CREAT)
+    spool = Watched(tmp_path / "artifact", "app" + suffix, fd)
+    dest = tmp_path / "release"
+    dest.mkdir()
+    spool.write(data[: len(data) // 2])
+    extraction = threading.Thread(target=extract, args=(spool.reader(), dest))
+    extraction.start()
+    try:
+        assert spool.waited_ahead.wait(30), "the extraction waits for the bytes still to come"
+        assert (dest / "first.txt").read_bytes() == b"early"
+        spool.write(data[len(data) // 2:])
+        spool.finish()
+    finally:
+        spool.abort() if not spool.done else None
+        extraction.join(30)
+        os.close(fd)
+    assert (dest / "big.bin").read_bytes() == big
+
+
+class Held:
+    """An artifact that sends ``data`` and then either fails or holds the connection open until cancelled."""
+
+    def __init__(self, data: bytes, failure: Exception | None = None) -> None:
+        self.data, self.failure = data, failure
+        self.cancelled = False
+
+    async def download(self, out) -> None:
+        out.write(self.data)
+        if self.failure:
+            raise self.failure
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+    async def aclose(self) -> None:
+        pass
+
+
+def staged_fetch(tmp_path, release, artifact=None, monkeypatch=None):
+    """What the daemon does: fetch into the cache while extracting into a release under its partial name."""
+    if artifact is not None:
+        monkeypatch.setattr(ARTIFACTS, "load", lambda url: artifact)
+    store, releases = ArtifactStore(tmp_path / "cache"), Releases(tmp_path / "site")
+
+    async def main():
+        name = releases.new_name()
+        with releases.building(name) as partial:
+            await asyncio.wait_for(store.fetch(release, lambda reader: extract(reader, partial)), 30)
+            return releases.complete(name)
+
+    return asyncio.run(main()), releases
+
+
+def leftovers(tmp_path) -> list[str]:
+    return sorted(str(p.relative_to(tmp_path)) for d in ("cache", "site/releases") for p in (tmp_path / d).iterdir())
+
+
+def test_checksum_mismatch_deletes_the_half_built_release(tmp_path) -> None:
+    publish(tmp_path / "reg", "v1.0.0", {"index.html": "x" * 100_000}, checksum_override="0" * 64)
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        staged_fetch(tmp_path, current(tmp_path / "reg"))
+    assert leftovers(tmp_path) == []
+
+
+def test_a_hostile_member_ends_the_download_at_once(tmp_path, monkeypatch) -> None:
+    held = Held(tar_of({"ok.txt": b"x", "../escape": b"evil"}))
+    with pytest.raises(ArchiveError, match="escapes the release directory"):
+        staged_fetch(tmp_path, current_of("app.tar"), held, monkeypatch)
+    assert held.cancelled
+    assert leftovers(tmp_path) == [] and not (tmp_path / "site" / "escape").exists()
+
+
+def test_a_failed_download_ends_the_extraction_and_is_the_error_told(tmp_path, monkeypatch) -> None:
+    data = tar_of({"a.bin": os.urandom(1 << 20), "b.bin": os.urandom(1 << 20)})
+    held = Held(data[: len(data) // 2], ArtifactError("connection reset after 1 MB; dewy retries"))
+    with pytest.raises(ArtifactError, match="connection reset"):
+        staged_fetch(tmp_path, current_of("app.tar"), held, monkeypatch)
+    assert leftovers(tmp_path) == []
+
+
+def test_a_stored_artifact_is_extracted_without_a_download(tmp_path, monkeypatch) -> None:
+    publish(tmp_path / "reg", "v1.0.0", {"index.html": "one"}, checksums=True)
+    release = current(tmp_path / "reg")
+    first, _ = staged_fetch(tmp_path, release)
+    monkeypatch.setattr(ARTIFACTS, "load", lambda url: pytest.fail("the stored artifact is used"))
+    second, releases = staged_fetch(tmp_path, release)
+    assert (second / "index.html").read_text() == "one" and second != first
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [release.cache_key]
+
+
+def current_of(name: str) -> Release:
+    return Release("v1.0.0", semver.Version.parse("1.0.0"), name, "file:///held/" + name)

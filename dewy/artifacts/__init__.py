@@ -23,3 +23,9 @@ class Artifact(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
 
+
+
+def expect(out: BinaryIO, size: int | None) -> None:
+    """Tell a sink that shows progress (a spool) how many bytes are coming; a plain file needs not know."""
+    if size is not None and hasattr(out, "expect"):
+        out.expect(size)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote
 
+from dewy.artifacts import expect
 from dewy.errors import ArtifactError
 from dewy.urls import Url
 
@@ -22,6 +24,7 @@ class LocalFile:
     def _copy(self, out: BinaryIO) -> None:
         try:
             with self.path.open("rb") as src:
+                expect(out, os.fstat(src.fileno()).st_size)
                 shutil.copyfileobj(src, out, CHUNK)
         except OSError as exc:
             raise ArtifactError(f"{self.url}: cannot read artifact: {exc.strerror}") from None
