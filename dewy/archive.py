@@ -187,8 +187,11 @@ class _Extractor:
         try:
             yield
         except _DECODE_ERRORS as e:
-            detail = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the library said
-            raise self.error(name, f"is truncated or corrupt: {detail}", CorruptArchive) from e
+            raise self.corrupt(name, e) from e
+
+    def corrupt(self, name: str | None, e: Exception) -> ArchiveError:
+        detail = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the library said
+        return self.error(name, f"is truncated or corrupt: {detail}", CorruptArchive)
 
     @contextmanager
     def writing(self, name: str) -> Iterator[None]:
@@ -220,9 +223,14 @@ class _Extractor:
             raw = opener(source)
         with raw:
             with self.reading(None):
-                tf = tarfile.open(fileobj=raw, mode="r|", tarinfo=_StrictTarInfo, bufsize=_CHUNK)
+                tf = tarfile.open(fileobj=raw, mode="r|", tarinfo=_StrictTarInfo)
             with tf:
-                self.tar_members(tf, lambda info: self.streamed(info.name, lambda: tf.extractfile(info)))  # type: ignore[arg-type, return-value]
+                def fill_of(info: tarfile.TarInfo) -> Callable[[int], None]:
+                    if info.sparse is not None:  # its data is not one run of bytes
+                        return self.streamed(info.name, lambda: tf.extractfile(info))  # type: ignore[arg-type, return-value]
+                    return self.drained(tf.fileobj, info)  # type: ignore[arg-type]
+
+                self.tar_members(tf, fill_of)
             # Read to the end so the gzip CRC / xz check is verified, counting in case of a bomb hidden there.
             with self.reading(None):
                 while chunk := raw.read(_CHUNK):
@@ -327,6 +335,22 @@ class _Extractor:
                         return
                     self.count(len(chunk), name)
                     _write_all(fd, chunk)
+        return fill
+
+    def drained(self, stream: IO[bytes], info: tarfile.TarInfo) -> Callable[[int], None]:
+        """Fill a file straight from the tar stream: no file object per member, which small files would feel."""
+        def fill(fd: int) -> None:
+            left = info.size
+            while left:
+                try:
+                    chunk = stream.read(min(left, _CHUNK))
+                except _DECODE_ERRORS as e:
+                    raise self.corrupt(info.name, e) from e
+                if not chunk:
+                    raise self.error(info.name, "is truncated or corrupt: unexpected end of data", CorruptArchive)
+                self.count(len(chunk), info.name)
+                _write_all(fd, chunk)
+                left -= len(chunk)
         return fill
 
     def copied(self, source: SpoolReader, info: tarfile.TarInfo) -> Callable[[int], None]:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -118,7 +119,7 @@ class ArtifactStore:
                 spool = Spool.of_file(target, release.artifact_name)
                 with spool.reader() as reader:
                     try:
-                        await _until_done({asyncio.ensure_future(asyncio.to_thread(unpack, reader))}, spool, reader, progress)
+                        await _until_done({_thread("extract", unpack, reader)}, spool, reader, progress)
                     except CorruptArchive:  # a bad copy (a file:// artifact copied while being written): fetch it again
                         target.unlink(missing_ok=True)
                         raise
@@ -128,8 +129,8 @@ class ArtifactStore:
         spool = Spool(Path(temp), release.artifact_name, fd)
         reader = spool.reader() if unpack else None
         download = asyncio.ensure_future(self._download(release, spool))
-        verifying = asyncio.ensure_future(asyncio.to_thread(_feed, spool.reader(), verifiers))
-        extracting = asyncio.ensure_future(asyncio.to_thread(unpack, reader)) if unpack else None
+        verifying = _thread("verify", _feed, spool.reader(), verifiers)
+        extracting = _thread("extract", unpack, reader) if unpack else None
         try:
             try:
                 await _until_done({download, verifying} | ({extracting} if extracting else set()), spool, reader, progress)
@@ -198,6 +199,29 @@ def _feed(reader: SpoolReader, verifiers: list[Verifier]) -> None:
             for verifier in verifiers:
                 verifier.update(buffer[:count])
 
+
+
+def _thread(name: str, work: Callable[..., None], *args: object) -> asyncio.Future:
+    """Run blocking ``work`` in a thread of its own: readers waiting for bytes must never hold the pool's
+    threads that the download writing those bytes may need (file://, s3://, gs:// write from one)."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result: object, failure: BaseException | None) -> None:
+        if not future.done():
+            future.set_exception(failure) if failure else future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, failure = work(*args), None
+        except BaseException as exc:  # handed to the awaiting coroutine
+            result, failure = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, failure)
+        except RuntimeError:
+            pass  # the loop has closed: dewy stopped, and the next start removes what was left
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 async def _until_done(tasks: set[asyncio.Future], spool: Spool, reader: SpoolReader | None,
