@@ -95,10 +95,6 @@ class ArtifactStore:
                                 f" the cache: {release.cache_key[:100]!r} {problem}; nothing deployed")
         return self.directory / release.cache_key
 
-    def cached(self, release: Release) -> Path | None:
-        target = self.path(release)
-        return target if target.exists() else None
-
     async def verifiers(self, release: Release) -> list[Verifier]:
         """What the artifact's bytes must pass before it is stored or deployed: its checksum (a signature check
         joins here), each fed the same bytes as they are written."""
@@ -120,7 +116,7 @@ class ArtifactStore:
                 spool = Spool.of_file(target, release.artifact_name)
                 with spool.reader() as reader:
                     try:
-                        await _until_done({_thread("extract", unpack, reader)}, spool, reader, progress)
+                        await _all_of([_thread("extract", unpack, reader)], spool, reader, progress)
                     except CorruptArchive:  # a bad copy (a file:// artifact copied while being written): fetch it again
                         target.unlink(missing_ok=True)
                         raise
@@ -129,16 +125,14 @@ class ArtifactStore:
         fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.directory)
         spool = Spool(Path(temp), release.artifact_name, fd)
         reader = spool.reader() if unpack else None
-        download = asyncio.ensure_future(self._download(release, spool))
         verifying = _thread("verify", _feed, spool.reader(), verifiers)
-        extracting = _thread("extract", unpack, reader) if unpack else None
+        work = [asyncio.ensure_future(self._download(release, spool)), verifying]
         try:
             try:
-                await _until_done({download, verifying} | ({extracting} if extracting else set()), spool, reader, progress)
+                await _all_of(work + ([_thread("extract", unpack, reader)] if unpack else []), spool, reader, progress)
             except Exception:
-                if spool.done:  # all bytes are in: a mismatch explains a failed extraction, so it is told first
-                    await verifying
-                    for verifier in verifiers:
+                if not verifying.cancelled() and verifying.exception() is None:  # every byte came and was checked:
+                    for verifier in verifiers:  # a mismatch explains a failed extraction, so it is told instead
                         verifier.verify()
                 raise
             for verifier in verifiers:
@@ -147,13 +141,6 @@ class ArtifactStore:
             os.replace(temp, target)
             fsync_dir(self.directory)
         except BaseException:
-            spool.abort()
-            download.cancel()
-            ended = [t for t in (download, verifying, extracting) if t]
-            await asyncio.wait(ended)  # threads end at their next read
-            for task in ended:
-                if not task.cancelled():
-                    task.exception()  # seen: only the first failure is told
             Path(temp).unlink(missing_ok=True)
             raise
         finally:
@@ -233,15 +220,32 @@ def _thread(name: str, work: Callable[..., None], *args: object) -> asyncio.Futu
     return future
 
 
-async def _until_done(tasks: set[asyncio.Future], spool: Spool, reader: SpoolReader | None,
-                      progress: Callable[[Spool, SpoolReader | None], None] | None) -> None:
-    """Wait for every task, raising the first real failure at once (the caller aborts the spool, ending the others)."""
-    pending = tasks
-    while pending:
-        done, pending = await asyncio.wait(pending, timeout=PROGRESS_TICK, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            failure = task.exception()
-            if failure is not None and not isinstance(failure, Aborted):
-                raise failure
-        if progress:
-            progress(spool, reader)
+async def _all_of(tasks: list[asyncio.Future], spool: Spool, reader: SpoolReader | None,
+                  progress: Callable[[Spool, SpoolReader | None], None] | None) -> None:
+    """Wait for every task; at the first real failure (or a stop) end the others and raise it.
+
+    A failure once every byte is in aborts nothing: the other readers finish by themselves,
+    so the verifiers still tell whether the bytes were the published ones. Threads cannot be
+    cancelled: an aborted spool ends them at their next read, and they are waited for.
+    """
+    pending = set(tasks)
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=PROGRESS_TICK, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                failure = task.exception()
+                if failure is not None and not isinstance(failure, Aborted):
+                    raise failure
+            if progress:
+                progress(spool, reader)
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError) or not spool.done:
+            spool.abort()
+        for task in tasks:
+            if isinstance(task, asyncio.Task):
+                task.cancel()
+        await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled():
+                task.exception()  # seen: only the first failure is told
+        raise
