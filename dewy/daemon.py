@@ -32,6 +32,7 @@ from dewy.cli import Settings
 from dewy.config import secret_variables
 from dewy.errors import AppStartError, ArtifactNotReady, DewyError, HookError, UsageError
 from dewy.faults import describe, on_disk
+from dewy.fsutil import remove_temp_files
 from dewy.hooks import run_hook
 from dewy.notifiers import NOTIFIERS, Notifications
 from dewy.registry import REGISTRIES, Registry, Release
@@ -142,6 +143,7 @@ class Daemon:
         except OSError as exc:
             raise UsageError(f"cannot use {exc.filename}: {exc.strerror}") from None
         state = State.load(settings.dir / ".dewy" / "state.json")
+        remove_temp_files(state.path.parent)  # what a kill -9 left of a state or progress file being written
         if settings.mode == "container":
             return cls(settings, registry, cache, store, releases, state, notifications, host,
                        replicas=container_replicas(settings, host, state))

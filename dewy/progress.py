@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dewy.fsutil import TEMP_PREFIX
 from dewy.spool import Spool, SpoolReader
 
 QUIET = 5.0  # work that ends sooner tells nothing
@@ -91,7 +92,7 @@ class ProgressFile:
         self.path = path
 
     def write(self, line: str) -> None:
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        temp = self.path.with_name(f"{TEMP_PREFIX}{self.path.name}-{os.getpid()}")  # a kill -9 leaves it: removed at start
         try:
             temp.write_text(json.dumps({"pid": os.getpid(), "line": line, "at": datetime.now(timezone.utc).isoformat()}))
             os.replace(temp, self.path)
