@@ -6,7 +6,7 @@ renamed once complete, verified and on disk, and
 leaves ``current`` pointing at a complete release. Deleting works the other way
 round: the release is first renamed to a ``.deleting-`` name, so a kill -9 while
 its files go never leaves half a release under a name dewy would use. Leftovers
-of both kinds are removed when dewy starts.
+of both kinds are removed when dewy starts, and before each new release is built.
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ class Releases:
         self.directory = root / "releases"
         self.current = root / "current"
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove what a kill -9, or a disk fault that kept a release from being deleted, left half-done."""
         for leftover in self.directory.iterdir():
             if leftover.name.startswith((PARTIAL_PREFIX, DELETING_PREFIX)):
                 _remove_tree(leftover)
@@ -49,6 +53,7 @@ class Releases:
     def building(self, name: str) -> Iterator[Path]:
         """The directory release ``name`` is extracted into, under its partial name; removed if the block fails
         (then whatever wrote into it has ended: a stopped extraction's thread is waited for by its caller)."""
+        self._sweep()  # one build at a time: any partial release now is an earlier one that could not be removed
         partial = self.directory / (PARTIAL_PREFIX + name)
         partial.mkdir()
         try:
@@ -114,7 +119,7 @@ def _remove_tree(path: Path) -> None:
     try:
         remove_tree(path)
     except OSError as exc:
-        log.warning("remove-failed", f"could not delete {path}: {exc.strerror or exc}; dewy tries again when it starts")
+        log.warning("remove-failed", f"could not delete {path}: {exc.strerror or exc}; dewy tries again before the next deploy")
 
 
 __all__ = ["Releases", "ArchiveError"]
