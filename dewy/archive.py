@@ -23,6 +23,7 @@ from __future__ import annotations
 import bz2
 import errno
 import gzip
+import io
 import lzma
 import os
 import posixpath
@@ -51,7 +52,7 @@ _MAX_TAR_META = 1024 * 1024  # tarfile reads pax/GNU long-name headers into memo
 _SHOWN_NAME = 160  # longest member name quoted whole in an error line
 _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM}  # try the next way of copying
 
-_COPY_CHUNK = 64 * 1024 * 1024  # one copy_file_range call; the size limit is checked between calls
+_COPY_CHUNK = 8 * 1024 * 1024  # one copy_file_range call; the size limit is checked between calls
 
 
 def _zstd() -> tuple[Callable[[IO[bytes]], IO[bytes]] | None, tuple[type[Exception], ...]]:
@@ -70,7 +71,10 @@ def _zstd() -> tuple[Callable[[IO[bytes]], IO[bytes]] | None, tuple[type[Excepti
         import zstandard
     except ImportError:
         return None, ()
-    return (lambda raw: zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK, closefd=False)), (zstandard.ZstdError,)
+    def reader(raw: IO[bytes]) -> IO[bytes]:  # buffered: tarfile reads 10 KiB at a time, a C call each
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK, closefd=False), _CHUNK)
+
+    return reader, (zstandard.ZstdError,)
 
 
 _ZSTD_OPENER, _ZSTD_ERRORS = _zstd()
@@ -357,10 +361,10 @@ class _Extractor:
         """Fill a file with the member's bytes where they lie in the archive, waiting for them to arrive."""
         def fill(fd: int) -> None:
             offset, left = info.offset_data, info.size
-            if not source.spool.wait(offset + left):
-                raise self.error(info.name, "is truncated or corrupt: unexpected end of data", CorruptArchive)
             while left:
                 size = min(left, _COPY_CHUNK)
+                if not source.spool.wait(offset + size):  # copied as it arrives
+                    raise self.error(info.name, "is truncated or corrupt: unexpected end of data", CorruptArchive)
                 self.count(size, info.name)
                 self.copy_range(source.fileno(), fd, offset, size)
                 offset, left = offset + size, left - size

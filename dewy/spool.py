@@ -15,6 +15,9 @@ import threading
 from pathlib import Path
 
 
+_NEVER = 1 << 62
+
+
 class Aborted(Exception):
     """The spool was abandoned (the download or another reader failed, or dewy stops): stop reading."""
 
@@ -31,6 +34,7 @@ class Spool:
         self.done = complete
         self.aborted = False
         self._changed = threading.Condition()
+        self._wake_at = _NEVER  # the least size a waiting reader needs: writes below it wake nobody
 
     @classmethod
     def of_file(cls, path: Path, name: str | None = None) -> Spool:
@@ -42,10 +46,15 @@ class Spool:
         while view:
             written = os.write(self.fd, view)
             view = view[written:]
-        with self._changed:
-            self.size += len(data)
-            self._changed.notify_all()
+        self._grown(len(data))
         return len(data)
+
+    def _grown(self, count: int) -> None:
+        with self._changed:
+            self.size += count
+            if self.size >= self._wake_at:
+                self._wake_at = _NEVER  # readers still short say again what they need
+                self._changed.notify_all()
 
     def splice(self, src: int, size: int) -> int:
         """Append up to ``size`` bytes from the file ``src`` (at its position) in the kernel, no copy through Python;
@@ -56,9 +65,7 @@ class Spool:
             if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                 raise
             count = os.sendfile(self.fd, src, None, size)
-        with self._changed:
-            self.size += count
-            self._changed.notify_all()
+        self._grown(count)
         return count
 
     def expect(self, total: int) -> None:
@@ -79,6 +86,7 @@ class Spool:
         """Block until bytes up to ``end`` are there (True), or the spool ended shorter (False); Aborted if abandoned."""
         with self._changed:
             while not self.aborted and self.size < end and not self.done:
+                self._wake_at = min(self._wake_at, end)
                 self._changed.wait()
             if self.aborted:
                 raise Aborted()
@@ -112,7 +120,7 @@ class SpoolReader:
         if whence == os.SEEK_CUR:
             pos += self.pos
         elif whence == os.SEEK_END:
-            self.spool.wait(1 << 62)  # the end is known only once the spool is complete
+            self.spool.wait(_NEVER)  # the end is known only once the spool is complete
             pos += self.spool.size
         if pos < 0:
             raise OSError(errno.EINVAL, "negative seek position")
@@ -121,7 +129,7 @@ class SpoolReader:
 
     def read(self, size: int = -1) -> bytes:
         if size < 0:
-            self.spool.wait(1 << 62)
+            self.spool.wait(_NEVER)
             size = max(self.spool.size - self.pos, 0)
         self.spool.wait(self.pos + size)
         data = os.pread(self.fd, size, self.pos)
