@@ -3,8 +3,8 @@
 Artifacts (real bytes, never sparse: a sparse file flatters every copy): a 1 GiB payload of
 mixed content (1 MiB blocks, half random, half text-like, so the compressed forms compress
 as real builds do) as ``.tar``, ``.tar.gz`` (gzip -6) and ``.tar.zst`` (zstd -3), and a
-``.tar.gz`` release of 100,000 members (99,999 small files, the default member limit; a web app's assets: 200 B - 4 KiB each, 100 to
-a directory), where per-file costs dominate. ``dewy assets -i 0.5`` first deploys a small
+``.tar.gz`` release of 100,000 members (the default member limit: 99,999 small files of
+200 B - 4 KiB, 100 to a directory, as a web app's assets), where per-file costs dominate. ``dewy assets -i 0.5`` first deploys a small
 v1.0.0, idles, then v2.0.0 is published via file:// (a hard link renamed into the registry)
 and, for .tar and .tar.gz, via ghr:// (the loopback GitHub test server, streaming from the file).
 
