@@ -225,8 +225,11 @@ def small_artifact(source: Path) -> bytes:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cases", nargs="*", choices=["tar", "gz", "zst", "small"], help="only these (default: all)")
-    wanted = set(parser.parse_args().cases or ["tar", "gz", "zst", "small"])
+    cases = ["tar", "gz", "zst", "small"]
+    parser.add_argument("cases", nargs="*", help=f"only these of {', '.join(cases)} (default: all)")
+    wanted = set(parser.parse_args().cases or cases)
+    if wanted - set(cases):
+        parser.error(f"unknown case {', '.join(sorted(wanted - set(cases)))}; choose from {', '.join(cases)}")
     c.banner("big_artifact")
     base = Path(tempfile.gettempdir())
     free = c.free_disk(base)
