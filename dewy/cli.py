@@ -55,6 +55,14 @@ class Settings:
     name: str | None = None  # the instance name of dewy@NAME (from --config /etc/dewy/NAME.toml)
     source: Path | None = None  # the --config file these settings came from (None: flags)
     app: AppLimits = field(default_factory=lambda: AppLimits())
+    admin_port: int | None = None  # None: 17539, or the next free port (dewy.telemetry.admin)
+    admin_address: str = "127.0.0.1"
+    telemetry: bool = False  # GET /metrics on the admin API
+    otlp_endpoint: str | None = None  # HOST:PORT: push the metrics over OTLP/gRPC too (implies telemetry)
+    otlp_insecure: bool = False
+
+    def __post_init__(self) -> None:
+        self.telemetry = self.telemetry or bool(self.otlp_endpoint)  # as upstream: an OTLP endpoint enables telemetry
 
 
 @dataclass
@@ -156,6 +164,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-archive-members", type=_count, default=DEFAULT_MAX_MEMBERS, metavar="N",
                         help=f"refuse archives with more files, directories and links than this (default {DEFAULT_MAX_MEMBERS})")
     parser.add_argument("--keep-releases", type=_count, default=7, metavar="N", help="releases kept on disk (default 7)")
+    parser.add_argument("--admin-port", type=_port_number, metavar="PORT", help="admin API port (default 17539, or the next free one)")
+    parser.add_argument("--admin-address", default="127.0.0.1", metavar="ADDR", help="admin API address (default 127.0.0.1; any other needs $DEWY_ADMIN_TOKEN)")
+    parser.add_argument("--telemetry", action="store_true", help="serve Prometheus metrics at /metrics on the admin API")
+    parser.add_argument("--otlp-endpoint", metavar="HOST:PORT", help="also push the metrics over OTLP/gRPC (implies --telemetry)")
+    parser.add_argument("--otlp-insecure", action="store_true", help="plaintext gRPC for --otlp-endpoint (default TLS)")
     parser.add_argument("-v", "--version", action="version", version=f"dewy {__version__}")
     _config_misplaced(parser)
 
@@ -244,6 +257,8 @@ def parse(argv: list[str]) -> Settings:
         hook_timeout=args.hook_timeout, slot=args.slot, dir=(args.dir or Path.cwd()).absolute(),
         max_archive_size=args.max_archive_size, max_archive_members=args.max_archive_members,
         keep_releases=args.keep_releases, app_command=app_command,
+        admin_port=args.admin_port, admin_address=args.admin_address, telemetry=args.telemetry,
+        otlp_endpoint=args.otlp_endpoint, otlp_insecure=args.otlp_insecure,
     )
     if args.notify:
         print("dewy: warning: --notify is deprecated; use --notifier", file=sys.stderr)
@@ -304,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] in (["status"], ["history"]):
             return inspect(argv)
+        if argv[:2] == ["container", "list"]:
+            from dewy.telemetry.client import container_list
+
+            return container_list(argv[2:])
         settings = parse(argv)
         from dewy.config import load_credentials
 

@@ -41,6 +41,7 @@ from dewy.state import Deployed, State
 from dewy.store import ArtifactStore, default_cache_dir
 from dewy.supervisor import Supervisor
 from dewy.tasks import Background
+from dewy.telemetry import admin
 from dewy.urls import Url
 
 MAX_BACKOFF = 300.0
@@ -417,7 +418,7 @@ class Daemon:
         if self.replicas:
             with self.liveness.step(None):
                 await self.replicas.heal()
-        with self.liveness.step(POLL_ALLOWANCE):
+        with self.liveness.step(POLL_ALLOWANCE), log.attempt("poll", "asked the registry"):
             release = await self.registry.current()
         if self._is_deployed(release):
             log.debug("up-to-date", f"{release.tag} is deployed", version=release.tag)
@@ -651,7 +652,7 @@ def run(settings: Settings) -> int:
     loop = asyncio.new_event_loop()  # asyncio.run() without its wait for the worker threads
     asyncio.set_event_loop(loop)
     try:
-        code = loop.run_until_complete(daemon.serve())
+        code = loop.run_until_complete(admin.serving(settings, app_name(settings), daemon.serve))
         left = asyncio.all_tasks(loop)
         for task in left:
             task.cancel()

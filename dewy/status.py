@@ -62,6 +62,13 @@ def status(name: str | None, directory: Path | None) -> dict:
     }
 
 
+def containers(directory: Path) -> list[dict]:
+    """Container mode: the replicas as the daemon last checked them (GET /api/containers, ``dewy container list``)."""
+    path = directory / ".dewy" / "state.json"
+    app = (State.load(path).app if path.exists() else None) or {}
+    return [{**r, "image": app.get("image")} for r in app.get("replicas") or []]
+
+
 def history(name: str | None, directory: Path | None, limit: int | None) -> list[dict]:
     _, state = state_of(name, directory)
     if name:
