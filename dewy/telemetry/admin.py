@@ -163,13 +163,18 @@ async def serving(settings: Settings, app: str, serve: Callable[[], Awaitable[in
     api = AdminApi.from_settings(settings, app)
     push = None
     if settings.telemetry:
-        from dewy.telemetry.metrics import Metrics, attach
+        try:
+            from dewy.telemetry.metrics import Metrics, attach
 
+            if settings.otlp_endpoint:
+                from dewy.telemetry.otlp import OtlpPush
+        except ImportError as exc:
+            extra = "otlp" if settings.otlp_endpoint else "telemetry"
+            raise UsageError(f"--{'otlp-endpoint' if settings.otlp_endpoint else 'telemetry'} needs the {exc.name} "
+                             f"Python library: pip install 'dewy[{extra}]'") from None
         api.metrics = Metrics(settings.mode, app, settings.dir / ".dewy" / "state.json", settings.replicas)
         attach(api.metrics)
         if settings.otlp_endpoint:
-            from dewy.telemetry.otlp import OtlpPush
-
             push = OtlpPush(api.metrics, settings.otlp_endpoint, settings.otlp_insecure)
     await api.start()
     pushing = asyncio.ensure_future(push.run()) if push else None
