@@ -29,6 +29,7 @@ class Settings:
     mode: str  # server | assets | container
     registry: str
     interval: float = 10.0
+    poll_backoff_max: float = 300.0  # the longest wait between failing polls (Retry-After may ask for more)
     cache: str | None = None
     notifiers: list[str] = field(default_factory=list)
     log_level: str = "info"
@@ -149,6 +150,8 @@ _count = _argument(parse_count)
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-r", "--registry", required=True, metavar="URL", help="where releases are listed: ghr://OWNER/REPO, file:///DIR, ...")
     parser.add_argument("-i", "--interval", type=_duration, default=10.0, metavar="SECONDS", help="polling interval (default 10)")
+    parser.add_argument("--poll-backoff-max", type=_duration, default=300.0, metavar="DURATION", help="after failures, wait at most this long between polls (default 5m)")
+    parser.add_argument("-n", "--name", metavar="NAME", help="the app's name in logs, unit names, notifications and container labels (default: the directory's name)")
     parser.add_argument("-c", "--cache", metavar="URL", help="cache: file:///DIR (default $DEWY_CACHEDIR or ./.dewy/cache) or memory://")
     parser.add_argument("--notifier", action="append", default=[], metavar="URL", help="where people are told (repeatable)")
     parser.add_argument("--notify", action="append", default=[], metavar="URL", help=argparse.SUPPRESS)
@@ -251,7 +254,8 @@ def parse(argv: list[str]) -> Settings:
         raise UsageError("missing command: use dewy server, dewy assets or dewy container (see dewy --help)")
     notifiers = args.notifier + args.notify
     settings = Settings(
-        mode=args.command, registry=args.registry, interval=args.interval, cache=args.cache,
+        mode=args.command, registry=args.registry, interval=args.interval, cache=args.cache, name=args.name,
+        poll_backoff_max=args.poll_backoff_max,
         notifiers=notifiers, log_level=args.log_level, log_format=args.log_format,
         before_deploy_hook=args.before_deploy_hook, after_deploy_hook=args.after_deploy_hook,
         hook_timeout=args.hook_timeout, slot=args.slot, dir=(args.dir or Path.cwd()).absolute(),

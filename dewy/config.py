@@ -250,6 +250,7 @@ TOP: dict[str, tuple[Callable[[Any], Any], str]] = {
     "mode": (_mode, "mode"),
     "registry": (_url("registry"), "registry"),
     "interval": (_duration, "interval"),
+    "poll_backoff_max": (_duration, "poll_backoff_max"),
     "cache": (_url("cache"), "cache"),
     "notifiers": (_list(_url("notifier"), '["slack://deploys"]'), "notifiers"),
     "log_level": (_choice(LOG_LEVELS), "log_level"),

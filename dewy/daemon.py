@@ -58,12 +58,13 @@ class Backoff:
 
     interval: float
     failures: int = 0
+    cap: float = MAX_BACKOFF  # --poll-backoff-max
 
     def next_delay(self, retry_after: float | None = None) -> float:
         if self.failures == 0:
             return self.interval
         doublings = min(self.failures - 1, 64)  # past the cap anyway; 2 ** 1024 would not fit a float
-        grown = min(self.interval * 2.0 ** doublings, max(MAX_BACKOFF, self.interval))
+        grown = min(self.interval * 2.0 ** doublings, max(self.cap, self.interval))
         return max(grown * random.uniform(0.8, 1.2), retry_after or 0.0)
 
 
@@ -113,7 +114,7 @@ class Daemon:
         self.host = host
         self.supervisor = supervisor
         self.replicas = replicas  # container mode: dewy.rollout.Replicas
-        self.backoff = Backoff(settings.interval)
+        self.backoff = Backoff(settings.interval, cap=settings.poll_backoff_max)
         self.stopping = asyncio.Event()
         self.liveness = Liveness()
         self.background = Background()
