@@ -152,6 +152,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--interval", type=_duration, default=10.0, metavar="SECONDS", help="polling interval (default 10)")
     parser.add_argument("--poll-backoff-max", type=_duration, default=300.0, metavar="DURATION", help="after failures, wait at most this long between polls (default 5m)")
     parser.add_argument("-n", "--name", metavar="NAME", help="the app's name in logs, unit names, notifications and container labels (default: the directory's name)")
+    parser.add_argument("--calver", metavar="FORMAT", help="tags are calendar versions in this format, e.g. YYYY.0M.0D.MICRO (the registry URL's calver=)")
     parser.add_argument("-c", "--cache", metavar="URL", help="cache: file:///DIR (default $DEWY_CACHEDIR or ./.dewy/cache) or memory://")
     parser.add_argument("--notifier", action="append", default=[], metavar="URL", help="where people are told (repeatable)")
     parser.add_argument("--notify", action="append", default=[], metavar="URL", help=argparse.SUPPRESS)
@@ -253,6 +254,13 @@ def parse(argv: list[str]) -> Settings:
     if args.command is None:
         raise UsageError("missing command: use dewy server, dewy assets or dewy container (see dewy --help)")
     notifiers = args.notifier + args.notify
+    if args.calver:
+        from dewy.versions import with_calver
+
+        try:
+            args.registry = with_calver(args.registry, args.calver)
+        except ValueError as exc:
+            raise UsageError(f"--calver: {exc}") from None
     settings = Settings(
         mode=args.command, registry=args.registry, interval=args.interval, cache=args.cache, name=args.name,
         poll_backoff_max=args.poll_backoff_max,

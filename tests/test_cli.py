@@ -118,3 +118,12 @@ def test_poll_backoff_max_and_name_as_upstream_spells_them() -> None:
     assert parse(["assets", "-r", "file:///r"]).poll_backoff_max == 300.0
     with pytest.raises(UsageError, match="--poll-backoff-max"):
         parse(["assets", "-r", "file:///r", "--poll-backoff-max", "soon"])
+
+
+def test_calver_flag_becomes_the_registry_urls_calver_key_as_upstream() -> None:
+    assert parse(["assets", "-r", "file:///r", "--calver", "YYYY.0M.MICRO"]).registry == "file:///r?calver=YYYY.0M.MICRO"
+    assert parse(["assets", "-r", "ghr://o/r?pre-release=true", "--calver", "YY.MM"]).registry == "ghr://o/r?pre-release=true&calver=YY.MM"
+    with pytest.raises(UsageError, match="--calver: calver format 'x' has no specifier"):
+        parse(["assets", "-r", "file:///r", "--calver", "x"])
+    with pytest.raises(UsageError, match="--calver: the registry URL has calver= already"):
+        parse(["assets", "-r", "file:///r?calver=YYYY", "--calver", "YYYY"])
