@@ -38,7 +38,7 @@ from dewy.errors import DewyError, UsageError
 from dewy.notifiers import Message
 from dewy.urls import FALSE_WORDS, Url
 
-KEYS = frozenset({"username", "password", "from", "subject", "tls"})
+KEYS = frozenset({"username", "password", "from", "subject", "tls", "quiet"})
 TLS_WORDS = {"starttls": "starttls", "true": "implicit", "1": "implicit", "yes": "implicit", "on": "implicit",
              "ssl": "implicit", "tls": "implicit", "implicit": "implicit", "none": "none"} | {w: "none" for w in FALSE_WORDS if w}
 DEFAULT_PORTS = {"starttls": 587, "implicit": 465, "none": 25}
@@ -50,6 +50,7 @@ SUBJECT_LIMIT = 200
 class MailNotifier:
     def __init__(self, url: Url, *, ssl_context: ssl.SSLContext | None = None, timeout: float = SMTP_TIMEOUT) -> None:
         url.check_keys(KEYS)
+        self.quiet = url.flag("quiet")
         self.host = url.host
         if not self.host:
             raise UsageError(f"{url}: missing server: expected {url.scheme}://HOST:PORT/TO, e.g. {url.scheme}://smtp.example.com:587/ops@example.com")
