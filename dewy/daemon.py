@@ -41,7 +41,7 @@ from dewy.state import Deployed, State
 from dewy.store import ArtifactStore, default_cache_dir
 from dewy.supervisor import Supervisor
 from dewy.tasks import Background
-from dewy.telemetry import admin
+from dewy import telemetry
 from dewy.urls import Url
 
 MAX_BACKOFF = 300.0
@@ -653,7 +653,7 @@ def run(settings: Settings) -> int:
     loop = asyncio.new_event_loop()  # asyncio.run() without its wait for the worker threads
     asyncio.set_event_loop(loop)
     try:
-        code = loop.run_until_complete(admin.serving(settings, app_name(settings), daemon.serve))
+        code = loop.run_until_complete(telemetry.serving(settings, app_name(settings), daemon.serve))
         left = asyncio.all_tasks(loop)
         for task in left:
             task.cancel()

@@ -42,11 +42,6 @@ def loopback(address: str) -> bool:
         return False
 
 
-def wanted(settings: Settings) -> bool:
-    """Upstream serves the admin API in container mode, and in the other modes for its /metrics."""
-    return settings.mode == "container" or settings.telemetry or settings.admin_port is not None
-
-
 class AdminApi:
     def __init__(self, settings: Settings, app: str, token: str | None) -> None:
         self.settings = settings
@@ -157,9 +152,7 @@ def _json(status: HTTPStatus, body: Any) -> tuple[HTTPStatus, bytes, str]:
 
 
 async def serving(settings: Settings, app: str, serve: Callable[[], Awaitable[int]]) -> int:
-    """Run ``serve`` (the daemon) with the admin API, the metrics and their OTLP push beside it, as asked."""
-    if not wanted(settings):
-        return await serve()
+    """Run ``serve`` (the daemon) with the admin API, the metrics and their OTLP push beside it."""
     api = AdminApi.from_settings(settings, app)
     push = None
     if settings.telemetry:

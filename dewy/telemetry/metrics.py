@@ -235,6 +235,8 @@ class EventMetrics(logging.Handler):
         self._count(HEALTHCHECK_FAILURES)
 
     def _on_poll(self, fields: dict) -> None:
+        with self._lock:
+            self._deploy_started = None  # a new cycle: a deploy that ended without deployed/deploy-failed is over
         result = fields.get("outcome", "ok")
         self._count(POLLS, result=result)
         if result == "error":
