@@ -244,3 +244,11 @@ def test_without_telemetry_no_metrics_code_is_loaded_and_with_it_idle_rss_stays_
     metered = idle(tmp_path, "--telemetry")
     assert "prometheus_client" in metered["loaded"] and not any(m.startswith("opentelemetry") for m in metered["loaded"])
     assert metered["rss_kib"] - plain["rss_kib"] < 5 * 1024, (plain, metered)
+
+
+def test_container_list_without_a_running_dewy_is_one_line(tmp_path) -> None:
+    port = free_port()
+    done = subprocess.run([sys.executable, "-m", "dewy", "container", "list", "--admin-port", str(port)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert f"nothing answers on 127.0.0.1 ports {port}-{port + 9}" in done.stderr

@@ -20,11 +20,14 @@ import json
 import os
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dewy import log
 from dewy.cli import Settings
 from dewy.errors import UsageError
+
+if TYPE_CHECKING:
+    from dewy.telemetry.metrics import Metrics
 
 DEFAULT_PORT = 17539
 PORT_ATTEMPTS = 10
@@ -47,7 +50,7 @@ class AdminApi:
         self.settings = settings
         self.app = app
         self.token = token
-        self.metrics = None
+        self.metrics: Metrics | None = None  # with --telemetry: GET /metrics
         self.port: int | None = None
         self._server: asyncio.Server | None = None
 

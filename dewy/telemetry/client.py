@@ -7,7 +7,7 @@ import http.client
 import json
 import os
 
-from dewy.cli import Parser, _port_number
+from dewy.cli import Parser, _port_number  # the flags' port validator, as argparse reports it
 from dewy.errors import DewyError
 from dewy.telemetry.admin import DEFAULT_PORT, PORT_ATTEMPTS, TOKEN_VARIABLE
 
