@@ -18,7 +18,7 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import Dewy, free_port, get
+from tests.harness import free_port, get
 from tests.test_e2e_server import release, start
 
 COUNTERS = ("dewy_deployments_total", "dewy_deployment_errors_total", "dewy_rollbacks_total", "dewy_app_crashes_total",
