@@ -48,6 +48,7 @@ from dewy import log
 from dewy.errors import AppStartError, DewyError
 from dewy.faults import describe as one_line
 from dewy.sockets import FIRST_FD, HeldSockets
+from dewy.state import AppGeneration, RunningApp
 from dewy.tasks import Background
 
 BACKOFF_FIRST = 1.0
@@ -125,13 +126,13 @@ _DEFAULT_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
 _BLOCKED_AT_SPAWN = {signal.SIGUSR1}
 
 
-def process_identity(pid: int) -> dict:
+def process_identity(pid: int) -> tuple[int, str]:
     """What tells this process from a later one with the same pid: its start time (clock ticks since boot,
     /proc/PID/stat field 22) and the boot it started in. OSError if there is no such process."""
     with open(f"/proc/{pid}/stat") as f:
         started = int(f.read().rpartition(")")[2].split()[19])
     with open("/proc/sys/kernel/random/boot_id") as f:
-        return {"started": started, "boot": f.read().strip()}
+        return started, f.read().strip()
 
 
 def in_unit(pid: int, unit: str) -> bool:
@@ -160,7 +161,8 @@ class _Generation:
         self.exited: asyncio.Future[int | None] = self.loop.create_future()  # the wait status
         self.stopper: asyncio.Task[None] | None = None
         self._pidfd = os.pidfd_open(pid) if pidfd is None else pidfd
-        self.identity: dict = {}  # recorded for adoption; an adopted one's comes from the record
+        # (start time, boot) recorded for adoption; an adopted one's comes from the record
+        self.identity: tuple[int | None, str | None] = (None, None)
         if self.child:
             with contextlib.suppress(OSError, ValueError, IndexError):  # without it, only its unit proves it
                 self.identity = process_identity(pid)
@@ -283,13 +285,14 @@ class Supervisor:
     def release_dir(self) -> Path | None:
         return self._release[0] if self._release else None
 
-    def serving(self) -> dict | None:
+    def serving(self) -> AppGeneration | None:
         """The serving generation as a restarted dewy needs it to adopt it; None when nothing serves."""
         gen = self._current
         if gen is None or self._release is None:
             return None
-        return {"pid": gen.pid, **gen.identity, "unit": gen.unit, "generation": gen.number, "version": gen.version,
-                "release_dir": str(gen.release_dir)}
+        started, boot = gen.identity
+        return AppGeneration(pid=gen.pid, generation=gen.number, version=gen.version, release_dir=str(gen.release_dir),
+                             unit=gen.unit, started=started, boot=boot)
 
     @property
     def changed(self) -> asyncio.Event:
@@ -308,14 +311,14 @@ class Supervisor:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def adopt(self, record: dict) -> bool:
+    async def adopt(self, record: AppGeneration) -> bool:
         """Take over the generation a previous dewy recorded (``serving()``; it survived dewy's restart in its unit).
 
         Only if that pid is provably the process dewy started: the same start time in the same boot, and in
         the recorded unit. False otherwise (gone, or the pid is another process's now: it is left alone);
         then the caller starts a new generation as usual.
         """
-        pid, unit, generation, version = record.get("pid"), record.get("unit"), record.get("generation"), record.get("version")
+        pid, unit, generation, version = record.pid, record.unit, record.generation, record.version
         async with self._lock:
             try:
                 pidfd = os.pidfd_open(pid)
@@ -327,8 +330,8 @@ class Supervisor:
                             "(another process has that pid now): leaving it alone, starting the app from current",
                             pid=pid, generation=generation)
                 return False
-            gen = _Generation(generation, version, pid, Path(record.get("release_dir", "")), unit, pidfd=pidfd)
-            gen.identity = {k: record[k] for k in ("started", "boot") if k in record}
+            gen = _Generation(generation, version, pid, Path(record.release_dir), unit, pidfd=pidfd)
+            gen.identity = (record.started, record.boot)
             release_dir = gen.release_dir
             self._counter = max(self._counter, generation)
             self._live.add(gen)
@@ -612,30 +615,31 @@ class Supervisor:
                 return
 
 
-def proven(pid: int, record: dict) -> bool:
+def proven(pid: int, record: AppGeneration) -> bool:
     """Does ``record`` prove that ``pid`` is the generation it describes? Every fact it holds must match
     (start time and boot; the unit's cgroup), and it must hold at least one."""
     facts = 0
-    if "started" in record or "boot" in record:
+    if record.started is not None or record.boot is not None:
         try:
             found = process_identity(pid)
         except (OSError, ValueError, IndexError):
             return False
-        if any(record.get(key) != found[key] for key in found):
+        if (record.started, record.boot) != found:
             return False
         facts += 1
-    if record.get("unit"):
-        if not in_unit(pid, record["unit"]):
+    if record.unit:
+        if not in_unit(pid, record.unit):
             return False
         facts += 1
     return facts > 0
 
 
-def recorded_holders(record: dict | None) -> list[int]:
+def recorded_holders(record: RunningApp | None) -> list[int]:
     """The pid of the recorded generation when it is proven to be that generation, still running: it
     holds the listening sockets, which a dewy whose fd store is gone takes back from it."""
-    pid = (record or {}).get("pid")
-    return [pid] if isinstance(pid, int) and proven(pid, record) else []
+    if not isinstance(record, AppGeneration) or not isinstance(record.pid, int):
+        return []
+    return [record.pid] if proven(record.pid, record) else []
 
 
 def _connectable(host: str, port: int) -> tuple[str, int]:
