@@ -59,11 +59,13 @@ class PlainProcess:
         pass
 
 
-class Systemd(PlainProcess):
-    def __init__(self) -> None:
-        from dewy.units import Systemd as Manager
+class SystemdService(PlainProcess):
+    """Run as a systemd service (dewy@NAME): notifications, the fd store, the journal, a scope per generation."""
 
-        self.manager = Manager()
+    def __init__(self) -> None:
+        from dewy.units import SystemdManager
+
+        self.manager = SystemdManager()
         self.unit = own_unit()
         self._streams: list = []
 
@@ -136,4 +138,4 @@ def detect() -> PlainProcess:
     except ImportError as exc:
         log.warning("systemd", f"run by systemd but {exc.name} is not installed: plain process supervision, stderr logs")
         return PlainProcess()
-    return Systemd()
+    return SystemdService()

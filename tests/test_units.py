@@ -14,7 +14,7 @@ from dbus_next.aio import MessageBus
 from dbus_next.service import ServiceInterface, method, signal
 
 from dewy import units
-from dewy.units import SystemdError, Systemd
+from dewy.units import SystemdError, SystemdManager
 
 CONFIG = """<busconfig>
   <type>session</type>
@@ -90,7 +90,7 @@ def test_deadlines_a_dbus_restart_and_a_bounded_job_table(tmp_path, monkeypatch)
     async def main() -> None:
         bus = Bus(tmp_path)
         await bus.start()
-        systemd = Systemd(bus.address)
+        systemd = SystemdManager(bus.address)
         try:
             await systemd.start_scope("dewy-app-g1.scope", 1, "app", {})
             for number in range(1000, 1100):  # the host's other jobs

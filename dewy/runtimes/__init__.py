@@ -102,8 +102,6 @@ class Runtime(Protocol):
 
     name: str
 
-    async def ping(self) -> None: ...
-
     async def pull(self, reference: str, credentials: tuple[str, str] | None, tls_verify: bool) -> str:
         """Pull ``HOST/REPO:TAG``; returns the image id."""
 
@@ -139,6 +137,26 @@ class Runtime(Protocol):
     async def remove_image(self, reference: str) -> None: ...  # repository:tag; its last name removes the image
 
     async def aclose(self) -> None: ...
+
+
+def from_inspect(data: dict, network: str) -> Container:
+    """A container from the runtime's inspect answer (Docker's Engine API and Podman's libpod API agree on
+    these fields; Podman names the health state ``Healthcheck`` in some versions)."""
+    state = data.get("State") or {}
+    health = state.get("Health") or state.get("Healthcheck") or {}
+    has_check = bool((data.get("Config") or {}).get("Healthcheck")) or bool(health.get("Status"))
+    net = ((data.get("NetworkSettings") or {}).get("Networks") or {}).get(network) or {}
+    return Container(
+        id=data["Id"],
+        name=data.get("Name", "").lstrip("/"),
+        labels=(data.get("Config") or {}).get("Labels") or {},
+        status=state.get("Status", "unknown"),
+        ip=net.get("IPAddress") or None,
+        mac=net.get("MacAddress") or None,
+        aliases=list(net.get("Aliases") or []),
+        health=(health.get("Status") or "starting") if has_check else None,
+        exit_code=state.get("ExitCode"),
+    )
 
 
 def detect(choice: str | None, environ: dict[str, str] | None = None) -> tuple[str, str]:
