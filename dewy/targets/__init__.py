@@ -46,6 +46,16 @@ class Candidate:
     rolled_back: dict[str, str | None] = field(default_factory=dict)  # fields of the ``rollback`` log line
 
 
+@dataclass
+class BaseTarget:
+    """What every target works with: the settings, the state file it records deploys in, and the watchdog's
+    liveness, which each of its steps tells how long it may take."""
+
+    settings: Settings
+    state: State
+    liveness: Liveness
+
+
 class DeployTarget(Protocol):
     """What one mode does at each step of the cycle. Every method may raise DewyError: that cycle fails
     (logged, notified, retried), and what ran before keeps running."""

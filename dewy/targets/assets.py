@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import ClassVar
 
 from dewy import log
 from dewy.cli import Settings
@@ -25,7 +26,7 @@ from dewy.releases import PARTIAL_PREFIX, Releases
 from dewy.service import PlainProcess
 from dewy.state import Deployed, State
 from dewy.store import ArtifactStore, default_cache_dir
-from dewy.targets import Candidate
+from dewy.targets import BaseTarget, Candidate
 from dewy.urls import Url
 
 
@@ -47,16 +48,14 @@ class Switched:
     previous: Deployed | None
 
 
-class AssetsTarget:
-    restart_kind = "the restart"
+@dataclass
+class AssetsTarget(BaseTarget):
+    """Releases on disk and the ``current`` link; nothing runs."""
 
-    def __init__(self, settings: Settings, state: State, liveness: Liveness, releases: Releases,
-                 store: ArtifactStore) -> None:
-        self.settings = settings
-        self.state = state
-        self.liveness = liveness
-        self.releases = releases
-        self.store = store
+    releases: Releases
+    store: ArtifactStore
+
+    restart_kind: ClassVar[str] = "the restart"
 
     async def adopt(self) -> None:
         await self.converge()

@@ -11,7 +11,9 @@ SDK is imported here, only for this mode.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import ClassVar
 
 from dewy import log
 from dewy.cli import Settings
@@ -25,7 +27,7 @@ from dewy.runargs import parse_run_args
 from dewy.runtimes import load as load_runtime
 from dewy.service import PlainProcess
 from dewy.state import Deployed, State
-from dewy.targets import Candidate
+from dewy.targets import BaseTarget, Candidate
 from dewy.urls import Url
 
 STOP_GRACE = 10.0  # how long connections through the host port may take to finish when dewy stops
@@ -36,17 +38,15 @@ def image_of(release: Release) -> ImageVersion:
     return ImageVersion(release.tag, release.artifact_name, release.id)
 
 
-class ContainerTarget:
-    restart_kind = "the rolling restart"
+@dataclass
+class ContainerTarget(BaseTarget):
+    """The app's replicas, the host port's proxy in front of them, and the images they run."""
 
-    def __init__(self, settings: Settings, state: State, liveness: Liveness, host: PlainProcess, registry: Registry,
-                 replicas: Replicas) -> None:
-        self.settings = settings
-        self.state = state
-        self.liveness = liveness
-        self.host = host
-        self.registry = registry
-        self.replicas = replicas
+    host: PlainProcess
+    registry: Registry
+    replicas: Replicas
+
+    restart_kind: ClassVar[str] = "the rolling restart"
 
     async def adopt(self) -> None:
         """Take over the running replicas (found by label) and converge what a killed dewy left; while the

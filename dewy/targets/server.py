@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from dewy import log
 from dewy.cli import Settings
@@ -20,23 +22,21 @@ from dewy.config import secret_variables
 from dewy.errors import AppStartError, DewyError
 from dewy.liveness import START_SLACK, Liveness
 from dewy.registry import Registry
-from dewy.releases import Releases
 from dewy.service import PlainProcess
 from dewy.state import AppGeneration, State
-from dewy.store import ArtifactStore
 from dewy.supervisor import Supervisor, recorded_holders
 from dewy.targets.assets import AssetsTarget, Unpackable, release_storage
 from dewy.urls import Url
 
 
+@dataclass
 class ServerTarget(AssetsTarget):
-    restart_kind = "the graceful restart"
+    """Releases on disk, ``current``, and the app's generations running from it."""
 
-    def __init__(self, settings: Settings, state: State, liveness: Liveness, releases: Releases, store: ArtifactStore,
-                 host: PlainProcess, supervisor: Supervisor) -> None:
-        super().__init__(settings, state, liveness, releases, store)
-        self.host = host
-        self.supervisor = supervisor
+    restart_kind: ClassVar[str] = "the graceful restart"
+
+    host: PlainProcess
+    supervisor: Supervisor
 
     async def adopt(self) -> None:
         """Take over the generation a previous dewy left running (a systemd restart), else start from ``current``."""
