@@ -28,7 +28,6 @@ from pathlib import Path
 
 from dewy import log
 from dewy.cache import CACHES, Cache
-from dewy.cli import Settings
 from dewy.config import secret_variables
 from dewy.errors import AppStartError, ArtifactNotReady, DewyError, HookError, UsageError
 from dewy.faults import describe, on_disk
@@ -37,6 +36,7 @@ from dewy.notifiers import NOTIFIERS, Notifications
 from dewy.registry import REGISTRIES, Registry, Release
 from dewy.releases import PARTIAL_PREFIX, Releases
 from dewy.service import PlainProcess, detect
+from dewy.settings import Settings
 from dewy.state import Deployed, State
 from dewy.store import ArtifactStore, default_cache_dir
 from dewy.supervisor import Supervisor
@@ -120,15 +120,21 @@ class Daemon:
     @classmethod
     def from_settings(cls, settings: Settings, host: PlainProcess) -> Daemon:
         """Build every backend now, so a bad URL or directory fails at startup (exit 2), not on the first tick."""
-        registry = REGISTRIES.load(REGISTRIES.url(settings.registry), slot=settings.slot)
-        cache_url = CACHES.url(settings.cache) if settings.cache else Url.parse("memory://")
-        cache = CACHES.load(cache_url)
+        with settings.given("registry"):
+            registry = REGISTRIES.load(REGISTRIES.url(settings.registry), slot=settings.slot)
+        with settings.given("cache"):
+            cache_url = CACHES.url(settings.cache) if settings.cache else Url.parse("memory://")
+            cache = CACHES.load(cache_url)
         ttl = getattr(cache, "ttl", None)
         if ttl:  # a shared cache with ttl=: one host of the fleet asks the registry per ttl, the rest read it
             from dewy.registry.shared import SharedRegistry
 
             registry = SharedRegistry(registry, cache, ttl, key=f"registry:{settings.registry}:{settings.slot or ''}")
-        notifications = Notifications([NOTIFIERS.load(NOTIFIERS.url(n)) for n in settings.notifiers], app_name(settings))
+        notifiers = []
+        for index, url in enumerate(settings.notifiers):
+            with settings.given(f"notifiers[{index}]"):
+                notifiers.append(NOTIFIERS.load(NOTIFIERS.url(url)))
+        notifications = Notifications(notifiers, settings.app_name)
         releases = store = None
         try:
             settings.dir.mkdir(parents=True, exist_ok=True)
@@ -146,12 +152,13 @@ class Daemon:
         if settings.mode == "server":
             from dewy.supervisor import Supervisor, recorded_holders
 
-            sockets = host.sockets(settings.ports, recorded_holders(state.app)) if settings.ports else None
+            with settings.given("ports"):
+                sockets = host.sockets(settings.ports, recorded_holders(state.app)) if settings.ports else None
             supervisor = Supervisor(
                 settings.app_command, sockets, workdir=settings.dir,
                 settle=settings.settle_time, health_url_path=settings.health_path, health_timeout=settings.health_timeout,
                 stop_timeout=settings.stop_timeout, env=settings.app.environment, placement=host.placement(settings),
-                user=settings.app.user, group=settings.app.group, output=host.app_output(app_name(settings)),
+                user=settings.app.user, group=settings.app.group, output=host.app_output(settings.app_name),
                 hidden=secret_variables(),
             )
         return cls(settings, registry, cache, store, releases, state, notifications, host, supervisor)
@@ -529,10 +536,13 @@ class Daemon:
     def _pull_options(self) -> tuple[tuple[str, str] | None, bool]:
         """Credentials (looked up now: a ``podman login`` needs no dewy restart) and TLS for the image pull,
         as the img:// registry uses them."""
-        registry = getattr(self.registry, "registry", self.registry)  # SharedRegistry wraps the real one
-        found = registry.credentials() if hasattr(registry, "credentials") else None
+        from dewy.registry.shared import SharedRegistry
+
+        # an ImageRegistry: container mode deploys from img:// (settings.check)
+        images = self.registry.origin if isinstance(self.registry, SharedRegistry) else self.registry
+        found = images.credentials()
         credentials = (found.username, found.password) if found else None
-        return credentials, not getattr(registry, "plain_http", False)
+        return credentials, not images.plain_http
 
     async def _roll_out(self, release: Release) -> None:
         """Roll the replicas over to the new image; if a replica does not become healthy, the update was
@@ -623,30 +633,25 @@ class Daemon:
         self.store.prune({d.key for d in self.state.history})
 
 
-def app_name(settings: Settings) -> str:
-    """The app's name in logs, journal fields, unit names and notifications: NAME of dewy@NAME, else the dir's name."""
-    return settings.name or settings.dir.name
-
-
 def container_replicas(settings: Settings, host: PlainProcess, state: State):
     """Container mode's runtime, proxy and replica set; the SDKs are imported here, only for dewy container."""
     from dewy.proxy import TcpProxy
     from dewy.rollout import ReplicaConfig, Replicas
-    from dewy.runargs import parse_run_args
-    from dewy.runtimes import load
+    from dewy.runtimes.connect import load
 
     runtime = load(settings.runtime)
-    config = ReplicaConfig(app=app_name(settings), replicas=settings.replicas, container_port=settings.container_port,
+    config = ReplicaConfig(app=settings.app_name, replicas=settings.replicas, container_port=settings.container_port,
                            health_path=settings.health_path, health_timeout=settings.health_timeout,
                            drain_time=settings.drain_time, stop_timeout=settings.stop_timeout,
-                           options=parse_run_args(settings.run_args))
-    proxy = TcpProxy(host.sockets(settings.ports)) if settings.ports else None
+                           options=settings.run_options)
+    with settings.given("ports"):
+        proxy = TcpProxy(host.sockets(settings.ports)) if settings.ports else None
     return Replicas(runtime, config, state, proxy)
 
 
 def run(settings: Settings) -> int:
     host = detect()
-    log.setup(settings.log_level, settings.log_format, handler=host.log_handler(app_name(settings)))
+    log.setup(settings.log_level, settings.log_format, handler=host.log_handler(settings.app_name))
     daemon = Daemon.from_settings(settings, host)
     loop = asyncio.new_event_loop()  # asyncio.run() without its wait for the worker threads
     asyncio.set_event_loop(loop)
