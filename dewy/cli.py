@@ -20,11 +20,8 @@ from dewy.settings import (
     runtime_choice,
 )
 
-# How a flag names each setting in errors (None: given after --)
-FLAG_NAMES = {
-    "registry": "--registry", "ports": "--port", "health_path": "--health-path", "container_port": "--container-port",
-    "app_command": None, "run_args": None,
-}
+# How errors of settings.check name a setting (run_args, given after --, has no name)
+FLAG_NAMES = {"registry": "--registry", "ports": "--port", "health_path": "--health-path"}
 # How flags give what a mode needs (settings.REQUIRED)
 FLAG_NEEDS = {
     "app_command": "the app command after --, e.g. dewy server --registry URL -p 8000 -- ./current/app",
@@ -118,14 +115,14 @@ def build_parser() -> Parser:
                     "-m/--memory, --cpus, --pids-limit, --read-only, --cap-add/--cap-drop, -l/--label, "
                     "--network-alias, ... (publishing, --name, --network, --restart, --privileged, -d are refused).")
     _common(container)
-    container.add_argument("--container-port", type=_port_number, metavar="N", help="the port the app listens on inside its container")
+    container.add_argument("--container-port", type=_port_number, metavar="N", help="the port the app listens on inside its container (required)")
     container.add_argument("--port", action="append", default=[], metavar="PORTS", help="host port(s) dewy holds and forwards to healthy replicas: 8000, 127.0.0.1:8000 (repeatable); without it only containers on dewy's network reach the app")
     container.add_argument("--replicas", type=_count, default=1, metavar="N", help="containers serving at once (default 1)")
     container.add_argument("--health-path", type=_health_path, metavar="PATH", help="HTTP path that must answer 2xx/3xx on a new replica before it gets traffic (default: the image's HEALTHCHECK, else the port accepting)")
     container.add_argument("--health-timeout", type=_duration, default=30.0, metavar="SECONDS", help="how long a new replica may take to become healthy (default 30)")
     container.add_argument("--drain-time", type=_drain, default=30.0, metavar="SECONDS", help="old replicas keep running this long after the switch, for connections in flight (default 30)")
     container.add_argument("--stop-timeout", type=_duration, default=30.0, metavar="SECONDS", help="SIGKILL a stopping replica this long after SIGTERM (default 30)")
-    container.add_argument("--runtime", default="auto", type=_runtime, metavar="{podman,docker,auto}", help="container runtime API (default auto: $CONTAINER_HOST, $DOCKER_HOST, /run/podman/podman.sock, /var/run/docker.sock)")
+    container.add_argument("--runtime", default="auto", type=_runtime, metavar="podman|docker|auto", help="container runtime API (default auto: $CONTAINER_HOST, $DOCKER_HOST, /run/podman/podman.sock, /var/run/docker.sock)")
     for name, text in (("status", "what is deployed here, the app and its unit, quarantined versions, the last error"),
                        ("history", "deploys, rollbacks and failures (from the journal of dewy@NAME)")):
         inspect = commands.add_parser(name, help=text, description=text)

@@ -3,9 +3,11 @@
 A config file holds the same settings as the command line, with snake_case keys
 (``log_level`` for ``--log-level``), server options in a ``[server]`` table and the
 app's user and resource limits in an ``[app]`` table. Values are checked with the
-same validators as the flags; every problem is one line ``FILE:LINE: message``
-(a UsageError: exit code 2). tomllib reports no positions, so :func:`key_lines`
-finds each key's line in the text.
+same validators and mode rules as the flags (:mod:`dewy.settings`); every problem is
+one line ``FILE:LINE: message`` (a UsageError: exit code 2). tomllib reports no
+positions, so :func:`key_lines` finds each key's line in the text, and each value's
+line is kept with the settings (``Settings.origins``) for the errors found later, when
+the backends are built.
 
 The instance name is the file's stem (``demo`` for ``/etc/dewy/demo.toml``, as in
 ``dewy@demo``); without ``dir``, releases live in ``/var/lib/dewy/NAME``, the
