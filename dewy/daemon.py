@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 
 from dewy import log, targets
 from dewy.cache import CACHES, Cache
-from dewy.cli import Settings
 from dewy.errors import AppStartError, ArtifactNotReady, DewyError, HookError, UsageError
 from dewy.faults import describe
 from dewy.hooks import run_hook
@@ -32,6 +31,7 @@ from dewy.liveness import START_SLACK, Liveness
 from dewy.notifiers import NOTIFIERS, Notifications
 from dewy.registry import REGISTRIES, Registry, Release
 from dewy.service import PlainProcess, detect
+from dewy.settings import Settings
 from dewy.state import State
 from dewy.targets import Candidate, DeployTarget
 from dewy.tasks import Background
@@ -76,23 +76,29 @@ class Daemon:
     @classmethod
     def from_settings(cls, settings: Settings, host: PlainProcess) -> Daemon:
         """Build every backend now, so a bad URL or directory fails at startup (exit 2), not on the first tick."""
-        registry = REGISTRIES.load(REGISTRIES.url(settings.registry), slot=settings.slot)
-        cache_url = CACHES.url(settings.cache) if settings.cache else Url.parse("memory://")
-        cache = CACHES.load(cache_url)
+        with settings.given("registry"):
+            registry = REGISTRIES.load(REGISTRIES.url(settings.registry), slot=settings.slot)
+        with settings.given("cache"):
+            cache_url = CACHES.url(settings.cache) if settings.cache else Url.parse("memory://")
+            cache = CACHES.load(cache_url)
         ttl = getattr(cache, "ttl", None)
         if ttl:  # a shared cache with ttl=: one host of the fleet asks the registry per ttl, the rest read it
             from dewy.registry.shared import SharedRegistry
 
             registry = SharedRegistry(registry, cache, ttl, key=f"registry:{settings.registry}:{settings.slot or ''}")
-        notifications = Notifications([NOTIFIERS.load(NOTIFIERS.url(n)) for n in settings.notifiers], app_name(settings))
+        notifiers = []
+        for index, url in enumerate(settings.notifiers):
+            with settings.given(f"notifiers[{index}]"):
+                notifiers.append(NOTIFIERS.load(NOTIFIERS.url(url)))
+        notifications = Notifications(notifiers, settings.app_name)
         try:
             settings.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"cannot use {exc.filename}: {exc.strerror}") from None
         state = State.load(settings.dir / ".dewy" / "state.json")
         liveness = Liveness()
-        target = targets.load(settings, app=app_name(settings), host=host, state=state, liveness=liveness,
-                              registry=registry, cache_url=cache_url)
+        target = targets.load(settings, host=host, state=state, liveness=liveness, registry=registry,
+                              cache_url=cache_url)
         return cls(settings, registry, cache, state, notifications, host, target, liveness)
 
     async def serve(self) -> int:
@@ -308,14 +314,9 @@ class Daemon:
                         version=release.tag)
 
 
-def app_name(settings: Settings) -> str:
-    """The app's name in logs, journal fields, unit names and notifications: NAME of dewy@NAME, else the dir's name."""
-    return settings.name or settings.dir.name
-
-
 def run(settings: Settings) -> int:
     host = detect()
-    log.setup(settings.log_level, settings.log_format, handler=host.log_handler(app_name(settings)))
+    log.setup(settings.log_level, settings.log_format, handler=host.log_handler(settings.app_name))
     daemon = Daemon.from_settings(settings, host)
     loop = asyncio.new_event_loop()  # asyncio.run() without its wait for the worker threads
     asyncio.set_event_loop(loop)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from dewy import log, sdnotify
-from dewy.cli import Settings
+from dewy.settings import Settings
 from dewy.sockets import HeldSockets
 
 
@@ -85,7 +85,7 @@ class SystemdService(PlainProcess):
             return None
         from dewy.units import AppScopes
 
-        return AppScopes(self.manager, settings.name or settings.dir.name, settings.app, settings.stop_timeout)
+        return AppScopes(self.manager, settings.app_name, settings.app, settings.stop_timeout)
 
     def app_output(self, app: str) -> tuple[int, int]:
         from dewy.journal import app_streams

@@ -69,7 +69,7 @@ def test_accepted_options_in_every_spelling(tmp_path) -> None:
     (["--gpus", "all"], "--gpus is not supported"),
     (["image:tag"], "run options only"),
     (["-e", "1BAD=x"], "expected NAME=VALUE"),
-    (["--memory", "lots"], "expected a size"),
+    (["--memory", "lots"], "'lots' is not a size"),
     (["--cpus", "0"], "greater than zero"),
     (["--cpus", "inf"], "'inf' is not a number of CPUs such as 1.5: it must be a finite number"),
     (["--cpus", "nan"], "must be a finite number"),

@@ -181,18 +181,6 @@ def detect(choice: str | None, environ: dict[str, str] | None = None) -> tuple[s
                      f"or choose one with --runtime podman|docker")
 
 
-def load(choice: str | None) -> Runtime:
-    """The runtime for ``--runtime``, with its SDK imported now (a missing SDK is a startup error)."""
-    name, url = detect(choice)
-    if name == "podman":
-        from dewy.runtimes.podman import PodmanRuntime
-
-        return PodmanRuntime(url)
-    from dewy.runtimes.docker import DockerRuntime
-
-    return DockerRuntime(url)
-
-
 def missing_sdk(library: str, runtime: str) -> UsageError:
     return UsageError(f"--runtime {runtime} needs the {library} Python library: pip install 'dewy[container]'")
 

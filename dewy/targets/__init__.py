@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dewy.cli import Settings
 from dewy.liveness import Liveness
 from dewy.registry import Registry, Release
 from dewy.service import PlainProcess
+from dewy.settings import Settings
 from dewy.state import State
 from dewy.urls import Url
 
@@ -96,9 +96,9 @@ class DeployTarget(Protocol):
         dewy; release what the target holds either way."""
 
 
-def load(settings: Settings, *, app: str, host: PlainProcess, state: State, liveness: Liveness, registry: Registry,
+def load(settings: Settings, *, host: PlainProcess, state: State, liveness: Liveness, registry: Registry,
          cache_url: Url) -> DeployTarget:
     """The target of ``settings.mode``, built now so that a bad directory or runtime fails at startup."""
     module = importlib.import_module(TARGETS[settings.mode])
-    return module.build(settings, app=app, host=host, state=state, liveness=liveness, registry=registry,
+    return module.build(settings, host=host, state=state, liveness=liveness, registry=registry,
                         cache_url=cache_url)

@@ -16,16 +16,16 @@ from datetime import datetime, timezone
 from typing import ClassVar
 
 from dewy import log
-from dewy.cli import Settings
 from dewy.errors import DewyError
 from dewy.faults import describe
 from dewy.liveness import Liveness
 from dewy.proxy import TcpProxy
 from dewy.registry import Registry, Release
+from dewy.registry.shared import SharedRegistry
 from dewy.rollout import ImageVersion, ReplicaConfig, Replicas
-from dewy.runargs import parse_run_args
-from dewy.runtimes import load as load_runtime
+from dewy.runtimes.connect import load as load_runtime
 from dewy.service import PlainProcess
+from dewy.settings import Settings
 from dewy.state import Deployed, State
 from dewy.targets import BaseTarget, Candidate
 from dewy.urls import Url
@@ -76,10 +76,11 @@ class ContainerTarget(BaseTarget):
     def _pull_options(self) -> tuple[tuple[str, str] | None, bool]:
         """Credentials (looked up now: a ``podman login`` needs no dewy restart) and TLS for the image pull,
         as the img:// registry uses them."""
-        registry = getattr(self.registry, "registry", self.registry)  # SharedRegistry wraps the real one
-        found = registry.credentials() if hasattr(registry, "credentials") else None
+        # an ImageRegistry: container mode deploys from img:// (settings.check)
+        images = self.registry.origin if isinstance(self.registry, SharedRegistry) else self.registry
+        found = images.credentials()
         credentials = (found.username, found.password) if found else None
-        return credentials, not getattr(registry, "plain_http", False)
+        return credentials, not images.plain_http
 
     async def activate(self, candidate: Candidate) -> None:
         release = candidate.release
@@ -131,13 +132,14 @@ class ContainerTarget(BaseTarget):
             await self.replicas.runtime.aclose()
 
 
-def build(settings: Settings, *, app: str, host: PlainProcess, state: State, liveness: Liveness, registry: Registry,
+def build(settings: Settings, *, host: PlainProcess, state: State, liveness: Liveness, registry: Registry,
           cache_url: Url) -> ContainerTarget:
     """The runtime (its SDK imported now: a missing one is a startup error), the proxy and the replica set."""
     runtime = load_runtime(settings.runtime)
-    config = ReplicaConfig(app=app, replicas=settings.replicas, container_port=settings.container_port,
+    config = ReplicaConfig(app=settings.app_name, replicas=settings.replicas, container_port=settings.container_port,
                            health_path=settings.health_path, health_timeout=settings.health_timeout,
                            drain_time=settings.drain_time, stop_timeout=settings.stop_timeout,
-                           options=parse_run_args(settings.run_args))
-    proxy = TcpProxy(host.sockets(settings.ports)) if settings.ports else None
+                           options=settings.run_options)
+    with settings.given("ports"):
+        proxy = TcpProxy(host.sockets(settings.ports)) if settings.ports else None
     return ContainerTarget(settings, state, liveness, host, registry, Replicas(runtime, config, state, proxy))

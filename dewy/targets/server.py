@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import ClassVar
 
 from dewy import log
-from dewy.cli import Settings
 from dewy.config import secret_variables
 from dewy.errors import AppStartError, DewyError
 from dewy.liveness import START_SLACK, Liveness
 from dewy.registry import Registry
 from dewy.service import PlainProcess
+from dewy.settings import Settings
 from dewy.state import AppGeneration, State
 from dewy.supervisor import Supervisor, recorded_holders
 from dewy.targets.assets import AssetsTarget, Unpackable, release_storage
@@ -149,14 +149,15 @@ class ServerTarget(AssetsTarget):
         self.state.save()
 
 
-def build(settings: Settings, *, app: str, host: PlainProcess, state: State, liveness: Liveness, registry: Registry,
+def build(settings: Settings, *, host: PlainProcess, state: State, liveness: Liveness, registry: Registry,
           cache_url: Url) -> ServerTarget:
     releases, store = release_storage(settings, cache_url)
-    sockets = host.sockets(settings.ports, recorded_holders(state.app)) if settings.ports else None
+    with settings.given("ports"):
+        sockets = host.sockets(settings.ports, recorded_holders(state.app)) if settings.ports else None
     supervisor = Supervisor(
         settings.app_command, sockets, workdir=settings.dir,
         settle=settings.settle_time, health_url_path=settings.health_path, health_timeout=settings.health_timeout,
         stop_timeout=settings.stop_timeout, env=settings.app.environment, placement=host.placement(settings),
-        user=settings.app.user, group=settings.app.group, output=host.app_output(app), hidden=secret_variables(),
+        user=settings.app.user, group=settings.app.group, output=host.app_output(settings.app_name), hidden=secret_variables(),
     )
     return ServerTarget(settings, state, liveness, releases, store, host, supervisor)
