@@ -27,10 +27,10 @@ from dewy.cache import CACHES, Cache
 from dewy.errors import AppStartError, ArtifactNotReady, DewyError, HookError, UsageError
 from dewy.faults import describe
 from dewy.hooks import run_hook
+from dewy.host import Host, detect
 from dewy.liveness import START_SLACK, Liveness
 from dewy.notifiers import NOTIFIERS, Notifications
 from dewy.registry import REGISTRIES, Registry, Release
-from dewy.service import PlainProcess, detect
 from dewy.settings import Settings
 from dewy.state import State
 from dewy.targets import Candidate, DeployTarget
@@ -60,7 +60,7 @@ class Backoff:
 
 class Daemon:
     def __init__(self, settings: Settings, registry: Registry, cache: Cache, state: State, notifications: Notifications,
-                 host: PlainProcess, target: DeployTarget, liveness: Liveness) -> None:
+                 host: Host, target: DeployTarget, liveness: Liveness) -> None:
         self.settings = settings
         self.registry = registry
         self.cache = cache
@@ -74,7 +74,7 @@ class Daemon:
         self.background = Background()
 
     @classmethod
-    def from_settings(cls, settings: Settings, host: PlainProcess) -> Daemon:
+    def from_settings(cls, settings: Settings, host: Host) -> Daemon:
         """Build every backend now, so a bad URL or directory fails at startup (exit 2), not on the first tick."""
         with settings.given("registry"):
             registry = REGISTRIES.load(REGISTRIES.url(settings.registry), slot=settings.slot)

@@ -67,7 +67,7 @@ def status(name: str | None, directory: Path | None) -> dict:
 def history(name: str | None, directory: Path | None, limit: int | None) -> list[dict]:
     _, state = state_of(name, directory)
     if name:
-        from dewy.journal import history as journal_history
+        from dewy.systemd.journal import history as journal_history
 
         try:
             return journal_history(f"dewy@{name}.service", limit)

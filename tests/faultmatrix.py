@@ -26,8 +26,8 @@ from pathlib import Path
 
 from dewy.daemon import MAX_BACKOFF, Daemon
 from dewy.errors import RegistryError
+from dewy.host import PlainProcess
 from dewy.notifiers import Notifications
-from dewy.service import PlainProcess
 from dewy.settings import Settings
 from tests.conftest import host_artifact, publish, tar_gz
 from tests.faultinject import FORWARD, HANG, THROTTLE, TRICKLE, FastForward, FaultProxy, TinyFs, leftovers

@@ -14,9 +14,9 @@ import pytest
 
 from dewy.daemon import MAX_BACKOFF, Backoff, Daemon
 from dewy.errors import RegistryError
+from dewy.host import PlainProcess
 from dewy.notifiers import ERROR_LIMIT, Notifications
 from dewy.registry import REGISTRIES
-from dewy.service import PlainProcess
 from dewy.settings import Settings
 from dewy.state import State
 from dewy.store import default_cache_dir

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from dewy.container.proxy import TcpProxy
 from dewy.errors import DewyError
-from dewy.proxy import TcpProxy
 from dewy.sockets import HeldSockets
 
 

@@ -12,9 +12,9 @@ from dewy.cli import parse
 from dewy.config import load
 from dewy.daemon import Daemon
 from dewy.errors import UsageError
+from dewy.host import PlainProcess
 from dewy.quantities import parse_size
 from dewy.runargs import parse_run_args
-from dewy.service import PlainProcess
 
 
 def refusal(call) -> str:

@@ -22,9 +22,9 @@ import pytest
 
 from dewy import log
 from dewy.errors import AppStartError, UsageError
+from dewy.server import supervisor as supervisor_module
+from dewy.server.supervisor import Supervisor
 from dewy.sockets import HeldSockets, parse_ports
-from dewy import supervisor as supervisor_module
-from dewy.supervisor import Supervisor
 from tests.harness import APP, ClientLoop, get
 
 TEST_TIMEOUT = 25
@@ -447,9 +447,9 @@ def test_app_dies_with_a_killed_dewy_and_frees_the_ports(tmp_path: Path) -> None
     script = f"""
 import asyncio, sys
 from pathlib import Path
+from dewy.server import supervisor as supervisor_module
+from dewy.server.supervisor import Supervisor
 from dewy.sockets import HeldSockets
-from dewy import supervisor as supervisor_module
-from dewy.supervisor import Supervisor
 
 async def main():
     held = HeldSockets([("127.0.0.1", 0)])

@@ -1,4 +1,4 @@
-"""dewy.units against a real dbus-daemon, with a stand-in for systemd's Manager on it: deadlines, a dbus
+"""dewy.systemd.units against a real dbus-daemon, with a stand-in for systemd's Manager on it: deadlines, a dbus
 restart, and a job table that only holds the jobs dewy waits for.
 
 No ``from __future__ import annotations``: dbus-next reads the annotations as D-Bus signatures."""
@@ -13,8 +13,8 @@ import pytest
 from dbus_next.aio import MessageBus
 from dbus_next.service import ServiceInterface, method, signal
 
-from dewy import units
-from dewy.units import SystemdError, SystemdManager
+from dewy.systemd import units
+from dewy.systemd.units import SystemdError, SystemdManager
 
 CONFIG = """<busconfig>
   <type>session</type>

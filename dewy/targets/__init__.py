@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from dewy.host import Host
 from dewy.liveness import Liveness
 from dewy.registry import Registry, Release
-from dewy.service import PlainProcess
 from dewy.settings import Settings
 from dewy.state import State
 from dewy.urls import Url
@@ -96,7 +96,7 @@ class DeployTarget(Protocol):
         dewy; release what the target holds either way."""
 
 
-def load(settings: Settings, *, host: PlainProcess, state: State, liveness: Liveness, registry: Registry,
+def load(settings: Settings, *, host: Host, state: State, liveness: Liveness, registry: Registry,
          cache_url: Url) -> DeployTarget:
     """The target of ``settings.mode``, built now so that a bad directory or runtime fails at startup."""
     module = importlib.import_module(TARGETS[settings.mode])

@@ -19,10 +19,10 @@ from typing import ClassVar
 from dewy import log
 from dewy.errors import DewyError, UsageError
 from dewy.faults import describe, on_disk
+from dewy.host import Host
 from dewy.liveness import Liveness
 from dewy.registry import Registry, Release
 from dewy.releases import PARTIAL_PREFIX, Releases
-from dewy.service import PlainProcess
 from dewy.settings import Settings
 from dewy.state import Deployed, State
 from dewy.store import ArtifactStore, default_cache_dir
@@ -175,6 +175,6 @@ def release_storage(settings: Settings, cache_url: Url) -> tuple[Releases, Artif
     return releases, store
 
 
-def build(settings: Settings, *, host: PlainProcess, state: State, liveness: Liveness, registry: Registry,
+def build(settings: Settings, *, host: Host, state: State, liveness: Liveness, registry: Registry,
           cache_url: Url) -> AssetsTarget:
     return AssetsTarget(settings, state, liveness, *release_storage(settings, cache_url))

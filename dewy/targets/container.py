@@ -1,7 +1,7 @@
 """``dewy container``: the app as replicas of an image, behind the host port's proxy.
 
 A deploy pulls the image the registry names (before the before-deploy hook), then
-rolls the replicas over to it (:mod:`dewy.rollout`): new replicas next to the old ones,
+rolls the replicas over to it (:mod:`dewy.container.replicas`): new replicas next to the old ones,
 health-checked, the proxy and the network alias switched at once, the old ones drained.
 A replica that does not become healthy rolls the update back: the old replicas never
 stopped serving. A restarted dewy adopts the replicas by their labels. The runtime's
@@ -16,15 +16,15 @@ from datetime import datetime, timezone
 from typing import ClassVar
 
 from dewy import log
+from dewy.container.proxy import TcpProxy
+from dewy.container.replicas import ImageVersion, ReplicaConfig, Replicas
+from dewy.container.runtimes.connect import load as load_runtime
 from dewy.errors import DewyError
 from dewy.faults import describe
+from dewy.host import Host
 from dewy.liveness import Liveness
-from dewy.proxy import TcpProxy
 from dewy.registry import Registry, Release
 from dewy.registry.shared import SharedRegistry
-from dewy.rollout import ImageVersion, ReplicaConfig, Replicas
-from dewy.runtimes.connect import load as load_runtime
-from dewy.service import PlainProcess
 from dewy.settings import Settings
 from dewy.state import Deployed, State
 from dewy.targets import BaseTarget, Candidate
@@ -42,7 +42,7 @@ def image_of(release: Release) -> ImageVersion:
 class ContainerTarget(BaseTarget):
     """The app's replicas, the host port's proxy in front of them, and the images they run."""
 
-    host: PlainProcess
+    host: Host
     registry: Registry
     replicas: Replicas
 
@@ -110,7 +110,7 @@ class ContainerTarget(BaseTarget):
             log.error("restart-failed", f"rolling restart failed, the running replicas keep serving: {exc}")
 
     async def watch(self, changed: Callable[[], None]) -> None:
-        """The replicas are recorded as they change (:class:`dewy.rollout.Replicas`)."""
+        """The replicas are recorded as they change (:class:`dewy.container.replicas.Replicas`)."""
 
     def status(self) -> str | None:
         return self.replicas.summary()
@@ -132,7 +132,7 @@ class ContainerTarget(BaseTarget):
             await self.replicas.runtime.aclose()
 
 
-def build(settings: Settings, *, host: PlainProcess, state: State, liveness: Liveness, registry: Registry,
+def build(settings: Settings, *, host: Host, state: State, liveness: Liveness, registry: Registry,
           cache_url: Url) -> ContainerTarget:
     """The runtime (its SDK imported now: a missing one is a startup error), the proxy and the replica set."""
     runtime = load_runtime(settings.runtime)

@@ -1,7 +1,7 @@
 """``dewy server``: assets mode (:mod:`dewy.targets.assets`) and the app, run from ``current``.
 
 The app runs as numbered generations on the listening sockets dewy holds
-(:mod:`dewy.supervisor`). A deploy switches ``current`` and starts a new generation
+(:mod:`dewy.server.supervisor`). A deploy switches ``current`` and starts a new generation
 next to the serving one; the old one is stopped only once the new one is ready. If the
 new one does not come up, ``current`` is switched back and the old generation never
 stopped serving. A restarted dewy adopts the generation its predecessor recorded in the
@@ -19,12 +19,12 @@ from typing import ClassVar
 from dewy import log
 from dewy.config import secret_variables
 from dewy.errors import AppStartError, DewyError
+from dewy.host import Host
 from dewy.liveness import START_SLACK, Liveness
 from dewy.registry import Registry
-from dewy.service import PlainProcess
+from dewy.server.supervisor import Supervisor, recorded_holders
 from dewy.settings import Settings
 from dewy.state import AppGeneration, State
-from dewy.supervisor import Supervisor, recorded_holders
 from dewy.targets.assets import AssetsTarget, Unpackable, release_storage
 from dewy.urls import Url
 
@@ -35,7 +35,7 @@ class ServerTarget(AssetsTarget):
 
     restart_kind: ClassVar[str] = "the graceful restart"
 
-    host: PlainProcess
+    host: Host
     supervisor: Supervisor
 
     async def adopt(self) -> None:
@@ -149,7 +149,7 @@ class ServerTarget(AssetsTarget):
         self.state.save()
 
 
-def build(settings: Settings, *, host: PlainProcess, state: State, liveness: Liveness, registry: Registry,
+def build(settings: Settings, *, host: Host, state: State, liveness: Liveness, registry: Registry,
           cache_url: Url) -> ServerTarget:
     releases, store = release_storage(settings, cache_url)
     with settings.given("ports"):

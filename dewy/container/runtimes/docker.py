@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from dewy.container.runtimes import (
+    Container, ContainerRuntimeError, Image, ReplicaSpec, from_inspect, in_thread, missing_sdk,
+)
 from dewy.runargs import RunOptions
-from dewy.runtimes import Container, ContainerRuntimeError, Image, ReplicaSpec, from_inspect, in_thread, missing_sdk
 
 
 class DockerRuntime:

@@ -211,7 +211,7 @@ def describe(status: int | None) -> str:
 
 
 class Placement(Protocol):
-    """Where generations run beyond their own process group (dewy.units: a transient systemd scope each)."""
+    """Where generations run beyond their own process group (dewy.systemd.units: a transient systemd scope each)."""
 
     async def place(self, pid: int, generation: int, version: str) -> str:
         """Put the paused process ``pid`` into a new unit; returns the unit's name."""

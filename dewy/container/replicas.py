@@ -6,7 +6,7 @@ A rollout of a new image:
 2. Start the new replicas one by one next to the old ones, on dewy's network
    ``dewy-APP`` (created with DNS if missing), labelled ``dewy.app``, ``dewy.version``,
    ``dewy.replica``, ``dewy.digest``, ``dewy.image`` and ``dewy.rollout``, and wait for
-   each to be healthy (:mod:`dewy.health`). They carry no alias yet: nothing sends
+   each to be healthy (:mod:`dewy.container.health`). They carry no alias yet: nothing sends
    them traffic before they are checked.
 3. All healthy: give the new replicas the app's network alias (``APP`` and any
    ``--network-alias``), switch the host port's proxy to them in one assignment, and
@@ -50,14 +50,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from dewy import log
-from dewy.errors import AppStartError, DewyError
-from dewy.health import check, wait_healthy
-from dewy.proxy import TcpProxy
-from dewy.runargs import RunOptions
-from dewy.runtimes import (
+from dewy.container.health import check, wait_healthy
+from dewy.container.proxy import TcpProxy
+from dewy.container.runtimes import (
     LABEL_APP, LABEL_DIGEST, LABEL_IMAGE, LABEL_REPLICA, LABEL_ROLLOUT, LABEL_VERSION, Container,
     ContainerRuntimeError, ReplicaSpec, Runtime,
 )
+from dewy.errors import AppStartError, DewyError
+from dewy.runargs import RunOptions
 from dewy.state import DrainingEntry, ReplicaEntry, ReplicaSet, RolloutEntry, State
 from dewy.tasks import Background
 from dewy.versions import parse_tag

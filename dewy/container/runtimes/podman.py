@@ -6,8 +6,10 @@ import json
 import signal
 from typing import Any
 
+from dewy.container.runtimes import (
+    Container, ContainerRuntimeError, Image, ReplicaSpec, from_inspect, in_thread, missing_sdk,
+)
 from dewy.runargs import RunOptions
-from dewy.runtimes import Container, ContainerRuntimeError, Image, ReplicaSpec, from_inspect, in_thread, missing_sdk
 
 CPU_PERIOD = 100_000  # microseconds; --cpus N is a quota of N periods
 
