@@ -93,10 +93,10 @@ class ContainerTarget(BaseTarget):
     async def prune(self) -> None:
         """Keep the images of the newest deploys (--keep-releases) and what any replica runs."""
         keep = self.settings.keep_releases
-        if len(self.state.history) > keep:
-            self.state.history = self.state.history[-keep:]
-            self.state.save()
         try:
+            if len(self.state.history) > keep:
+                self.state.history = self.state.history[-keep:]
+                self.state.save()
             with self.liveness.step(None):
                 await self.replicas.prune_images({d.tag for d in self.state.history})
         except Exception as exc:  # the deploy happened; pruning is tried again after the next one
