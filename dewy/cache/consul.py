@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import httpx
 
@@ -81,14 +81,13 @@ class ConsulCache:
             detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise CacheError(f"{self.where}: {what} failed: {detail}") from None
 
-    async def _request(self, method: str, key: str | None, *, params: dict[str, Any] | None = None,
+    async def _request(self, method: str, key: str, *, params: dict[str, Any] | None = None,
                        content: bytes | None = None, missing_ok: bool = False) -> httpx.Response | None:
-        path = self._path(key) if key is not None else "/v1/kv/" + quote(self.prefix + "/", safe="/:@")
-        what = f"{method} {key if key is not None else self.prefix + '/'}"
+        what = f"{method} {key}"
         with self._network(what):
             try:
                 async with asyncio.timeout(DEADLINE):
-                    response = await self._http.request(method, path, params=params, content=content)
+                    response = await self._http.request(method, self._path(key), params=params, content=content)
             except TimeoutError:
                 raise CacheError(f"{self.where}: {what} failed: no complete answer within {DEADLINE:g} s") from None
         if response.status_code == 404 and missing_ok:
@@ -135,16 +134,6 @@ class ConsulCache:
         if not _expired(expires):
             return False
         return await self._cas("PUT", key, index, _encode(value, ttl))  # replace the expired value we saw, nothing newer
-
-    async def delete(self, key: str) -> None:
-        await self._request("DELETE", key)
-
-    async def keys(self) -> list[str]:
-        response = await self._request("GET", None, params={"recurse": "true"}, missing_ok=True)
-        if response is None:
-            return []
-        start = len(self.prefix) + 1
-        return [unquote(e["Key"][start:]) for e in _json(response, self.where) if not _expired(_decode(e)[1])]
 
     async def aclose(self) -> None:
         if self._client is not None:
