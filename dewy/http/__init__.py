@@ -80,11 +80,13 @@ def retry_after(headers: httpx.Headers, default: float = RATE_LIMIT_WAIT) -> flo
     return min(max(wait, 1.0), MAX_RETRY_AFTER) if math.isfinite(wait) else default
 
 
-def network_failure(exc: httpx.HTTPError, method: str, url: str | httpx.URL) -> str:
+def network_failure(exc: httpx.HTTPError, method: str, url: str | httpx.URL,
+                    show: Callable[[httpx.URL], str] = lambda url: redact(str(url))) -> str:
     """``METHOD URL: Kind: what it says`` for a network failure (DNS, connection, TLS, timeout, redirects), on one line.
 
     It names the request that failed, which may be a redirect's or a token
-    request rather than the one asked for, by the host name it was meant for.
+    request rather than the one asked for, by the host name it was meant for;
+    ``show`` writes the URL for a message (the default redacts credentials).
     """
     try:
         request: httpx.Request | None = exc.request
@@ -96,7 +98,7 @@ def network_failure(exc: httpx.HTTPError, method: str, url: str | httpx.URL) -> 
         if host and host != url.netloc.decode("ascii"):
             url = url.copy_with(netloc=host.encode("ascii"))
     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return f"{method} {redact(str(url))}: {' '.join(detail.split())}"
+    return f"{method} {show(httpx.URL(url))}: {' '.join(detail.split())}"
 
 
 def tls_context(certificates: Iterable[Path], where: str) -> ssl.SSLContext:
