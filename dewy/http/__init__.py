@@ -97,8 +97,13 @@ def network_failure(exc: httpx.HTTPError, method: str, url: str | httpx.URL,
         host = request.headers.get("Host")  # sent to a checked address: name the host, not the address
         if host and host != url.netloc.decode("ascii"):
             url = url.copy_with(netloc=host.encode("ascii"))
+    return f"{method} {show(httpx.URL(url))}: {failure_detail(exc)}"
+
+
+def failure_detail(exc: httpx.HTTPError) -> str:
+    """What an httpx failure says, with its kind, on one line."""
     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return f"{method} {show(httpx.URL(url))}: {' '.join(detail.split())}"
+    return " ".join(detail.split())
 
 
 def tls_context(certificates: Iterable[Path], where: str) -> ssl.SSLContext:
