@@ -106,6 +106,19 @@ def failure_detail(exc: httpx.HTTPError) -> str:
     return " ".join(detail.split())
 
 
+def json_of(response: httpx.Response, hint: str) -> Any:
+    """The JSON body of a 200 answer; ValueError saying what the answer is instead (the caller says where).
+
+    ``hint`` says what a body that is not JSON usually means for this service.
+    """
+    if response.status_code != 200:
+        raise ValueError(f"unexpected HTTP {response.status_code} {response.reason_phrase}".rstrip())
+    try:
+        return response.json()
+    except ValueError:
+        raise ValueError(f"the answer is not JSON ({hint})") from None
+
+
 def tls_context(certificates: Iterable[Path], where: str) -> ssl.SSLContext:
     """The system CA store plus ``certificates`` (a private registry's CA); an unreadable one is skipped with a warning."""
     context = ssl.create_default_context()

@@ -26,7 +26,7 @@ import httpx
 from dewy import log
 from dewy.artifacts.deadline import download_deadline, stalled
 from dewy.errors import DewyError, RegistryError, UsageError
-from dewy.http import Conditional, RateLimited, Session, network_failure, retry_after
+from dewy.http import Conditional, RateLimited, Session, json_of, network_failure, retry_after
 from dewy.urls import Url, redact
 
 DEFAULT_API_URL = "https://api.github.com"
@@ -226,13 +226,10 @@ class GitHub:
         return self._pages.answer(url, response, self._read)
 
     def _read(self, response: httpx.Response) -> _Page:
-        where = f"GitHub GET {self._shown(response.request.url)}"
-        if response.status_code != 200:
-            raise self._err(f"{where}: unexpected HTTP {response.status_code}")
         try:
-            body = response.json()
-        except ValueError:
-            raise self._err(f"{where}: the answer is not JSON (for GitHub Enterprise, GITHUB_API_URL is https://HOST/api/v3)") from None
+            body = json_of(response, "for GitHub Enterprise, GITHUB_API_URL is https://HOST/api/v3")
+        except ValueError as exc:
+            raise self._err(f"GitHub GET {self._shown(response.request.url)}: {exc}") from None
         return _Page(body, response.links.get("next", {}).get("url"))
 
     async def _whole(self, method: str, url: str, headers: dict[str, str], **options: Any) -> httpx.Response:

@@ -50,7 +50,7 @@ import httpx
 
 from dewy import log
 from dewy.errors import RegistryError, UsageError
-from dewy.http import Conditional, RateLimited, Session, network_failure, retry_after, tls_context
+from dewy.http import Conditional, RateLimited, Session, json_of, network_failure, retry_after, tls_context
 from dewy.http.bearer import Credentials, RegistryAuth
 from dewy.registry import Release
 from dewy.urls import Url, redact
@@ -317,12 +317,10 @@ class ImageRegistry:
 
     def _read_page(self, response: httpx.Response) -> _Page:
         where = f"{self.where}: GET {redact(str(response.request.url))}"
-        if response.status_code != 200:
-            raise self._err(f"{where}: unexpected HTTP {response.status_code} {response.reason_phrase}")
         try:
-            body = response.json()
-        except ValueError:
-            raise self._err(f"{where}: the answer is not JSON (is {self.api_host} an OCI registry?)") from None
+            body = json_of(response, f"is {self.api_host} an OCI registry?")
+        except ValueError as exc:
+            raise self._err(f"{where}: {exc}") from None
         if not isinstance(body, dict) or "tags" not in body or not isinstance(body["tags"], (list, type(None))):
             raise self._err(f"{where}: the answer is not a tags list (expected {{\"name\": ..., \"tags\": [...]}})")
         return _Page([t for t in body.get("tags") or [] if isinstance(t, str)], self._next_page(response))
