@@ -12,10 +12,12 @@ so a deployment slot is written with ``_`` as Helm does for charts in OCI
 registries: the tag ``v1.2.3_blue`` is version ``1.2.3+blue``.
 
 Authentication follows the registry's ``WWW-Authenticate`` challenge, anonymous
-first: ``Bearer`` gets a token from the challenge's realm (with the credentials,
-if any, as HTTP Basic), cached until it expires; ``Basic`` sends the
-credentials with each request. Credentials come from ``DEWY_REGISTRY_USERNAME``
-and ``DEWY_REGISTRY_PASSWORD``, else from the container runtime's auth file
+first (:mod:`dewy.http.bearer`): ``Bearer`` gets a token from the challenge's
+realm (with the credentials, if any, as HTTP Basic), kept per scope until it
+expires; ``Basic`` sends the credentials with each request. This module says
+where credentials come from and which realms may be asked.
+
+Credentials come from ``DEWY_REGISTRY_USERNAME`` and ``DEWY_REGISTRY_PASSWORD``, else from the container runtime's auth file
 (``$REGISTRY_AUTH_FILE``, else ``$XDG_RUNTIME_DIR/containers/auth.json``,
 ``~/.config/containers/auth.json``, ``~/.docker/config.json``), read when the
 registry asks for them, so a ``podman login`` needs no dewy restart. A token
