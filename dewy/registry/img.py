@@ -17,10 +17,11 @@ realm (with the credentials, if any, as HTTP Basic), kept per scope until it
 expires; ``Basic`` sends the credentials with each request. This module says
 where credentials come from and which realms may be asked.
 
-Credentials come from ``DEWY_REGISTRY_USERNAME`` and ``DEWY_REGISTRY_PASSWORD``, else from the container runtime's auth file
-(``$REGISTRY_AUTH_FILE``, else ``$XDG_RUNTIME_DIR/containers/auth.json``,
-``~/.config/containers/auth.json``, ``~/.docker/config.json``), read when the
-registry asks for them, so a ``podman login`` needs no dewy restart. A token
+Credentials come from ``DEWY_REGISTRY_USERNAME`` and ``DEWY_REGISTRY_PASSWORD``,
+else from the container runtime's auth file (``$REGISTRY_AUTH_FILE``, else
+``$XDG_RUNTIME_DIR/containers/auth.json``, ``~/.config/containers/auth.json``,
+``~/.docker/config.json``), read when the registry asks for them, so a
+``podman login`` needs no dewy restart. A token
 realm on a loopback, private or link-local address is refused unless the
 registry is on such an address itself: a public registry cannot make dewy
 send credentials into the host's own network.
