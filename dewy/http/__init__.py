@@ -120,13 +120,16 @@ def json_of(response: httpx.Response, hint: str) -> Any:
 
 
 def tls_context(certificates: Iterable[Path], where: str) -> ssl.SSLContext:
-    """The system CA store plus ``certificates`` (a private registry's CA); an unreadable one is skipped with a warning."""
+    """The system CA store plus ``certificates`` (a private registry's CA); an unreadable one is skipped with a warning.
+
+    The warning's event stays ``registry-ca``, the name operators filter on: registries are the ones with their own CAs.
+    """
     context = ssl.create_default_context()
     for cert in certificates:
         try:
             context.load_verify_locations(cert)
         except (OSError, ssl.SSLError) as exc:
-            log.warning("tls-ca", f"{where}: ignoring CA certificate {cert}: {exc}")
+            log.warning("registry-ca", f"{where}: ignoring CA certificate {cert}: {exc}")
     return context
 
 

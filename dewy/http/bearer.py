@@ -26,6 +26,7 @@ from typing import Protocol
 
 import httpx
 
+from dewy import log
 from dewy.errors import DewyError
 from dewy.urls import redact
 
@@ -114,10 +115,11 @@ class RegistryAuth(httpx.Auth):
         else:
             self._bearer = params
             repository = _repository(request)
-            scope = params.get("scope") or (f"repository:{repository}:pull" if repository else scope)
+            scope = params.get("scope") or scope
             if repository:
                 self._scopes[repository] = scope
-            if sent is not None and self._tokens.get(scope, _Token("", 0)).value == sent:
+            kept = self._tokens.get(scope)
+            if kept is not None and kept.value == sent:
                 del self._tokens[scope]  # refused: expired early, revoked, or the server restarted
             if self._fresh(scope) is None:
                 answer = yield await self._token_request(scope)
@@ -180,6 +182,7 @@ class RegistryAuth(httpx.Auth):
         """Keep the token of a token server's answer, or raise the error it amounts to."""
         await response.aread()
         shown = f"token from {redact(self._bearer['realm'])}"
+        log.debug("registry", f"{shown}: HTTP {response.status_code}")
         if response.status_code in (401, 403):
             raise self.registry.auth_error(shown, response, advice=True)
         if response.status_code != 200:
