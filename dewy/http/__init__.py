@@ -178,31 +178,26 @@ class Session:
         """One request, following up to MAX_REDIRECTS redirects of a GET or HEAD.
 
         A redirect keeps the credentials (the Authorization header, the session's
-        auth) only while it stays on the same scheme, host and port; with
-        ``credentials="never"`` no redirect keeps them (a presigned URL refuses
-        any Authorization, wherever it lives). Too many redirects raise
-        httpx.TooManyRedirects, an httpx.HTTPError like any network failure.
+        auth) only while it stays on the scheme, host and port they were sent to;
+        once dropped they stay dropped. With ``credentials="never"`` no redirect
+        keeps them (a presigned URL refuses any Authorization, wherever it lives).
+        Too many redirects raise httpx.TooManyRedirects, an httpx.HTTPError like
+        any network failure.
         """
         request = self.client.build_request(method, url, headers=headers, content=content, params=params)
-        auth: Any = httpx.USE_CLIENT_DEFAULT
+        origin = (request.url.scheme, request.url.host, request.url.port)
+        keep = True
         for _ in range(MAX_REDIRECTS + 1):
-            response = await self.client.send(request, stream=stream, auth=auth)
+            response = await self.client.send(request, stream=stream, auth=httpx.USE_CLIENT_DEFAULT if keep else None)
             if not (follow and response.has_redirect_location and method in ("GET", "HEAD")):
                 return response
             await response.aclose()
-            request, keep = self._redirected(request, response, credentials)
-            auth = httpx.USE_CLIENT_DEFAULT if keep else None
+            target = request.url.join(response.headers["Location"])
+            keep = keep and credentials == "same-origin" and (target.scheme, target.host, target.port) == origin
+            dropped = {"host", "content-length", *([] if keep else [h.lower() for h in CREDENTIAL_HEADERS])}
+            request = self.client.build_request(
+                method, target, headers={k: v for k, v in request.headers.items() if k.lower() not in dropped})
         raise httpx.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects", request=request)
-
-    def _redirected(self, request: httpx.Request, response: httpx.Response,
-                    credentials: Literal["same-origin", "never"]) -> tuple[httpx.Request, bool]:
-        """The request a redirect asks for, and whether it may carry the credentials."""
-        target = request.url.join(response.headers["Location"])
-        keep = credentials == "same-origin" and (target.scheme, target.host, target.port) == (
-            request.url.scheme, request.url.host, request.url.port)
-        dropped = {"host", "content-length", *([] if keep else [h.lower() for h in CREDENTIAL_HEADERS])}
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in dropped}
-        return self.client.build_request(request.method, target, headers=headers), keep
 
 
 class Conditional(Generic[T]):
