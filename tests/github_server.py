@@ -105,11 +105,11 @@ class GitHubServer(LoopbackServer):
     (anonymous requests stay allowed); when None, any Authorization is accepted.
     ``prefix``: mount the API under a path, e.g. ``/api/v3`` like GitHub
     Enterprise (uploads then live under ``/api/uploads``).
-    ``storage_host``: the host name presigned storage URLs use (``localhost``:
-    another origin than the API's 127.0.0.1).
+    ``storage_host``: the host name presigned storage URLs use instead of the
+    one in ``root`` (``localhost``: another origin than the API's 127.0.0.1).
     """
 
-    def __init__(self, token: str | None = None, prefix: str = "", storage_host: str = "127.0.0.1") -> None:
+    def __init__(self, token: str | None = None, prefix: str = "", storage_host: str | None = None) -> None:
         self.token = token
         self.storage_host = storage_host
         self.prefix = prefix.rstrip("/")
@@ -297,7 +297,10 @@ class GitHubServer(LoopbackServer):
         if "application/octet-stream" in call.headers.get("accept", ""):
             signature = secrets.token_hex(16)
             self._presigned[signature] = asset
-            location = f"http://{self.storage_host}:{self.port}/storage/releases/{asset.id}/{quote(asset.name)}?X-Amz-Expires=300&X-Amz-Signature={signature}"
+            storage = urlsplit(self.root)
+            if self.storage_host:
+                storage = storage._replace(netloc=f"{self.storage_host}:{storage.port}")
+            location = f"{storage.geturl()}/storage/releases/{asset.id}/{quote(asset.name)}?X-Amz-Expires=300&X-Amz-Signature={signature}"
             return _Reply(302, None, {"Location": location})
         return _Reply(200, self._asset_json(owner, repo, release, asset), {"Last-Modified": _http_date(asset.created_at)})
 
