@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from dewy.cli import Settings
+    from dewy.settings import Settings
 
 
 def wanted(settings: Settings) -> bool:
@@ -21,10 +21,10 @@ def wanted(settings: Settings) -> bool:
     return settings.mode == "container" or settings.telemetry or settings.admin_port is not None
 
 
-async def serving(settings: Settings, app: str, serve: Callable[[], Awaitable[int]]) -> int:
+async def serving(settings: Settings, serve: Callable[[], Awaitable[int]]) -> int:
     """Run ``serve`` (the daemon), with the admin API beside it when :func:`wanted`."""
     if not wanted(settings):
         return await serve()
     from dewy.telemetry import admin
 
-    return await admin.serving(settings, app, serve)
+    return await admin.serving(settings, serve)

@@ -23,8 +23,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from dewy import log
-from dewy.cli import Settings
 from dewy.errors import UsageError
+from dewy.settings import Settings
 
 if TYPE_CHECKING:
     from dewy.telemetry.metrics import Metrics
@@ -46,22 +46,21 @@ def loopback(address: str) -> bool:
 
 
 class AdminApi:
-    def __init__(self, settings: Settings, app: str, token: str | None) -> None:
+    def __init__(self, settings: Settings, token: str | None) -> None:
         self.settings = settings
-        self.app = app
         self.token = token
         self.metrics: Metrics | None = None  # with --telemetry: GET /metrics
         self.port: int | None = None
         self._server: asyncio.Server | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, app: str) -> AdminApi:
+    def from_settings(cls, settings: Settings) -> AdminApi:
         """UsageError (exit 2) if the API would listen off loopback without a token."""
         token = os.environ.get(TOKEN_VARIABLE) or None
         if not loopback(settings.admin_address) and not token:
             raise UsageError(f"--admin-address {settings.admin_address} is not loopback: set {TOKEN_VARIABLE} "
                              "(a systemd credential or the environment file) so that requests need a Bearer token")
-        return cls(settings, app, token)
+        return cls(settings, token)
 
     async def start(self) -> None:
         """Listen on the first free port from --admin-port; if none of ten is free, one error line and no API
@@ -137,7 +136,7 @@ class AdminApi:
             info = status(None, self.settings.dir)
         except UsageError as exc:  # nothing deployed yet
             return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
-        return _json(HTTPStatus.OK, {**info, "instance": self.app})
+        return _json(HTTPStatus.OK, {**info, "instance": self.settings.app_name})
 
     def _containers(self) -> tuple[HTTPStatus, bytes, str]:
         from dewy.status import containers
@@ -154,9 +153,9 @@ def _json(status: HTTPStatus, body: Any) -> tuple[HTTPStatus, bytes, str]:
     return status, json.dumps(body, indent=2).encode() + b"\n", "application/json"
 
 
-async def serving(settings: Settings, app: str, serve: Callable[[], Awaitable[int]]) -> int:
+async def serving(settings: Settings, serve: Callable[[], Awaitable[int]]) -> int:
     """Run ``serve`` (the daemon) with the admin API, the metrics and their OTLP push beside it."""
-    api = AdminApi.from_settings(settings, app)
+    api = AdminApi.from_settings(settings)
     push = None
     if settings.telemetry:
         try:
@@ -168,7 +167,7 @@ async def serving(settings: Settings, app: str, serve: Callable[[], Awaitable[in
             extra = "otlp" if settings.otlp_endpoint else "telemetry"
             raise UsageError(f"--{'otlp-endpoint' if settings.otlp_endpoint else 'telemetry'} needs the {exc.name} "
                              f"Python library: pip install 'dewy[{extra}]'") from None
-        api.metrics = Metrics(settings.mode, app, settings.dir / ".dewy" / "state.json", settings.replicas)
+        api.metrics = Metrics(settings.mode, settings.app_name, settings.dir / ".dewy" / "state.json", settings.replicas)
         attach(api.metrics)
         if settings.otlp_endpoint:
             push = OtlpPush(api.metrics, settings.otlp_endpoint, settings.otlp_insecure)

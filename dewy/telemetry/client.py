@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import os
 
-from dewy.cli import Parser, _port_number  # the flags' port validator, as argparse reports it
 from dewy.errors import DewyError
-from dewy.telemetry.admin import DEFAULT_PORT, PORT_ATTEMPTS, TOKEN_VARIABLE
+from dewy.telemetry.admin import PORT_ATTEMPTS, TOKEN_VARIABLE
 
 TIMEOUT = 2.0
 
@@ -33,14 +31,11 @@ def fetch(path: str, first: int, host: str = "127.0.0.1") -> tuple[int, dict]:
     raise DewyError(f"no running dewy found: nothing answers on {host} ports {first}-{port} (use --admin-port)")
 
 
-def container_list(argv: list[str]) -> int:
-    parser = Parser(prog="dewy container list", description="the replicas of the dewy container on this host")
-    parser.add_argument("--admin-port", type=_port_number, default=DEFAULT_PORT, metavar="PORT", help="admin API port (default 17539)")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    args: argparse.Namespace = parser.parse_args(argv)
-    port, body = fetch("/api/containers", args.admin_port)
+def container_list(first: int, as_json: bool) -> int:
+    """Print the replicas (a table, or JSON) as the admin API from port ``first`` on reports them."""
+    port, body = fetch("/api/containers", first)
     replicas = sorted(body.get("containers") or [], key=lambda r: r.get("name", ""))
-    if args.json:
+    if as_json:
         print(json.dumps(replicas, indent=2))
     elif not replicas:
         print("No containers found.")
@@ -51,6 +46,6 @@ def container_list(argv: list[str]) -> int:
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         for row in rows:
             print("  ".join(row[i].ljust(widths[i]) for i in range(4)) + "  " + row[4])
-    if port != args.admin_port:
+    if port != first:
         print(f"\n(Connected to admin API on port {port})")
     return 0

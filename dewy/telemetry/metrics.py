@@ -30,6 +30,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from dewy.state import ReplicaSet, app_from_json
+
 prometheus_client.disable_created_metrics()  # upstream's endpoint has no *_created series
 
 UNIT_WORDS = {"s": "seconds", "By": "bytes"}
@@ -140,7 +142,8 @@ class Metrics:
 
 
 class StateCollector(Collector):
-    """The series that describe a state: read from the state file on each scrape (read-only, never repaired)."""
+    """The series that describe a state: read from the state file on each scrape (read-only, never repaired:
+    not :meth:`State.load`, which sets an unreadable file aside); the replicas as :mod:`dewy.state` types them."""
 
     def __init__(self, mode: str, app: str, state_file: Path, desired_replicas: int) -> None:
         self.mode = mode
@@ -159,17 +162,17 @@ class StateCollector(Collector):
         if current.get("tag"):
             families[DEPLOYED_VERSION].add_metric([self.mode, current["tag"]], 1)
             families[LAST_DEPLOY].add_metric([self.mode], datetime.fromisoformat(current["at"]).timestamp())
-        app = state.get("app") or {}
         if self.mode == "container":
+            app = app_from_json(state.get("app"))
             name = self.app
-            replicas = app.get("replicas") or []
-            families[CONTAINER_REPLICAS].add_metric([self.mode, name], sum(r.get("status") == "running" for r in replicas))
+            replicas = app.replicas if isinstance(app, ReplicaSet) else []
+            families[CONTAINER_REPLICAS].add_metric([self.mode, name], sum(r.status == "running" for r in replicas))
             families[CONTAINER_DESIRED].add_metric([self.mode, name], self.desired)
             for r in replicas:
-                base = [self.mode, name, r.get("name", ""), str(r.get("replica", ""))]
+                base = [self.mode, name, r.name, str(r.replica)]
                 for each in CONTAINER_STATES:
-                    families[CONTAINER_STATUS].add_metric(base + [each], 1 if r.get("status") == each else 0)
-                families[CONTAINER_INFO].add_metric(base + [app.get("image") or "", r.get("version") or ""], 1)
+                    families[CONTAINER_STATUS].add_metric(base + [each], 1 if r.status == each else 0)
+                families[CONTAINER_INFO].add_metric(base + [app.image or "", r.version or ""], 1)
         yield from (f for f in families.values() if f.samples)
 
 

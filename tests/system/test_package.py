@@ -43,7 +43,7 @@ import importlib, json, ssl, sys
 modules = ["dewy.registry.ghr", "dewy.registry.file", "dewy.registry.s3", "dewy.artifacts.s3",
            "dewy.registry.gs", "dewy.artifacts.gs", "dewy.registry.grpc", "dewy.cache.redis",
            "dewy.cache.consul", "dewy.notifiers.slack", "dewy.notifiers.mail", "dewy.daemon",
-           "dewy.registry.img", "dewy.runtimes.podman", "dewy.runtimes.docker", "podman", "docker",
+           "dewy.registry.img", "dewy.container.runtimes.podman", "dewy.container.runtimes.docker", "podman", "docker",
            "boto3", "botocore", "google.cloud.storage", "google.auth", "grpc", "google.protobuf",
            "redis", "redis.asyncio", "slack_sdk", "dbus_next", "httpx", "semver", "certifi",
            "systemd.journal", "systemd.daemon"]
