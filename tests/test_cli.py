@@ -113,7 +113,7 @@ def test_upstream_short_flags_and_deprecated_notify(capsys) -> None:
 
 def test_poll_backoff_max_and_name_as_upstream_spells_them() -> None:
     settings = parse(["assets", "-r", "file:///r", "--poll-backoff-max", "45s", "-n", "shop"])
-    assert (settings.poll_backoff_max, settings.name) == (45.0, "shop")
+    assert (settings.poll_backoff_max, settings.app_name) == (45.0, "shop")  # app_name: logs, units, labels
     assert parse(["assets", "-r", "file:///r", "--name", "shop"]).name == "shop"
     assert parse(["assets", "-r", "file:///r"]).poll_backoff_max == 300.0
     with pytest.raises(UsageError, match="--poll-backoff-max"):
