@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import os
 import smtplib
 import socket
@@ -36,7 +35,7 @@ from urllib.parse import unquote
 from dewy import __version__
 from dewy.errors import DewyError, UsageError
 from dewy.notifiers import Message
-from dewy.urls import FALSE_WORDS, Url
+from dewy.urls import FALSE_WORDS, Url, is_loopback
 
 KEYS = frozenset({"username", "password", "from", "subject", "tls", "quiet"})
 TLS_WORDS = {"starttls": "starttls", "true": "implicit", "1": "implicit", "yes": "implicit", "on": "implicit",
@@ -73,7 +72,7 @@ class MailNotifier:
             raise UsageError(f"{url}: username {self.username!r} needs a password (password= or MAIL_PASSWORD)")
         if self.password and not self.username:
             raise UsageError(f"{url}: a password needs a username (username= or MAIL_USERNAME)")
-        if self.password and self.tls == "none" and not _is_loopback(self.host):
+        if self.password and self.tls == "none" and not is_loopback(self.host):
             raise UsageError(f"{url}: refusing to send the password unencrypted to {self.host}; use tls=starttls or tls=true")
         sender = url.query.get("from") or os.environ.get("MAIL_FROM", "")
         if not sender:
@@ -213,15 +212,6 @@ def _check_address(url: Url, address: str, what: str) -> None:
     _, parsed = parseaddr(address)
     if "@" not in parsed or parsed.startswith("@") or parsed.endswith("@"):
         raise UsageError(f"{url}: {what} {address!r} is not a mail address")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _domain(host: str) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from dewy import log
 from dewy.errors import UsageError
 from dewy.settings import Settings
+from dewy.urls import is_loopback
 
 if TYPE_CHECKING:
     from dewy.telemetry.metrics import Metrics
@@ -34,15 +34,6 @@ PORT_ATTEMPTS = 10
 TOKEN_VARIABLE = "DEWY_ADMIN_TOKEN"
 REQUEST_TIMEOUT = 10.0
 MAX_REQUEST = 8192
-
-
-def loopback(address: str) -> bool:
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 class AdminApi:
@@ -57,7 +48,7 @@ class AdminApi:
     def from_settings(cls, settings: Settings) -> AdminApi:
         """UsageError (exit 2) if the API would listen off loopback without a token."""
         token = os.environ.get(TOKEN_VARIABLE) or None
-        if not loopback(settings.admin_address) and not token:
+        if not is_loopback(settings.admin_address) and not token:
             raise UsageError(f"--admin-address {settings.admin_address} is not loopback: set {TOKEN_VARIABLE} "
                              "(a systemd credential or the environment file) so that requests need a Bearer token")
         return cls(settings, token)
