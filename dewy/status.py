@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from dewy.errors import UsageError
 from dewy.progress import ProgressFile
-from dewy.state import State
+from dewy.state import AppGeneration, ReplicaSet, State
 
 CONFIG_DIR = Path("/etc/dewy")
 
@@ -50,14 +51,16 @@ def alive(pid: int | None) -> bool:
 
 def status(name: str | None, directory: Path | None) -> dict:
     instance, state = state_of(name, directory)
-    app = state.app or {}
+    app = state.app.to_json() if state.app else None
+    if isinstance(state.app, AppGeneration):
+        app["running"] = alive(state.app.pid)
     working = ProgressFile(state.path.with_name("progress.json")).read()  # left behind by a killed dewy: ignored
     return {
         "instance": instance,
         "version": state.current.tag if state.current else None,
         "deployed_at": state.current.at if state.current else None,
         "release": state.current.release if state.current else None,
-        "app": ({**app, "running": alive(app.get("pid"))} if app.get("mode") != "container" else app) if app else None,
+        "app": app,
         "quarantined": state.quarantine,
         "last_check": state.last_check,
         "last_error": state.last_error,
@@ -65,10 +68,19 @@ def status(name: str | None, directory: Path | None) -> dict:
     }
 
 
+def containers(directory: Path) -> list[dict]:
+    """Container mode: the replicas as the daemon last checked them (GET /api/containers, ``dewy container list``)."""
+    path = directory / ".dewy" / "state.json"
+    app = State.load(path).app if path.exists() else None
+    if not isinstance(app, ReplicaSet):
+        return []
+    return [{**asdict(r), "image": app.image} for r in app.replicas]
+
+
 def history(name: str | None, directory: Path | None, limit: int | None) -> list[dict]:
     _, state = state_of(name, directory)
     if name:
-        from dewy.journal import history as journal_history
+        from dewy.systemd.journal import history as journal_history
 
         try:
             return journal_history(f"dewy@{name}.service", limit)

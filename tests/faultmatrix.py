@@ -24,11 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dewy.cli import Settings
 from dewy.daemon import MAX_BACKOFF, Daemon
 from dewy.errors import RegistryError
+from dewy.host import PlainProcess
 from dewy.notifiers import Notifications
-from dewy.service import PlainProcess
+from dewy.settings import Settings
 from tests.conftest import host_artifact, publish, tar_gz
 from tests.faultinject import FORWARD, HANG, THROTTLE, TRICKLE, FastForward, FaultProxy, TinyFs, leftovers
 from tests.github_server import GitHubServer
@@ -185,8 +185,8 @@ class Fifo:
 
 def read_only_during_deploy(workdir: Path, during: str = "extraction") -> Outcome:
     """The filesystem of the cache and releases/ is remounted read-only for a deploy's ``download`` (before it starts)
-    or its ``extraction`` (dewy's before-deploy hook holds v1.1.0's first attempt after the download), then
-    read-write again. (Linux refuses the remount while a file on it is open for writing: no mid-download case.)"""
+    or the end of its ``extraction`` (dewy's before-deploy hook holds v1.1.0's first attempt once it is downloaded
+    and extracted under its partial name, before the release is named), then read-write again. (Linux refuses the remount while a file on it is open for writing: no mid-download case.)"""
     outcome = Outcome(f"filesystem read-only for a deploy's {during}, then read-write")
     reached, proceed, once = Fifo(workdir / "reached"), Fifo(workdir / "proceed"), workdir / "held-once"
     hook = (f'[ "$DEWY_VERSION" != v1.1.0 ] || [ -e {once} ] || '
@@ -199,7 +199,7 @@ def read_only_during_deploy(workdir: Path, during: str = "extraction") -> Outcom
                 disk.remount("ro")
             s.publish("v1.1.0", payload=4 << 20)
             if during == "extraction":
-                reached.wait(WAIT)  # downloaded; the hook holds the deploy before the extraction
+                reached.wait(WAIT)  # downloaded and extracted; the hook holds the deploy before the release is named
                 disk.remount("ro")
                 proceed.send()
             dewy.wait_for("deploy-failed", timeout=WAIT)

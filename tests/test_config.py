@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from dewy.cli import AppLimits, Settings, parse
+from dewy.cli import parse
 from dewy.config import STATE_ROOT, TOP, TABLES, key_lines, load, load_credentials
 from dewy.errors import UsageError
+from dewy.settings import AppLimits, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "etc" / "dewy"
@@ -135,7 +136,7 @@ def test_relative_path_is_reported_absolute(tmp_path) -> None:
     # unknown keys and tables, with suggestions
     (MINIMAL + "\nintervall = 5\n", ":4: unknown key 'intervall'; did you mean 'interval'?"),
     (MINIMAL + 'log-level = "debug"\n', ":3: unknown key 'log-level'; did you mean 'log_level'?"),
-    (MINIMAL + "colour = 1\n", ":3: unknown key 'colour'; known keys: after_deploy_hook, app,"),
+    (MINIMAL + "colour = 1\n", ":3: unknown key 'colour'; known keys: admin_address, admin_port, after_deploy_hook, app,"),
     ('mode = "server"\nregistry = "file:///r"\n\n[server]\ncommand = ["app"]\n# poll\nintervall = 5\n',
      ":7: unknown key 'intervall' in [server]; did you mean 'interval'? "
      "('interval' is a top-level key: it goes above the first [table] header)"),
@@ -206,7 +207,7 @@ def test_relative_path_is_reported_absolute(tmp_path) -> None:
      ":6: app.environment.NOT-A-NAME: 'NOT-A-NAME' is not an environment variable name"),
     # modes and what each needs
     ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n', ":1: mode = \"container\" needs a [container] table with the app's port in its container"),
-    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\nreplicas = 2\n', ":3: mode = \"container\" needs a [container] table"),
+    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\nreplicas = 2\n', ":3: missing key 'container_port' in [container]: the app's port in its container"),
     ('mode = "container"\nregistry = "file:///r"\n[container]\ncontainer_port = 8080\n', ":2: registry: dewy container deploys images"),
     ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 70000\n', ":4: container.container_port: 70000 is not a port number"),
     ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 80\nreplicas = 0\n', ":5: container.replicas: 0 must be at least 1"),
@@ -439,3 +440,15 @@ def test_version_does_not_load_config_support() -> None:
 
 def test_help_mentions_config() -> None:
     assert "--config FILE" in dewy("--help").stdout
+
+
+def test_admin_and_telemetry_keys_are_the_flags(tmp_path) -> None:
+    path = write(tmp_path, MINIMAL + 'admin_port = 18000\ntelemetry = false\notlp_endpoint = "127.0.0.1:4317"\notlp_insecure = true\n', "site.toml")
+    settings = load(path)
+    flags = parse(["assets", "--registry", "file:///srv/releases", "--admin-port", "18000", "--otlp-endpoint", "127.0.0.1:4317",
+                   "--otlp-insecure"])
+    for name in ("admin_port", "admin_address", "telemetry", "otlp_endpoint", "otlp_insecure"):
+        assert getattr(settings, name) == getattr(flags, name), name
+    assert settings.telemetry, "an OTLP endpoint turns telemetry on, as upstream"
+    with pytest.raises(UsageError, match=r"site.toml:\d+: telemetry: expected true or false"):
+        load(write(tmp_path, MINIMAL + 'telemetry = "yes"\n', "site.toml"))

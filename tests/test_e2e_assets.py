@@ -45,7 +45,7 @@ def test_hooks_see_the_deploy_and_a_failing_before_hook_aborts_it(tmp_path) -> N
         failure = dewy.wait_for("deploy-failed")
         assert "before hook" in failure["msg"] and "exited with status 1" in failure["msg"]
         assert served(tmp_path) == "one"
-        assert len(list((tmp_path / "site" / "releases").iterdir())) == 1, "an aborted deploy extracts nothing"
+        assert len(list((tmp_path / "site" / "releases").iterdir())) == 1, "a failed before hook leaves no partial release"
         (tmp_path / "cache" / "artifacts" / f"v1.1.0--{host_artifact()}.block").unlink()
         dewy.wait_for("deployed", version="v1.1.0")
         assert served(tmp_path) == "two"

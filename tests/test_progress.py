@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from dewy.daemon import Daemon, Liveness
+from dewy.host import PlainProcess
 from dewy.progress import Progress, ProgressFile
-from dewy.service import PlainProcess
 from tests.conftest import publish
 from tests.test_daemon import settings
 
