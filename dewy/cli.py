@@ -47,6 +47,7 @@ class Settings:
     max_archive_size: int = 4 << 30
     max_archive_members: int = DEFAULT_MAX_MEMBERS
     keep_releases: int = 7
+    trusted_keys: list[str] = field(default_factory=list)  # --trusted-key FILE|KEY, for the registry's verify=
     container_port: int | None = None  # container mode: the port the app listens on inside its container
     replicas: int = 1
     drain_time: float = 30.0
@@ -106,6 +107,14 @@ def parse_drain_time(text: str) -> float:
     return parse_duration(str(text), zero=True)
 
 
+def check_trusted_key(value: str) -> str:
+    """A --trusted-key that can be read and is a public key (minisign, or cosign's PEM); the value itself is kept."""
+    from dewy.signing import check_key
+
+    check_key(value)
+    return value
+
+
 def check_container_settings(settings: Settings) -> None:
     """What flags and config files both check for dewy container; ValueError naming the setting."""
     from dewy.runargs import parse_run_args
@@ -136,6 +145,7 @@ _size = _argument(parse_size)
 _drain = _argument(parse_drain_time)
 _port_number = _argument(check_port_number)
 _count = _argument(parse_count)
+_trusted_key = _argument(check_trusted_key)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -156,6 +166,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-archive-members", type=_count, default=DEFAULT_MAX_MEMBERS, metavar="N",
                         help=f"refuse archives with more files, directories and links than this (default {DEFAULT_MAX_MEMBERS})")
     parser.add_argument("--keep-releases", type=_count, default=7, metavar="N", help="releases kept on disk (default 7)")
+    parser.add_argument("--trusted-key", action="append", default=[], type=_trusted_key, metavar="FILE|KEY",
+                        help="public key that signs releases, for verify= on the registry URL: a minisign key (file, or"
+                             " RW... itself) or a cosign PEM file; a relative FILE may be a systemd credential (repeatable)")
     parser.add_argument("-v", "--version", action="version", version=f"dewy {__version__}")
     _config_misplaced(parser)
 
@@ -243,7 +256,7 @@ def parse(argv: list[str]) -> Settings:
         before_deploy_hook=args.before_deploy_hook, after_deploy_hook=args.after_deploy_hook,
         hook_timeout=args.hook_timeout, slot=args.slot, dir=(args.dir or Path.cwd()).absolute(),
         max_archive_size=args.max_archive_size, max_archive_members=args.max_archive_members,
-        keep_releases=args.keep_releases, app_command=app_command,
+        keep_releases=args.keep_releases, app_command=app_command, trusted_keys=args.trusted_key,
     )
     if args.notify:
         print("dewy: warning: --notify is deprecated; use --notifier", file=sys.stderr)

@@ -37,6 +37,7 @@ from dewy.notifiers import NOTIFIERS, Notifications
 from dewy.registry import REGISTRIES, Registry, Release
 from dewy.releases import PARTIAL_PREFIX, Releases
 from dewy.service import PlainProcess, detect
+from dewy.signing import SignatureRefused, Verification
 from dewy.state import Deployed, State
 from dewy.store import ArtifactStore, default_cache_dir
 from dewy.supervisor import Supervisor
@@ -120,7 +121,8 @@ class Daemon:
     @classmethod
     def from_settings(cls, settings: Settings, host: PlainProcess) -> Daemon:
         """Build every backend now, so a bad URL or directory fails at startup (exit 2), not on the first tick."""
-        registry = REGISTRIES.load(REGISTRIES.url(settings.registry), slot=settings.slot)
+        registry_url, verification = Verification.of(settings.registry, settings.trusted_keys)
+        registry = REGISTRIES.load(REGISTRIES.url(registry_url), slot=settings.slot)
         cache_url = CACHES.url(settings.cache) if settings.cache else Url.parse("memory://")
         cache = CACHES.load(cache_url)
         ttl = getattr(cache, "ttl", None)
@@ -135,7 +137,8 @@ class Daemon:
             if settings.mode != "container":  # images live in the container runtime
                 cache_dir = Path(cache_url.path) if cache_url.scheme == "file" else default_cache_dir()
                 releases = Releases(settings.dir)
-                store = ArtifactStore(cache_dir / "artifacts" if cache_url.scheme == "file" else cache_dir)
+                store = ArtifactStore(cache_dir / "artifacts" if cache_url.scheme == "file" else cache_dir,
+                                      verification.keys if verification else ())
         except OSError as exc:
             raise UsageError(f"cannot use {exc.filename}: {exc.strerror}") from None
         state = State.load(settings.dir / ".dewy" / "state.json")
@@ -425,6 +428,8 @@ class Daemon:
         if release.cache_key in self.state.quarantine:
             log.debug("quarantined", f"{release.tag} is quarantined: {self.state.quarantine[release.cache_key]}", version=release.tag)
             return
+        if self.store:
+            self.store.check_ready(release)
         await self.deploy(release)
 
     def _is_deployed(self, release: Release) -> bool:
@@ -454,18 +459,20 @@ class Daemon:
             self.state.save()
         else:
             with self.liveness.step(None), on_disk(self.store.directory, f"the download of {release.artifact_name}"):
-                artifact = await self.store.fetch(release)
+                artifact = await self._fetch(release)
+            signed = self.store.signed.get(release.cache_key)
             name = self.releases.new_name()
             env.update(DEWY_RELEASE_DIR=str(self.releases.directory / name), DEWY_ARTIFACT=str(artifact))
             await self._before_hook(env)
             with self.liveness.step(None), on_disk(self.releases.directory, f"release {name}"):
                 release_dir = await self._extract(artifact, name)
-            deployed = Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat())
+            deployed = Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat(),
+                                signed_by=str(signed) if signed else None)
             old_dir = self.releases.current_dir()
             self._switch(deployed, previous, release_dir)
             if self.supervisor:
                 await self._start_generation(release, release_dir, old_dir, deployed, previous)
-            where = {"release_dir": str(release_dir)}
+            where = {"release_dir": str(release_dir), "signed_by": deployed.signed_by}
         details = {}
         if self.settings.after_deploy_hook:
             try:
@@ -489,6 +496,16 @@ class Daemon:
         log.info("deployed", f"deployed {release.tag}", version=release.tag,
                  previous_version=previous and previous.tag, **where)
         await self.notifications.deployed(release.tag, previous and previous.tag, **details)
+
+    async def _fetch(self, release: Release) -> Path:
+        """The verified artifact; one whose signature is refused is quarantined: it is not fetched again."""
+        try:
+            return await self.store.fetch(release)
+        except SignatureRefused as exc:
+            self.state.quarantine[release.cache_key] = str(exc)
+            self.state.save()
+            await self._report(release, error=str(exc))
+            raise
 
     def _switch(self, deployed: Deployed, previous: Deployed | None, release_dir: Path) -> None:
         """Record the new release, then point ``current`` at it. The state file names it first: wherever dewy is

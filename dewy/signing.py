@@ -18,22 +18,31 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import mmap
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from dewy.errors import ArtifactError
+from dewy.artifacts import ARTIFACTS
+from dewy.errors import ArtifactError, ArtifactNotReady, UsageError
+from dewy.registry import UPLOAD_GRACE, Release
+from dewy.urls import Url
 
 LEGACY = b"Ed"
 PREHASHED = b"ED"
 KEY_ALGORITHM = b"Ed"
 SUFFIX = ".minisig"
 MAX_SIGNATURE_BYTES = 64 << 10  # a real one is about 300 bytes; the trusted comment is one line
+CHUNK = 1 << 20
 
 
 class SignatureRefused(ArtifactError):
@@ -64,8 +73,8 @@ class Signed:
 
 
 def key_id_text(key_id: bytes) -> str:
-    """The key id as minisign prints it: the little-endian 64-bit number in upper-case hex."""
-    return key_id[::-1].hex().upper()
+    """The key id as minisign prints it in the public key's comment: the little-endian 64-bit number in upper-case hex."""
+    return f"{int.from_bytes(key_id, 'little'):X}"
 
 
 def _base64(text: str, size: int, what: str) -> bytes:
@@ -226,12 +235,129 @@ class MinisignCheck:
         return Signed(self.key.id, self.signature.comment)
 
 
+def await_signature(release: Release) -> None:
+    """ArtifactNotReady if ``release`` has no signature but is young enough that CI may still be uploading it."""
+    age = datetime.now(timezone.utc) - release.created_at if release.created_at else None
+    if release.signature_url is None and age is not None and age < UPLOAD_GRACE:
+        raise ArtifactNotReady(f"{release.artifact_name} of {release.tag}: the release has no signature"
+                               f" {release.artifact_name}{SUFFIX} yet (published {int(age.total_seconds())}s ago;"
+                               " waiting for the upload)")
+
+
+async def fetch_check(release: Release, keys: Sequence[TrustedKey]) -> MinisignCheck:
+    """The check for ``release``'s artifact, from the signature the release publishes beside it; a release without
+    one is refused once CI can no longer be uploading it (see :func:`await_signature`)."""
+    where = f"{release.artifact_name} of {release.tag}"
+    name = release.artifact_name + SUFFIX
+    if release.signature_url is None:
+        await_signature(release)
+        raise SignatureRefused(f"{where}: refused: the release has no signature {name} and verify=minisign is set;"
+                               " the artifact was not deployed")
+    buffer = _Bounded(where, name)
+    await ARTIFACTS.load(Url.parse(release.signature_url)).download(buffer)
+    return MinisignCheck(bytes(buffer.data), keys, release.artifact_name, where)
+
+
+class _Bounded:
+    """A signature in memory: a file far larger than any signature is refused, not read whole."""
+
+    def __init__(self, where: str, name: str) -> None:
+        self.where, self.name = where, name
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.data += data
+        if len(self.data) > MAX_SIGNATURE_BYTES:
+            raise SignatureRefused(f"{self.where}: refused: {self.name} is over {MAX_SIGNATURE_BYTES} bytes, not a minisign"
+                                   " signature; the artifact was not deployed")
+        return len(data)
+
+
+def finish(check: MinisignCheck, file: BinaryIO, *, fed: bool = True) -> Signed:
+    """Verify the artifact in ``file`` (open for reading, flushed): its bytes went through :meth:`MinisignCheck.update`
+    already unless ``fed`` is false; the legacy form reads it whole through a memory map (blocking: run in a thread)."""
+    if not fed:
+        file.seek(0)
+        while chunk := file.read(CHUNK):
+            check.update(chunk)
+    if check.prehashed:
+        return check.verify()
+    if os.fstat(file.fileno()).st_size == 0:
+        return check.verify(b"")
+    with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as whole:
+        return check.verify(whole)
+
+
 def load_keys(values: Iterable[str]) -> list[TrustedKey]:
     """The minisign keys of ``--trusted-key`` values; ValueError naming the value that is not one."""
-    keys = []
-    for value in values:
+    return [read_key(value, parse_public_key) for value in values]
+
+
+def read_key(value: str, parse: Callable[[str], Any]) -> Any:
+    """``parse`` of the key ``value`` is or names (see :func:`read_key_text`); its ValueError names the value."""
+    text = read_key_text(value)
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise ValueError(f"{value}: {exc}") from None
+
+
+def check_key(value: str) -> None:
+    """ValueError unless ``value`` is a readable public key: minisign's, or a PEM one (cosign)."""
+    read_key(value, lambda text: pem_public_key(text) if "-----BEGIN" in text else parse_public_key(text))
+
+
+def pem_public_key(text: str) -> ec.EllipticCurvePublicKey:
+    """A cosign public key (``cosign.pub``): ECDSA P-256 in PEM. ValueError if it is not one."""
+    try:
+        key = serialization.load_pem_public_key(text.encode())
+    except (ValueError, TypeError):
+        raise ValueError("not a PEM public key") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError("not an ECDSA P-256 public key (cosign generate-key-pair makes one)")
+    return key
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What the registry URL's ``verify=`` asks for, with the trusted keys it is checked against."""
+
+    method: str  # minisign | cosign
+    keys: tuple
+
+    @classmethod
+    def of(cls, registry: str, trusted_keys: Sequence[str]) -> tuple[str, Verification | None]:
+        """The registry URL without ``verify=`` (the registries do not know it) and the verification; UsageError
+        (naming the URL) for a method that does not fit the registry, or keys without a method or the other way round."""
+        url = Url.parse(registry)
+        method = url.query.get("verify")
+        plain = without_query_key(registry, "verify")
+        if method is None:
+            if trusted_keys:
+                raise UsageError(f"{url}: trusted keys are set but the registry URL has no verify="
+                                 f"{'cosign' if url.scheme == 'img' else 'minisign'}: add it, or nothing is verified")
+            return plain, None
+        expected = "cosign" if url.scheme == "img" else "minisign"
+        if method != expected:
+            what = "images (img://) are verified with verify=cosign" if url.scheme == "img" else \
+                "archives are verified with verify=minisign (verify=cosign is for img:// images)"
+            raise UsageError(f"{url}: verify={method!r} cannot be used here: {what}")
+        if not trusted_keys:
+            raise UsageError(f"{url}: verify={method} needs the publisher's public key: --trusted-key FILE|KEY"
+                             " (trusted_keys = [...] in the config file)")
         try:
-            keys.append(parse_public_key(read_key_text(value)))
+            keys = tuple(load_keys(trusted_keys)) if method == "minisign" else tuple(
+                read_key(value, pem_public_key) for value in trusted_keys)
         except ValueError as exc:
-            raise ValueError(f"{value}: {exc}" if not str(exc).startswith(value) else str(exc)) from None
-    return keys
+            raise UsageError(f"{url}: verify={method}: trusted key {exc}") from None
+        return plain, cls(method, keys)
+
+
+def without_query_key(raw: str, key: str) -> str:
+    """``raw`` without the query pairs named ``key``, the rest of it as written."""
+    base, question, rest = raw.partition("?")
+    if not question:
+        return raw
+    query, hash_mark, fragment = rest.partition("#")
+    kept = [pair for pair in query.split("&") if pair.partition("=")[0] != key]
+    return base + ("?" + "&".join(kept) if kept else "") + hash_mark + fragment

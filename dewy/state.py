@@ -20,6 +20,7 @@ class Deployed:
     key: str  # the artifact's cache key, ``<tag>--<artifact name>``
     release: str  # the release directory name under releases/
     at: str  # UTC ISO time of the deploy
+    signed_by: str | None = None  # the verified signature's key and trusted comment (verify=)
 
 
 @dataclass

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import mmap
+import re
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from dewy.errors import ArtifactNotReady
+from dewy.registry import REGISTRIES, Release
+from dewy.store import ArtifactStore
 from dewy.signing import MinisignCheck, SignatureRefused, load_keys, parse_public_key, read_key_text, signature_url
+from tests.conftest import host_artifact, publish
+from tests.github_server import GitHubServer
 from tests.minisign_tool import generate, sign
 
 FORMS = [pytest.param(False, id="prehashed"), pytest.param(True, id="legacy")]
@@ -115,3 +125,83 @@ def test_the_signature_lies_beside_the_artifact() -> None:
             == "s3://eu-west-1/b/p/v1/app.tgz.minisig?endpoint=http://127.0.0.1:9000")
     assert signature_url("gs://bucket/p/v1/app%20x.tgz") == "gs://bucket/p/v1/app%20x.tgz.minisig"
 
+
+
+def test_a_github_release_asset_is_verified_against_the_asset_beside_it(tmp_path, keys, monkeypatch) -> None:
+    """The ghr:// registry names the .minisig asset; the store checks it, and re-checks a stored archive
+    against the keys trusted now (a key rotated out no longer vouches for what it signed)."""
+    path = artifact(tmp_path, name=host_artifact())
+    signature = sign(keys[0], path, comment="release v1.0.0")
+    with GitHubServer() as github:
+        monkeypatch.setenv("GITHUB_API_URL", github.url)
+        github.add_release("acme", "app", "v1.0.0", {path.name: path.read_bytes(), signature.name: signature.read_bytes()})
+        first, second = load_keys([str(keys[0].public)]), load_keys([str(keys[1].public)])
+        release = ghr_release()
+        asset = next(a for a in github.release("acme", "app", "v1.0.0").assets if a.name == signature.name)
+        assert release.signature_url == f"ghr://acme/app/tag/v1.0.0/{signature.name}?asset={asset.id}"
+        store = ArtifactStore(tmp_path / "cache", first)
+        stored = asyncio.run(store.fetch(release))
+        assert stored.read_bytes() == path.read_bytes()
+        assert str(store.signed[release.cache_key]) == f"minisign key {keys[0].id} (release v1.0.0)"
+        with pytest.raises(SignatureRefused, match=f"signed by minisign key {keys[0].id}, which is not trusted"):
+            asyncio.run(ArtifactStore(tmp_path / "cache", second).fetch(release))
+        github.add_release("acme", "app", "v1.1.0", {path.name: path.read_bytes()},
+                           published_at=datetime.now(timezone.utc) - timedelta(hours=1))
+        unsigned = ghr_release()
+        assert unsigned.tag == "v1.1.0" and unsigned.signature_url is None
+        with pytest.raises(SignatureRefused, match="the release has no signature"):
+            asyncio.run(store.fetch(unsigned))
+        assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [release.cache_key]
+
+
+def test_a_young_release_without_signature_is_waited_for(tmp_path, keys) -> None:
+    registry = tmp_path / "reg"
+    publish(registry, "v1.0.0", {"a": "1"})
+    release = asyncio.run(REGISTRIES.load(REGISTRIES.url(registry.as_uri())).current())
+    with pytest.raises(ArtifactNotReady, match=r"has no signature app_\S+.minisig yet \(published \d+s ago"):
+        ArtifactStore(tmp_path / "cache", load_keys([keys[0].line])).check_ready(release)
+    ArtifactStore(tmp_path / "cache").check_ready(release)  # nothing to wait for without verify=
+
+
+def ghr_release() -> Release:
+    async def run() -> Release:
+        registry = REGISTRIES.load(REGISTRIES.url("ghr://acme/app"))
+        try:
+            found = await registry.current()
+        finally:
+            await registry.aclose()
+        return found
+
+    return asyncio.run(run())
+
+
+def dewy(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dewy", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("query, keys_given, error", [
+    ("?verify=minisign", False, r"verify=minisign needs the publisher's public key: --trusted-key FILE\|KEY"),
+    ("", True, "trusted keys are set but the registry URL has no verify=minisign: add it, or nothing is verified"),
+    ("?verify=cosign", True, "verify='cosign' cannot be used here: archives are verified with verify=minisign"),
+    ("?verify=gpg", True, "verify='gpg' cannot be used here"),
+])
+def test_verification_settings_that_do_not_fit_are_usage_errors(tmp_path, keys, query, keys_given, error) -> None:
+    (tmp_path / "reg").mkdir()
+    args = ["--trusted-key", str(keys[0].public)] if keys_given else []
+    result = dewy("assets", "-r", (tmp_path / "reg").as_uri() + query, "-d", str(tmp_path / "site"), *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert re.fullmatch(f"dewy: error: file://{tmp_path}/reg{re.escape(query)}: {error}.*\n", result.stderr), result.stderr
+
+
+def test_trusted_keys_in_a_config_file_are_checked_with_their_line(tmp_path, keys) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text(f'mode = "assets"\nregistry = "{(tmp_path / "reg").as_uri()}?verify=minisign"\n'
+                      f'dir = "{tmp_path / "site"}"\ntrusted_keys = ["{keys[0].public}", "missing.pub"]\n')
+    result = dewy("--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (f"dewy: error: {config}:4: trusted_keys[1]: missing.pub: cannot read the key file:"
+                             " No such file or directory\n")
+    result = dewy("assets", "-r", "file:///srv", "--trusted-key", "RWQnotakey", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == ("dewy: error: argument --trusted-key: RWQnotakey: cannot read the key file:"
+                             " No such file or directory\n")
