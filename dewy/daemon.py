@@ -21,15 +21,17 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 from dewy import log
 from dewy.cache import CACHES, Cache
 from dewy.cli import Settings
 from dewy.config import secret_variables
+from dewy.cosign import verify_image
 from dewy.errors import AppStartError, ArtifactNotReady, DewyError, HookError, UsageError
 from dewy.faults import describe, on_disk
 from dewy.hooks import run_hook
@@ -37,12 +39,14 @@ from dewy.notifiers import NOTIFIERS, Notifications
 from dewy.registry import REGISTRIES, Registry, Release
 from dewy.releases import PARTIAL_PREFIX, Releases
 from dewy.service import PlainProcess, detect
-from dewy.signing import SignatureRefused, Verification
+from dewy.signing import SignatureRefused, Signed, Verification
 from dewy.state import Deployed, State
 from dewy.store import ArtifactStore, default_cache_dir
 from dewy.supervisor import Supervisor
 from dewy.tasks import Background
 from dewy.urls import Url
+
+T = TypeVar("T")
 
 MAX_BACKOFF = 300.0
 IDLE_BEAT = 1.0  # between cycles, how often the loop tells the watchdog it is fine
@@ -102,7 +106,7 @@ class Liveness:
 class Daemon:
     def __init__(self, settings: Settings, registry: Registry, cache: Cache, store: ArtifactStore | None,
                  releases: Releases | None, state: State, notifications: Notifications, host: PlainProcess,
-                 supervisor: Supervisor | None = None, replicas=None) -> None:
+                 supervisor: Supervisor | None = None, replicas=None, verification: Verification | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.cache = cache
@@ -113,6 +117,7 @@ class Daemon:
         self.host = host
         self.supervisor = supervisor
         self.replicas = replicas  # container mode: dewy.rollout.Replicas
+        self.verification = verification  # the registry URL's verify=, with the trusted keys
         self.backoff = Backoff(settings.interval)
         self.stopping = asyncio.Event()
         self.liveness = Liveness()
@@ -144,7 +149,8 @@ class Daemon:
         state = State.load(settings.dir / ".dewy" / "state.json")
         if settings.mode == "container":
             return cls(settings, registry, cache, store, releases, state, notifications, host,
-                       replicas=container_replicas(settings, host, state))
+                       replicas=container_replicas(settings, host, state, by_digest=verification is not None),
+                       verification=verification)
         supervisor = None
         if settings.mode == "server":
             from dewy.supervisor import Supervisor, recorded_holders
@@ -157,7 +163,8 @@ class Daemon:
                 user=settings.app.user, group=settings.app.group, output=host.app_output(app_name(settings)),
                 hidden=secret_variables(),
             )
-        return cls(settings, registry, cache, store, releases, state, notifications, host, supervisor)
+        return cls(settings, registry, cache, store, releases, state, notifications, host, supervisor,
+                   verification=verification)
 
     async def serve(self) -> int:
         """Cycle until a stop is requested; 0 then. An internal error (a bug) ends dewy with 1 but, as a
@@ -448,18 +455,22 @@ class Daemon:
             "DEWY_COMMAND": self.settings.mode,
         }
         if self.replicas:
+            signed = await self._verify_image(release)
             with self.liveness.step(None):
                 await self.replicas.pull(release, *self._pull_options())
             env.update(DEWY_IMAGE=release.artifact_name, DEWY_IMAGE_DIGEST=release.id)
             await self._before_hook(env)
             with self.liveness.step(None):
                 await self._roll_out(release)
-            name, where = release.artifact_name, {"image": release.artifact_name, "digest": release.id or None}
-            self.state.record(Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat()))
+            signed_by = str(signed) if signed else None
+            name, where = release.artifact_name, {"image": release.artifact_name, "digest": release.id or None,
+                                                  "signed_by": signed_by}
+            self.state.record(Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat(),
+                                       signed_by=signed_by))
             self.state.save()
         else:
             with self.liveness.step(None), on_disk(self.store.directory, f"the download of {release.artifact_name}"):
-                artifact = await self._fetch(release)
+                artifact = await self._refusing(release, self.store.fetch(release))
             signed = self.store.signed.get(release.cache_key)
             name = self.releases.new_name()
             env.update(DEWY_RELEASE_DIR=str(self.releases.directory / name), DEWY_ARTIFACT=str(artifact))
@@ -497,10 +508,18 @@ class Daemon:
                  previous_version=previous and previous.tag, **where)
         await self.notifications.deployed(release.tag, previous and previous.tag, **details)
 
-    async def _fetch(self, release: Release) -> Path:
-        """The verified artifact; one whose signature is refused is quarantined: it is not fetched again."""
+    async def _verify_image(self, release: Release) -> Signed | None:
+        """verify=cosign: who signed the image's digest (before anything is pulled); None without verify=."""
+        if self.verification is None:
+            return None
+        registry = getattr(self.registry, "registry", self.registry)  # SharedRegistry wraps the real one
+        with self.liveness.step(POLL_ALLOWANCE):
+            return await self._refusing(release, verify_image(registry, release, self.verification.keys))
+
+    async def _refusing(self, release: Release, verification: Awaitable[T]) -> T:
+        """``verification``'s result; a release whose signature it refuses is quarantined: never fetched again."""
         try:
-            return await self.store.fetch(release)
+            return await verification
         except SignatureRefused as exc:
             self.state.quarantine[release.cache_key] = str(exc)
             self.state.save()
@@ -645,8 +664,9 @@ def app_name(settings: Settings) -> str:
     return settings.name or settings.dir.name
 
 
-def container_replicas(settings: Settings, host: PlainProcess, state: State):
-    """Container mode's runtime, proxy and replica set; the SDKs are imported here, only for dewy container."""
+def container_replicas(settings: Settings, host: PlainProcess, state: State, by_digest: bool = False):
+    """Container mode's runtime, proxy and replica set; the SDKs are imported here, only for dewy container.
+    ``by_digest``: replicas start from REPO@DIGEST (a verified image), not from the tag."""
     from dewy.proxy import TcpProxy
     from dewy.rollout import ReplicaConfig, Replicas
     from dewy.runargs import parse_run_args
@@ -656,7 +676,7 @@ def container_replicas(settings: Settings, host: PlainProcess, state: State):
     config = ReplicaConfig(app=app_name(settings), replicas=settings.replicas, container_port=settings.container_port,
                            health_path=settings.health_path, health_timeout=settings.health_timeout,
                            drain_time=settings.drain_time, stop_timeout=settings.stop_timeout,
-                           options=parse_run_args(settings.run_args))
+                           options=parse_run_args(settings.run_args), by_digest=by_digest)
     proxy = TcpProxy(host.sockets(settings.ports)) if settings.ports else None
     return Replicas(runtime, config, state, proxy)
 

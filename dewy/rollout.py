@@ -83,6 +83,7 @@ class ReplicaConfig:
     drain_time: float
     stop_timeout: float
     options: RunOptions
+    by_digest: bool = False  # start replicas from REPO@DIGEST, the image that was verified, not from its tag
 
     @property
     def network(self) -> str:
@@ -338,7 +339,9 @@ class Replicas:
         name = f"{container_name(config.app)}-{container_name(release.tag)}-{replica}-{rollout}"
         labels = {LABEL_APP: config.app, LABEL_VERSION: release.tag, LABEL_REPLICA: str(replica),
                   LABEL_DIGEST: release.id, LABEL_IMAGE: release.artifact_name, LABEL_ROLLOUT: rollout}
-        spec = ReplicaSpec(release.artifact_name, name, config.network, labels, config.options)
+        pinned = config.by_digest and release.id
+        image = f"{release.artifact_name.rpartition(':')[0]}@{release.id}" if pinned else release.artifact_name
+        spec = ReplicaSpec(image, name, config.network, labels, config.options)
         container_id = await self.runtime.create(spec)
         log.info("replica-starting", f"starting replica {replica} of {release.tag}", container=name, version=release.tag)
         try:

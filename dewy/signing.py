@@ -63,13 +63,15 @@ class TrustedKey:
 
 @dataclass(frozen=True)
 class Signed:
-    """What a verified signature says: which key signed, and the signer's trusted comment."""
+    """What a verified signature says: which key signed, and the signer's comment (minisign's trusted comment,
+    cosign's annotations)."""
 
     key_id: str
     comment: str
+    tool: str = "minisign"
 
     def __str__(self) -> str:
-        return f"minisign key {self.key_id} ({self.comment})" if self.comment else f"minisign key {self.key_id}"
+        return f"{self.tool} key {self.key_id} ({self.comment})" if self.comment else f"{self.tool} key {self.key_id}"
 
 
 def key_id_text(key_id: bytes) -> str:

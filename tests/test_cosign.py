@@ -1,0 +1,89 @@
+"""verify=cosign against a real docker-registry holding signatures made the way cosign makes them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from dewy.cosign import verify_image
+from dewy.errors import UsageError
+from dewy.registry import REGISTRIES, Release
+from dewy.signing import SignatureRefused, Verification, pem_public_key
+from tests.cosign_signer import generate, sign
+from tests.oci_registry import OciRegistry
+
+REPO = "acme/app"
+
+
+@pytest.fixture
+def registry(tmp_path) -> Iterator[OciRegistry]:
+    with OciRegistry(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def keys(tmp_path):
+    return generate(tmp_path, "first"), generate(tmp_path, "second")
+
+
+def verified(registry: OciRegistry, trusted, repository: str = REPO) -> tuple[Release, str]:
+    """The newest release of ``repository`` and who signed it, as dewy container checks it before pulling."""
+    async def run() -> tuple[Release, str]:
+        backend = REGISTRIES.load(REGISTRIES.url(f"img://{registry.host}/{repository}"))
+        try:
+            release = await backend.current()
+            return release, str(await verify_image(backend, release, [pem_public_key(p.read_text()) for _, p in trusted]))
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(run())
+
+
+def test_a_signed_digest_verifies_with_the_signers_annotations(registry, keys) -> None:
+    image = registry.push_image(REPO, ["v1.0.0"])
+    sign(registry, REPO, image.digest, keys[0][0], annotations={"ci": "run 812"})
+    release, signer = verified(registry, keys[:1])
+    assert release.id == image.digest
+    assert signer.startswith("cosign key sha256:") and signer.endswith(" (ci=run 812)")
+
+
+def test_either_of_two_trusted_keys_verifies(registry, keys) -> None:
+    for number, (key, _) in enumerate(keys):
+        image = registry.push_image(REPO, [f"v1.{number}.0"], labels={"n": str(number)})
+        sign(registry, REPO, image.digest, key)
+        assert verified(registry, keys)[0].id == image.digest
+
+
+@pytest.mark.parametrize("how, says", [
+    ("unsigned", "no cosign signature (no tag sha256-"),
+    ("untrusted", "found a signature by no trusted key"),
+    ("tampered", "found a signature by no trusted key"),
+    ("other digest", "found a trusted signature for another image digest (sha256:"),
+    ("other repository", "found a trusted signature for another repository (127.0.0.1:"),
+])
+def test_what_a_trusted_key_did_not_sign_for_this_image_is_refused(registry, keys, how, says) -> None:
+    image = registry.push_image(REPO, ["v1.0.0"])
+    other = registry.push_image(REPO, ["v0.9.0"], labels={"other": "1"})
+    key = keys[1][0] if how == "untrusted" else keys[0][0]
+    if how != "unsigned":
+        sign(registry, REPO, image.digest, key,
+             claimed_digest=other.digest if how == "other digest" else None,
+             reference=f"{registry.host}/acme/other" if how == "other repository" else None,
+             signed_payload=b"something else" if how == "tampered" else None)
+    with pytest.raises(SignatureRefused) as refused:
+        verified(registry, keys[:1])
+    message = str(refused.value)
+    assert message.startswith(f"{registry.host}/{REPO}:v1.0.0 ({image.digest}): refused: "), message
+    assert says in message and message.endswith("; the image was not deployed"), message
+
+
+def test_a_cosign_key_is_required_and_a_minisign_key_is_not_one(tmp_path, keys) -> None:
+    minisign = tmp_path / "minisign.pub"
+    minisign.write_text("untrusted comment: minisign public key 5EEEA2538B32110E\n"
+                        "RWQOETKLU6LuXkTDvz4PmFmfl0vuEabxaAoDvmjKgOj5BRTyu2MIL9d3\n")
+    with pytest.raises(UsageError, match=r"verify=cosign: trusted key .*minisign.pub: not a PEM public key"):
+        Verification.of("img://127.0.0.1:5000/app?verify=cosign", [str(minisign)])
+    plain, verification = Verification.of("img://127.0.0.1:5000/app?verify=cosign&pre-release=true", [str(keys[0][1])])
+    assert plain == "img://127.0.0.1:5000/app?pre-release=true" and verification.method == "cosign"
