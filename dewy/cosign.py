@@ -22,14 +22,16 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from dewy.registry import Release
+from dewy.errors import ArtifactNotReady
+from dewy.registry import UPLOAD_GRACE, Release
 from dewy.signing import SignatureRefused, Signed
 
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -61,17 +63,41 @@ def same_repository(claimed: str, expected: str) -> bool:
     return normal(claimed) == normal(expected)
 
 
+class ImageVerifier:
+    """Checks images against the trusted cosign keys. An image is signed after it is pushed (``cosign sign`` needs
+    its digest): a digest without signature is waited for during the upload grace from when dewy first saw it."""
+
+    def __init__(self, keys: Sequence[ec.EllipticCurvePublicKey], clock: Callable[[], float] = time.monotonic) -> None:
+        self.keys = keys
+        self.clock = clock
+        self.unsigned: dict[str, float] = {}  # digest -> when first seen without signature
+
+    async def verify(self, registry: Any, release: Release) -> Signed:
+        """Who signed ``release``'s image digest; SignatureRefused (one line) if no trusted key did, ArtifactNotReady
+        while it has no signature yet. ``registry`` is the img:// registry of the release
+        (:class:`dewy.registry.img.ImageRegistry`)."""
+        tag = signature_tag(release.id)
+        if await registry.has_tag(tag):
+            self.unsigned.pop(release.id, None)
+            return await verify_image(registry, release, self.keys)
+        waited = self.clock() - self.unsigned.setdefault(release.id, self.clock())
+        where = f"{release.artifact_name} ({release.id})"
+        if waited < UPLOAD_GRACE.total_seconds():
+            raise ArtifactNotReady(f"{where}: no cosign signature yet (no tag {tag}; waiting for cosign sign,"
+                                   f" {int(waited)}s so far)")
+        raise SignatureRefused(f"{where}: refused: no cosign signature (no tag {tag} in {registry.reference} after"
+                               f" {int(waited)}s) and verify=cosign is set; the image was not deployed")
+
+
 async def verify_image(registry: Any, release: Release, keys: Sequence[ec.EllipticCurvePublicKey]) -> Signed:
-    """Who signed ``release``'s image digest, checked against ``keys``; SignatureRefused (one line) if no trusted
-    key did. ``registry`` is the img:// registry the release came from (:class:`dewy.registry.img.ImageRegistry`)."""
+    """Who signed ``release``'s image digest, from its signature tag (which exists), checked against ``keys``;
+    SignatureRefused (one line) if no trusted key did."""
     where = f"{release.artifact_name} ({release.id})"
     tag = signature_tag(release.id)
 
     def refused(why: str) -> SignatureRefused:
         return SignatureRefused(f"{where}: refused: {why}; the image was not deployed")
 
-    if not await registry.has_tag(tag):
-        raise refused(f"no cosign signature (no tag {tag} in {registry.reference}) and verify=cosign is set")
     try:
         manifest = json.loads(await registry.manifest(tag))
         layers = manifest["layers"]

@@ -31,7 +31,7 @@ from dewy import log
 from dewy.cache import CACHES, Cache
 from dewy.cli import Settings
 from dewy.config import secret_variables
-from dewy.cosign import verify_image
+from dewy.cosign import ImageVerifier
 from dewy.errors import AppStartError, ArtifactNotReady, DewyError, HookError, UsageError
 from dewy.faults import describe, on_disk
 from dewy.hooks import run_hook
@@ -106,7 +106,7 @@ class Liveness:
 class Daemon:
     def __init__(self, settings: Settings, registry: Registry, cache: Cache, store: ArtifactStore | None,
                  releases: Releases | None, state: State, notifications: Notifications, host: PlainProcess,
-                 supervisor: Supervisor | None = None, replicas=None, verification: Verification | None = None) -> None:
+                 supervisor: Supervisor | None = None, replicas=None, images: ImageVerifier | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.cache = cache
@@ -117,7 +117,7 @@ class Daemon:
         self.host = host
         self.supervisor = supervisor
         self.replicas = replicas  # container mode: dewy.rollout.Replicas
-        self.verification = verification  # the registry URL's verify=, with the trusted keys
+        self.images = images  # container mode with verify=cosign
         self.backoff = Backoff(settings.interval)
         self.stopping = asyncio.Event()
         self.liveness = Liveness()
@@ -150,7 +150,7 @@ class Daemon:
         if settings.mode == "container":
             return cls(settings, registry, cache, store, releases, state, notifications, host,
                        replicas=container_replicas(settings, host, state, by_digest=verification is not None),
-                       verification=verification)
+                       images=ImageVerifier(verification.keys) if verification else None)
         supervisor = None
         if settings.mode == "server":
             from dewy.supervisor import Supervisor, recorded_holders
@@ -163,8 +163,7 @@ class Daemon:
                 user=settings.app.user, group=settings.app.group, output=host.app_output(app_name(settings)),
                 hidden=secret_variables(),
             )
-        return cls(settings, registry, cache, store, releases, state, notifications, host, supervisor,
-                   verification=verification)
+        return cls(settings, registry, cache, store, releases, state, notifications, host, supervisor)
 
     async def serve(self) -> int:
         """Cycle until a stop is requested; 0 then. An internal error (a bug) ends dewy with 1 but, as a
@@ -437,7 +436,7 @@ class Daemon:
             return
         if self.store:
             self.store.check_ready(release)
-        await self.deploy(release)
+        await self.deploy(release, await self._verify_image(release) if self.replicas else None)
 
     def _is_deployed(self, release: Release) -> bool:
         if self.replicas:
@@ -446,7 +445,8 @@ class Daemon:
         current = self.releases.current_dir()
         return bool(deployed and deployed.key == release.cache_key and current and current.name == deployed.release)
 
-    async def deploy(self, release: Release) -> None:
+    async def deploy(self, release: Release, signed: Signed | None = None) -> None:
+        """Deploy ``release``; an image arrives verified (``signed``: who signed it), an archive is verified here."""
         previous = self.state.current
         log.info("deploying", f"deploying {release.tag}", version=release.tag, previous_version=previous and previous.tag)
         env = {
@@ -455,7 +455,6 @@ class Daemon:
             "DEWY_COMMAND": self.settings.mode,
         }
         if self.replicas:
-            signed = await self._verify_image(release)
             with self.liveness.step(None):
                 await self.replicas.pull(release, *self._pull_options())
             env.update(DEWY_IMAGE=release.artifact_name, DEWY_IMAGE_DIGEST=release.id)
@@ -510,11 +509,11 @@ class Daemon:
 
     async def _verify_image(self, release: Release) -> Signed | None:
         """verify=cosign: who signed the image's digest (before anything is pulled); None without verify=."""
-        if self.verification is None:
+        if self.images is None:
             return None
         registry = getattr(self.registry, "registry", self.registry)  # SharedRegistry wraps the real one
         with self.liveness.step(POLL_ALLOWANCE):
-            return await self._refusing(release, verify_image(registry, release, self.verification.keys))
+            return await self._refusing(release, self.images.verify(registry, release))
 
     async def _refusing(self, release: Release, verification: Awaitable[T]) -> T:
         """``verification``'s result; a release whose signature it refuses is quarantined: never fetched again."""

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from dewy.cosign import verify_image
-from dewy.errors import UsageError
-from dewy.registry import REGISTRIES, Release
+from dewy.cosign import ImageVerifier
+from dewy.errors import ArtifactNotReady, UsageError
+from dewy.registry import REGISTRIES, UPLOAD_GRACE, Release
 from dewy.signing import SignatureRefused, Verification, pem_public_key
 from tests.cosign_signer import generate, sign
 from tests.oci_registry import OciRegistry
@@ -28,13 +28,15 @@ def keys(tmp_path):
     return generate(tmp_path, "first"), generate(tmp_path, "second")
 
 
-def verified(registry: OciRegistry, trusted, repository: str = REPO) -> tuple[Release, str]:
-    """The newest release of ``repository`` and who signed it, as dewy container checks it before pulling."""
+def verified(registry: OciRegistry, trusted=None, verifier: ImageVerifier | None = None) -> tuple[Release, str]:
+    """The newest release and who signed it, as dewy container checks it before pulling."""
+    verifier = verifier or ImageVerifier([pem_public_key(p.read_text()) for _, p in trusted])
+
     async def run() -> tuple[Release, str]:
-        backend = REGISTRIES.load(REGISTRIES.url(f"img://{registry.host}/{repository}"))
+        backend = REGISTRIES.load(REGISTRIES.url(f"img://{registry.host}/{REPO}"))
         try:
             release = await backend.current()
-            return release, str(await verify_image(backend, release, [pem_public_key(p.read_text()) for _, p in trusted]))
+            return release, str(await verifier.verify(backend, release))
         finally:
             await backend.aclose()
 
@@ -57,7 +59,6 @@ def test_either_of_two_trusted_keys_verifies(registry, keys) -> None:
 
 
 @pytest.mark.parametrize("how, says", [
-    ("unsigned", "no cosign signature (no tag sha256-"),
     ("untrusted", "found a signature by no trusted key"),
     ("tampered", "found a signature by no trusted key"),
     ("other digest", "found a trusted signature for another image digest (sha256:"),
@@ -67,16 +68,30 @@ def test_what_a_trusted_key_did_not_sign_for_this_image_is_refused(registry, key
     image = registry.push_image(REPO, ["v1.0.0"])
     other = registry.push_image(REPO, ["v0.9.0"], labels={"other": "1"})
     key = keys[1][0] if how == "untrusted" else keys[0][0]
-    if how != "unsigned":
-        sign(registry, REPO, image.digest, key,
-             claimed_digest=other.digest if how == "other digest" else None,
-             reference=f"{registry.host}/acme/other" if how == "other repository" else None,
-             signed_payload=b"something else" if how == "tampered" else None)
+    sign(registry, REPO, image.digest, key,
+         claimed_digest=other.digest if how == "other digest" else None,
+         reference=f"{registry.host}/acme/other" if how == "other repository" else None,
+         signed_payload=b"something else" if how == "tampered" else None)
     with pytest.raises(SignatureRefused) as refused:
         verified(registry, keys[:1])
     message = str(refused.value)
     assert message.startswith(f"{registry.host}/{REPO}:v1.0.0 ({image.digest}): refused: "), message
     assert says in message and message.endswith("; the image was not deployed"), message
+
+
+def test_an_unsigned_image_is_waited_for_then_refused(registry, keys) -> None:
+    """cosign signs after the push: dewy waits for the signature (the upload grace, on a fake clock), then refuses."""
+    image = registry.push_image(REPO, ["v1.0.0"])
+    now = [1000.0]
+    verifier = ImageVerifier([pem_public_key(keys[0][1].read_text())], clock=lambda: now[0])
+    with pytest.raises(ArtifactNotReady, match=r"\(sha256:\w+\): no cosign signature yet \(no tag sha256-\w+\.sig;"):
+        verified(registry, verifier=verifier)
+    now[0] += UPLOAD_GRACE.total_seconds()
+    with pytest.raises(SignatureRefused, match=f"refused: no cosign signature \\(no tag sha256-\\w+.sig in {registry.host}/"
+                                               f"{REPO} after 1800s\\) and verify=cosign is set; the image was not deployed"):
+        verified(registry, verifier=verifier)
+    sign(registry, REPO, image.digest, keys[0][0])
+    assert verified(registry, verifier=verifier)[0].id == image.digest
 
 
 def test_a_cosign_key_is_required_and_a_minisign_key_is_not_one(tmp_path, keys) -> None:
