@@ -22,8 +22,10 @@ import base64
 import binascii
 import hashlib
 import json
+import platform
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -39,6 +41,8 @@ SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 PAYLOAD_TYPE = "cosign container image signature"
 MAX_PAYLOAD_BYTES = 64 << 10  # a payload is a few hundred bytes, with annotations a few kB
 MAX_LAYERS = 64  # signatures kept on one digest (cosign appends one per signing)
+GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm", "i686": "386",
+           "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}  # image platforms name CPUs as Go does
 
 
 def signature_tag(digest: str) -> str:
@@ -63,6 +67,12 @@ def same_repository(claimed: str, expected: str) -> bool:
     return normal(claimed) == normal(expected)
 
 
+@dataclass(frozen=True)
+class VerifiedImage:
+    signed: Signed
+    image_id: str  # the config digest of this host's image under the signed manifest digest
+
+
 class ImageVerifier:
     """Checks images against the trusted cosign keys. An image is signed after it is pushed (``cosign sign`` needs
     its digest): a digest without signature is waited for during the upload grace from when dewy first saw it."""
@@ -72,14 +82,15 @@ class ImageVerifier:
         self.clock = clock
         self.unsigned: dict[str, float] = {}  # digest -> when first seen without signature
 
-    async def verify(self, registry: Any, release: Release) -> Signed:
-        """Who signed ``release``'s image digest; SignatureRefused (one line) if no trusted key did, ArtifactNotReady
-        while it has no signature yet. ``registry`` is the img:// registry of the release
-        (:class:`dewy.registry.img.ImageRegistry`)."""
+    async def verify(self, registry: Any, release: Release) -> VerifiedImage:
+        """Who signed ``release``'s image digest, and the image id the pull must bring; SignatureRefused (one line)
+        if no trusted key signed it, ArtifactNotReady while it has no signature yet. ``registry`` is the img://
+        registry of the release (:class:`dewy.registry.img.ImageRegistry`)."""
         tag = signature_tag(release.id)
         if await registry.has_tag(tag):
             self.unsigned.pop(release.id, None)
-            return await verify_image(registry, release, self.keys)
+            signed = await verify_image(registry, release, self.keys)
+            return VerifiedImage(signed, await image_id(registry, release))
         waited = self.clock() - self.unsigned.setdefault(release.id, self.clock())
         where = f"{release.artifact_name} ({release.id})"
         if waited < UPLOAD_GRACE.total_seconds():
@@ -129,6 +140,31 @@ async def verify_image(registry: Any, release: Release, keys: Sequence[ec.Ellipt
         return Signed(key_id(signer), _annotations(payload), tool="cosign")
     found = "; ".join(dict.fromkeys(problems)) or "no simple signing layer"
     raise refused(f"no cosign signature by a trusted key for this digest and repository (found {found})")
+
+
+async def image_id(registry: Any, release: Release) -> str:
+    """The id (config digest) of the image the signed digest stands for on this host: for a multi-platform
+    index, of its manifest for this host's platform. Each manifest read is checked against its digest."""
+    digest = release.id
+    for _ in range(2):  # an index, then the platform's manifest
+        data = await registry.manifest(digest)
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise SignatureRefused(f"{release.artifact_name}: the registry answered other bytes for the manifest {digest};"
+                                   " the image was not deployed")
+        try:
+            manifest = json.loads(data)
+            if "manifests" not in manifest:
+                return str(manifest["config"]["digest"])
+            digest = next(str(m["digest"]) for m in manifest["manifests"] if _this_platform(m.get("platform") or {}))
+        except (ValueError, KeyError, TypeError, StopIteration):
+            break
+    raise SignatureRefused(f"{release.artifact_name}: the signed manifest {release.id} names no image for"
+                           f" linux/{GO_ARCH.get(platform.machine().lower(), platform.machine())}; the image was not deployed")
+
+
+def _this_platform(entry: dict) -> bool:
+    machine = platform.machine().lower()
+    return entry.get("os") == "linux" and entry.get("architecture") == GO_ARCH.get(machine, machine)
 
 
 def _signature_of(layer: dict) -> bytes | None:

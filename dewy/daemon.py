@@ -31,7 +31,7 @@ from dewy import log
 from dewy.cache import CACHES, Cache
 from dewy.cli import Settings
 from dewy.config import secret_variables
-from dewy.cosign import ImageVerifier
+from dewy.cosign import ImageVerifier, VerifiedImage
 from dewy.errors import AppStartError, ArtifactNotReady, DewyError, HookError, UsageError
 from dewy.faults import describe, on_disk
 from dewy.hooks import run_hook
@@ -39,7 +39,7 @@ from dewy.notifiers import NOTIFIERS, Notifications
 from dewy.registry import REGISTRIES, Registry, Release
 from dewy.releases import PARTIAL_PREFIX, Releases
 from dewy.service import PlainProcess, detect
-from dewy.signing import SignatureRefused, Signed, Verification
+from dewy.signing import SignatureRefused, Verification
 from dewy.state import Deployed, State
 from dewy.store import ArtifactStore, default_cache_dir
 from dewy.supervisor import Supervisor
@@ -149,7 +149,7 @@ class Daemon:
         state = State.load(settings.dir / ".dewy" / "state.json")
         if settings.mode == "container":
             return cls(settings, registry, cache, store, releases, state, notifications, host,
-                       replicas=container_replicas(settings, host, state, by_digest=verification is not None),
+                       replicas=container_replicas(settings, host, state),
                        images=ImageVerifier(verification.keys) if verification else None)
         supervisor = None
         if settings.mode == "server":
@@ -445,8 +445,8 @@ class Daemon:
         current = self.releases.current_dir()
         return bool(deployed and deployed.key == release.cache_key and current and current.name == deployed.release)
 
-    async def deploy(self, release: Release, signed: Signed | None = None) -> None:
-        """Deploy ``release``; an image arrives verified (``signed``: who signed it), an archive is verified here."""
+    async def deploy(self, release: Release, image: VerifiedImage | None = None) -> None:
+        """Deploy ``release``; an image arrives verified (verify=cosign), an archive is verified here."""
         previous = self.state.current
         log.info("deploying", f"deploying {release.tag}", version=release.tag, previous_version=previous and previous.tag)
         env = {
@@ -456,12 +456,12 @@ class Daemon:
         }
         if self.replicas:
             with self.liveness.step(None):
-                await self.replicas.pull(release, *self._pull_options())
+                await self.replicas.pull(release, *self._pull_options(), verified_id=image and image.image_id)
             env.update(DEWY_IMAGE=release.artifact_name, DEWY_IMAGE_DIGEST=release.id)
             await self._before_hook(env)
             with self.liveness.step(None):
                 await self._roll_out(release)
-            signed_by = str(signed) if signed else None
+            signed_by = str(image.signed) if image else None
             name, where = release.artifact_name, {"image": release.artifact_name, "digest": release.id or None,
                                                   "signed_by": signed_by}
             self.state.record(Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat(),
@@ -507,7 +507,7 @@ class Daemon:
                  previous_version=previous and previous.tag, **where)
         await self.notifications.deployed(release.tag, previous and previous.tag, **details)
 
-    async def _verify_image(self, release: Release) -> Signed | None:
+    async def _verify_image(self, release: Release) -> VerifiedImage | None:
         """verify=cosign: who signed the image's digest (before anything is pulled); None without verify=."""
         if self.images is None:
             return None
@@ -663,9 +663,8 @@ def app_name(settings: Settings) -> str:
     return settings.name or settings.dir.name
 
 
-def container_replicas(settings: Settings, host: PlainProcess, state: State, by_digest: bool = False):
-    """Container mode's runtime, proxy and replica set; the SDKs are imported here, only for dewy container.
-    ``by_digest``: replicas start from REPO@DIGEST (a verified image), not from the tag."""
+def container_replicas(settings: Settings, host: PlainProcess, state: State):
+    """Container mode's runtime, proxy and replica set; the SDKs are imported here, only for dewy container."""
     from dewy.proxy import TcpProxy
     from dewy.rollout import ReplicaConfig, Replicas
     from dewy.runargs import parse_run_args
@@ -675,7 +674,7 @@ def container_replicas(settings: Settings, host: PlainProcess, state: State, by_
     config = ReplicaConfig(app=app_name(settings), replicas=settings.replicas, container_port=settings.container_port,
                            health_path=settings.health_path, health_timeout=settings.health_timeout,
                            drain_time=settings.drain_time, stop_timeout=settings.stop_timeout,
-                           options=parse_run_args(settings.run_args), by_digest=by_digest)
+                           options=parse_run_args(settings.run_args))
     proxy = TcpProxy(host.sockets(settings.ports)) if settings.ports else None
     return Replicas(runtime, config, state, proxy)
 

@@ -83,7 +83,6 @@ class ReplicaConfig:
     drain_time: float
     stop_timeout: float
     options: RunOptions
-    by_digest: bool = False  # start replicas from REPO@DIGEST, the image that was verified, not from its tag
 
     @property
     def network(self) -> str:
@@ -106,6 +105,7 @@ class Replicas:
         self.version: str | None = None
         self.digest: str = ""
         self.image: str | None = None
+        self.pinned: dict[str, str] = {}  # manifest digest -> the verified image id its replicas start from
         self.health: dict[str, str | None] = {}  # container id -> None (healthy) or why not
         self._draining: dict[str, tuple[Container, datetime]] = {}
         self._drains = Background()
@@ -182,13 +182,22 @@ class Replicas:
         if self.proxy:
             self.proxy.start()
 
-    async def pull(self, release: Release, credentials: tuple[str, str] | None, tls_verify: bool) -> None:
+    async def pull(self, release: Release, credentials: tuple[str, str] | None, tls_verify: bool,
+                   verified_id: str | None = None) -> None:
+        """Pull the release's image. ``verified_id``: the image id whose signature was checked; the pull must
+        bring exactly it (not what a tag moved since then names), and the replicas then start from that id."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         log.info("pulling", f"pulling {release.artifact_name}", version=release.tag, image=release.artifact_name)
         image_id = await self.runtime.pull(release.artifact_name, credentials, tls_verify)
         log.info("pulled", f"pulled {release.artifact_name} in {loop.time() - started:.1f}s", version=release.tag,
                  image=release.artifact_name, image_id=image_id)
+        if verified_id is not None:
+            if image_id.removeprefix("sha256:") != verified_id.removeprefix("sha256:"):
+                raise ContainerRuntimeError(
+                    f"{release.artifact_name}: the pull brought image {image_id}, not the verified {verified_id} of"
+                    f" {release.id} (the tag was moved since it was checked); nothing started, checked again next poll")
+            self.pinned[release.id] = image_id
 
     async def restart(self) -> None:
         """A rolling restart: fresh replicas of the serving image replace the running ones (SIGUSR1)."""
@@ -339,9 +348,7 @@ class Replicas:
         name = f"{container_name(config.app)}-{container_name(release.tag)}-{replica}-{rollout}"
         labels = {LABEL_APP: config.app, LABEL_VERSION: release.tag, LABEL_REPLICA: str(replica),
                   LABEL_DIGEST: release.id, LABEL_IMAGE: release.artifact_name, LABEL_ROLLOUT: rollout}
-        pinned = config.by_digest and release.id
-        image = f"{release.artifact_name.rpartition(':')[0]}@{release.id}" if pinned else release.artifact_name
-        spec = ReplicaSpec(image, name, config.network, labels, config.options)
+        spec = ReplicaSpec(self.pinned.get(release.id, release.artifact_name), name, config.network, labels, config.options)
         container_id = await self.runtime.create(spec)
         log.info("replica-starting", f"starting replica {replica} of {release.tag}", container=name, version=release.tag)
         try:

@@ -38,9 +38,9 @@ def payload(reference: str, digest: str, annotations: dict[str, str] | None = No
 
 def sign(registry: OciRegistry, repository: str, digest: str, key: ec.EllipticCurvePrivateKey, *,
          claimed_digest: str | None = None, reference: str | None = None, annotations: dict[str, str] | None = None,
-         signed_payload: bytes | None = None) -> None:
-    """Sign ``digest`` as cosign would; ``claimed_digest``/``reference`` put other claims in the payload, and
-    ``signed_payload`` signs other bytes than the payload stored (a signature that does not match)."""
+         signed_payload: bytes | None = None) -> str:
+    """Sign ``digest`` as cosign would; returns the payload's digest. ``claimed_digest``/``reference`` put other
+    claims in the payload, and ``signed_payload`` signs other bytes than the payload stored (one that does not match)."""
     body = payload(reference or f"{registry.host}/{repository}", claimed_digest or digest, annotations)
     signature = key.sign(signed_payload or body, ec.ECDSA(hashes.SHA256()))
     layer_digest = registry.push_blob(repository, body)
@@ -53,3 +53,4 @@ def sign(registry: OciRegistry, repository: str, digest: str, key: ec.EllipticCu
                     "annotations": {"dev.cosignproject.cosign/signature": base64.b64encode(signature).decode()}}],
     }).encode()
     registry.put_manifest(repository, digest.replace(":", "-") + ".sig", manifest, OCI_MANIFEST)
+    return layer_digest
