@@ -69,6 +69,8 @@ def same_repository(claimed: str, expected: str) -> bool:
 
 @dataclass(frozen=True)
 class VerifiedImage:
+    """A verified image: who signed it, and the image the pull must bring."""
+
     signed: Signed
     image_id: str  # the config digest of this host's image under the signed manifest digest
 
@@ -121,12 +123,12 @@ async def verify_image(registry: Any, release: Release, keys: Sequence[ec.Ellipt
         if not isinstance(layer, dict) or layer.get("mediaType") != SIMPLE_SIGNING:
             continue
         signature = _signature_of(layer)
-        size = layer.get("size")
-        if signature is None or not isinstance(size, int) or not 0 < size <= MAX_PAYLOAD_BYTES:
-            problems.append("a layer without a usable signature annotation or size")
+        size, digest = layer.get("size"), layer.get("digest")
+        if signature is None or not isinstance(size, int) or not 0 < size <= MAX_PAYLOAD_BYTES or not isinstance(digest, str):
+            problems.append("a layer without a usable signature annotation, size or digest")
             continue
-        payload = await registry.blob(layer.get("digest", ""))
-        if "sha256:" + hashlib.sha256(payload).hexdigest() != layer.get("digest"):
+        payload = await registry.blob(digest)
+        if "sha256:" + hashlib.sha256(payload).hexdigest() != digest:
             problems.append("a payload that does not match its digest")
             continue
         signer = next((key for key in keys if _signed_by(key, signature, payload)), None)

@@ -3,14 +3,17 @@
 A minisign signature file (``<artifact>.minisig``) holds four lines: an untrusted
 comment, the signature (algorithm, key id, Ed25519 signature), the trusted comment,
 and a global signature over the signature and the trusted comment together. The
-algorithm ``Ed`` (legacy) signs the file's bytes; ``ED`` (minisign's default since
-0.10) signs their BLAKE2b-512 hash, so it can be checked while the bytes stream by.
+algorithm ``Ed`` (legacy, ``minisign -l``) signs the file's bytes; ``ED`` (minisign's
+default) signs their BLAKE2b-512 hash, so it can be checked while the bytes stream by.
 
 A check is built from the signature before the download starts: the key must be one
 of the trusted ones (several may be, for rotation) and the trusted comment must be
 authentic, so a release signed by anyone else is refused without fetching it. If the
 trusted comment names the signed file (``file:NAME``, as minisign writes by default),
 it must name this artifact: a signed archive republished under another name is refused.
+
+The registry URL's ``verify=`` and the ``--trusted-key`` values are read here too
+(:class:`Verification`), for archives and for images (:mod:`dewy.cosign`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ PREHASHED = b"ED"
 KEY_ALGORITHM = b"Ed"
 SUFFIX = ".minisig"
 MAX_SIGNATURE_BYTES = 64 << 10  # a real one is about 300 bytes; the trusted comment is one line
+MAX_KEY_FILE_BYTES = 64 << 10  # a minisign .pub is 2 lines, a PEM key a few hundred bytes
 CHUNK = 1 << 20
 
 
@@ -120,7 +124,7 @@ def read_key_text(value: str, environ: Mapping[str, str] | None = None) -> str:
         data = path.read_bytes()
     except OSError as exc:
         raise ValueError(f"{value}: cannot read the key file: {exc.strerror}") from None
-    if len(data) > MAX_SIGNATURE_BYTES:
+    if len(data) > MAX_KEY_FILE_BYTES:
         raise ValueError(f"{value}: {len(data)} bytes is too big for a public key file")
     try:
         return data.decode("ascii")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import platform
 from collections.abc import Iterator
 
 import pytest
@@ -12,7 +14,9 @@ from dewy.errors import ArtifactNotReady, UsageError
 from dewy.registry import REGISTRIES, UPLOAD_GRACE, Release
 from dewy.signing import SignatureRefused, Verification, pem_public_key
 from tests.cosign_signer import generate, sign
-from tests.oci_registry import OciRegistry
+from tests.oci_registry import GO_ARCH, OCI_MANIFEST, OciRegistry
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 REPO = "acme/app"
 
@@ -36,7 +40,7 @@ def verified(registry: OciRegistry, trusted=None, verifier: ImageVerifier | None
         backend = REGISTRIES.load(REGISTRIES.url(f"img://{registry.host}/{REPO}"))
         try:
             release = await backend.current()
-            return release, str(await verifier.verify(backend, release))
+            return release, str((await verifier.verify(backend, release)).signed)
         finally:
             await backend.aclose()
 
@@ -49,6 +53,31 @@ def test_a_signed_digest_verifies_with_the_signers_annotations(registry, keys) -
     release, signer = verified(registry, keys[:1])
     assert release.id == image.digest
     assert signer.startswith("cosign key sha256:") and signer.endswith(" (ci=run 812)")
+
+
+def test_the_pull_must_bring_the_image_id_of_the_signed_manifest(registry, keys) -> None:
+    image = registry.push_image(REPO, ["v1.0.0"])
+    sign(registry, REPO, image.digest, keys[0][0])
+    verifier = ImageVerifier([pem_public_key(keys[0][1].read_text())])
+
+    async def run():
+        backend = REGISTRIES.load(REGISTRIES.url(f"img://{registry.host}/{REPO}"))
+        try:
+            return await verifier.verify(backend, await backend.current())
+        finally:
+            await backend.aclose()
+
+    assert asyncio.run(run()).image_id == json.loads(image.manifest)["config"]["digest"]
+
+    # a multi-platform index: the id of its manifest for this host's platform
+    other = registry.push_image(REPO, ["windows"], labels={"platform": "other"})
+    entry = {"mediaType": OCI_MANIFEST, "size": len(image.manifest), "digest": image.digest,
+             "platform": {"os": "linux", "architecture": GO_ARCH.get(platform.machine().lower(), platform.machine())}}
+    foreign = {"mediaType": OCI_MANIFEST, "size": len(other.manifest), "digest": other.digest,
+               "platform": {"os": "windows", "architecture": "amd64"}}
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [foreign, entry]}).encode()
+    sign(registry, REPO, registry.put_manifest(REPO, "v2.0.0", index, OCI_INDEX), keys[0][0])
+    assert asyncio.run(run()).image_id == json.loads(image.manifest)["config"]["digest"]
 
 
 def test_either_of_two_trusted_keys_verifies(registry, keys) -> None:
