@@ -107,14 +107,6 @@ def parse_drain_time(text: str) -> float:
     return parse_duration(str(text), zero=True)
 
 
-def check_trusted_key(value: str) -> str:
-    """A --trusted-key that can be read and is a public key (minisign, or cosign's PEM); the value itself is kept."""
-    from dewy.signing import check_key
-
-    check_key(value)
-    return value
-
-
 def check_container_settings(settings: Settings) -> None:
     """What flags and config files both check for dewy container; ValueError naming the setting."""
     from dewy.runargs import parse_run_args
@@ -145,7 +137,6 @@ _size = _argument(parse_size)
 _drain = _argument(parse_drain_time)
 _port_number = _argument(check_port_number)
 _count = _argument(parse_count)
-_trusted_key = _argument(check_trusted_key)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -166,7 +157,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-archive-members", type=_count, default=DEFAULT_MAX_MEMBERS, metavar="N",
                         help=f"refuse archives with more files, directories and links than this (default {DEFAULT_MAX_MEMBERS})")
     parser.add_argument("--keep-releases", type=_count, default=7, metavar="N", help="releases kept on disk (default 7)")
-    parser.add_argument("--trusted-key", action="append", default=[], type=_trusted_key, metavar="FILE|KEY",
+    parser.add_argument("--trusted-key", action="append", default=[], metavar="FILE|KEY",
                         help="public key that signs releases, for verify= on the registry URL: a minisign key (file, or"
                              " RW... itself) or a cosign PEM file; a relative FILE may be a systemd credential (repeatable)")
     parser.add_argument("-v", "--version", action="version", version=f"dewy {__version__}")

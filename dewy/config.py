@@ -29,7 +29,7 @@ from typing import Any
 
 from dewy.cli import (
     LOG_FORMATS, LOG_LEVELS, AppLimits, Settings, check_container_settings, check_health_path, check_port_number,
-    check_trusted_key, parse_drain_time,
+    parse_drain_time,
 )
 from dewy.errors import UsageError
 from dewy.quantities import count, parse_duration, parse_percent, parse_size
@@ -178,10 +178,6 @@ def _path(value: Any) -> Path:
     return path
 
 
-def _trusted_key(value: Any) -> str:
-    return check_trusted_key(_string(value))
-
-
 def _port_spec(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise Bad(f"expected a port (8000) or a port spec string (\"8000-8005\", \"127.0.0.1:8000\"), not {_kind(value)}")
@@ -260,7 +256,7 @@ TOP: dict[str, tuple[Callable[[Any], Any], str]] = {
     "max_archive_size": (_size, "max_archive_size"),
     "max_archive_members": (_count, "max_archive_members"),
     "keep_releases": (_count, "keep_releases"),
-    "trusted_keys": (_list(_trusted_key, '["/etc/dewy/minisign.pub"]'), "trusted_keys"),
+    "trusted_keys": (_list(_string, '["/etc/dewy/minisign.pub"]'), "trusted_keys"),
 }
 SERVER: dict[str, tuple[Callable[[Any], Any], str]] = {
     "ports": (_ports, "ports"),

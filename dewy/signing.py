@@ -308,11 +308,6 @@ def read_key(value: str, parse: Callable[[str], Any]) -> Any:
         raise ValueError(f"{value}: {exc}") from None
 
 
-def check_key(value: str) -> None:
-    """ValueError unless ``value`` is a readable public key: minisign's, or a PEM one (cosign)."""
-    read_key(value, lambda text: pem_public_key(text) if "-----BEGIN" in text else parse_public_key(text))
-
-
 def pem_public_key(text: str) -> ec.EllipticCurvePublicKey:
     """A cosign public key (``cosign.pub``): ECDSA P-256 in PEM. ValueError if it is not one."""
     try:

@@ -193,15 +193,18 @@ def test_verification_settings_that_do_not_fit_are_usage_errors(tmp_path, keys, 
     assert re.fullmatch(f"dewy: error: file://{tmp_path}/reg{re.escape(query)}: {error}.*\n", result.stderr), result.stderr
 
 
-def test_trusted_keys_in_a_config_file_are_checked_with_their_line(tmp_path, keys) -> None:
+def test_trusted_keys_from_a_config_file_and_flags_are_read_at_startup(tmp_path, keys) -> None:
+    """Read when dewy starts (not by ``dewy status``, which has no systemd credentials): a bad one is one line, exit 2."""
+    (tmp_path / "reg").mkdir()
+    registry = (tmp_path / "reg").as_uri() + "?verify=minisign"
     config = tmp_path / "site.toml"
-    config.write_text(f'mode = "assets"\nregistry = "{(tmp_path / "reg").as_uri()}?verify=minisign"\n'
+    config.write_text(f'mode = "assets"\nregistry = "{registry}"\n'
                       f'dir = "{tmp_path / "site"}"\ntrusted_keys = ["{keys[0].public}", "missing.pub"]\n')
     result = dewy("--config", str(config), cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr == (f"dewy: error: {config}:4: trusted_keys[1]: missing.pub: cannot read the key file:"
-                             " No such file or directory\n")
-    result = dewy("assets", "-r", "file:///srv", "--trusted-key", "RWQnotakey", cwd=tmp_path)
+    assert result.stderr == (f"dewy: error: {config}:2: registry: {registry}: verify=minisign: trusted key missing.pub:"
+                             " cannot read the key file: No such file or directory\n")
+    result = dewy("assets", "-r", registry, "-d", str(tmp_path / "site"), "--trusted-key", "RWQnotakey", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr == ("dewy: error: argument --trusted-key: RWQnotakey: cannot read the key file:"
+    assert result.stderr == (f"dewy: error: {registry}: verify=minisign: trusted key RWQnotakey: cannot read the key file:"
                              " No such file or directory\n")
