@@ -483,7 +483,7 @@ class Daemon:
             if self.supervisor:
                 await self._start_generation(release, release_dir, old_dir, deployed, previous)
             where = {"release_dir": str(release_dir), "signed_by": deployed.signed_by}
-        details = {}
+        details = {"signed by": where["signed_by"]} if where["signed_by"] else {}
         if self.settings.after_deploy_hook:
             try:
                 with self.liveness.step(self.settings.hook_timeout + START_SLACK):
