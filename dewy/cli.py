@@ -8,66 +8,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from dewy import __version__
 from dewy.archive import DEFAULT_MAX_MEMBERS
 from dewy.errors import DewyError, UsageError
-from dewy.quantities import count, parse_duration, parse_size
-from dewy.urls import Url
+from dewy.quantities import parse_duration, parse_size
+from dewy.settings import (
+    DEFAULT_MAX_ARCHIVE, LOG_FORMATS, LOG_LEVELS, MODE_SETTINGS, MODES, Missing, SettingError,
+    Settings, check, check_health_path, check_port_number, check_url, parse_count, parse_drain_time, parse_port_specs,
+    runtime_choice,
+)
 
-DEFAULT_MAX_ARCHIVE = "4G"
-LOG_LEVELS = ("debug", "info", "warn", "error")
-LOG_FORMATS = ("text", "json")
-
-
-@dataclass
-class Settings:
-    """Everything a run of dewy needs, from flags (and, later, /etc/dewy/NAME.toml)."""
-
-    mode: str  # server | assets | container
-    registry: str
-    interval: float = 10.0
-    cache: str | None = None
-    notifiers: list[str] = field(default_factory=list)
-    log_level: str = "info"
-    log_format: str = "text"
-    before_deploy_hook: str | None = None
-    after_deploy_hook: str | None = None
-    hook_timeout: float = 300.0
-    slot: str | None = None
-    dir: Path = field(default_factory=Path.cwd)
-    ports: list[tuple[str, int]] = field(default_factory=list)
-    app_command: list[str] = field(default_factory=list)
-    health_path: str | None = None
-    health_timeout: float = 30.0
-    settle_time: float = 1.0
-    stop_timeout: float = 30.0
-    max_archive_size: int = 4 << 30
-    max_archive_members: int = DEFAULT_MAX_MEMBERS
-    keep_releases: int = 7
-    trusted_keys: list[str] = field(default_factory=list)  # --trusted-key FILE|KEY, for the registry's verify=
-    container_port: int | None = None  # container mode: the port the app listens on inside its container
-    replicas: int = 1
-    drain_time: float = 30.0
-    runtime: str | None = None  # podman | docker | None (auto-detect)
-    run_args: list[str] = field(default_factory=list)  # docker-run options for every replica (dewy.runargs)
-    name: str | None = None  # the instance name of dewy@NAME (from --config /etc/dewy/NAME.toml)
-    source: Path | None = None  # the --config file these settings came from (None: flags)
-    app: AppLimits = field(default_factory=lambda: AppLimits())
-
-
-@dataclass
-class AppLimits:
-    """Who the app runs as and what it may use; applied to its transient systemd unit."""
-
-    user: str | None = None
-    group: str | None = None
-    memory_max: int | None = None  # bytes
-    cpu_quota: float | None = None  # percent of one CPU, e.g. 150.0
-    tasks_max: int | None = None
-    environment: dict[str, str] = field(default_factory=dict)
+# How errors of settings.check name a setting (run_args, given after --, has no name)
+FLAG_NAMES = {"registry": "--registry", "ports": "--port", "health_path": "--health-path"}
+# How flags give what a mode needs (settings.REQUIRED)
+FLAG_NEEDS = {
+    "app_command": "the app command after --, e.g. dewy server --registry URL -p 8000 -- ./current/app",
+    "container_port": "--container-port N: the port the app listens on inside its container",
+}
 
 
 class Parser(argparse.ArgumentParser):
@@ -75,48 +34,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message)
-
-
-# Validators shared with dewy.config: each raises ValueError with a reason that does not
-# name the option, so flags and config files report the same problem in their own terms.
-
-
-def parse_count(text: str | int) -> int:
-    """A whole number of things, at least 1 (releases kept, archive members, replicas)."""
-    value = str(text).strip()
-    if not value.isdigit():
-        raise ValueError(f"{value!r} is not a whole number")
-    return count(int(value))
-
-
-def check_health_path(path: str) -> str:
-    if not path.startswith("/"):
-        raise ValueError(f"{path!r} must start with /")
-    return path
-
-
-def check_port_number(text: str | int) -> int:
-    value = str(text)
-    if not value.isdigit() or not 1 <= int(value) <= 65535:
-        raise ValueError(f"{value} is not a port number (1-65535)")
-    return int(value)
-
-
-def parse_drain_time(text: str) -> float:
-    """A duration that may be zero (no drain)."""
-    return parse_duration(str(text), zero=True)
-
-
-def check_container_settings(settings: Settings) -> None:
-    """What flags and config files both check for dewy container; ValueError naming the setting."""
-    from dewy.runargs import parse_run_args
-
-    if Url.parse(settings.registry).scheme != "img":
-        raise ValueError("registry: dewy container deploys images: use an img://HOST/REPO registry")
-    try:
-        parse_run_args(settings.run_args)
-    except UsageError as exc:
-        raise ValueError(str(exc)) from None
 
 
 def _argument(check):
@@ -137,14 +54,22 @@ _size = _argument(parse_size)
 _drain = _argument(parse_drain_time)
 _port_number = _argument(check_port_number)
 _count = _argument(parse_count)
+_runtime = _argument(runtime_choice)
+_health_path = _argument(check_health_path)
+
+
+def _url(kind: str):
+    convert = _argument(lambda text: check_url(kind, text))
+    convert.__name__ = f"{kind} URL"
+    return convert
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-r", "--registry", required=True, metavar="URL", help="where releases are listed: ghr://OWNER/REPO, file:///DIR, ...")
+    parser.add_argument("-r", "--registry", required=True, type=_url("registry"), metavar="URL", help="where releases are listed: ghr://OWNER/REPO, file:///DIR, ...")
     parser.add_argument("-i", "--interval", type=_duration, default=10.0, metavar="SECONDS", help="polling interval (default 10)")
-    parser.add_argument("-c", "--cache", metavar="URL", help="cache: file:///DIR (default $DEWY_CACHEDIR or ./.dewy/cache) or memory://")
-    parser.add_argument("--notifier", action="append", default=[], metavar="URL", help="where people are told (repeatable)")
-    parser.add_argument("--notify", action="append", default=[], metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("-c", "--cache", type=_url("cache"), metavar="URL", help="cache: file:///DIR (default $DEWY_CACHEDIR or ./.dewy/cache) or memory://")
+    parser.add_argument("--notifier", action="append", default=[], type=_url("notifier"), metavar="URL", help="where people are told (repeatable)")
+    parser.add_argument("--notify", action="append", default=[], type=_url("notifier"), metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("-l", "--log-level", choices=LOG_LEVELS, default="info", type=str.lower)
     parser.add_argument("-f", "--log-format", choices=LOG_FORMATS, default="text", type=str.lower)
     parser.add_argument("--before-deploy-hook", metavar="CMD", help="shell command run before a deploy; non-zero exit aborts it")
@@ -178,7 +103,7 @@ def build_parser() -> Parser:
                                  usage="dewy server --registry URL [options] [-p PORTS] -- COMMAND [ARGS...]")
     _common(server)
     server.add_argument("-p", "--port", action="append", default=[], metavar="PORTS", help="port(s) dewy holds for the app: 8000, 8000,8001, 8000-8005, 127.0.0.1:8000 (repeatable)")
-    server.add_argument("--health-path", metavar="PATH", help="HTTP path that must answer 2xx/3xx before the old generation is stopped")
+    server.add_argument("--health-path", type=_health_path, metavar="PATH", help="HTTP path that must answer 2xx/3xx before the old generation is stopped")
     server.add_argument("--health-timeout", type=_duration, default=30.0, metavar="SECONDS", help="how long a new generation may take to become healthy (default 30)")
     server.add_argument("--settle-time", type=_duration, default=1.0, metavar="SECONDS", help="a new generation must stay alive this long to count as started (default 1)")
     server.add_argument("--stop-timeout", type=_duration, default=30.0, metavar="SECONDS", help="SIGKILL an old generation this long after SIGTERM (default 30)")
@@ -193,14 +118,14 @@ def build_parser() -> Parser:
                     "-m/--memory, --cpus, --pids-limit, --read-only, --cap-add/--cap-drop, -l/--label, "
                     "--network-alias, ... (publishing, --name, --network, --restart, --privileged, -d are refused).")
     _common(container)
-    container.add_argument("--container-port", type=_port_number, required=True, metavar="N", help="the port the app listens on inside its container")
+    container.add_argument("--container-port", type=_port_number, metavar="N", help="the port the app listens on inside its container (required)")
     container.add_argument("--port", action="append", default=[], metavar="PORTS", help="host port(s) dewy holds and forwards to healthy replicas: 8000, 127.0.0.1:8000 (repeatable); without it only containers on dewy's network reach the app")
     container.add_argument("--replicas", type=_count, default=1, metavar="N", help="containers serving at once (default 1)")
-    container.add_argument("--health-path", metavar="PATH", help="HTTP path that must answer 2xx/3xx on a new replica before it gets traffic (default: the image's HEALTHCHECK, else the port accepting)")
+    container.add_argument("--health-path", type=_health_path, metavar="PATH", help="HTTP path that must answer 2xx/3xx on a new replica before it gets traffic (default: the image's HEALTHCHECK, else the port accepting)")
     container.add_argument("--health-timeout", type=_duration, default=30.0, metavar="SECONDS", help="how long a new replica may take to become healthy (default 30)")
     container.add_argument("--drain-time", type=_drain, default=30.0, metavar="SECONDS", help="old replicas keep running this long after the switch, for connections in flight (default 30)")
     container.add_argument("--stop-timeout", type=_duration, default=30.0, metavar="SECONDS", help="SIGKILL a stopping replica this long after SIGTERM (default 30)")
-    container.add_argument("--runtime", choices=("podman", "docker", "auto"), default="auto", type=str.lower, help="container runtime API (default auto: $CONTAINER_HOST, $DOCKER_HOST, /run/podman/podman.sock, /var/run/docker.sock)")
+    container.add_argument("--runtime", default="auto", type=_runtime, metavar="podman|docker|auto", help="container runtime API (default auto: $CONTAINER_HOST, $DOCKER_HOST, /run/podman/podman.sock, /var/run/docker.sock)")
     for name, text in (("status", "what is deployed here, the app and its unit, quarantined versions, the last error"),
                        ("history", "deploys, rollbacks and failures (from the journal of dewy@NAME)")):
         inspect = commands.add_parser(name, help=text, description=text)
@@ -218,21 +143,21 @@ def _config_with_command(command: str) -> UsageError:
 
 def parse(argv: list[str]) -> Settings:
     """Flags to Settings, or UsageError naming the first problem."""
-    app_command: list[str] = []
+    after: list[str] = []  # the words after --: the app's command (server) or docker-run options (container)
     if "--" in argv:
         at = argv.index("--")
-        argv, app_command = argv[:at], argv[at + 1:]
+        argv, after = argv[:at], argv[at + 1:]
     try:
         args = build_parser().parse_args(argv)
     except UsageError:
-        command = next((a for a in argv if a in ("server", "assets", "container")), None)
+        command = next((a for a in argv if a in MODES), None)
         if command and any(a == "--config" or a.startswith("--config=") for a in argv):
             raise _config_with_command(command) from None  # not "--registry is required"
         raise
     if getattr(args, "config", None) is not None:
         if args.command is not None:
             raise _config_with_command(args.command)
-        if app_command:
+        if after:
             raise UsageError("--config takes no command after --: set command = [...] in the file's [server] table "
                              "(run_args = [...] in [container])")
         from dewy.config import load
@@ -240,58 +165,35 @@ def parse(argv: list[str]) -> Settings:
         return load(Path(args.config))
     if args.command is None:
         raise UsageError("missing command: use dewy server, dewy assets or dewy container (see dewy --help)")
-    notifiers = args.notifier + args.notify
+    if args.notify:
+        print("dewy: warning: --notify is deprecated; use --notifier", file=sys.stderr)
+    mode = args.command
     settings = Settings(
-        mode=args.command, registry=args.registry, interval=args.interval, cache=args.cache,
-        notifiers=notifiers, log_level=args.log_level, log_format=args.log_format,
+        mode=mode, registry=args.registry, interval=args.interval, cache=args.cache,
+        notifiers=args.notifier + args.notify, log_level=args.log_level, log_format=args.log_format,
         before_deploy_hook=args.before_deploy_hook, after_deploy_hook=args.after_deploy_hook,
         hook_timeout=args.hook_timeout, slot=args.slot, dir=(args.dir or Path.cwd()).absolute(),
         max_archive_size=args.max_archive_size, max_archive_members=args.max_archive_members,
-        keep_releases=args.keep_releases, app_command=app_command, trusted_keys=args.trusted_key,
+        keep_releases=args.keep_releases, trusted_keys=args.trusted_key,
     )
-    if args.notify:
-        print("dewy: warning: --notify is deprecated; use --notifier", file=sys.stderr)
-    if args.command == "server":
-        from dewy.sockets import parse_ports
-
+    for name in MODE_SETTINGS[mode] & vars(args).keys():
+        setattr(settings, name, getattr(args, name))
+    if "ports" in MODE_SETTINGS[mode]:
         try:
-            settings.ports = parse_ports(args.port)
+            settings.ports = parse_port_specs(args.port)
         except ValueError as exc:
             raise UsageError(f"--port: {exc}") from None
-        if not app_command:
-            raise UsageError("dewy server needs the app command after --, e.g. dewy server --registry URL -p 8000 -- ./current/app")
-        if args.health_path and not settings.ports:
-            raise UsageError("--health-path needs at least one --port to check the app through")
-        if args.health_path:
-            try:
-                check_health_path(args.health_path)
-            except ValueError as exc:
-                raise UsageError(f"--health-path {exc}") from None
-        settings.health_path, settings.health_timeout = args.health_path, args.health_timeout
-        settings.settle_time, settings.stop_timeout = args.settle_time, args.stop_timeout
-    elif args.command == "container":
-        from dewy.sockets import parse_ports
-
-        try:
-            settings.ports = parse_ports(args.port)
-        except ValueError as exc:
-            raise UsageError(f"--port: {exc}") from None
-        if args.health_path:
-            try:
-                check_health_path(args.health_path)
-            except ValueError as exc:
-                raise UsageError(f"--health-path {exc}") from None
-        settings.app_command, settings.run_args = [], app_command
-        settings.container_port, settings.replicas = args.container_port, args.replicas
-        settings.health_path, settings.health_timeout = args.health_path, args.health_timeout
-        settings.drain_time, settings.stop_timeout = args.drain_time, args.stop_timeout
-        settings.runtime = None if args.runtime == "auto" else args.runtime
-        try:
-            check_container_settings(settings)
-        except ValueError as exc:
-            raise UsageError(str(exc).removeprefix("registry: ")) from None
-    elif app_command:
-        raise UsageError(f"dewy {args.command} runs no app: remove the command after --")
+    if after:
+        words = next((name for name in ("app_command", "run_args") if name in MODE_SETTINGS[mode]), None)
+        if words is None:
+            raise UsageError(f"dewy {mode} runs no app: remove the command after --")
+        setattr(settings, words, after)
+    try:
+        check(settings, FLAG_NAMES.get)
+    except Missing as exc:
+        raise UsageError(f"dewy {mode} needs {FLAG_NEEDS[exc.setting]}") from None
+    except SettingError as exc:
+        raise UsageError(str(exc)) from None
     return settings
 
 
@@ -314,14 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         load_credentials()
         from dewy.daemon import run
 
-        try:
-            return run(settings)
-        except UsageError as exc:
-            if settings.source is None:
-                raise
-            from dewy.config import locate
-
-            raise locate(settings, exc) from None  # a backend's complaint about a URL, with the file's line
+        return run(settings)
     except UsageError as exc:
         print(f"dewy: error: {exc}", file=sys.stderr)
         return 2

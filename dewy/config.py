@@ -3,9 +3,11 @@
 A config file holds the same settings as the command line, with snake_case keys
 (``log_level`` for ``--log-level``), server options in a ``[server]`` table and the
 app's user and resource limits in an ``[app]`` table. Values are checked with the
-same validators as the flags; every problem is one line ``FILE:LINE: message``
-(a UsageError: exit code 2). tomllib reports no positions, so :func:`key_lines`
-finds each key's line in the text.
+same validators and mode rules as the flags (:mod:`dewy.settings`); every problem is
+one line ``FILE:LINE: message`` (a UsageError: exit code 2). tomllib reports no
+positions, so :func:`key_lines` finds each key's line in the text, and each value's
+line is kept with the settings (``Settings.origins``) for the errors found later, when
+the backends are built.
 
 The instance name is the file's stem (``demo`` for ``/etc/dewy/demo.toml``, as in
 ``dewy@demo``); without ``dir``, releases live in ``/var/lib/dewy/NAME``, the
@@ -27,16 +29,15 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
-from dewy.cli import (
-    LOG_FORMATS, LOG_LEVELS, AppLimits, Settings, check_container_settings, check_health_path, check_port_number,
-    parse_drain_time,
-)
 from dewy.errors import UsageError
 from dewy.quantities import count, parse_duration, parse_percent, parse_size
+from dewy.settings import (
+    LOG_FORMATS, LOG_LEVELS, MODE_SETTINGS, MODES, AppLimits, Missing, Origin, SettingError, Settings, check,
+    check_choice, check_health_path, check_port_number, check_url, parse_drain_time, parse_port_specs, runtime_choice,
+)
 from dewy.urls import redact
 
 STATE_ROOT = Path("/var/lib/dewy")  # default dir: STATE_ROOT/NAME (systemd: StateDirectory=dewy/%i)
-MODES = ("server", "assets", "container")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CREDENTIAL_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")  # GITHUB_TOKEN, SLACK_TOKEN, AWS_SECRET_ACCESS_KEY, ...
 
@@ -101,12 +102,7 @@ def _count(value: Any) -> int:
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
-    def convert(value: Any) -> str:
-        if _string(value).lower() not in choices:
-            raise Bad(f"{value!r} is not one of {', '.join(choices)}")
-        return value.lower()
-
-    return convert
+    return lambda value: check_choice(_string(value), choices)
 
 
 def _mode(value: Any) -> str:
@@ -126,8 +122,7 @@ def _drain_time(value: Any) -> float:
 
 
 def _runtime(value: Any) -> str | None:
-    runtime = _choice(("podman", "docker", "auto"))(value)
-    return None if runtime == "auto" else runtime
+    return runtime_choice(_string(value))
 
 
 def _run_args(value: Any) -> list[str]:
@@ -135,23 +130,7 @@ def _run_args(value: Any) -> list[str]:
 
 
 def _url(kind: str) -> Callable[[Any], str]:
-    """A backend URL, checked for a known scheme now (the backend checks the rest at startup)."""
-
-    def convert(value: Any) -> str:
-        raw = _string(value)
-        if kind == "registry":
-            from dewy.registry import REGISTRIES as plugins
-        elif kind == "cache":
-            from dewy.cache import CACHES as plugins
-        else:
-            from dewy.notifiers import NOTIFIERS as plugins
-        try:
-            plugins.url(raw)
-        except UsageError as exc:
-            raise Bad(str(exc)) from None
-        return raw
-
-    return convert
+    return lambda value: check_url(kind, _string(value))
 
 
 def _list(item: Callable[[Any], Any], example: str) -> Callable[[Any], list]:
@@ -181,17 +160,13 @@ def _path(value: Any) -> Path:
 def _port_spec(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise Bad(f"expected a port (8000) or a port spec string (\"8000-8005\", \"127.0.0.1:8000\"), not {_kind(value)}")
-    from dewy.sockets import parse_ports
-
-    parse_ports([str(value)])
+    parse_port_specs([str(value)])
     return str(value)
 
 
 def _ports(value: Any) -> list[tuple[str, int]]:
     specs = _list(_port_spec, '[8000, "8001-8003", "127.0.0.1:9000"]')(value)
-    from dewy.sockets import parse_ports
-
-    return parse_ports(specs)  # the whole list: a port given twice
+    return parse_port_specs(specs)  # the whole list: a port given twice
 
 
 def _command(value: Any) -> list[str]:
@@ -286,6 +261,14 @@ APP: dict[str, tuple[Callable[[Any], Any], str]] = {
     "environment": (_environment, "environment"),
 }
 TABLES = {"server": SERVER, "container": CONTAINER, "app": APP}
+# the mode each table belongs to (settings.MODE_SETTINGS): [app] holds the setting "app"
+TABLE_MODES = {table: next(mode for mode in MODES if ({"app"} if table == "app" else {f for _, f in keys.values()})
+                           <= MODE_SETTINGS[mode]) for table, keys in TABLES.items()}
+# how a file gives what its mode needs (settings.REQUIRED): the key, what it is, an example
+NEEDED = {
+    "app_command": ("command", "the app to run", 'command = ["./current/app"]'),
+    "container_port": ("container_port", "the app's port in its container", "container_port = 8080"),
+}
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -326,21 +309,29 @@ def _syntax_error(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> UsageE
 
 
 class _Reader:
+    """Converts a document's values, noting where each was written (Settings.origins), and applies the mode rules."""
+
     def __init__(self, path: Path, text: str) -> None:
         self.path = path
         self.lines = key_lines(text)
+        self.origins: dict[str, Origin] = {}
 
     def error(self, key: Key, message: str) -> UsageError:
         return UsageError(f"{self.path}:{line_of(self.lines, key)}: {message}")
 
-    def convert(self, key: Key, converter: Callable[[Any], Any], value: Any) -> Any:
+    def convert(self, key: Key, converter: Callable[[Any], Any], value: Any, setting: str) -> Any:
         try:
-            return converter(value)
+            converted = converter(value)
         except ValueError as exc:
             # Bad(message, index) or Bad(message, name): the problem is in one item of a list or table
             where = ".".join(key) + "".join(f"[{extra}]" if isinstance(extra, int) else f".{extra}" for extra in exc.args[1:])
             raise self.error(key + tuple(str(extra) for extra in exc.args[1:] if isinstance(extra, str)),
                              f"{where}: {exc.args[0]}") from None
+        origin = Origin(self.path, line_of(self.lines, key), ".".join(key))
+        self.origins[setting] = origin
+        for index in range(len(converted) if isinstance(converted, list) else 0):  # an array's items share its line
+            self.origins[f"{setting}[{index}]"] = Origin(origin.path, origin.line, f"{origin.key}[{index}]")
+        return converted
 
     def settings(self, document: dict[str, Any]) -> Settings:
         name = self.path.stem
@@ -351,7 +342,7 @@ class _Reader:
                     raise self.error((key,), f"{key}: expected a table ([{key}]), not {_kind(value)}")
             elif key in TOP:
                 converter, field_name = TOP[key]
-                values[field_name] = self.convert((key,), converter, value)
+                values[field_name] = self.convert((key,), converter, value, field_name)
             else:
                 raise self.unknown((), key, value)
         if "mode" not in values:
@@ -359,35 +350,30 @@ class _Reader:
         if "registry" not in values:
             raise self.error((), "missing key 'registry': where releases are listed, such as registry = \"ghr://OWNER/REPO\"")
         mode = values["mode"]
-        server = self.table(document, "server")
-        container = self.table(document, "container")
-        app = self.table(document, "app")
-        for table, owner in (("server", "server"), ("app", "server"), ("container", "container")):
+        tables = {table: self.table(document, table) for table in TABLES}
+        for table, owner in TABLE_MODES.items():
             if table in document and mode != owner:
                 raise self.error((table,), f"[{table}] applies to mode = \"{owner}\" only; this file has mode = \"{mode}\"")
-        if mode == "server":
-            if "app_command" not in server:
-                if "server" in document:
-                    raise self.error(("server",), "missing key 'command' in [server]: the app to run, such as command = [\"./current/app\"]")
-                raise self.error(("mode",), "mode = \"server\" needs a [server] table with the app to run: command = [\"./current/app\"]")
-            if "health_path" in server and not server.get("ports"):
-                raise self.error(("server", "health_path"), "server.health_path needs server.ports to check the app through")
-        if mode == "container":
-            if "container_port" not in container:
-                where = ("container",) if "container" in document else ("mode",)
-                raise self.error(where, "mode = \"container\" needs a [container] table with the app's port in its "
-                                        "container: container_port = 8080")
-            settings = Settings(**values, **container, name=name, source=self.path)
-            try:
-                check_container_settings(settings)
-            except ValueError as exc:
-                if str(exc).startswith("registry: "):
-                    raise self.error(("registry",), str(exc)) from None
-                raise self.error(("container", "run_args"), f"container.run_args: {exc}") from None
-            settings.dir = values.get("dir", STATE_ROOT / name)
-            return settings
-        values.setdefault("dir", STATE_ROOT / name)
-        return Settings(**values, **server, name=name, source=self.path, app=AppLimits(**app))
+        settings = Settings(**values, name=name, source=self.path, origins=self.origins)
+        settings.dir = values.get("dir", STATE_ROOT / name)
+        settings.app = AppLimits(**tables["app"])
+        for table in ("server", "container"):
+            for field_name, value in tables[table].items():
+                setattr(settings, field_name, value)
+        keys = {field_name: key for key, (_, field_name) in TOP.items()}
+        keys |= {field_name: f"{table}.{key}" for table in TABLE_MODES if TABLE_MODES[table] == mode
+                 for key, (_, field_name) in TABLES[table].items()}
+        try:
+            check(settings, keys.get)
+        except Missing as exc:
+            table = next(table for table in TABLE_MODES if exc.setting in (f for _, f in TABLES[table].values()))
+            key, what, example = NEEDED[exc.setting]
+            if table in document:
+                raise self.error((table,), f"missing key '{key}' in [{table}]: {what}, such as {example}") from None
+            raise self.error(("mode",), f"mode = \"{mode}\" needs a [{table}] table with {what}: {example}") from None
+        except SettingError as exc:
+            raise UsageError(self.origins[exc.setting].place(str(exc))) from None
+        return settings
 
     def table(self, document: dict[str, Any], table: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -395,7 +381,8 @@ class _Reader:
             if key not in TABLES[table]:
                 raise self.unknown((table,), key, value)
             converter, field_name = TABLES[table][key]
-            out[field_name] = self.convert((table, key), converter, value)
+            setting = f"app.{field_name}" if table == "app" else field_name
+            out[field_name] = self.convert((table, key), converter, value, setting)
         return out
 
     def unknown(self, table: Key, key: str, value: Any) -> UsageError:
@@ -428,27 +415,6 @@ def _close(key: str, known) -> str | None:
         return normal
     matches = difflib.get_close_matches(normal, sorted(known), n=1, cutoff=0.6)
     return matches[0] if matches else None
-
-
-def locate(settings: Settings, exc: UsageError) -> UsageError:
-    """A startup error about a URL or the ports (raised by a backend) with the config file's line added."""
-    message = str(exc)
-    source = settings.source
-    if source is None:
-        return exc
-    try:
-        lines = key_lines(source.read_text())
-    except (OSError, ValueError):
-        return exc
-    urls = [("registry", "registry", settings.registry), ("cache", "cache", settings.cache or "")]
-    urls += [("notifiers", f"notifiers[{index}]", url) for index, url in enumerate(settings.notifiers)]
-    for key, shown, url in urls:
-        if url and message.startswith(redact(url) + ":"):
-            return UsageError(f"{source}:{line_of(lines, (key,))}: {shown}: {message}")
-    if message.startswith("cannot listen on"):
-        table = "container" if settings.mode == "container" else "server"
-        return UsageError(f"{source}:{line_of(lines, (table, 'ports'))}: {table}.ports: {message}")
-    return exc
 
 
 # -- line numbers -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ MAX_BYTES = 1 << 60  # 1 EiB: beyond any disk, inside systemd's 64-bit byte limi
 MAX_PERCENT = 100_000.0  # of one CPU: a thousand CPUs
 MAX_COUNT = 1 << 31  # releases kept, archive members, tasks, replicas
 
-SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -58,7 +58,10 @@ def parse_duration(text: str, *, zero: bool = False) -> float:
 
 
 def parse_size(text: str) -> int:
-    """``500M``, ``4G``, ``512MiB``, ``1048576`` to bytes; must be positive."""
+    """``500M``, ``4G``, ``512m``, ``512MiB``, ``512MB``, ``1048576`` to bytes; must be positive.
+
+    The one size grammar of dewy: flags, config files and docker-run options (``-m 512m``). Units are
+    binary whichever way they are written (``M``, ``MB`` and ``MiB`` are all 2**20), as docker reads them."""
     value = text.strip().lower().removesuffix("b").removesuffix("i")
     unit = value[-1:] if value[-1:] in SIZE_UNITS else ""
     digits = value[: len(value) - len(unit)]

@@ -15,6 +15,7 @@ Accepted (both ``--opt value`` and ``--opt=value``; short forms also as ``-eNAME
     -u, --user USER[:GROUP]         --group-add GROUP
     -w, --workdir DIR               --entrypoint CMD
     -m, --memory SIZE               --memory-reservation SIZE   --cpus N
+    (SIZE as everywhere in dewy, dewy.quantities.parse_size: 512m, 512MiB, 2g, bytes; binary units, as docker's)
     --pids-limit N                  --shm-size SIZE
     --read-only                     --init
     --cap-add CAP                   --cap-drop CAP              --security-opt OPT
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dewy.errors import UsageError
-from dewy.quantities import MAX_BYTES, MAX_PERCENT, count, number
+from dewy.quantities import MAX_PERCENT, count, number, parse_size
 
 LABEL_PREFIX = "dewy."
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
@@ -78,7 +79,6 @@ VALUED = {
     "--security-opt", "--label", "--network-alias", "--hostname", "--add-host", "--stop-signal",
 }
 FLAGS = {"--read-only", "--init"}
-SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 @dataclass
@@ -200,11 +200,11 @@ def _apply(options: RunOptions, name: str, value: str, environ: dict[str, str]) 
     elif name == "--entrypoint":
         options.entrypoint = [_nonempty(value)]
     elif name == "--memory":
-        options.memory = _size(value)
+        options.memory = parse_size(value)
     elif name == "--memory-reservation":
-        options.memory_reservation = _size(value)
+        options.memory_reservation = parse_size(value)
     elif name == "--shm-size":
-        options.shm_size = _size(value)
+        options.shm_size = parse_size(value)
     elif name == "--cpus":
         cpus = number(value, maximum=MAX_PERCENT / 100, most=f"{MAX_PERCENT / 100:g}", shown=value,
                       what="a number of CPUs such as 1.5")
@@ -248,18 +248,6 @@ def _nonempty(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
     return value
-
-
-def _size(value: str) -> int:
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([bkmg]?)b?", value.strip().lower())
-    if not match:
-        raise ValueError("expected a size such as 512m or 2g")
-    size = int(float(match[1]) * SIZE_UNITS[match[2]])
-    if size <= 0:
-        raise ValueError("must be greater than zero")
-    if size > MAX_BYTES:
-        raise ValueError("is too large (at most 1 EiB)")
-    return size
 
 
 def _volume(value: str) -> Mount:

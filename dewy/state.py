@@ -2,13 +2,19 @@
 
 Never shared between hosts (a shared cache must not make one host skip a release
 because another deployed it), so it lives in a JSON file in the working directory.
+
+What runs (``app``) has one shape per mode that runs something: the app generation of
+server mode (:class:`AppGeneration`), the replica set of container mode
+(:class:`ReplicaSet`). The file's layout is the one earlier versions wrote, so an upgraded
+dewy adopts what the previous one left running.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, Union
 
 from dewy.faults import on_disk
 from dewy.fsutil import write_atomic
@@ -18,9 +24,110 @@ from dewy.fsutil import write_atomic
 class Deployed:
     tag: str
     key: str  # the artifact's cache key, ``<tag>--<artifact name>``
-    release: str  # the release directory name under releases/
+    release: str  # the release directory name under releases/; in container mode the image reference
     at: str  # UTC ISO time of the deploy
     signed_by: str | None = None  # the verified signature's key and trusted comment (verify=)
+
+
+@dataclass
+class AppGeneration:
+    """Server mode: the serving app generation, as a restarted dewy needs it to prove and adopt it."""
+
+    pid: int
+    generation: int
+    version: str
+    release_dir: str
+    unit: str | None = None  # its transient systemd scope, when placed in one
+    started: int | None = None  # start time in clock ticks since boot (/proc/PID/stat field 22)
+    boot: str | None = None  # the boot it started in
+
+    def to_json(self) -> dict[str, Any]:
+        identity = {k: v for k, v in (("started", self.started), ("boot", self.boot)) if v is not None}
+        return {"pid": self.pid, **identity, "unit": self.unit, "generation": self.generation, "version": self.version,
+                "release_dir": self.release_dir}
+
+
+@dataclass
+class ReplicaEntry:
+    """Container mode: one serving replica as last checked."""
+
+    id: str
+    name: str
+    replica: int
+    version: str
+    ip: str | None
+    status: str
+    healthy: bool
+    reason: str | None  # why it is unhealthy, None when healthy
+
+
+@dataclass
+class DrainingEntry:
+    """Container mode: an old replica that finishes its connections until ``until`` (UTC ISO time)."""
+
+    id: str
+    name: str
+    version: str
+    until: str
+
+
+@dataclass
+class RolloutEntry:
+    """Container mode: a rollout under way; its replicas carry the ``id`` as a label, so that a dewy killed
+    meanwhile has its successor remove them."""
+
+    id: str
+    version: str
+    digest: str
+    image: str
+    started_at: str
+
+
+@dataclass
+class ReplicaSet:
+    """Container mode: the app's replicas, where they are reachable, and what is draining or rolling out."""
+
+    runtime: str
+    network: str
+    aliases: list[str]
+    ports: list[str]  # the host ports' HOST:PORT
+    version: str | None
+    digest: str
+    image: str | None
+    replicas: list[ReplicaEntry] = field(default_factory=list)
+    draining: list[DrainingEntry] = field(default_factory=list)
+    rollout: RolloutEntry | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": "container", **asdict(self)}
+
+
+RunningApp = Union[AppGeneration, ReplicaSet]
+
+
+def _build(cls: type, data: Any) -> Any:
+    """``cls`` from a JSON object, ignoring keys it does not know; TypeError/ValueError if it is not one."""
+    if not isinstance(data, dict):
+        raise TypeError(f"not an object: {data!r}")
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def app_from_json(data: Any) -> RunningApp | None:
+    """What runs, as the state file recorded it; None for a record that cannot be read (nothing is adopted
+    then: the app is started from ``current``, the replicas found by their labels)."""
+    if not data:
+        return None
+    try:
+        if data.get("mode") == "container":
+            replicas = _build(ReplicaSet, data)
+            replicas.replicas = [_build(ReplicaEntry, r) for r in replicas.replicas or []]
+            replicas.draining = [_build(DrainingEntry, d) for d in replicas.draining or []]
+            replicas.rollout = _build(RolloutEntry, replicas.rollout) if replicas.rollout else None
+            return replicas
+        return _build(AppGeneration, data)
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 @dataclass
@@ -29,7 +136,7 @@ class State:
     current: Deployed | None = None
     history: list[Deployed] = field(default_factory=list)  # newest last; matches releases/ on disk
     quarantine: dict[str, str] = field(default_factory=dict)  # cache key -> reason
-    app: dict | None = None  # the serving generation: pid, start time, boot, unit, generation, version, release_dir
+    app: RunningApp | None = None
     last_check: str | None = None  # UTC ISO time of the last deploy cycle
     last_error: str | None = None  # its error, None when it succeeded
 
@@ -48,7 +155,7 @@ class State:
             current=Deployed(**data["current"]) if data.get("current") else None,
             history=[Deployed(**d) for d in data.get("history", [])],
             quarantine=dict(data.get("quarantine", {})),
-            app=data.get("app"),
+            app=app_from_json(data.get("app")),
             last_check=data.get("last_check"),
             last_error=data.get("last_error"),
         )
@@ -59,7 +166,7 @@ class State:
             "current": asdict(self.current) if self.current else None,
             "history": [asdict(d) for d in self.history],
             "quarantine": self.quarantine,
-            "app": self.app,
+            "app": self.app.to_json() if self.app else None,
             "last_check": self.last_check,
             "last_error": self.last_error,
         }

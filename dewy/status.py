@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from dewy.errors import UsageError
-from dewy.state import State
+from dewy.state import AppGeneration, State
 
 CONFIG_DIR = Path("/etc/dewy")
 
@@ -49,14 +49,16 @@ def alive(pid: int | None) -> bool:
 
 def status(name: str | None, directory: Path | None) -> dict:
     instance, state = state_of(name, directory)
-    app = state.app or {}
+    app = state.app.to_json() if state.app else None
+    if isinstance(state.app, AppGeneration):
+        app["running"] = alive(state.app.pid)
     return {
         "instance": instance,
         "version": state.current.tag if state.current else None,
         "deployed_at": state.current.at if state.current else None,
         "release": state.current.release if state.current else None,
         "signed_by": state.current.signed_by if state.current else None,
-        "app": ({**app, "running": alive(app.get("pid"))} if app.get("mode") != "container" else app) if app else None,
+        "app": app,
         "quarantined": state.quarantine,
         "last_check": state.last_check,
         "last_error": state.last_error,
@@ -66,7 +68,7 @@ def status(name: str | None, directory: Path | None) -> dict:
 def history(name: str | None, directory: Path | None, limit: int | None) -> list[dict]:
     _, state = state_of(name, directory)
     if name:
-        from dewy.journal import history as journal_history
+        from dewy.systemd.journal import history as journal_history
 
         try:
             return journal_history(f"dewy@{name}.service", limit)

@@ -24,11 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dewy.cli import Settings
 from dewy.daemon import MAX_BACKOFF, Daemon
 from dewy.errors import RegistryError
+from dewy.host import PlainProcess
 from dewy.notifiers import Notifications
-from dewy.service import PlainProcess
+from dewy.settings import Settings
 from tests.conftest import host_artifact, publish, tar_gz
 from tests.faultinject import FORWARD, HANG, THROTTLE, TRICKLE, FastForward, FaultProxy, TinyFs, leftovers
 from tests.github_server import GitHubServer

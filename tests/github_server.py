@@ -8,7 +8,9 @@ with the content (and the caller's credentials) and 304 answers to
 authorized with an Authorization header" (GitHub's best-practices page);
 drafts visible only to authenticated callers; asset downloads answered with a
 302 to presigned storage that, like S3, rejects a request carrying
-Authorization; uploads at the release's ``upload_url``.
+Authorization (on ``storage_host``: another host name for the same server, as
+GitHub's storage is another host than its API); uploads at the release's
+``upload_url``.
 
 Usage::
 
@@ -103,10 +105,13 @@ class GitHubServer(LoopbackServer):
     (anonymous requests stay allowed); when None, any Authorization is accepted.
     ``prefix``: mount the API under a path, e.g. ``/api/v3`` like GitHub
     Enterprise (uploads then live under ``/api/uploads``).
+    ``storage_host``: the host name presigned storage URLs use instead of the
+    one in ``root`` (``localhost``: another origin than the API's 127.0.0.1).
     """
 
-    def __init__(self, token: str | None = None, prefix: str = "") -> None:
+    def __init__(self, token: str | None = None, prefix: str = "", storage_host: str | None = None) -> None:
         self.token = token
+        self.storage_host = storage_host
         self.prefix = prefix.rstrip("/")
         self.upload_prefix = self.prefix.removesuffix("/v3") + "/uploads"
         self.requests: list[Logged] = []
@@ -161,8 +166,11 @@ class GitHubServer(LoopbackServer):
                     return release
         raise KeyError(f"{owner}/{repo} has no release {tag}")
 
-    def fail_next(self, status: int, times: int = 1, retry_after: int | None = None) -> None:
-        """Answer the next ``times`` API requests with ``status`` (429/403 with Retry-After: a secondary rate limit)."""
+    def fail_next(self, status: int, times: int = 1, retry_after: int | str | None = None) -> None:
+        """Answer the next ``times`` API requests with ``status`` (429/403 with Retry-After: a secondary rate limit).
+
+        ``retry_after``: seconds, or the header's text as it is (an HTTP date).
+        """
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         with self._lock:
             self._failures.extend([(status, headers)] * times)
@@ -289,7 +297,10 @@ class GitHubServer(LoopbackServer):
         if "application/octet-stream" in call.headers.get("accept", ""):
             signature = secrets.token_hex(16)
             self._presigned[signature] = asset
-            location = f"{self.root}/storage/releases/{asset.id}/{quote(asset.name)}?X-Amz-Expires=300&X-Amz-Signature={signature}"
+            storage = urlsplit(self.root)
+            if self.storage_host:
+                storage = storage._replace(netloc=f"{self.storage_host}:{storage.port}")
+            location = f"{storage.geturl()}/storage/releases/{asset.id}/{quote(asset.name)}?X-Amz-Expires=300&X-Amz-Signature={signature}"
             return _Reply(302, None, {"Location": location})
         return _Reply(200, self._asset_json(owner, repo, release, asset), {"Last-Modified": _http_date(asset.created_at)})
 

@@ -356,7 +356,8 @@ class RegistryFront:
       HTTP Basic credentials (else 401), otherwise it gives anonymous pull
       tokens. ``/v2/...`` without a valid bearer token for the repository
       answers 401 with ``WWW-Authenticate: Bearer realm=...,service=...,scope=...``.
-      ``realm_host`` changes the host written in the realm.
+      ``realm_host`` changes the host written in the realm; ``actions`` the
+      actions the scope it asks for names (``repository:NAME:ACTIONS``).
     - ``page_size=N``: tags lists paginated as the Distribution spec says
       (lexical order, ``n`` capped at N, ``last``, ``Link: <...>; rel="next"``);
       docker-registry 2.8.2 ignores ``n`` and answers every tag at once.
@@ -371,7 +372,7 @@ class RegistryFront:
 
     def __init__(self, backend: OciRegistry, *, token_auth: bool = False, users: dict[str, str] | None = None,
                  page_size: int | None = None, etags: bool = False, digest_header: bool = True,
-                 token_lifetime: int = 300, realm_host: str = "127.0.0.1") -> None:
+                 token_lifetime: int = 300, realm_host: str = "127.0.0.1", actions: str = "pull") -> None:
         self.backend = backend
         self.token_auth = token_auth
         self.users = dict(users or {})
@@ -380,11 +381,12 @@ class RegistryFront:
         self.digest_header = digest_header
         self.token_lifetime = token_lifetime
         self.realm_host = realm_host
+        self.actions = actions
         self.requests: list[Logged] = []
         self.token_requests: list[Logged] = []
         self.tokens: dict[str, set[str]] = {}  # token -> scopes
         self.faults: list[_Fault] = []
-        self.actions: dict[str, Callable[[], None]] = {}  # path -> what to do before answering it (once)
+        self.pending: dict[str, Callable[[], None]] = {}  # path -> what to do before answering it (once)
         self.lock = threading.Lock()
         front = self
 
@@ -435,7 +437,7 @@ class RegistryFront:
     def before(self, path: str, action: Callable[[], None]) -> None:
         """Run ``action`` once before answering the next request for ``path`` (to change the registry mid-deploy)."""
         with self.lock:
-            self.actions[path] = action
+            self.pending[path] = action
 
     def revoke_tokens(self) -> None:
         with self.lock:
@@ -482,12 +484,12 @@ class RegistryFront:
 
     def _registry(self, method: str, raw_path: str, path: str, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
         with self.lock:
-            action = self.actions.pop(path, None)
+            action = self.pending.pop(path, None)
         if action is not None:
             action()
         repository = _repository_of(path)
         if self.token_auth:
-            scope = f"repository:{repository}:pull" if repository else ""
+            scope = f"repository:{repository}:{self.actions}" if repository else ""
             token = headers.get("authorization", "").removeprefix("Bearer ")
             with self.lock:
                 granted = self.tokens.get(token)

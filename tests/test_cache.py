@@ -15,14 +15,12 @@ def cache(request, tmp_path):
     return CACHES.load(CACHES.url(url))
 
 
-def test_put_get_delete(cache) -> None:
+def test_put_get(cache) -> None:
     async def scenario():
         assert await cache.get("v1.0.0--a.tgz") is None
         await cache.put("v1.0.0--a.tgz", b"x")
         assert await cache.get("v1.0.0--a.tgz") == b"x"
-        assert await cache.keys() == ["v1.0.0--a.tgz"]
-        await cache.delete("v1.0.0--a.tgz")
-        assert await cache.get("v1.0.0--a.tgz") is None
+        assert await cache.get("v1.0.0--b.tgz") is None
     asyncio.run(scenario())
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from dewy.cli import AppLimits, Settings, parse
+from dewy.cli import parse
 from dewy.config import STATE_ROOT, TOP, TABLES, key_lines, load, load_credentials
 from dewy.errors import UsageError
+from dewy.settings import AppLimits, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "etc" / "dewy"
@@ -206,7 +207,7 @@ def test_relative_path_is_reported_absolute(tmp_path) -> None:
      ":6: app.environment.NOT-A-NAME: 'NOT-A-NAME' is not an environment variable name"),
     # modes and what each needs
     ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n', ":1: mode = \"container\" needs a [container] table with the app's port in its container"),
-    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\nreplicas = 2\n', ":3: mode = \"container\" needs a [container] table"),
+    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\nreplicas = 2\n', ":3: missing key 'container_port' in [container]: the app's port in its container"),
     ('mode = "container"\nregistry = "file:///r"\n[container]\ncontainer_port = 8080\n', ":2: registry: dewy container deploys images"),
     ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 70000\n', ":4: container.container_port: 70000 is not a port number"),
     ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 80\nreplicas = 0\n', ":5: container.replicas: 0 must be at least 1"),

@@ -17,7 +17,7 @@ from tests.consul_server import ConsulServer
 from tests.fleet import run_fleet
 from tests.harness import free_port
 from tests.loopback import FixedAnswer, Trickle
-from tests.test_cache import test_add_is_a_lock_with_expiry, test_put_get_delete  # noqa: F401  (run here against Consul)
+from tests.test_cache import test_add_is_a_lock_with_expiry, test_put_get  # noqa: F401  (run here against Consul)
 
 TOKEN = "b1gs3cr3t-acl-token"
 
@@ -85,7 +85,6 @@ def test_keys_are_one_segment_under_the_prefix_with_expiry_in_the_value(consul, 
     async def scenario():
         await cache.put("registry:ghr://a/b:", b"answer", ttl=30)
         await cache.put("plain", b"kept")
-        assert sorted(await cache.keys()) == ["plain", "registry:ghr://a/b:"]
         assert await cache.get("registry:ghr://a/b:") == b"answer"
         await cache.aclose()
     run(scenario())
@@ -176,7 +175,7 @@ def test_a_trickling_consul_cannot_stall_a_cycle(monkeypatch) -> None:
 def test_answers_of_the_wrong_shape_are_cache_errors(body, problem: str) -> None:
     with FixedAnswer(body) as server:
         cache = CACHES.load(CACHES.url(f"consul://127.0.0.1:{server.port}/dewy"))
-        for call in (cache.get("k"), cache.keys(), cache.add("k", b"v", 5)):
+        for call in (cache.get("k"), cache.add("k", b"v", 5)):
             with pytest.raises(CacheError) as raised:
                 run(call)
             assert problem in str(raised.value)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from dewy.cli import Settings
-from dewy.daemon import MAX_BACKOFF, Backoff, Daemon, Liveness
+from dewy.daemon import MAX_BACKOFF, Backoff, Daemon
 from dewy.errors import RegistryError
+from dewy.host import PlainProcess
 from dewy.notifiers import ERROR_LIMIT, Notifications
 from dewy.registry import REGISTRIES
-from dewy.service import PlainProcess
+from dewy.settings import Settings
 from dewy.state import State
 from dewy.store import default_cache_dir
 from tests.conftest import publish
@@ -156,15 +156,15 @@ def test_an_internal_error_ends_dewy_with_1_and_leaves_the_app_running(tmp_path)
         app_release(tmp_path, "v1.0.0")
         first = Daemon.from_settings(server_settings(tmp_path), PlainProcess())
         await first.cycle()
-        pid = first.supervisor.pid
+        pid = first.target.supervisor.pid
         daemon = Daemon.from_settings(server_settings(tmp_path), BrokenHost())
-        daemon.supervisor = first.supervisor  # the same app process, as a restarted dewy adopts it
+        daemon.target.supervisor = first.target.supervisor  # the same app process, as a restarted dewy adopts it
         try:
             assert await daemon.serve() == 1
             os.kill(pid, 0)  # still running: the next dewy adopts it
-            assert State.load(daemon.state.path).app["pid"] == pid
+            assert State.load(daemon.state.path).app.pid == pid
         finally:
-            await first.supervisor.stop()
+            await first.target.supervisor.stop()
 
     asyncio.run(asyncio.wait_for(main(), 30))
 
@@ -184,22 +184,22 @@ def test_a_kill_between_the_switch_and_the_restart_keeps_the_version_on_record(t
         async def killed(*args) -> None:
             raise Killed
 
-        first._start_generation = killed
+        first.target._start_generation = killed
         with pytest.raises(Killed):
             await first.cycle()
         releases = sorted(p.name for p in (tmp_path / "site" / "releases").iterdir())
         second = Daemon.from_settings(server_settings(tmp_path), PlainProcess())
         if app_survives:  # under systemd the old generation keeps running and the next dewy adopts it
-            second.supervisor = first.supervisor
+            second.target.supervisor = first.target.supervisor
         else:
-            await first.supervisor.stop()  # outside systemd the app dies with dewy
+            await first.target.supervisor.stop()  # outside systemd the app dies with dewy
         try:
             await second.cycle()
-            assert second.supervisor.version == "v1.1.0"  # DEWY_VERSION, not the release directory's name
+            assert second.target.supervisor.version == "v1.1.0"  # DEWY_VERSION, not the release directory's name
             assert sorted(p.name for p in (tmp_path / "site" / "releases").iterdir()) == releases  # not extracted again
-            assert await asyncio.to_thread(get, second.supervisor.sockets.addresses[0][1]) == (200, "v1.1.0")
+            assert await asyncio.to_thread(get, second.target.supervisor.sockets.addresses[0][1]) == (200, "v1.1.0")
         finally:
-            await second.supervisor.stop()
+            await second.target.supervisor.stop()
 
     asyncio.run(asyncio.wait_for(main(), 30))
 
@@ -232,14 +232,15 @@ def test_the_watchdog_stops_pinging_when_a_step_is_stuck_past_its_allowance(tmp_
         host = Watched()
         daemon = Daemon.from_settings(server_settings(tmp_path), host)
         now = [1000.0]
-        daemon.liveness = Liveness(clock=lambda: now[0])
+        daemon.liveness.clock = lambda: now[0]
         watchdog = asyncio.create_task(daemon._watchdog())
-        daemon.supervisor.placement = Hung()
+        supervisor = daemon.target.supervisor
+        supervisor.placement = Hung()
         cycle = asyncio.create_task(daemon.cycle())
         try:
-            while daemon.supervisor.live_pids == [] or daemon.liveness.allowance == 0.0:
+            while supervisor.live_pids == [] or daemon.liveness.allowance == 0.0:
                 await asyncio.sleep(0.01)  # the deploy got to the app's start, which hangs on its unit
-            now[0] += daemon._start_allowance()  # within what a start may take: still alive
+            now[0] += daemon.target.start_allowance()  # within what a start may take: still alive
             pings = host.pings
             await asyncio.sleep(0.05)
             assert host.pings > pings
@@ -252,7 +253,7 @@ def test_the_watchdog_stops_pinging_when_a_step_is_stuck_past_its_allowance(tmp_
             cycle.cancel()
             watchdog.cancel()
             await asyncio.gather(cycle, watchdog, return_exceptions=True)
-            await daemon.supervisor.stop()
+            await supervisor.stop()
 
     asyncio.run(asyncio.wait_for(main(), 30))
 
@@ -271,14 +272,14 @@ def test_a_sigusr1_restart_failing_unexpectedly_is_logged_not_lost(tmp_path, cap
         async def broken(*args) -> None:
             raise ValueError("generation counter")
 
-        daemon.supervisor.restart = broken
+        daemon.target.supervisor.restart = broken
         logging.getLogger("dewy").propagate = True
         try:
             with caplog.at_level(logging.ERROR, logger="dewy"):
                 daemon._restart_app()  # what SIGUSR1 runs
                 await asyncio.gather(*daemon.background._tasks, return_exceptions=True)
         finally:
-            await daemon.supervisor.stop()
+            await daemon.target.supervisor.stop()
 
     asyncio.run(asyncio.wait_for(main(), 30))
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
@@ -295,3 +296,18 @@ def test_dewy_exits_at_once_past_a_worker_thread_a_stop_left_blocked() -> None:
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and time.monotonic() - began < 5
     assert "leaving 1 blocking operation(s) unfinished" in result.stderr
+
+
+def test_an_assets_daemon_loads_neither_the_supervisor_nor_container_mode(tmp_path) -> None:
+    """A mode's machinery is imported only when that mode runs: an assets host never pays for the others."""
+    (tmp_path / "registry").mkdir()
+    program = ("import sys\nfrom pathlib import Path\nfrom dewy.daemon import Daemon\nfrom dewy.host import PlainProcess\n"
+               "from dewy.settings import Settings\n"
+               f"Daemon.from_settings(Settings(mode='assets', registry={(tmp_path / 'registry').as_uri()!r}, "
+               f"dir=Path({str(tmp_path / 'site')!r})), PlainProcess())\n"
+               "print(sorted(m for m in sys.modules if m.startswith(('dewy.server', 'dewy.container', 'dewy.systemd.service',"
+               " 'dewy.targets.'))))\n")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30,
+                            cwd=Path(__file__).parent.parent, env={**os.environ, "DEWY_CACHEDIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[0] == "['dewy.targets.assets']"

@@ -16,11 +16,13 @@ import httpx
 import pytest
 
 from dewy import __version__
-from dewy import github as github_module
+from dewy import http
 from dewy.artifacts import ARTIFACTS
 from dewy.artifacts import deadline as deadline_module
 from dewy.errors import ArtifactError, ArtifactNotReady, RegistryError, UsageError
-from dewy.github import CHUNK_SIZE, RateLimited
+from dewy.http import RateLimited
+from dewy.registry import github as github_module
+from dewy.registry.github import CHUNK_SIZE
 from dewy.registry import REGISTRIES, Release, shipped_text
 from tests.conftest import host_artifact
 from tests.github_server import GitHubServer
@@ -431,4 +433,4 @@ def test_download_deadline_grows_with_the_bytes_received(monkeypatch: pytest.Mon
 
 def test_absurd_retry_after_is_bounded(github: GitHubServer) -> None:
     for header, expected in (("1e400", 60.0), ("nan", 60.0), ("99999999", 3600.0), ("-5", 1.0)):
-        assert github_module._retry_after(httpx.Headers({"Retry-After": header})) == expected
+        assert http.retry_after(httpx.Headers({"Retry-After": header})) == expected

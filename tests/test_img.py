@@ -8,7 +8,7 @@ import ipaddress
 import json
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -17,7 +17,9 @@ import pytest
 from dewy.errors import RegistryError, UsageError
 from dewy.registry import REGISTRIES, Release
 from dewy.registry import img
-from dewy.registry.img import ImageRegistry, RateLimited, parse_challenges
+from dewy.http import RATE_LIMIT_WAIT, RateLimited, Session
+from dewy.http.bearer import parse_challenges
+from dewy.registry.img import ImageRegistry
 from tests.harness import free_port
 from tests.oci_registry import OciRegistry, RegistryFront, digest_of
 
@@ -353,11 +355,26 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return table
 
 
+def challenged(url: str, challenge: str, token_server: Callable[[httpx.Request], httpx.Response] | None = None,
+               ) -> ImageRegistry:
+    """A backend whose registry answers every request with 401 and ``challenge``; its token server is ``token_server``."""
+    reg = backend(url)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/v2/"):
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        assert token_server is not None, f"no token request expected: {request.url}"
+        return token_server(request)
+    reg.http = Session(auth=reg.auth, transport=httpx.MockTransport(answer))
+    return reg
+
+
 def authorize(url: str, challenge: str) -> None:
+    """Poll a registry that answers ``challenge``: the token flow's checks raise before any token request."""
     async def run() -> None:
-        reg = backend(url)
+        reg = challenged(url, challenge)
         try:
-            await reg._authorize(parse_challenges([challenge]))
+            await reg.current()
         finally:
             await reg.aclose()
     asyncio.run(run())
@@ -386,7 +403,7 @@ def test_token_realm_over_plain_http_is_refused_for_an_https_registry(fake_dns: 
 def test_token_realm_checks_that_pass(fake_dns: dict) -> None:
     async def check(url: str, realm: str) -> None:
         reg = backend(url)
-        await reg._check_realm(realm)
+        await reg.check_realm(realm)
         await reg.aclose()
     asyncio.run(check("img://registry.example.com/acme/app", "https://auth.example.com/token"))  # public -> public
     asyncio.run(check("img://registry.lan/acme/app", "https://auth.lan/token"))  # a LAN registry's own token server
@@ -429,7 +446,7 @@ def test_rate_limit_without_retry_after_waits_a_minute(registry: OciRegistry) ->
     with RegistryFront(registry) as front:
         front.fail_next(429)
         error = failure(f"img://{front.host}/{REPO}")
-    assert isinstance(error, RateLimited) and error.retry_after == img.RATE_LIMIT_WAIT
+    assert isinstance(error, RateLimited) and error.retry_after == RATE_LIMIT_WAIT
 
 
 @pytest.mark.parametrize("status, reason", [(500, "Internal Server Error"), (503, "Service Unavailable")])
@@ -529,7 +546,7 @@ def test_docker_hub_release_names(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_constructing_holds_no_connection() -> None:
     reg = backend("img://ghcr.io/acme/app")
-    assert reg._client is None and isinstance(httpx.URL(reg.base), httpx.URL)
+    assert not reg.http.connected and isinstance(httpx.URL(reg.base), httpx.URL)
 
 
 def test_the_token_request_goes_to_the_address_that_was_checked(fake_dns: dict, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -541,8 +558,8 @@ def test_the_token_request_goes_to_the_address_that_was_checked(fake_dns: dict, 
         return httpx.Response(200, json={"token": "t0ken", "expires_in": 300})
 
     async def run() -> None:
-        reg = backend("img://registry.example.com/acme/app")
-        reg._client = httpx.AsyncClient(transport=httpx.MockTransport(token_server))
+        reg = challenged("img://registry.example.com/acme/app",
+                         'Bearer realm="https://auth.example.com:8443/token",service="s"', token_server)
         fake_dns["auth.example.com"] = "93.184.216.35"
         checked = img._addresses
 
@@ -554,7 +571,8 @@ def test_the_token_request_goes_to_the_address_that_was_checked(fake_dns: dict, 
 
         monkeypatch.setattr(img, "_addresses", rebinding)
         try:
-            await reg._authorize(parse_challenges(['Bearer realm="https://auth.example.com:8443/token",service="s"']))
+            with pytest.raises(RegistryError, match="HTTP 401"):  # the stand-in registry refuses even the token
+                await reg.current()
         finally:
             await reg.aclose()
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from dewy.container.proxy import TcpProxy
 from dewy.errors import DewyError
-from dewy.proxy import TcpProxy
 from dewy.sockets import HeldSockets
 
 
@@ -182,10 +182,23 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def settled(proxy: TcpProxy) -> None:
+def counted(proxy: TcpProxy) -> list[object]:
+    """Each connection the proxy accepts, as the forwarding task it starts (in the proxy's thread)."""
+    started: list[object] = []
+    start = proxy._tasks.start
+
+    def counting(coroutine, what: str):
+        started.append(task := start(coroutine, what))
+        return task
+
+    proxy._tasks.start = counting  # type: ignore[method-assign]
+    return started
+
+
+async def settled(proxy: TcpProxy, started: list[object]) -> None:
     """Until the proxy has dealt with every accepted connection (its forwarding tasks ended)."""
     for _ in range(500):
-        if proxy.accepted and not proxy._tasks:
+        if started and not proxy._tasks:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the proxy is still forwarding")
@@ -199,13 +212,14 @@ def test_a_client_closing_at_once_is_not_a_refused_connection(caplog) -> None:
             proxy = TcpProxy(sockets)
             port = sockets.addresses[0][1]
             proxy.set_backends([("127.0.0.1", dead_port)])
+            started = counted(proxy)
             proxy.start()
             logging.getLogger("dewy").propagate = True
             with caplog.at_level(logging.WARNING, logger="dewy"):
                 began = time.monotonic()
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.close()  # a port check: connect, close
-                await settled(proxy)
+                await settled(proxy, started)
                 assert time.monotonic() - began < 1, "given up as soon as the client left, not after 3 s"
             assert proxy.refused == 0 and not caplog.records
             proxy.close()
@@ -219,6 +233,7 @@ def test_no_socket_is_left_open_when_connecting_to_a_backend_fails_unexpectedly(
             proxy = TcpProxy(sockets)
             port = sockets.addresses[0][1]
             proxy.set_backends([("127.0.0.1", 70000)])  # connect() raises OverflowError, not OSError
+            started = counted(proxy)
             proxy.start()
             before = open_fds()
             for _ in range(20):
@@ -226,7 +241,7 @@ def test_no_socket_is_left_open_when_connecting_to_a_backend_fails_unexpectedly(
                     assert await ask(port) == ""
                 except ConnectionResetError:
                     pass
-            await settled(proxy)
+            await settled(proxy, started)
             assert open_fds() == before
             proxy.close()
 

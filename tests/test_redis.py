@@ -18,7 +18,7 @@ from dewy.cache import CACHES
 from dewy.errors import CacheError, UsageError
 from tests.fleet import run_fleet
 from tests.harness import free_port
-from tests.test_cache import test_add_is_a_lock_with_expiry, test_put_get_delete  # noqa: F401  (run here against Redis)
+from tests.test_cache import test_add_is_a_lock_with_expiry, test_put_get  # noqa: F401  (run here against Redis)
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -98,7 +98,6 @@ def test_keys_are_namespaced_and_expire_on_the_server(server, cache) -> None:
     async def scenario():
         await cache.put("registry:ghr://a/b:", b"answer", ttl=30)
         assert await cache.add("registry:ghr://a/b::lock", b"me", ttl=2)
-        assert sorted(await cache.keys()) == ["registry:ghr://a/b:", "registry:ghr://a/b::lock"]
         await cache.aclose()
     run(scenario())
     raw = server.client(db=3)

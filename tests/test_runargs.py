@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from dewy.container.runtimes import detect
+from dewy.container.runtimes.docker import _create_kwargs as docker_kwargs
+from dewy.container.runtimes.podman import _create_kwargs as podman_kwargs
 from dewy.errors import UsageError
 from dewy.runargs import Mount, parse_run_args
-from dewy.runtimes import detect
-from dewy.runtimes.docker import _create_kwargs as docker_kwargs
-from dewy.runtimes.podman import _create_kwargs as podman_kwargs
 
 
 def test_accepted_options_in_every_spelling(tmp_path) -> None:
@@ -69,7 +69,7 @@ def test_accepted_options_in_every_spelling(tmp_path) -> None:
     (["--gpus", "all"], "--gpus is not supported"),
     (["image:tag"], "run options only"),
     (["-e", "1BAD=x"], "expected NAME=VALUE"),
-    (["--memory", "lots"], "expected a size"),
+    (["--memory", "lots"], "'lots' is not a size"),
     (["--cpus", "0"], "greater than zero"),
     (["--cpus", "inf"], "'inf' is not a number of CPUs such as 1.5: it must be a finite number"),
     (["--cpus", "nan"], "must be a finite number"),
@@ -90,8 +90,8 @@ def test_refused_and_bad_arguments(args: list[str], expected: str) -> None:
 
 
 def test_runtime_detection(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr("dewy.runtimes.PODMAN_SOCKET", str(tmp_path / "podman.sock"))
-    monkeypatch.setattr("dewy.runtimes.DOCKER_SOCKET", str(tmp_path / "docker.sock"))
+    monkeypatch.setattr("dewy.container.runtimes.PODMAN_SOCKET", str(tmp_path / "podman.sock"))
+    monkeypatch.setattr("dewy.container.runtimes.DOCKER_SOCKET", str(tmp_path / "docker.sock"))
     with pytest.raises(UsageError, match="no container runtime found"):
         detect(None, {})
     assert detect("docker", {}) == ("docker", f"unix://{tmp_path / 'docker.sock'}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from dewy import sdnotify
+from dewy.systemd import sdnotify
 
 
 def test_notify_reaches_the_socket_and_a_gone_socket_is_no_error(tmp_path, monkeypatch) -> None:

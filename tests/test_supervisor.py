@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,9 @@ import pytest
 
 from dewy import log
 from dewy.errors import AppStartError, UsageError
+from dewy.server import supervisor as supervisor_module
+from dewy.server.supervisor import Supervisor
 from dewy.sockets import HeldSockets, parse_ports
-from dewy import supervisor as supervisor_module
-from dewy.supervisor import Supervisor
 from tests.harness import APP, ClientLoop, get
 
 TEST_TIMEOUT = 25
@@ -360,15 +361,15 @@ def test_adoption_proves_the_process_is_the_generation_dewy_started(tmp_path: Pa
     async def test(sup: Supervisor, other: Supervisor) -> None:
         async with running(sup, release(tmp_path, "v1")):
             record = sup.serving()
-            assert record["started"] > 0 and record["boot"]
+            assert record.started > 0 and record.boot
             # after a reboot or a crash, the recorded pid belongs to another process
-            reused = {**record, "pid": stranger.pid}
+            reused = replace(record, pid=stranger.pid)
             assert not await other.adopt(reused)
-            assert not await other.adopt({**reused, "unit": "dewy-app-g1.scope", "started": None, "boot": None})
+            assert not await other.adopt(replace(reused, unit="dewy-app-g1.scope", started=None, boot=None))
             assert other.version is None  # the daemon starts the app from current
             await other.stop()
             assert stranger.poll() is None, "dewy never signals a process it cannot prove is its own"
-            assert not await other.adopt({**record, "started": record["started"] + 1})
+            assert not await other.adopt(replace(record, started=record.started + 1))
             assert await other.adopt(record)  # the real one, proven by its start time in this boot
             assert other.pid == sup.pid and other.version == "v1"
             await other.stop()
@@ -446,9 +447,9 @@ def test_app_dies_with_a_killed_dewy_and_frees_the_ports(tmp_path: Path) -> None
     script = f"""
 import asyncio, sys
 from pathlib import Path
+from dewy.server import supervisor as supervisor_module
+from dewy.server.supervisor import Supervisor
 from dewy.sockets import HeldSockets
-from dewy import supervisor as supervisor_module
-from dewy.supervisor import Supervisor
 
 async def main():
     held = HeldSockets([("127.0.0.1", 0)])

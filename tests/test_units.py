@@ -1,4 +1,4 @@
-"""dewy.units against a real dbus-daemon, with a stand-in for systemd's Manager on it: deadlines, a dbus
+"""dewy.systemd.units against a real dbus-daemon, with a stand-in for systemd's Manager on it: deadlines, a dbus
 restart, and a job table that only holds the jobs dewy waits for.
 
 No ``from __future__ import annotations``: dbus-next reads the annotations as D-Bus signatures."""
@@ -13,8 +13,8 @@ import pytest
 from dbus_next.aio import MessageBus
 from dbus_next.service import ServiceInterface, method, signal
 
-from dewy import units
-from dewy.units import SystemdError, Systemd
+from dewy.systemd import units
+from dewy.systemd.units import SystemdError, SystemdManager
 
 CONFIG = """<busconfig>
   <type>session</type>
@@ -90,7 +90,7 @@ def test_deadlines_a_dbus_restart_and_a_bounded_job_table(tmp_path, monkeypatch)
     async def main() -> None:
         bus = Bus(tmp_path)
         await bus.start()
-        systemd = Systemd(bus.address)
+        systemd = SystemdManager(bus.address)
         try:
             await systemd.start_scope("dewy-app-g1.scope", 1, "app", {})
             for number in range(1000, 1100):  # the host's other jobs

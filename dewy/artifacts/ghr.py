@@ -11,7 +11,7 @@ from typing import BinaryIO
 from urllib.parse import quote
 
 from dewy.errors import ArtifactError, UsageError
-from dewy.github import GitHub, split_ghr
+from dewy.registry.github import GitHub, split_ghr
 from dewy.urls import Url
 
 EXPECTED = "ghr://OWNER/REPO/tag/TAG/NAME"

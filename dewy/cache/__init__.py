@@ -30,11 +30,5 @@ class Cache(Protocol):
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
         """Store only if absent (a lock with expiry); True if this call stored it."""
 
-    async def delete(self, key: str) -> None:
-        """Remove ``key`` if present."""
-
-    async def keys(self) -> list[str]:
-        """Every live key."""
-
     async def aclose(self) -> None:
         """Release connections."""

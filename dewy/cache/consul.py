@@ -25,12 +25,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import httpx
 
-from dewy import __version__
 from dewy.errors import CacheError, UsageError
+from dewy.http import Session, failure_detail
 from dewy.urls import Url
 
 DEFAULT_PORT = 8500
@@ -53,21 +53,10 @@ class ConsulCache:
         self.base = f"http://{host}:{url.port or DEFAULT_PORT}"
         self.where = f"consul://{host}:{url.port or DEFAULT_PORT}/{self.prefix}"
         token = os.environ.get("CONSUL_HTTP_TOKEN", "").strip()
-        self._headers = {"User-Agent": f"dewy/{__version__}", **({"X-Consul-Token": token} if token else {})}
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.http = Session(base_url=self.base, headers={"X-Consul-Token": token} if token else {}, timeout=TIMEOUT)
 
     def __repr__(self) -> str:
         return f"ConsulCache({self.where!r}, ttl={self.ttl})"
-
-    @property
-    def _http(self) -> httpx.AsyncClient:
-        """One client per event loop, created on first use (no connection at construction time)."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client = httpx.AsyncClient(base_url=self.base, headers=self._headers, timeout=TIMEOUT)
-            self._loop = loop
-        return self._client
 
     def _path(self, key: str) -> str:
         """The URL path of ``key``: percent-encoded once for Consul's key name, once more for the URL."""
@@ -78,17 +67,15 @@ class ConsulCache:
         try:
             yield
         except httpx.HTTPError as exc:
-            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise CacheError(f"{self.where}: {what} failed: {detail}") from None
+            raise CacheError(f"{self.where}: {what} failed: {failure_detail(exc)}") from None
 
-    async def _request(self, method: str, key: str | None, *, params: dict[str, Any] | None = None,
+    async def _request(self, method: str, key: str, *, params: dict[str, Any] | None = None,
                        content: bytes | None = None, missing_ok: bool = False) -> httpx.Response | None:
-        path = self._path(key) if key is not None else "/v1/kv/" + quote(self.prefix + "/", safe="/:@")
-        what = f"{method} {key if key is not None else self.prefix + '/'}"
+        what = f"{method} {key}"
         with self._network(what):
             try:
                 async with asyncio.timeout(DEADLINE):
-                    response = await self._http.request(method, path, params=params, content=content)
+                    response = await self.http.send(method, self._path(key), params=params, content=content, follow=False)
             except TimeoutError:
                 raise CacheError(f"{self.where}: {what} failed: no complete answer within {DEADLINE:g} s") from None
         if response.status_code == 404 and missing_ok:
@@ -136,23 +123,8 @@ class ConsulCache:
             return False
         return await self._cas("PUT", key, index, _encode(value, ttl))  # replace the expired value we saw, nothing newer
 
-    async def delete(self, key: str) -> None:
-        await self._request("DELETE", key)
-
-    async def keys(self) -> list[str]:
-        response = await self._request("GET", None, params={"recurse": "true"}, missing_ok=True)
-        if response is None:
-            return []
-        start = len(self.prefix) + 1
-        return [unquote(e["Key"][start:]) for e in _json(response, self.where) if not _expired(_decode(e)[1])]
-
     async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            try:
-                await client.aclose()
-            except RuntimeError:
-                pass  # connections of a finished event loop; nothing left to release
+        await self.http.aclose()
 
 
 def _name(key: str) -> str:

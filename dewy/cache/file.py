@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from dewy.errors import UsageError
 from dewy.fsutil import TEMP_PREFIX, write_atomic
@@ -64,13 +64,6 @@ class FileCache:
 
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
         return await asyncio.to_thread(self._add, key, value, ttl)
-
-    async def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
-
-    async def keys(self) -> list[str]:
-        names = [p.name for p in self.directory.iterdir() if not p.name.startswith(TEMP_PREFIX)]
-        return [unquote(n) for n in names if await asyncio.to_thread(self._read, unquote(n)) is not None]
 
     async def aclose(self) -> None:
         pass

@@ -34,11 +34,5 @@ class MemoryCache:
         await self.put(key, value, ttl)
         return True
 
-    async def delete(self, key: str) -> None:
-        self._items.pop(key, None)
-
-    async def keys(self) -> list[str]:
-        return [k for k in list(self._items) if self._live(k) is not None]
-
     async def aclose(self) -> None:
         pass

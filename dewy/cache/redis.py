@@ -93,14 +93,6 @@ class RedisCache:
         with self._errors("SET NX"):
             return bool(await self._redis.set(PREFIX + key, value, px=_ms(ttl), nx=True))
 
-    async def delete(self, key: str) -> None:
-        with self._errors("DEL"):
-            await self._redis.delete(PREFIX + key)
-
-    async def keys(self) -> list[str]:
-        with self._errors("SCAN"):
-            return [k.decode()[len(PREFIX):] async for k in self._redis.scan_iter(match=PREFIX + "*", count=500)]
-
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None

@@ -9,10 +9,10 @@ from urllib.parse import quote
 from dewy.artifacts.ghr import asset_url
 from dewy.errors import RegistryError, UsageError
 from dewy.fsutil import bad_file_name
-from dewy.github import GitHub, split_ghr
 from dewy.registry import (
     Release, checksum_file, missing_artifact, select_artifact, shipped_name, shipped_text, signature_file,
 )
+from dewy.registry.github import GitHub, split_ghr
 from dewy.urls import Url
 from dewy.versions import newest, parse_tag
 

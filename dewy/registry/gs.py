@@ -15,22 +15,20 @@ per further page of version directories); see ``LISTING_TTL``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Iterable
 from urllib.parse import unquote
 
 from dewy.artifacts.gs import FAILURES, RETRY, TIMEOUT, check_bucket, explain, make_client, object_url
-from dewy.errors import RegistryError, UsageError
+from dewy.errors import UsageError
 from dewy.lazyclient import LazyClient
-from dewy.registry.objectstore import Listing, ObjectStoreRegistry, earliest, relative_name
+from dewy.registry.objectstore import BucketRegistry
 from dewy.urls import Url
 
 EXPECTED = "gs://PROJECT/BUCKET/PREFIX?pre-release=true&artifact=NAME"
 PROJECT_ID = re.compile(r"[a-z][a-z0-9.:-]{1,61}[a-z0-9]")  # includes legacy domain-scoped ids
-T = TypeVar("T")
 
 
-class GCSRegistry(ObjectStoreRegistry):
+class GCSRegistry(BucketRegistry):
     def __init__(self, url: Url, *, slot: str | None = None) -> None:
         super().__init__(url, slot=slot)
         self.project = url.netloc
@@ -43,52 +41,21 @@ class GCSRegistry(ObjectStoreRegistry):
         self.client = LazyClient(lambda: make_client(self.project))
         self._bucket_missing = f"bucket {self.bucket!r} does not exist; check the bucket name in the URL"
 
-    def _call(self, doing: str, work: Callable[[], T]) -> T:
-        try:
-            return work()
-        except FAILURES as exc:
-            raise RegistryError(f"{self.url}: {doing}: {explain(exc, self.bucket, not_found=self._bucket_missing)}") from None
+    def explain(self, exc: Exception) -> str | None:
+        return explain(exc, self.bucket, not_found=self._bucket_missing) if isinstance(exc, FAILURES) else None
 
     def _list(self, prefix: str):
         return self.client.get().list_blobs(self.bucket, prefix=prefix, delimiter="/", retry=RETRY, timeout=TIMEOUT)
 
-    def list_versions(self) -> list[str]:
-        def work() -> list[str]:
-            names = []
-            for page in self._list(self.prefix).pages:
-                for prefix in page.prefixes:
-                    name = relative_name(str(prefix).removesuffix("/"), self.prefix)
-                    if name:
-                        names.append(name)
-            return names
+    def common_prefixes(self, prefix: str) -> Iterable[str]:
+        return [str(p) for page in self._list(prefix).pages for p in page.prefixes]
 
-        return self._call("cannot list releases", work)
+    def objects(self, prefix: str) -> Iterable[tuple[str, object]]:
+        return [(blob.name, blob.time_created or blob.updated) for blob in self._list(prefix)]
 
-    def list_files(self, tag: str) -> Listing:
-        directory = f"{self.prefix}{tag}/"
+    def key_url(self, key: str) -> str:
+        return object_url(self.bucket, key)
 
-        def work() -> Listing:
-            names, times = [], []
-            for blob in self._list(directory):
-                if not blob.name.startswith(directory):
-                    continue  # not ours: a misbehaving server
-                times.append(blob.time_created or blob.updated)  # the directory placeholder "tag/" counts too
-                name = relative_name(blob.name, directory)
-                if name:
-                    names.append(name)
-            return Listing(names, earliest(times))
-
-        return self._call(f"cannot list release {tag}", work)
-
-    def file_url(self, tag: str, name: str) -> str:
-        return object_url(self.bucket, f"{self.prefix}{tag}/{name}")
-
-    def write_file(self, tag: str, name: str, data: bytes) -> None:
-        def work() -> None:
-            blob = self.client.get().bucket(self.bucket).blob(f"{self.prefix}{tag}/{name}")
-            blob.upload_from_string(data, content_type="text/plain; charset=utf-8", retry=RETRY, timeout=TIMEOUT)
-
-        self._call(f"cannot write audit record {name}", work)
-
-    def close(self) -> None:
-        self.client.close()
+    def put(self, key: str, data: bytes) -> None:
+        blob = self.client.get().bucket(self.bucket).blob(key)
+        blob.upload_from_string(data, content_type="text/plain; charset=utf-8", retry=RETRY, timeout=TIMEOUT)

@@ -12,13 +12,16 @@ so a deployment slot is written with ``_`` as Helm does for charts in OCI
 registries: the tag ``v1.2.3_blue`` is version ``1.2.3+blue``.
 
 Authentication follows the registry's ``WWW-Authenticate`` challenge, anonymous
-first: ``Bearer`` gets a token from the challenge's realm (with the credentials,
-if any, as HTTP Basic), cached until it expires; ``Basic`` sends the
-credentials with each request. Credentials come from ``DEWY_REGISTRY_USERNAME``
-and ``DEWY_REGISTRY_PASSWORD``, else from the container runtime's auth file
-(``$REGISTRY_AUTH_FILE``, else ``$XDG_RUNTIME_DIR/containers/auth.json``,
-``~/.config/containers/auth.json``, ``~/.docker/config.json``), read when the
-registry asks for them, so a ``podman login`` needs no dewy restart. A token
+first (:mod:`dewy.http.bearer`): ``Bearer`` gets a token from the challenge's
+realm (with the credentials, if any, as HTTP Basic), kept per scope until it
+expires; ``Basic`` sends the credentials with each request. This module says
+where credentials come from and which realms may be asked.
+
+Credentials come from ``DEWY_REGISTRY_USERNAME`` and ``DEWY_REGISTRY_PASSWORD``,
+else from the container runtime's auth file (``$REGISTRY_AUTH_FILE``, else
+``$XDG_RUNTIME_DIR/containers/auth.json``, ``~/.config/containers/auth.json``,
+``~/.docker/config.json``), read when the registry asks for them, so a
+``podman login`` needs no dewy restart. A token
 realm on a loopback, private or link-local address is refused unless the
 registry is on such an address itself: a public registry cannot make dewy
 send credentials into the host's own network.
@@ -41,17 +44,17 @@ import math
 import os
 import re
 import ssl
-import time
-from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import httpx
 
-from dewy import __version__, log
+from dewy import log
 from dewy.errors import RegistryError, UsageError
+from dewy.http import Conditional, RateLimited, Session, json_of, network_failure, retry_after, tls_context
+from dewy.http.bearer import Credentials, RegistryAuth
 from dewy.registry import Release
 from dewy.urls import Url, redact
 from dewy.versions import newest, parse_tag
@@ -59,10 +62,6 @@ from dewy.versions import newest, parse_tag
 EXPECTED = "img://HOST[:PORT]/REPO?pre-release=true"
 PAGE_SIZE = 1000  # tags per page asked for (n=); registries may answer fewer and link the next page
 MAX_PAGES = 1000
-TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-RATE_LIMIT_WAIT = 60.0  # when a 429 carries no Retry-After
-DEFAULT_TOKEN_LIFETIME = 60  # seconds, the token spec's default and minimum for expires_in
-TOKEN_MARGIN = 10  # seconds before a token's expiry that it is replaced
 USERNAME_ENV, PASSWORD_ENV = "DEWY_REGISTRY_USERNAME", "DEWY_REGISTRY_PASSWORD"
 CERT_DIRS = (Path("/etc/containers/certs.d"), Path("/etc/docker/certs.d"))
 
@@ -79,39 +78,14 @@ MANIFEST_TYPES = ", ".join((
 # A repository path component, from the Distribution reference grammar.
 COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
 DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z")
-AUTH_PARAM = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
-
-
-class RateLimited(RegistryError):
-    """The registry (or its token server) answered 429; the daemon waits ``retry_after`` seconds."""
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        self.retry_after = retry_after
-        super().__init__(message)
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """A username and password for one registry, and where they were found (named in errors, never the secret)."""
-
-    username: str
-    password: str = field(repr=False)
-    source: str
 
 
 @dataclass(frozen=True)
 class _Page:
-    """A tags list page kept for conditional requests."""
+    """One page of a tags list."""
 
-    etag: str
     tags: list[str]
     next_url: str | None
-
-
-@dataclass
-class _Token:
-    value: str
-    expires: float  # time.monotonic()
 
 
 def split_image_url(url: Url) -> tuple[str, str, str]:
@@ -263,21 +237,6 @@ def find_credentials(host: str, repository: str) -> tuple[Credentials | None, li
     return None, looked
 
 
-def parse_challenges(values: list[str]) -> list[tuple[str, dict[str, str]]]:
-    """``WWW-Authenticate`` values as (scheme in lower case, parameters)."""
-    challenges = []
-    for value in values:
-        # A header may hold several challenges: split before each "Scheme " that starts one.
-        for part in re.split(r",\s*(?=[A-Za-z][A-Za-z0-9_-]*\s+[A-Za-z][A-Za-z0-9_-]*\s*=)", value.strip()):
-            scheme, _, rest = part.strip().partition(" ")
-            if not scheme:
-                continue
-            params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3)).replace('\\"', '"')
-                      for m in AUTH_PARAM.finditer(rest)}
-            challenges.append((scheme.lower(), params))
-    return challenges
-
-
 class ImageRegistry:
     """The newest eligible tag of one image repository, with its manifest digest.
 
@@ -303,14 +262,11 @@ class ImageRegistry:
         if bool(os.environ.get(USERNAME_ENV)) != bool(os.environ.get(PASSWORD_ENV)):
             missing, present = (PASSWORD_ENV, USERNAME_ENV) if os.environ.get(USERNAME_ENV) else (USERNAME_ENV, PASSWORD_ENV)
             raise UsageError(f"{self.where}: {present} is set but {missing} is not; set both or neither")
-        self._client: httpx.AsyncClient | None = None
-        self._pages: dict[str, _Page] = {}
-        self._challenge: tuple[str, dict[str, str]] | None = None  # how the registry asked to authenticate
-        self._credentials: Credentials | None = None
+        self.auth = RegistryAuth(self)
+        self.http = Session(auth=self.auth, verify=self._tls_context)
+        self._pages: Conditional[_Page] = Conditional()
         self._looked: list[str] = []
-        self._token: _Token | None = None
         self._registry_internal: bool | None = None
-        self._secrets: set[str] = set()
 
     # -- the Registry interface -------------------------------------------------
 
@@ -335,9 +291,7 @@ class ImageRegistry:
         """OCI registries have no place for an audit record: the journal is the record."""
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self.http.aclose()
 
     def credentials(self) -> Credentials | None:
         """The credentials dewy would use for this registry (for the container runtime's pull), or None."""
@@ -361,27 +315,18 @@ class ImageRegistry:
         return tags
 
     async def _tags_page(self, url: str) -> _Page:
-        stored = self._pages.get(url)
-        headers = {"Accept": "application/json"}
-        if stored is not None:
-            headers["If-None-Match"] = stored.etag
-        response = await self._send("GET", url, headers)
-        if response.status_code == 304 and stored is not None:
-            return stored
-        where = f"{self.where}: GET {redact(url)}"
-        if response.status_code != 200:
-            raise self._err(f"{where}: unexpected HTTP {response.status_code} {response.reason_phrase}")
+        response = await self._send("GET", url, {"Accept": "application/json", **self._pages.validators(url)})
+        return self._pages.answer(url, response, self._read_page)
+
+    def _read_page(self, response: httpx.Response) -> _Page:
+        where = f"{self.where}: GET {redact(str(response.request.url))}"
         try:
-            body = response.json()
-        except ValueError:
-            raise self._err(f"{where}: the answer is not JSON (is {self.api_host} an OCI registry?)") from None
+            body = json_of(response, f"is {self.api_host} an OCI registry?")
+        except ValueError as exc:
+            raise self._err(f"{where}: {exc}") from None
         if not isinstance(body, dict) or "tags" not in body or not isinstance(body["tags"], (list, type(None))):
             raise self._err(f"{where}: the answer is not a tags list (expected {{\"name\": ..., \"tags\": [...]}})")
-        tags = [t for t in body.get("tags") or [] if isinstance(t, str)]
-        page = _Page(response.headers.get("ETag", ""), tags, self._next_page(response))
-        if page.etag:
-            self._pages[url] = page
-        return page
+        return _Page([t for t in body.get("tags") or [] if isinstance(t, str)], self._next_page(response))
 
     def _next_page(self, response: httpx.Response) -> str | None:
         """The ``Link: <...>; rel="next"`` target, which must stay on the registry (it gets our credentials)."""
@@ -426,132 +371,29 @@ class ImageRegistry:
 
     # -- HTTP, authentication and errors ---------------------------------------
 
-    @property
-    def _http(self) -> httpx.AsyncClient:
-        """Created on first use, so that a backend constructed only to validate its URL holds no connections."""
-        if self._client is None:
-            self._client = httpx.AsyncClient(headers={"User-Agent": f"dewy/{__version__}"}, timeout=TIMEOUT,
-                                             verify=self._tls_context(), follow_redirects=True)
-        return self._client
-
     def _tls_context(self) -> ssl.SSLContext:
         """The system CA store plus the registry's CA certificates where Podman and Docker keep them."""
-        context = ssl.create_default_context()
-        for directory in CERT_DIRS:
-            for cert in sorted((directory / self.api_host).glob("*.crt")):
-                try:
-                    context.load_verify_locations(cert)
-                except (OSError, ssl.SSLError) as exc:
-                    log.warning("registry-ca", f"{self.where}: ignoring CA certificate {cert}: {exc}")
-        return context
+        return tls_context((cert for directory in CERT_DIRS for cert in sorted((directory / self.api_host).glob("*.crt"))),
+                           self.where)
 
     async def _send(self, method: str, url: str, headers: dict[str, str]) -> httpx.Response:
         """One registry request, authenticated as the registry asks (anonymous first); errors raised as one line."""
-        if self._challenge is not None and self._challenge[0] == "bearer" and (
-                self._token is None or time.monotonic() >= self._token.expires):
-            await self._fetch_token()
-        response = await self._request(method, url, headers)
-        if response.status_code == 401:
-            await self._authenticate(response)
-            response = await self._request(method, url, headers)
+        try:
+            response = await self.http.send(method, url, headers=headers)
+        except httpx.HTTPError as exc:
+            raise self._err(f"{self.where}: {network_failure(exc, method, url)}") from exc
+        log.debug("registry", f"{method} {redact(url)}: HTTP {response.status_code}")
         if response.status_code >= 400:
             raise self._failure(response)
         return response
 
-    async def _request(self, method: str, url: str, headers: dict[str, str]) -> httpx.Response:
-        headers = dict(headers)
-        authorization = self._authorization()
-        if authorization:
-            headers["Authorization"] = authorization
-        try:
-            response = await self._http.request(method, url, headers=headers)
-        except httpx.HTTPError as exc:
-            raise self._network(method, url, exc) from exc
-        log.debug("registry", f"{method} {redact(url)}: HTTP {response.status_code}")
-        return response
+    # -- what the authentication flow asks (dewy.http.bearer.Registry) ------------
 
-    def _authorization(self) -> str | None:
-        if self._challenge is None:
-            return None
-        if self._challenge[0] == "bearer":
-            return f"Bearer {self._token.value}" if self._token else None
-        if self._credentials is not None:
-            return _basic(self._credentials)
-        return None
+    def find_credentials(self) -> Credentials | None:
+        credentials, self._looked = find_credentials(self.host, self.repository)
+        return credentials
 
-    async def _authenticate(self, response: httpx.Response) -> None:
-        """Answer a 401's challenge: a fresh bearer token, or basic credentials."""
-        challenges = parse_challenges(response.headers.get_list("WWW-Authenticate"))
-        await self._authorize(challenges, response)
-
-    async def _authorize(self, challenges: list[tuple[str, dict[str, str]]], response: httpx.Response | None = None) -> None:
-        by_scheme = {scheme: params for scheme, params in reversed(challenges)}
-        self._credentials, self._looked = find_credentials(self.host, self.repository)
-        if self._credentials is not None:
-            self._secrets.add(self._credentials.password)
-        if "bearer" in by_scheme:
-            params = by_scheme["bearer"]
-            if not params.get("realm"):
-                raise self._err(f"{self.where}: the registry's Bearer challenge has no realm")
-            self._challenge = ("bearer", params)
-            await self._fetch_token()
-        elif "basic" in by_scheme:
-            self._challenge = ("basic", by_scheme["basic"])
-            if self._credentials is None:
-                raise self._err(f"{self.where}: {self.api_host} requires credentials; none found for {self.host} "
-                                f"(looked in {', '.join(self._looked)})")
-        else:
-            shown = f"{response.request.method} {redact(str(response.request.url))}: " if response is not None else ""
-            offered = ", ".join(s for s, _ in challenges) or "none"
-            raise self._err(f"{self.where}: {shown}HTTP 401 with no usable authentication challenge (offered: {offered})")
-
-    async def _fetch_token(self) -> None:
-        """A bearer token from the challenge's realm (distribution token authentication), cached until it expires."""
-        assert self._challenge is not None
-        params = self._challenge[1]
-        realm = params["realm"]
-        address = await self._check_realm(realm)
-        query = {"scope": params.get("scope") or f"repository:{self.repository}:pull"}
-        if params.get("service"):
-            query["service"] = params["service"]
-        headers = {"Accept": "application/json"}
-        if self._credentials is not None:
-            query["account"] = self._credentials.username
-            headers["Authorization"] = _basic(self._credentials)
-        shown = f"{self.where}: token from {redact(realm)}"
-        url, extensions = httpx.URL(realm), {}
-        if address is not None:  # connect to the address that was checked, not to what a second lookup says
-            headers["Host"] = url.netloc.decode("ascii")
-            extensions["sni_hostname"] = url.host  # TLS: SNI and the certificate check still use the name
-            url = url.copy_with(host=address)
-        try:
-            response = await self._http.get(url, params=query, headers=headers, follow_redirects=False,
-                                            extensions=extensions)
-        except httpx.HTTPError as exc:
-            raise self._network("GET", realm, exc, what=f"{self.where}: token:") from exc
-        log.debug("registry", f"token GET {redact(realm)}: HTTP {response.status_code}")
-        if response.status_code in (401, 403):
-            raise self._err(f"{shown}: HTTP {response.status_code} {_registry_message(response)}: "
-                            f"{self._credentials_advice()}")
-        if response.status_code == 429:
-            raise self._failure(response, shown=shown)
-        if response.status_code != 200:
-            raise self._err(f"{shown}: HTTP {response.status_code} {_registry_message(response)}")
-        try:
-            body = response.json()
-        except ValueError:
-            raise self._err(f"{shown}: the answer is not JSON") from None
-        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            raise self._err(f"{shown}: the answer has no token")
-        try:
-            lifetime = max(float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME), DEFAULT_TOKEN_LIFETIME)
-        except (TypeError, ValueError):
-            lifetime = DEFAULT_TOKEN_LIFETIME
-        self._secrets.add(token)
-        self._token = _Token(token, time.monotonic() + lifetime - TOKEN_MARGIN)
-
-    async def _check_realm(self, realm: str) -> str | None:
+    async def check_realm(self, realm: str) -> str | None:
         """Refuse a realm that would leak credentials: plain HTTP from an HTTPS registry, or an internal address.
 
         A realm on a loopback, private or link-local address is accepted only
@@ -588,9 +430,19 @@ class ImageRegistry:
                             f"private or link-local address ({internal}) and the registry {self.api_host} is not")
         return str(addresses[0])
 
+    def auth_error(self, problem: str, response: httpx.Response | None = None, *, advice: bool = False) -> RegistryError:
+        where = f"{self.where}: {problem}"
+        if response is not None and response.status_code not in (401, 403):
+            return self._failure(response, shown=where)
+        line = f"{where}: HTTP {response.status_code} {_registry_message(response)}" if response is not None else where
+        return self._err(f"{line}: {self._credentials_advice()}" if advice else line)
+
+    # -- errors ---------------------------------------------------------------------
+
     def _credentials_advice(self) -> str:
-        if self._credentials is not None:
-            return f"the registry rejected the credentials for {self.host} from {self._credentials.source}"
+        credentials = self.auth.credentials
+        if credentials is not None:
+            return f"the registry rejected the credentials for {self.host} from {credentials.source}"
         return (f"{self.api_host} requires credentials; none found for {self.host} (looked in {', '.join(self._looked)})"
                 if self._looked else f"{self.api_host} requires credentials")
 
@@ -600,32 +452,27 @@ class ImageRegistry:
         where = shown or f"{self.where}: {response.request.method} {redact(str(response.request.url))}"
         message = _registry_message(response)
         if status == 429:
-            wait = _retry_after(response.headers)
+            wait = retry_after(response.headers)
             return RateLimited(self._scrub(f"{where}: HTTP 429 {message}: rate limited; retrying after "
                                            f"{math.ceil(wait)} s"), wait)
         line = f"{where}: HTTP {status} {message}"
+        credentials = self.auth.credentials
         if status == 401:
-            missing = "" if self._credentials else f"; or repository {self.repository} does not exist"
+            missing = "" if credentials else f"; or repository {self.repository} does not exist"
             return self._err(f"{line}: {self._credentials_advice()}{missing}")
         if status == 403:
-            who = (f"the credentials for {self.host} from {self._credentials.source}" if self._credentials
-                   else "anonymous access")
+            who = f"the credentials for {self.host} from {credentials.source}" if credentials else "anonymous access"
             return self._err(f"{line}: {who} may not pull {self.repository}")
         if status == 404:
             if "/manifests/" in response.request.url.path:
                 return self._err(f"{line}: the tag's manifest is gone (deleted since the tags were listed?)")
-            hint = "" if self._credentials else " (or it is private and needs credentials)"
+            hint = "" if credentials else " (or it is private and needs credentials)"
             return self._err(f"{line}: repository {self.repository} not found on {self.api_host}{hint}")
         return self._err(line)
 
-    def _network(self, method: str, url: str, exc: httpx.HTTPError, what: str | None = None) -> RegistryError:
-        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        prefix = what or f"{self.where}:"
-        return self._err(f"{prefix} {method} {redact(url)}: {' '.join(detail.split())}")
-
     def _scrub(self, message: str) -> str:
         """Never a password or token in a message, even if a server echoes one back."""
-        for secret in self._secrets:
+        for secret in self.auth.secrets:
             if secret:
                 message = message.replace(secret, "***")
         return message
@@ -637,10 +484,6 @@ class ImageRegistry:
 def _semver_text(tag: str) -> str:
     """The version a tag stands for: ``_`` is the build-metadata ``+``, which image tags cannot contain."""
     return tag.replace("_", "+", 1)
-
-
-def _basic(credentials: Credentials) -> str:
-    return "Basic " + base64.b64encode(f"{credentials.username}:{credentials.password}".encode()).decode()
 
 
 def _registry_message(response: httpx.Response) -> str:
@@ -659,18 +502,3 @@ def _registry_message(response: httpx.Response) -> str:
     elif isinstance(body, dict) and isinstance(body.get("details") or body.get("error"), str):
         text = f"{text} ({body.get('details') or body.get('error')})"
     return " ".join(text.split())[:300]
-
-
-def _retry_after(headers: httpx.Headers) -> float:
-    """Retry-After in seconds or as an HTTP date; a minute when absent or unreadable."""
-    value = headers.get("Retry-After", "").strip()
-    if value:
-        try:
-            return max(float(value), 1.0)
-        except ValueError:
-            pass
-        try:
-            return max(parsedate_to_datetime(value).timestamp() - time.time(), 1.0)
-        except (TypeError, ValueError, IndexError):
-            pass
-    return RATE_LIMIT_WAIT

@@ -8,6 +8,11 @@ here, once: the newest eligible version, the artifact and checksum choice, the
 upload grace measured from the directory's time, and the audit record
 ``PREFIX/<tag>/shipped_to_<host>_<command>_at_<UTC>.txt``.
 
+A bucket store (S3, GCS) answers those questions with keys:
+:class:`BucketRegistry` lists "directories" as the common prefixes of a
+delimiter ``/`` listing and files as the keys directly under one, so that such a
+backend only lists, writes, names a key and explains its SDK's failures.
+
 Backends raise RegistryError with one line naming the URL, what failed and
 what to do.
 """
@@ -18,11 +23,13 @@ import asyncio
 import socket
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any, TypeVar
 
 from dewy.errors import RegistryError
+from dewy.lazyclient import LazyClient
 from dewy.fsutil import bad_file_name
 from dewy.registry import (
     Release, checksum_file, missing_artifact, select_artifact, shipped_name, shipped_text, signature_file,
@@ -35,6 +42,7 @@ AUDIT_PREFIX = "shipped_to_"
 # a poll then costs one list request, and a change inside the version directory is seen within this time.
 LISTING_TTL = 300.0
 SHOWN_NAMES = 20
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -174,3 +182,71 @@ class ObjectStoreRegistry(ABC):
             hints.append("pre-releases are skipped without pre-release=true")
         detail = f" ({'; '.join(hints)})" if hints else ""
         return f"{self.url}: no release directory to deploy: found {found}{detail}"
+
+
+class BucketRegistry(ObjectStoreRegistry):
+    """Releases as keys ``PREFIX<tag>/<name>`` in a bucket. Subclasses set ``prefix`` and ``client``, and adapt their SDK."""
+
+    prefix: str  # "" or ending in "/"
+    client: LazyClient[Any]
+
+    @abstractmethod
+    def common_prefixes(self, prefix: str) -> Iterable[str]:
+        """The common prefixes (``prefix`` + name + ``/``) of a listing of ``prefix`` with delimiter ``/``, every page."""
+
+    @abstractmethod
+    def objects(self, prefix: str) -> Iterable[tuple[str, object]]:
+        """(key, creation or modification time) of each object directly under ``prefix`` (delimiter ``/``), every page."""
+
+    @abstractmethod
+    def key_url(self, key: str) -> str:
+        """The artifact URL of the object ``key``."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Write the small text object ``key``."""
+
+    @abstractmethod
+    def explain(self, exc: Exception) -> str | None:
+        """A failure of the SDK as the one line an operator acts on; None for an exception that is a bug."""
+
+    def _call(self, doing: str, work: Callable[[], T]) -> T:
+        try:
+            return work()
+        except Exception as exc:
+            explained = self.explain(exc)
+            if explained is None:
+                raise
+            raise RegistryError(f"{self.url}: {doing}: {explained}") from None
+
+    def list_versions(self) -> list[str]:
+        def work() -> list[str]:
+            names = (relative_name(str(p).removesuffix("/"), self.prefix) for p in self.common_prefixes(self.prefix))
+            return [name for name in names if name]
+
+        return self._call("cannot list releases", work)
+
+    def list_files(self, tag: str) -> Listing:
+        directory = f"{self.prefix}{tag}/"
+
+        def work() -> Listing:
+            names, times = [], []
+            for key, when in self.objects(directory):
+                if not key.startswith(directory):
+                    continue  # not ours: a misbehaving server
+                times.append(when)  # the directory marker "tag/" counts too
+                name = relative_name(key, directory)
+                if name:
+                    names.append(name)
+            return Listing(names, earliest(times))
+
+        return self._call(f"cannot list release {tag}", work)
+
+    def file_url(self, tag: str, name: str) -> str:
+        return self.key_url(f"{self.prefix}{tag}/{name}")
+
+    def write_file(self, tag: str, name: str, data: bytes) -> None:
+        self._call(f"cannot write audit record {name}", lambda: self.put(f"{self.prefix}{tag}/{name}", data))
+
+    def close(self) -> None:
+        self.client.close()

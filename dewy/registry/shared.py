@@ -117,6 +117,11 @@ class SharedRegistry:
         self._cache_down = False
         self._warned_error: float | None = None  # checked_at of the failure last warned about
 
+    @property
+    def origin(self) -> Registry:
+        """The registry asked on the fleet's behalf, for what only it knows (an image pull's credentials)."""
+        return self.registry
+
     # Registry protocol -------------------------------------------------------------
 
     async def current(self) -> Release:

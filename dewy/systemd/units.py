@@ -36,7 +36,7 @@ class SystemdError(DewyError):
     """systemd refused or failed a request over D-Bus, or could not be reached in time."""
 
 
-class Systemd:
+class SystemdManager:
     """A small client of systemd's Manager API on the system bus (dbus-next).
 
     Every call and every job wait has a deadline, and every failure is a SystemdError. A lost
@@ -237,7 +237,7 @@ def _reason(exc: BaseException) -> str:
 class AppScopes:
     """The supervisor's Placement under systemd: generation N of app NAME runs in ``dewy-NAME-gN.scope``."""
 
-    def __init__(self, systemd: Systemd, instance: str, limits, stop_timeout: float) -> None:
+    def __init__(self, systemd: SystemdManager, instance: str, limits, stop_timeout: float) -> None:
         self.systemd = systemd
         self.instance = instance
         self.properties: dict[str, tuple[str, Any]] = {

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from dewy.container.runtimes import (
+    Container, ContainerRuntimeError, Image, ReplicaSpec, from_inspect, in_thread, missing_sdk,
+)
 from dewy.runargs import RunOptions
-from dewy.runtimes import Container, ContainerRuntimeError, Image, ReplicaSpec, in_thread, missing_sdk
 
 
 class DockerRuntime:
@@ -24,9 +26,6 @@ class DockerRuntime:
 
     def _not_found(self, exc: BaseException) -> bool:
         return isinstance(exc, self._docker.errors.NotFound)
-
-    async def ping(self) -> None:
-        await in_thread(f"docker at {self.url}", self.api.version)
 
     async def pull(self, reference: str, credentials: tuple[str, str] | None, tls_verify: bool) -> str:
         """The engine decides about TLS (its insecure-registries; loopback is insecure by default)."""
@@ -88,7 +87,7 @@ class DockerRuntime:
                 raise
 
         data = await in_thread(f"docker inspect {container_id[:12]}", inspect)
-        return _container(data, network) if data else None
+        return from_inspect(data, network) if data else None
 
     async def list(self, labels: dict[str, str], network: str) -> list[Container]:
         entries = await in_thread("docker ps", self.api.containers, all=True,
@@ -190,20 +189,3 @@ def _create_kwargs(options: RunOptions, docker: Any) -> dict[str, Any]:
         kwargs["extra_hosts"] = dict(options.extra_hosts)
     return kwargs
 
-
-def _container(data: dict, network: str) -> Container:
-    state = data.get("State") or {}
-    health = state.get("Health") or {}
-    has_check = bool((data.get("Config") or {}).get("Healthcheck")) or bool(health)
-    net = ((data.get("NetworkSettings") or {}).get("Networks") or {}).get(network) or {}
-    return Container(
-        id=data["Id"],
-        name=data.get("Name", "").lstrip("/"),
-        labels=(data.get("Config") or {}).get("Labels") or {},
-        status=state.get("Status", "unknown"),
-        ip=net.get("IPAddress") or None,
-        mac=net.get("MacAddress") or None,
-        aliases=list(net.get("Aliases") or []),
-        health=(health.get("Status") or "starting") if has_check else None,
-        exit_code=state.get("ExitCode"),
-    )

@@ -6,8 +6,10 @@ import json
 import signal
 from typing import Any
 
+from dewy.container.runtimes import (
+    Container, ContainerRuntimeError, Image, ReplicaSpec, from_inspect, in_thread, missing_sdk,
+)
 from dewy.runargs import RunOptions
-from dewy.runtimes import Container, ContainerRuntimeError, Image, ReplicaSpec, in_thread, missing_sdk
 
 CPU_PERIOD = 100_000  # microseconds; --cpus N is a quota of N periods
 
@@ -31,9 +33,6 @@ class PodmanRuntime:
                 message = response.text
             raise ContainerRuntimeError(f"{where}: HTTP {response.status_code}: {message.strip()[:400]}")
         return response
-
-    async def ping(self) -> None:
-        await in_thread(f"podman at {self.url}", self.client.version)
 
     async def pull(self, reference: str, credentials: tuple[str, str] | None, tls_verify: bool) -> str:
         def pull() -> str:
@@ -78,7 +77,7 @@ class PodmanRuntime:
             return self._check(response, f"podman inspect {container_id[:12]}").json()
 
         data = await in_thread(f"podman inspect {container_id[:12]}", inspect)
-        return _container(data, network) if data else None
+        return from_inspect(data, network) if data else None
 
     async def list(self, labels: dict[str, str], network: str) -> list[Container]:
         def ids() -> list[str]:
@@ -244,20 +243,3 @@ def _signal_number(name: str) -> int:
     except KeyError:
         raise ContainerRuntimeError(f"--stop-signal {name!r} is not a signal name") from None
 
-
-def _container(data: dict, network: str) -> Container:
-    state = data.get("State") or {}
-    health = state.get("Health") or state.get("Healthcheck") or {}
-    has_check = bool((data.get("Config") or {}).get("Healthcheck"))
-    net = ((data.get("NetworkSettings") or {}).get("Networks") or {}).get(network) or {}
-    return Container(
-        id=data["Id"],
-        name=data.get("Name", "").lstrip("/"),
-        labels=(data.get("Config") or {}).get("Labels") or {},
-        status=state.get("Status", "unknown"),
-        ip=net.get("IPAddress") or None,
-        mac=net.get("MacAddress") or None,
-        aliases=list(net.get("Aliases") or []),
-        health=(health.get("Status") or "starting") if has_check else None,
-        exit_code=state.get("ExitCode"),
-    )

@@ -6,7 +6,7 @@ A rollout of a new image:
 2. Start the new replicas one by one next to the old ones, on dewy's network
    ``dewy-APP`` (created with DNS if missing), labelled ``dewy.app``, ``dewy.version``,
    ``dewy.replica``, ``dewy.digest``, ``dewy.image`` and ``dewy.rollout``, and wait for
-   each to be healthy (:mod:`dewy.health`). They carry no alias yet: nothing sends
+   each to be healthy (:mod:`dewy.container.health`). They carry no alias yet: nothing sends
    them traffic before they are checked.
 3. All healthy: give the new replicas the app's network alias (``APP`` and any
    ``--network-alias``), switch the host port's proxy to them in one assignment, and
@@ -50,16 +50,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from dewy import log
-from dewy.errors import AppStartError, DewyError
-from dewy.health import check, wait_healthy
-from dewy.proxy import TcpProxy
-from dewy.registry import Release
-from dewy.runargs import RunOptions
-from dewy.runtimes import (
+from dewy.container.health import check, wait_healthy
+from dewy.container.proxy import TcpProxy
+from dewy.container.runtimes import (
     LABEL_APP, LABEL_DIGEST, LABEL_IMAGE, LABEL_REPLICA, LABEL_ROLLOUT, LABEL_VERSION, Container,
     ContainerRuntimeError, ReplicaSpec, Runtime,
 )
-from dewy.state import State
+from dewy.errors import AppStartError, DewyError
+from dewy.runargs import RunOptions
+from dewy.state import DrainingEntry, ReplicaEntry, ReplicaSet, RolloutEntry, State
 from dewy.tasks import Background
 from dewy.versions import parse_tag
 
@@ -71,6 +70,15 @@ def container_name(text: str) -> str:
     """``text`` as a container or network name component."""
     cleaned = NAME_CHARS.sub("-", text).strip("-.")
     return cleaned or "app"
+
+
+@dataclass(frozen=True)
+class ImageVersion:
+    """One version of the app's image: what a rollout starts replicas of."""
+
+    tag: str
+    reference: str  # what the runtime pulls: HOST[:PORT]/REPO:TAG
+    digest: str  # the manifest digest (sha256:...), "" if not known
 
 
 @dataclass
@@ -109,18 +117,18 @@ class Replicas:
         self.health: dict[str, str | None] = {}  # container id -> None (healthy) or why not
         self._draining: dict[str, tuple[Container, datetime]] = {}
         self._drains = Background()
-        self._rollout: dict | None = None
+        self._rollout: RolloutEntry | None = None
         self._cleanup = Background()  # removals that need not hold anything up
         self._lock = asyncio.Lock()
         self.adopted = False  # the runtime was asked what runs (else only the state file's record is known)
 
     # -- what runs -------------------------------------------------------------------------
 
-    def runs(self, release: Release) -> bool:
-        """Is ``release`` what the serving replicas run (same tag and, if known, same digest)?"""
-        if not self.serving or self.version != release.tag:
+    def runs(self, image: ImageVersion) -> bool:
+        """Is ``image`` what the serving replicas run (same tag and, if known, same digest)?"""
+        if not self.serving or self.version != image.tag:
             return False
-        return not release.id or not self.digest or self.digest == release.id
+        return not image.digest or not self.digest or self.digest == image.digest
 
     def summary(self) -> str:
         if not self.serving:
@@ -137,22 +145,19 @@ class Replicas:
     def _record(self) -> None:
         """The replicas in the state file: for ``dewy status`` and for adoption by the next dewy.
         Written only when something changed (every tick re-checks health; the file is fsynced)."""
-        record = {
-            "mode": "container",
-            "runtime": self.runtime.name,
-            "network": self.config.network,
-            "aliases": self.config.aliases,
-            "ports": [f"{h}:{p}" for h, p in self.proxy.addresses] if self.proxy else [],
-            "version": self.version,
-            "digest": self.digest,
-            "image": self.image,
-            "replicas": [{"id": c.id, "name": c.name, "replica": c.replica, "version": c.version, "ip": c.ip,
-                          "status": c.status, "healthy": self.health.get(c.id) is None,
-                          "reason": self.health.get(c.id)} for c in self.serving],
-            "draining": [{"id": c.id, "name": c.name, "version": c.version, "until": until.isoformat()}
-                         for c, until in self._draining.values()],
-            "rollout": self._rollout,
-        }
+        record = ReplicaSet(
+            runtime=self.runtime.name,
+            network=self.config.network,
+            aliases=self.config.aliases,
+            ports=[f"{h}:{p}" for h, p in self.proxy.addresses] if self.proxy else [],
+            version=self.version,
+            digest=self.digest,
+            image=self.image,
+            replicas=[ReplicaEntry(c.id, c.name, c.replica, c.version, c.ip, c.status, self.health.get(c.id) is None,
+                                   self.health.get(c.id)) for c in self.serving],
+            draining=[DrainingEntry(c.id, c.name, c.version, until.isoformat()) for c, until in self._draining.values()],
+            rollout=self._rollout,
+        )
         if record != self.state.app:
             self.state.app = record
             self.state.save()
@@ -171,59 +176,66 @@ class Replicas:
     def adopt_recorded(self) -> None:
         """The runtime cannot be asked yet (its API socket is down): serve through the replicas the state
         file recorded, which are probably still running; :meth:`heal` adopts properly once it can."""
-        record = self.state.app if (self.state.app or {}).get("mode") == "container" else None
-        if record and record.get("replicas"):
-            self.version, self.digest, self.image = record.get("version"), record.get("digest") or "", record.get("image")
-            self.serving = [Container(r["id"], r["name"], {LABEL_VERSION: r.get("version", ""), LABEL_REPLICA: str(r.get("replica", 0))},
-                                      "running", ip=r.get("ip")) for r in record["replicas"]]
+        record = self._recorded()
+        if record and record.replicas:
+            self.version, self.digest, self.image = record.version, record.digest or "", record.image
+            self.serving = [Container(r.id, r.name, {LABEL_VERSION: r.version, LABEL_REPLICA: str(r.replica)},
+                                      "running", ip=r.ip) for r in record.replicas]
             self._route()
             log.warning("replicas-recorded", f"forwarding to the {len(self.serving)} replicas of {self.version} "
                         "recorded in the state file until the runtime answers", version=self.version)
         if self.proxy:
             self.proxy.start()
 
-    async def pull(self, release: Release, credentials: tuple[str, str] | None, tls_verify: bool,
+    def _recorded(self) -> ReplicaSet | None:
+        return self.state.app if isinstance(self.state.app, ReplicaSet) else None
+
+    def _serving_image(self) -> ImageVersion | None:
+        return ImageVersion(self.version, self.image, self.digest) if self.version and self.image else None
+
+    async def pull(self, image: ImageVersion, credentials: tuple[str, str] | None, tls_verify: bool,
                    verified_id: str | None = None) -> None:
-        """Pull the release's image. ``verified_id``: the image id whose signature was checked; the pull must
-        bring exactly it (not what a tag moved since then names), and the replicas then start from that id."""
+        """Pull ``image``. ``verified_id``: the image id whose signature was checked; the pull must bring exactly
+        it (not what a tag moved since then names), and the replicas then start from that id."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        log.info("pulling", f"pulling {release.artifact_name}", version=release.tag, image=release.artifact_name)
-        image_id = await self.runtime.pull(release.artifact_name, credentials, tls_verify)
-        log.info("pulled", f"pulled {release.artifact_name} in {loop.time() - started:.1f}s", version=release.tag,
-                 image=release.artifact_name, image_id=image_id)
+        log.info("pulling", f"pulling {image.reference}", version=image.tag, image=image.reference)
+        image_id = await self.runtime.pull(image.reference, credentials, tls_verify)
+        log.info("pulled", f"pulled {image.reference} in {loop.time() - started:.1f}s", version=image.tag,
+                 image=image.reference, image_id=image_id)
         if verified_id is not None:
             if image_id.removeprefix("sha256:") != verified_id.removeprefix("sha256:"):
                 raise ContainerRuntimeError(
-                    f"{release.artifact_name}: the pull brought image {image_id}, not the verified {verified_id} of"
-                    f" {release.id} (the tag was moved since it was checked); nothing started, checked again next poll")
-            self.pinned[release.id] = image_id
+                    f"{image.reference}: the pull brought image {image_id}, not the verified {verified_id} of"
+                    f" {image.digest} (the tag was moved since it was checked); nothing started, checked again next poll")
+            self.pinned[image.digest] = image_id
 
     async def restart(self) -> None:
         """A rolling restart: fresh replicas of the serving image replace the running ones (SIGUSR1)."""
-        if not self.version or not self.image:
+        image = self._serving_image()
+        if image is None:
             raise DewyError("no replicas are serving: nothing to restart")
-        await self.roll_out(Release(tag=self.version, version=parse_tag(self.version), artifact_name=self.image,
-                                    artifact_url="", id=self.digest))
+        await self.roll_out(image)
 
     async def adopt(self) -> None:
         """Take over what a previous dewy left running (see the module docstring); start the proxy."""
         async with self._lock:
             network = self.config.network
             found = await self.runtime.list(self._labels(), network)
-            record = self.state.app if (self.state.app or {}).get("mode") == "container" else None
+            record = self._recorded()
             by_id = {c.id: c for c in found}
-            interrupted = ((record or {}).get("rollout") or {}).get("id")
-            serving = [by_id[r["id"]] for r in (record or {}).get("replicas", []) if r["id"] in by_id]
+            rollout = record.rollout if record else None
+            interrupted = rollout.id if rollout else None
+            serving = [by_id[r.id] for r in (record.replicas if record else []) if r.id in by_id]
             if record and serving:
-                self.version, self.digest, self.image = record.get("version"), record.get("digest") or "", record.get("image")
+                self.version, self.digest, self.image = record.version, record.digest or "", record.image
             else:
                 serving = self._guess_serving(found, interrupted)
                 if serving:
                     first = serving[0]
                     self.version, self.digest, self.image = first.version, first.digest, first.labels.get(LABEL_IMAGE)
             self.serving = sorted(serving, key=lambda c: c.replica)
-            draining = {d["id"]: d["until"] for d in (record or {}).get("draining", [])}
+            draining = {d.id: d.until for d in (record.draining if record else [])}
             now = datetime.now(timezone.utc)
             removed = []
             serving_ids = {c.id for c in self.serving}
@@ -243,8 +255,7 @@ class Replicas:
             if self.proxy:
                 self.proxy.start()
             if removed:
-                rollout = (record or {}).get("rollout") or {}
-                self._cleanup.start(self._remove_leftovers(removed, interrupted, rollout.get("version")),
+                self._cleanup.start(self._remove_leftovers(removed, interrupted, rollout.version if rollout else None),
                                     "removing the replicas of an interrupted rollout")
             self._rollout = None
             await self._ensure_running()
@@ -305,32 +316,32 @@ class Replicas:
 
     # -- a rollout -------------------------------------------------------------------------
 
-    async def roll_out(self, release: Release) -> None:
-        """Replace the serving replicas by ``release``'s image; AppStartError after a rollback."""
+    async def roll_out(self, image: ImageVersion) -> None:
+        """Replace the serving replicas by replicas of ``image``; AppStartError after a rollback."""
         async with self._lock:
             config = self.config
             await self.runtime.ensure_network(config.network, self._labels())
             rollout = secrets.token_hex(3)
-            self._rollout = {"id": rollout, "version": release.tag, "digest": release.id, "image": release.artifact_name,
-                             "started_at": datetime.now(timezone.utc).isoformat()}
+            self._rollout = RolloutEntry(rollout, image.tag, image.digest, image.reference,
+                                         datetime.now(timezone.utc).isoformat())
             self._record()  # before the first container exists: a restarted dewy knows what to clean up
-            log.info("rollout-started", f"rolling out {release.tag}: {config.replicas} new replicas next to "
-                     f"{len(self.serving)} serving", version=release.tag, image=release.artifact_name,
+            log.info("rollout-started", f"rolling out {image.tag}: {config.replicas} new replicas next to "
+                     f"{len(self.serving)} serving", version=image.tag, image=image.reference,
                      previous_version=self.version)
             started: list[Container] = []
             try:
                 for replica in range(1, config.replicas + 1):
-                    started.append(await self._start_replica(release, replica, rollout))
+                    started.append(await self._start_replica(image, replica, rollout))
                 fresh = []
                 for container in started:  # all healthy: now they may get traffic
                     fresh.append(await self._set_aliases(container, config.aliases, required=True) or container)
                 started = fresh
             except BaseException as exc:
-                await asyncio.shield(self._roll_back(release, started, rollout, exc))
+                await asyncio.shield(self._roll_back(image, started, rollout, exc))
                 raise
             old = self.serving
             self.serving = started
-            self.version, self.digest, self.image = release.tag, release.id, release.artifact_name
+            self.version, self.digest, self.image = image.tag, image.digest, image.reference
             self.health = {c.id: None for c in started}
             self._route()  # the switch: new connections go to the new replicas from here on
             self._rollout = None
@@ -339,32 +350,32 @@ class Replicas:
             self._record()
             for container in old:
                 await self._set_aliases(container, [])
-            log.info("rollout-switched", f"{release.tag} serves: {len(started)} replicas; {len(old)} old replicas "
-                     f"drain for {config.drain_time:g}s", version=release.tag,
+            log.info("rollout-switched", f"{image.tag} serves: {len(started)} replicas; {len(old)} old replicas "
+                     f"drain for {config.drain_time:g}s", version=image.tag,
                      replicas=[c.name for c in started], draining=[c.name for c in old])
 
-    async def _start_replica(self, release: Release, replica: int, rollout: str) -> Container:
+    async def _start_replica(self, image: ImageVersion, replica: int, rollout: str) -> Container:
         config = self.config
-        name = f"{container_name(config.app)}-{container_name(release.tag)}-{replica}-{rollout}"
-        labels = {LABEL_APP: config.app, LABEL_VERSION: release.tag, LABEL_REPLICA: str(replica),
-                  LABEL_DIGEST: release.id, LABEL_IMAGE: release.artifact_name, LABEL_ROLLOUT: rollout}
-        spec = ReplicaSpec(self.pinned.get(release.id, release.artifact_name), name, config.network, labels, config.options)
+        name = f"{container_name(config.app)}-{container_name(image.tag)}-{replica}-{rollout}"
+        labels = {LABEL_APP: config.app, LABEL_VERSION: image.tag, LABEL_REPLICA: str(replica),
+                  LABEL_DIGEST: image.digest, LABEL_IMAGE: image.reference, LABEL_ROLLOUT: rollout}
+        spec = ReplicaSpec(self.pinned.get(image.digest, image.reference), name, config.network, labels, config.options)
         container_id = await self.runtime.create(spec)
-        log.info("replica-starting", f"starting replica {replica} of {release.tag}", container=name, version=release.tag)
+        log.info("replica-starting", f"starting replica {replica} of {image.tag}", container=name, version=image.tag)
         try:
             await self.runtime.start(container_id)
         except ContainerRuntimeError as exc:
             await self._remove_id(container_id, name)
-            raise AppStartError(f"replica {replica} of {release.tag} did not start: {exc}") from None
+            raise AppStartError(f"replica {replica} of {image.tag} did not start: {exc}") from None
         try:
             return await wait_healthy(self.runtime, container_id, config.network, port=config.container_port,
                                       path=config.health_path, timeout=config.health_timeout,
-                                      what=f"replica {replica} of {release.tag} ({name})")
+                                      what=f"replica {replica} of {image.tag} ({name})")
         except BaseException:
             await asyncio.shield(self._remove_id(container_id, name))
             raise
 
-    async def _roll_back(self, release: Release, started: list[Container], rollout: str, exc: BaseException) -> None:
+    async def _roll_back(self, image: ImageVersion, started: list[Container], rollout: str, exc: BaseException) -> None:
         """Remove the new replicas (also those not yet listed, by their rollout label); the old ones serve on."""
         leftovers = {c.id: c for c in started}
         with contextlib.suppress(DewyError):
@@ -372,12 +383,12 @@ class Replicas:
                                                      self.config.network):
                 leftovers[container.id] = container
         for container in leftovers.values():
-            await self._remove(container, f"rollback of {release.tag}")
+            await self._remove(container, f"rollback of {image.tag}")
         self._rollout = None
         self._record()
         reason = "dewy is stopping" if isinstance(exc, asyncio.CancelledError) else str(exc)
-        log.warning("rollout-aborted", f"the rollout of {release.tag} was rolled back ({reason}); "
-                    f"{self.version or 'nothing'} keeps serving", version=release.tag, serving=self.version)
+        log.warning("rollout-aborted", f"the rollout of {image.tag} was rolled back ({reason}); "
+                    f"{self.version or 'nothing'} keeps serving", version=image.tag, serving=self.version)
 
     async def _set_aliases(self, container: Container, aliases: list[str], required: bool = False) -> Container | None:
         """Reconnect ``container`` to dewy's network with ``aliases``, keeping its IP and MAC address."""
@@ -477,16 +488,15 @@ class Replicas:
 
     async def _replace_missing(self) -> None:
         """Start replicas of the serving image for indices that vanished (removed by hand, say)."""
-        if not self.version or not self.image:
+        image = self._serving_image()
+        if image is None:
             return
         present = {c.replica for c in self.serving}
-        release = Release(tag=self.version, version=parse_tag(self.version), artifact_name=self.image,
-                          artifact_url="", id=self.digest)
         for replica in range(1, self.config.replicas + 1):
             if replica in present:
                 continue
             try:
-                container = await self._start_replica(release, replica, secrets.token_hex(3))
+                container = await self._start_replica(image, replica, secrets.token_hex(3))
                 self.serving.append(await self._set_aliases(container, self.config.aliases) or container)
                 log.info("replica-replaced", f"replica {replica} of {self.version} replaced", container=container.name)
             except DewyError as exc:
@@ -520,7 +530,7 @@ class Replicas:
 
     # -- dewy stops ------------------------------------------------------------------------
 
-    async def release(self, grace: float) -> None:
+    async def hand_over(self, grace: float) -> None:
         """dewy restarts (systemd): stop taking connections, let those in flight finish (up to ``grace``),
         leave every replica running for the next dewy, which adopts them and resumes the drains."""
         if self.proxy:
@@ -534,7 +544,7 @@ class Replicas:
 
     async def stop(self, grace: float) -> None:
         """dewy stops: finish in-flight proxied connections (up to ``grace``), then stop and remove every replica."""
-        await self.release(grace)
+        await self.hand_over(grace)
         async with self._lock:
             known = {c.id: c for c in self.serving + [c for c, _ in self._draining.values()]}
             with contextlib.suppress(DewyError):  # also what an adoption's cleanup did not get to

@@ -9,20 +9,8 @@ generation that dies on its own is restarted with exponential backoff.
 This is a library: dewy's own signals (SIGUSR1 -> restart(), SIGTERM -> stop()) are
 wired up by the daemon.
 
-Health check design
--------------------
-Old and new generations accept from the same listening socket, so a plain HTTP probe
-may be answered by the old generation and prove nothing about the new one. The probe
-therefore makes sure the *new* generation accepted its connection before it sends the
-request: after connecting it looks up the server side of the connection with sock_diag
-(netlink; its inode stays 0 until some process accept()s it), and checks whether
-that socket inode is among the fds of the new generation's process tree
-(/proc/PID/fd). A connection taken by anyone else is closed unanswered (the old
-generation sees an empty connection) and the probe retries. Limits: Linux /proc only;
-dewy must be allowed to read the app's /proc/PID/fd (same user, or root); TCP sockets
-only; an app that hands accepted connections to processes outside its own process
-tree never passes; each probe reads the whole TCP table, which costs a few ms on a
-host with very many connections.
+The health check of a starting generation proves that the *new* generation answered
+(:mod:`dewy.server.probe`).
 
 A starting generation takes real connections as soon as it calls accept(), before it is
 declared ready; one that then fails is stopped gracefully (SIGTERM), so those requests
@@ -37,8 +25,6 @@ import fcntl
 import json
 import os
 import signal
-import socket
-import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +33,9 @@ from typing import Protocol
 from dewy import log
 from dewy.errors import AppStartError, DewyError
 from dewy.faults import describe as one_line
+from dewy.server.probe import answer, connectable
 from dewy.sockets import FIRST_FD, HeldSockets
+from dewy.state import AppGeneration, RunningApp
 from dewy.tasks import Background
 
 BACKOFF_FIRST = 1.0
@@ -125,13 +113,13 @@ _DEFAULT_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
 _BLOCKED_AT_SPAWN = {signal.SIGUSR1}
 
 
-def process_identity(pid: int) -> dict:
+def process_identity(pid: int) -> tuple[int, str]:
     """What tells this process from a later one with the same pid: its start time (clock ticks since boot,
     /proc/PID/stat field 22) and the boot it started in. OSError if there is no such process."""
     with open(f"/proc/{pid}/stat") as f:
         started = int(f.read().rpartition(")")[2].split()[19])
     with open("/proc/sys/kernel/random/boot_id") as f:
-        return {"started": started, "boot": f.read().strip()}
+        return started, f.read().strip()
 
 
 def in_unit(pid: int, unit: str) -> bool:
@@ -160,7 +148,8 @@ class _Generation:
         self.exited: asyncio.Future[int | None] = self.loop.create_future()  # the wait status
         self.stopper: asyncio.Task[None] | None = None
         self._pidfd = os.pidfd_open(pid) if pidfd is None else pidfd
-        self.identity: dict = {}  # recorded for adoption; an adopted one's comes from the record
+        # (start time, boot) recorded for adoption; an adopted one's comes from the record
+        self.identity: tuple[int | None, str | None] = (None, None)
         if self.child:
             with contextlib.suppress(OSError, ValueError, IndexError):  # without it, only its unit proves it
                 self.identity = process_identity(pid)
@@ -209,7 +198,7 @@ def describe(status: int | None) -> str:
 
 
 class Placement(Protocol):
-    """Where generations run beyond their own process group (dewy.units: a transient systemd scope each)."""
+    """Where generations run beyond their own process group (dewy.systemd.units: a transient systemd scope each)."""
 
     async def place(self, pid: int, generation: int, version: str) -> str:
         """Put the paused process ``pid`` into a new unit; returns the unit's name."""
@@ -283,13 +272,14 @@ class Supervisor:
     def release_dir(self) -> Path | None:
         return self._release[0] if self._release else None
 
-    def serving(self) -> dict | None:
+    def serving(self) -> AppGeneration | None:
         """The serving generation as a restarted dewy needs it to adopt it; None when nothing serves."""
         gen = self._current
         if gen is None or self._release is None:
             return None
-        return {"pid": gen.pid, **gen.identity, "unit": gen.unit, "generation": gen.number, "version": gen.version,
-                "release_dir": str(gen.release_dir)}
+        started, boot = gen.identity
+        return AppGeneration(pid=gen.pid, generation=gen.number, version=gen.version, release_dir=str(gen.release_dir),
+                             unit=gen.unit, started=started, boot=boot)
 
     @property
     def changed(self) -> asyncio.Event:
@@ -308,14 +298,14 @@ class Supervisor:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def adopt(self, record: dict) -> bool:
+    async def adopt(self, record: AppGeneration) -> bool:
         """Take over the generation a previous dewy recorded (``serving()``; it survived dewy's restart in its unit).
 
         Only if that pid is provably the process dewy started: the same start time in the same boot, and in
         the recorded unit. False otherwise (gone, or the pid is another process's now: it is left alone);
         then the caller starts a new generation as usual.
         """
-        pid, unit, generation, version = record.get("pid"), record.get("unit"), record.get("generation"), record.get("version")
+        pid, unit, generation, version = record.pid, record.unit, record.generation, record.version
         async with self._lock:
             try:
                 pidfd = os.pidfd_open(pid)
@@ -327,8 +317,8 @@ class Supervisor:
                             "(another process has that pid now): leaving it alone, starting the app from current",
                             pid=pid, generation=generation)
                 return False
-            gen = _Generation(generation, version, pid, Path(record.get("release_dir", "")), unit, pidfd=pidfd)
-            gen.identity = {k: record[k] for k in ("started", "boot") if k in record}
+            gen = _Generation(generation, version, pid, Path(record.release_dir), unit, pidfd=pidfd)
+            gen.identity = (record.started, record.boot)
             release_dir = gen.release_dir
             self._counter = max(self._counter, generation)
             self._live.add(gen)
@@ -480,7 +470,7 @@ class Supervisor:
 
     async def _wait_healthy(self, gen: _Generation) -> None:
         assert self.sockets and self.health_url_path
-        host, port = _connectable(*self.sockets.addresses[0])
+        host, port = connectable(*self.sockets.addresses[0])
         url = f"http://{host if ':' not in host else f'[{host}]'}:{port}{self.health_url_path}"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.health_timeout
@@ -496,7 +486,7 @@ class Supervisor:
                 raise AppStartError(message)
             pause = HEALTH_INTERVAL
             probe = asyncio.ensure_future(
-                asyncio.wait_for(_probe(host, port, self.health_url_path, gen.pid, [g.pid for g in self._live if g is not gen]),
+                asyncio.wait_for(answer(host, port, self.health_url_path, gen.pid, [g.pid for g in self._live if g is not gen]),
                                  min(remaining, PROBE_TIMEOUT)))
             await asyncio.wait([probe, gen.exited], return_when=asyncio.FIRST_COMPLETED)
             if not probe.done():  # the app died while its health was being asked for: no need to wait
@@ -612,127 +602,28 @@ class Supervisor:
                 return
 
 
-def proven(pid: int, record: dict) -> bool:
+def proven(pid: int, record: AppGeneration) -> bool:
     """Does ``record`` prove that ``pid`` is the generation it describes? Every fact it holds must match
     (start time and boot; the unit's cgroup), and it must hold at least one."""
     facts = 0
-    if "started" in record or "boot" in record:
+    if record.started is not None or record.boot is not None:
         try:
             found = process_identity(pid)
         except (OSError, ValueError, IndexError):
             return False
-        if any(record.get(key) != found[key] for key in found):
+        if (record.started, record.boot) != found:
             return False
         facts += 1
-    if record.get("unit"):
-        if not in_unit(pid, record["unit"]):
+    if record.unit:
+        if not in_unit(pid, record.unit):
             return False
         facts += 1
     return facts > 0
 
 
-def recorded_holders(record: dict | None) -> list[int]:
+def recorded_holders(record: RunningApp | None) -> list[int]:
     """The pid of the recorded generation when it is proven to be that generation, still running: it
     holds the listening sockets, which a dewy whose fd store is gone takes back from it."""
-    pid = (record or {}).get("pid")
-    return [pid] if isinstance(pid, int) and proven(pid, record) else []
-
-
-def _connectable(host: str, port: int) -> tuple[str, int]:
-    """Where dewy itself reaches a held socket: loopback for a wildcard address."""
-    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port
-
-
-async def _probe(host: str, port: int, path: str, pid: int, others: list[int]) -> int | None:
-    """GET ``path`` and return the status, or None when a process outside ``pid``'s tree accepted us
-    (``others``: the other generations, the usual takers while ``pid`` starts)."""
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        if not await _accepted_by(pid, others, writer.get_extra_info("peername"), writer.get_extra_info("sockname")):
-            return None
-        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: dewy-health-check\r\n"
-                     "Connection: close\r\n\r\n".encode())
-        line = await reader.readline()
-        parts = line.split()
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-            raise ValueError(f"not an HTTP answer: {line[:80]!r}")
-        return int(parts[1])
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
-async def _accepted_by(pid: int, others: list[int], server: tuple, client: tuple) -> bool:
-    """Wait until our connection is accepted, then tell whether ``pid`` or a descendant holds it."""
-    while (inode := _server_inode(server, client)) is None:
-        await asyncio.sleep(0.002)
-    link = f"socket:[{inode}]"
-    for _ in range(5):  # accept() creates the socket's inode just before it installs the fd
-        # Cheap looks first: the app's own process (most apps accept there), then the other
-        # generations; only then a scan of all of /proc for the app's worker processes.
-        if link in _fd_links(pid):
-            return True
-        if any(link in _fd_links(other) for other in others):
-            return False
-        if any(link in _fd_links(p) for p in _process_tree(pid)[1:]):
-            return True
-        await asyncio.sleep(0.002)
-    return False
-
-
-# sock_diag (netlink): the kernel looks one socket up by its addresses, however many connections
-# the host has; /proc/net/tcp lists them all (20+ ms per read with 12k sockets in TIME_WAIT).
-_NETLINK_SOCK_DIAG = 4
-_SOCK_DIAG_BY_FAMILY = 20
-_NLM_F_REQUEST = 1
-_NLMSG_ERROR = 2
-_NO_COOKIE = 0xFFFFFFFF
-_INODE_OFFSET = 16 + 4 + 48 + 16  # nlmsghdr, inet_diag_msg: family..retrans, sockid, expires..uid
-
-
-def _server_inode(server: tuple, client: tuple) -> int | None:
-    """The inode of the accepted (server) side of a TCP connection, None while nobody accepted it."""
-    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
-    packed = [socket.inet_pton(family, host).ljust(16, b"\0") for host in (server[0], client[0])]
-    sockid = struct.pack("!HH16s16s", server[1], client[1], *packed) + struct.pack("=III", 0, _NO_COOKIE, _NO_COOKIE)
-    request = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
-    message = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0) + request
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as diag:
-        diag.send(message)
-        answer = diag.recv(4096)
-    if struct.unpack_from("=H", answer, 4)[0] == _NLMSG_ERROR:
-        return None
-    return struct.unpack_from("=I", answer, _INODE_OFFSET)[0] or None
-
-
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (an app may accept in worker processes)."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    ppid = int(f.read().rpartition(")")[2].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(name))
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo.extend(children.get(p, ()))
-    return tree
-
-
-def _fd_links(pid: int) -> set[str]:
-    links = set()
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return links
-    for name in names:
-        with contextlib.suppress(OSError):
-            links.add(os.readlink(f"/proc/{pid}/fd/{name}"))
-    return links
+    if not isinstance(record, AppGeneration) or not isinstance(record.pid, int):
+        return []
+    return [record.pid] if proven(record.pid, record) else []

@@ -49,10 +49,6 @@ def store_fds(named: dict[str, int]) -> None:
         notify("FDSTORE=1", f"FDNAME={fd_name(name)}", fds=[fd])
 
 
-def forget_fd(name: str) -> None:
-    notify("FDSTOREREMOVE=1", f"FDNAME={fd_name(name)}")
-
-
 def take_listen_fds() -> dict[str, int]:
     """The fds systemd passed to this process (its fd store after a restart), by name; the LISTEN_*
     variables are removed so no child mistakes them for its own."""

@@ -1,11 +1,12 @@
 """A small GitHub REST API v3 client shared by the ghr:// registry and artifact backends.
 
 dewy needs four calls (list releases, get a release by tag, download an asset,
-upload an asset), so a full SDK would be weight without benefit. What matters is
-done here once: conditional requests so that an unchanged poll costs nothing
+upload an asset), so a full SDK would be weight without benefit. It stands on
+:mod:`dewy.http`: conditional requests so that an unchanged poll costs nothing
 against the rate limit, rate-limit answers turned into a ``retry_after`` the
-daemon honours, and a token that never leaves the API hosts nor appears in a
-message.
+daemon honours, and redirects that leave the token behind. Here: GitHub's
+shapes, its rate-limit signals and its advice, and a token that never appears
+in a message.
 """
 
 from __future__ import annotations
@@ -14,46 +15,36 @@ import asyncio
 import math
 import os
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO
 from urllib.parse import unquote
 
 import httpx
 
-from dewy import __version__, log
+from dewy import log
 from dewy.artifacts.deadline import download_deadline, stalled
-from dewy.errors import ArtifactError, DewyError, RegistryError, UsageError
+from dewy.errors import DewyError, RegistryError, UsageError
+from dewy.http import Conditional, RateLimited, Session, json_of, network_failure, retry_after
 from dewy.urls import Url, redact
 
 DEFAULT_API_URL = "https://api.github.com"
 API_VERSION = "2022-11-28"
 JSON_MEDIA_TYPE = "application/vnd.github+json"
 BYTES_MEDIA_TYPE = "application/octet-stream"
-TIMEOUT = httpx.Timeout(30.0, connect=10.0)  # per network operation: a silent server
 # A total deadline for one API request, its whole answer included: a server answering a byte every
-# few seconds never trips TIMEOUT. Downloads have theirs (dewy.artifacts.deadline).
+# few seconds never trips dewy.http.TIMEOUT. Downloads have theirs (dewy.artifacts.deadline).
 REQUEST_DEADLINE = 60.0
-MAX_RETRY_AFTER = 3600.0  # a rate-limit wait longer than this is a broken header, not advice
 CHUNK_SIZE = 1 << 16  # the most one network read brings (httpcore reads 64 KiB at a time)
-MAX_REDIRECTS = 5
 SECONDARY_LIMIT_WAIT = 60.0  # GitHub's advice when a rate-limit answer carries no timing header
 NAME = re.compile(r"[A-Za-z0-9._-]+\Z")
 
 
-class RateLimited(RegistryError, ArtifactError):
-    """GitHub refused because of a rate limit; the daemon waits ``retry_after`` seconds before trying again.
-
-    Both a RegistryError and an ArtifactError: polls and downloads spend the same quota.
-    """
-
-    def __init__(self, retry_after: float, anonymous: bool) -> None:
-        self.retry_after = retry_after
-        hint = " (set GITHUB_TOKEN for a higher limit)" if anonymous else ""
-        super().__init__(f"GitHub API rate limit exceeded; retrying after {math.ceil(retry_after)} s{hint}")
+def rate_limited(retry_after: float, anonymous: bool) -> RateLimited:
+    """GitHub refused because of a rate limit: the error carrying how long the daemon waits."""
+    hint = " (set GITHUB_TOKEN for a higher limit)" if anonymous else ""
+    return RateLimited(f"GitHub API rate limit exceeded; retrying after {math.ceil(retry_after)} s{hint}", retry_after)
 
 
 def split_ghr(url: Url, expected: str) -> tuple[str, str, list[str]]:
@@ -133,10 +124,9 @@ def parse_release(item: Any, where: str) -> GitHubRelease:
 
 
 @dataclass(frozen=True)
-class _Stored:
-    """A 200 answer kept for conditional requests: the validators to send back, the body, the next page."""
+class _Page:
+    """One answer of the API: its JSON body and the next page of a listing."""
 
-    validators: dict[str, str]
     body: Any
     next_url: str | None
 
@@ -154,20 +144,11 @@ class GitHub:
             raise UsageError(f"GITHUB_API_URL={redact(self.api_url)!r} is not an http(s) URL (GitHub Enterprise: https://HOST/api/v3)")
         self._token = (os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN") or "").strip()
         self._error = error
-        self._stored: dict[str, _Stored] = {}
-        self._client: httpx.AsyncClient | None = None
-
-    @property
-    def _http(self) -> httpx.AsyncClient:
-        """Created on first use, so that a backend constructed only to validate its URL holds no connections."""
-        if self._client is None:
-            self._client = httpx.AsyncClient(headers={"User-Agent": f"dewy/{__version__}"}, timeout=TIMEOUT)
-        return self._client
+        self._pages: Conditional[_Page] = Conditional()
+        self.http = Session()
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self.http.aclose()
 
     async def get_json(self, path: str) -> Any:
         """GET an API path conditionally: a 304 costs no rate limit and reuses the stored body."""
@@ -208,32 +189,26 @@ class GitHub:
     async def download(self, url: str, out: BinaryIO) -> None:
         """Stream a release asset (its API ``url``) into ``out`` in chunks.
 
-        The API answers with a redirect to a presigned storage URL. Redirects are
-        followed by hand and never carry the token: httpx only strips it across
-        origins, and a presigned URL rejects it (S3 answers 400) wherever it lives.
+        The API answers with a redirect to a presigned storage URL, which gets
+        no token: a presigned URL rejects it (S3 answers 400) wherever it lives.
         """
-        headers = self._headers(accept=BYTES_MEDIA_TYPE)
         clock = asyncio.get_running_loop().time
         start, received = clock(), 0
         try:
             async with asyncio.timeout_at(download_deadline(start, 0)) as deadline:
-                for _ in range(MAX_REDIRECTS + 1):
-                    response = await self._send("GET", url, headers, stream=True)
-                    try:
-                        if not response.is_redirect:
-                            with self._network(response.request):
-                                async for chunk in response.aiter_bytes():  # as it arrives: counted at once
-                                    out.write(chunk)
-                                    received += len(chunk)
-                                    deadline.reschedule(download_deadline(start, received))
-                            return
-                        url = str(response.request.url.join(response.headers["Location"]))
-                    finally:
-                        await response.aclose()
-                    headers = {"Accept": BYTES_MEDIA_TYPE}
+                response = await self._send("GET", url, self._headers(accept=BYTES_MEDIA_TYPE), stream=True,
+                                            credentials="never")
+                url = str(response.request.url)
+                try:
+                    with self._network(response.request.method, response.request.url):
+                        async for chunk in response.aiter_bytes():  # as it arrives: counted at once
+                            out.write(chunk)
+                            received += len(chunk)
+                            deadline.reschedule(download_deadline(start, received))
+                finally:
+                    await response.aclose()
         except TimeoutError:
             raise self._err(f"GitHub GET {self._shown(url)}: {stalled(received, clock() - start)}") from None
-        raise self._err(f"GitHub GET {self._shown(url)}: more than {MAX_REDIRECTS} redirects")
 
     async def upload(self, upload_url: str, name: str, data: bytes, content_type: str) -> None:
         """Add an asset to a release through its ``upload_url`` template (uploads.github.com, or the Enterprise host)."""
@@ -246,27 +221,16 @@ class GitHub:
             headers["Authorization"] = f"Bearer {self._token}"
         return headers
 
-    async def _get(self, url: str) -> _Stored:
-        stored = self._stored.get(url)
-        response = await self._whole("GET", url, self._headers(stored.validators if stored else None), follow=True)
-        if response.status_code == 304 and stored is not None:
-            return stored
-        where = f"GitHub GET {self._shown(url)}"
-        if response.status_code != 200:
-            raise self._err(f"{where}: unexpected HTTP {response.status_code}")
+    async def _get(self, url: str) -> _Page:
+        response = await self._whole("GET", url, self._headers(self._pages.validators(url)))
+        return self._pages.answer(url, response, self._read)
+
+    def _read(self, response: httpx.Response) -> _Page:
         try:
-            body = response.json()
-        except ValueError:
-            raise self._err(f"{where}: the answer is not JSON (for GitHub Enterprise, GITHUB_API_URL is https://HOST/api/v3)") from None
-        validators = {
-            header: response.headers[source]
-            for header, source in (("If-None-Match", "ETag"), ("If-Modified-Since", "Last-Modified"))
-            if source in response.headers
-        }
-        fresh = _Stored(validators, body, response.links.get("next", {}).get("url"))
-        if validators:
-            self._stored[url] = fresh
-        return fresh
+            body = json_of(response, "for GitHub Enterprise, GITHUB_API_URL is https://HOST/api/v3")
+        except ValueError as exc:
+            raise self._err(f"GitHub GET {self._shown(response.request.url)}: {exc}") from None
+        return _Page(body, response.links.get("next", {}).get("url"))
 
     async def _whole(self, method: str, url: str, headers: dict[str, str], **options: Any) -> httpx.Response:
         """A request whose whole answer must arrive within REQUEST_DEADLINE."""
@@ -277,17 +241,15 @@ class GitHub:
             raise self._err(f"GitHub {method} {self._shown(url)}: no complete answer within {REQUEST_DEADLINE:g} s"
                             " (the server stalls or trickles); dewy retries") from None
 
-    async def _send(self, method: str, url: str, headers: dict[str, str], *, content: bytes | None = None,
-                    params: dict[str, str] | None = None, stream: bool = False, follow: bool = False) -> httpx.Response:
-        """One request; network failures and error statuses become one-line errors."""
-        request = self._http.build_request(method, url, headers=headers, content=content, params=params)
-        with self._network(request):
-            response = await self._http.send(request, stream=stream, follow_redirects=follow)
+    async def _send(self, method: str, url: str, headers: dict[str, str], **options: Any) -> httpx.Response:
+        """One request (redirects followed); network failures and error statuses become one-line errors."""
+        with self._network(method, url):
+            response = await self.http.send(method, url, headers=headers, **options)
         log.debug("github", f"{method} {self._shown(response.request.url)}: HTTP {response.status_code}",
                   rate_limit_remaining=response.headers.get("X-RateLimit-Remaining"))
         if response.status_code >= 400:
             try:
-                with self._network(request):
+                with self._network(method, response.request.url):
                     await response.aread()
             finally:
                 await response.aclose()
@@ -295,13 +257,12 @@ class GitHub:
         return response
 
     @contextmanager
-    def _network(self, request: httpx.Request) -> Iterator[None]:
-        """DNS, connection, TLS and timeout failures as one line naming the URL."""
+    def _network(self, method: str, url: str | httpx.URL) -> Iterator[None]:
+        """DNS, connection, TLS, timeout and redirect failures as one line naming the URL."""
         try:
             yield
         except httpx.HTTPError as exc:
-            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise self._err(f"GitHub {request.method} {self._shown(request.url)}: {detail}") from exc
+            raise self._err(f"GitHub {network_failure(exc, method, url, self._shown)}") from exc
 
     def _failure(self, response: httpx.Response) -> DewyError:
         """The error for a 4xx/5xx answer, with GitHub's own ``message`` and what to do about it."""
@@ -309,7 +270,7 @@ class GitHub:
         message = _message(response)
         if status in (403, 429) and ("Retry-After" in headers or headers.get("X-RateLimit-Remaining") == "0"
                                      or "rate limit" in message.lower()):
-            return RateLimited(_retry_after(headers), anonymous=not self._token)
+            return rate_limited(retry_after(headers, SECONDARY_LIMIT_WAIT), anonymous=not self._token)
         where = f"GitHub {response.request.method} {self._shown(response.request.url)}: HTTP {status} {message}"
         if status == 401:
             advice = "GitHub rejected the token; check GITHUB_TOKEN / GH_TOKEN" if self._token else "this GitHub requires a token; set GITHUB_TOKEN"
@@ -344,22 +305,3 @@ def _message(response: httpx.Response) -> str:
         return response.reason_phrase
     codes = ", ".join(str(e.get("code")) for e in body.get("errors", []) if isinstance(e, dict) and e.get("code"))
     return f"{body['message']} ({codes})" if codes else str(body["message"])
-
-
-def _retry_after(headers: httpx.Headers) -> float:
-    """Seconds to wait, as GitHub documents: Retry-After, else X-RateLimit-Reset, else one minute.
-
-    The reset time is measured against the server's Date header, so a skewed
-    host clock neither hammers GitHub nor waits for hours.
-    """
-    try:
-        if "Retry-After" in headers:
-            wait = float(headers["Retry-After"])
-        elif headers.get("X-RateLimit-Remaining") == "0" and "X-RateLimit-Reset" in headers:
-            now = parsedate_to_datetime(headers["Date"]).timestamp() if "Date" in headers else time.time()
-            wait = float(headers["X-RateLimit-Reset"]) - now
-        else:
-            return SECONDARY_LIMIT_WAIT
-    except (ValueError, TypeError, OverflowError):
-        return SECONDARY_LIMIT_WAIT
-    return min(max(wait, 1.0), MAX_RETRY_AFTER) if math.isfinite(wait) else SECONDARY_LIMIT_WAIT

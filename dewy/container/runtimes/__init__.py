@@ -102,8 +102,6 @@ class Runtime(Protocol):
 
     name: str
 
-    async def ping(self) -> None: ...
-
     async def pull(self, reference: str, credentials: tuple[str, str] | None, tls_verify: bool) -> str:
         """Pull ``HOST/REPO:TAG``; returns the image id."""
 
@@ -141,6 +139,26 @@ class Runtime(Protocol):
     async def aclose(self) -> None: ...
 
 
+def from_inspect(data: dict, network: str) -> Container:
+    """A container from the runtime's inspect answer (Docker's Engine API and Podman's libpod API agree on
+    these fields; Podman names the health state ``Healthcheck`` in some versions)."""
+    state = data.get("State") or {}
+    health = state.get("Health") or state.get("Healthcheck") or {}
+    has_check = bool((data.get("Config") or {}).get("Healthcheck")) or bool(health.get("Status"))
+    net = ((data.get("NetworkSettings") or {}).get("Networks") or {}).get(network) or {}
+    return Container(
+        id=data["Id"],
+        name=data.get("Name", "").lstrip("/"),
+        labels=(data.get("Config") or {}).get("Labels") or {},
+        status=state.get("Status", "unknown"),
+        ip=net.get("IPAddress") or None,
+        mac=net.get("MacAddress") or None,
+        aliases=list(net.get("Aliases") or []),
+        health=(health.get("Status") or "starting") if has_check else None,
+        exit_code=state.get("ExitCode"),
+    )
+
+
 def detect(choice: str | None, environ: dict[str, str] | None = None) -> tuple[str, str]:
     """(runtime name, API URL) for ``--runtime`` (None: auto); UsageError when nothing is found."""
     environ = os.environ if environ is None else environ
@@ -161,18 +179,6 @@ def detect(choice: str | None, environ: dict[str, str] | None = None) -> tuple[s
     raise UsageError(f"no container runtime found: neither $CONTAINER_HOST nor $DOCKER_HOST is set, and neither "
                      f"{PODMAN_SOCKET} (systemctl enable --now podman.socket) nor {DOCKER_SOCKET} exists; "
                      f"or choose one with --runtime podman|docker")
-
-
-def load(choice: str | None) -> Runtime:
-    """The runtime for ``--runtime``, with its SDK imported now (a missing SDK is a startup error)."""
-    name, url = detect(choice)
-    if name == "podman":
-        from dewy.runtimes.podman import PodmanRuntime
-
-        return PodmanRuntime(url)
-    from dewy.runtimes.docker import DockerRuntime
-
-    return DockerRuntime(url)
 
 
 def missing_sdk(library: str, runtime: str) -> UsageError:

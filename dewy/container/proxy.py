@@ -133,16 +133,11 @@ class TcpProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._tasks = Background()  # one per connection being forwarded
-        self.accepted = 0
         self.refused = 0  # connections closed because no backend could be reached
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
         return self.sockets.addresses
-
-    @property
-    def backends(self) -> tuple[Backend, ...]:
-        return self._backends
 
     def set_backends(self, backends: Iterable[Backend]) -> None:
         """Point new connections at ``backends`` (one assignment: no connection sees a mix or an empty set)."""
@@ -259,7 +254,6 @@ class TcpProxy:
                 log.warning("proxy-accept", f"accept failed: {exc}")
                 return
             conn.setblocking(False)
-            self.accepted += 1
             self._tasks.start(self._forward(conn), "forwarding a connection")
 
     def _candidates(self, backends: tuple[Backend, ...]) -> list[Backend]:

@@ -19,8 +19,8 @@ import asyncio
 import contextlib
 
 from dewy import log
+from dewy.container.runtimes import Container, Runtime
 from dewy.errors import AppStartError
-from dewy.runtimes import Container, Runtime
 
 POLL_INTERVAL = 0.2
 PROBE_TIMEOUT = 5.0

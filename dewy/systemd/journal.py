@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 from dewy.log import fields_of
 
 # MESSAGE_ID = uuid5(this namespace, event name): fixed forever for each event type,
-# listed in the README (``python -m dewy.journal`` prints the table).
+# listed in the README (``python -m dewy.systemd.journal`` prints the table).
 NAMESPACE = uuid.UUID("5f3a1d6e-9c4b-4e1a-8d2f-6b7c0a9e4d31")
 HISTORY_EVENTS = ("deployed", "rollback", "deploy-failed", "restarted", "app-exited", "start-failed")
 DOCUMENTED_EVENTS = ("started", "deploying", "downloaded", *HISTORY_EVENTS, "after-hook-failed", "app-ready",

@@ -1,0 +1,130 @@
+"""The settings model: one validation for flags and config files, one size grammar, errors placed where a value was set."""
+
+from __future__ import annotations
+
+import socket
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dewy.cli import parse
+from dewy.config import load
+from dewy.daemon import Daemon
+from dewy.errors import UsageError
+from dewy.host import PlainProcess
+from dewy.quantities import parse_size
+from dewy.runargs import parse_run_args
+
+
+def refusal(call) -> str:
+    with pytest.raises(UsageError) as caught:
+        call()
+    return str(caught.value)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# -- one validation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, config, reason", [
+    (["container", "-r", "file:///r", "--container-port", "80"],
+     'mode = "container"\nregistry = "file:///r"\n[container]\ncontainer_port = 80\n',
+     "dewy container deploys images: use an img://HOST/REPO registry"),
+    (["server", "-r", "file:///r", "--health-path", "/up", "--", "app"],
+     'mode = "server"\nregistry = "file:///r"\n[server]\ncommand = ["app"]\nhealth_path = "/up"\n',
+     "to check the app through"),
+    (["container", "-r", "img://h/r", "--container-port", "80", "--", "--rm"],
+     'mode = "container"\nregistry = "img://h/r"\n[container]\ncontainer_port = 80\nrun_args = ["--rm"]\n',
+     "run argument --rm is refused: dewy removes replicas itself once they have drained"),
+    (["container", "-r", "img://h/r", "--container-port", "80", "--", "-m", "0"],
+     'mode = "container"\nregistry = "img://h/r"\n[container]\ncontainer_port = 80\nrun_args = ["-m", "0"]\n',
+     "run argument --memory '0': '0' must be greater than zero"),
+])
+def test_flags_and_config_file_refuse_alike(tmp_path, flags: list[str], config: str, reason: str) -> None:
+    """A mode rule is written once: the flags and the file give the same reason, each naming the setting its way."""
+    from_flags = refusal(lambda: parse(flags))
+    from_file = refusal(lambda: load(write(tmp_path / "demo.toml", config)))
+    assert reason in from_flags and reason in from_file
+    assert from_file.startswith(f"{tmp_path / 'demo.toml'}:")
+
+
+def test_each_mode_needs_its_setting_from_flags_and_files(tmp_path) -> None:
+    assert "dewy container needs --container-port N" in refusal(lambda: parse(["container", "-r", "img://h/r"]))
+    assert "needs a [container] table with the app's port" in refusal(
+        lambda: load(write(tmp_path / "demo.toml", 'mode = "container"\nregistry = "img://h/r"\n')))
+
+
+# -- one size grammar ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["512m", "512M", "512mb", "512MiB", "512 MiB", "0.5g", "536870912"])
+def test_one_size_grammar_everywhere(tmp_path, text: str) -> None:
+    """docker's 512m and systemd-style 512MiB mean the same in a flag, a config file and a docker-run option."""
+    assert parse_size(text) == 512 << 20
+    assert parse(["assets", "-r", "file:///r", "--max-archive-size", text]).max_archive_size == 512 << 20
+    config = write(tmp_path / "demo.toml", f'mode = "server"\nregistry = "file:///r"\n[server]\ncommand = ["a"]\n'
+                                           f'[app]\nmemory_max = "{text}"\n')
+    assert load(config).app.memory_max == 512 << 20
+    options = parse_run_args(["-m", text, "--memory-reservation", text, "--shm-size", text], environ={})
+    assert options.memory == options.memory_reservation == options.shm_size == 512 << 20
+
+
+# -- run_args and the env file: parsed once, when the settings are made -----------------------------
+
+
+def test_env_file_is_read_once_when_settings_are_made(tmp_path) -> None:
+    env_file = write(tmp_path / "app.env", "TZ=UTC\n")
+    settings = parse(["container", "-r", "img://h/r", "--container-port", "80", "--", "--env-file", str(env_file),
+                      "-e", "MODE=prod"])
+    env_file.unlink()  # what the replicas get was read at startup
+    assert settings.run_options.environment == {"TZ": "UTC", "MODE": "prod"}
+
+
+# -- startup errors placed at the line the value came from ------------------------------------------
+
+
+def test_backend_error_names_the_line_the_value_was_read_from(tmp_path, monkeypatch) -> None:
+    """The origin travels with the settings: the file changed after loading does not move the error."""
+    monkeypatch.delenv("SLACK_TOKEN", raising=False)
+    (tmp_path / "registry").mkdir()
+    config = write(tmp_path / "demo.toml", f'''\
+        mode = "assets"
+        registry = "file://{tmp_path}/registry"
+        dir = "{tmp_path}/site"
+
+        notifiers = [
+          "slack://deploys",
+        ]
+        ''')
+    settings = load(config)
+    config.write_text("# rewritten after dewy read it\n" * 20)
+    message = refusal(lambda: Daemon.from_settings(settings, PlainProcess()))
+    assert message == (f"{config}:5: notifiers[0]: slack://deploys: the slack:// notifier needs SLACK_TOKEN "
+                       "(a bot token with the chat:write scope)")
+
+
+def test_port_in_use_names_the_ports_line(tmp_path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "registry").mkdir()
+        config = write(tmp_path / "demo.toml", f'''\
+            mode = "server"
+            registry = "file://{tmp_path}/registry"
+            dir = "{tmp_path}/site"
+            [server]
+            command = ["./current/app"]
+            ports = ["127.0.0.1:{port}"]
+            ''')
+        from_file = refusal(lambda: Daemon.from_settings(load(config), PlainProcess()))
+        from_flags = refusal(lambda: Daemon.from_settings(
+            parse(["server", "-r", f"file://{tmp_path}/registry", "-d", str(tmp_path / "site"), "-p", f"127.0.0.1:{port}",
+                   "--", "./current/app"]), PlainProcess()))
+    assert from_file == f"{config}:6: server.ports: {from_flags}"
+    assert from_flags.startswith(f"cannot listen on 127.0.0.1:{port}: ")
