@@ -67,6 +67,9 @@ def _url(kind: str):
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-r", "--registry", required=True, type=_url("registry"), metavar="URL", help="where releases are listed: ghr://OWNER/REPO, file:///DIR, ...")
     parser.add_argument("-i", "--interval", type=_duration, default=10.0, metavar="SECONDS", help="polling interval (default 10)")
+    parser.add_argument("--poll-backoff-max", type=_duration, default=300.0, metavar="DURATION", help="after failures, wait at most this long between polls (default 5m)")
+    parser.add_argument("-n", "--name", metavar="NAME", help="the app's name in logs, unit names, notifications and container labels (default: the directory's name)")
+    parser.add_argument("--calver", metavar="FORMAT", help="tags are calendar versions in this format, e.g. YYYY.0M.0D.MICRO (the registry URL's calver=)")
     parser.add_argument("-c", "--cache", type=_url("cache"), metavar="URL", help="cache: file:///DIR (default $DEWY_CACHEDIR or ./.dewy/cache) or memory://")
     parser.add_argument("--notifier", action="append", default=[], type=_url("notifier"), metavar="URL", help="where people are told (repeatable)")
     parser.add_argument("--notify", action="append", default=[], type=_url("notifier"), metavar="URL", help=argparse.SUPPRESS)
@@ -85,6 +88,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trusted-key", action="append", default=[], metavar="FILE|KEY",
                         help="public key that signs releases, for verify= on the registry URL: a minisign key (file, or"
                              " RW... itself) or a cosign PEM file; a relative FILE may be a systemd credential (repeatable)")
+    parser.add_argument("--admin-port", type=_port_number, metavar="PORT", help="admin API port (default 17539, or the next free one)")
+    parser.add_argument("--admin-address", default="127.0.0.1", metavar="ADDR", help="admin API address (default 127.0.0.1; any other needs $DEWY_ADMIN_TOKEN)")
+    parser.add_argument("--telemetry", action="store_true", help="serve Prometheus metrics at /metrics on the admin API")
+    parser.add_argument("--otlp-endpoint", metavar="HOST:PORT", help="also push the metrics over OTLP/gRPC (implies --telemetry)")
+    parser.add_argument("--otlp-insecure", action="store_true", help="plaintext gRPC for --otlp-endpoint (default TLS)")
     parser.add_argument("-v", "--version", action="version", version=f"dewy {__version__}")
     _config_misplaced(parser)
 
@@ -167,14 +175,24 @@ def parse(argv: list[str]) -> Settings:
         raise UsageError("missing command: use dewy server, dewy assets or dewy container (see dewy --help)")
     if args.notify:
         print("dewy: warning: --notify is deprecated; use --notifier", file=sys.stderr)
+    if args.calver:
+        from dewy.versions import with_calver
+
+        try:
+            args.registry = with_calver(args.registry, args.calver)
+        except ValueError as exc:
+            raise UsageError(f"--calver: {exc}") from None
     mode = args.command
     settings = Settings(
-        mode=mode, registry=args.registry, interval=args.interval, cache=args.cache,
+        mode=mode, registry=args.registry, interval=args.interval, poll_backoff_max=args.poll_backoff_max,
+        cache=args.cache, name=args.name,
         notifiers=args.notifier + args.notify, log_level=args.log_level, log_format=args.log_format,
         before_deploy_hook=args.before_deploy_hook, after_deploy_hook=args.after_deploy_hook,
         hook_timeout=args.hook_timeout, slot=args.slot, dir=(args.dir or Path.cwd()).absolute(),
         max_archive_size=args.max_archive_size, max_archive_members=args.max_archive_members,
-        keep_releases=args.keep_releases, trusted_keys=args.trusted_key,
+        keep_releases=args.keep_releases, trusted_keys=args.trusted_key, admin_port=args.admin_port,
+        admin_address=args.admin_address, telemetry=args.telemetry, otlp_endpoint=args.otlp_endpoint,
+        otlp_insecure=args.otlp_insecure,
     )
     for name in MODE_SETTINGS[mode] & vars(args).keys():
         setattr(settings, name, getattr(args, name))
@@ -205,11 +223,26 @@ def inspect(argv: list[str]) -> int:
     return show(args.command, args.name, args.dir, args.json, getattr(args, "lines", None))
 
 
+def container_list(argv: list[str]) -> int:
+    """``dewy container list``: the replicas of the dewy container on this host, from its admin API."""
+    from dewy.telemetry.admin import DEFAULT_PORT
+
+    parser = Parser(prog="dewy container list", description="the replicas of the dewy container on this host")
+    parser.add_argument("--admin-port", type=_port_number, default=DEFAULT_PORT, metavar="PORT", help=f"admin API port (default {DEFAULT_PORT})")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    from dewy.telemetry.client import container_list as show
+
+    return show(args.admin_port, args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv[:1] in (["status"], ["history"]):
             return inspect(argv)
+        if argv[:2] == ["container", "list"]:
+            return container_list(argv[2:])
         settings = parse(argv)
         from dewy.config import load_credentials
 

@@ -79,6 +79,12 @@ def _string(value: Any) -> str:
     return value
 
 
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Bad(f"expected true or false, not {_kind(value)}")
+    return value
+
+
 def _integer(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise Bad(f"expected an integer, not {_kind(value)}")
@@ -219,6 +225,7 @@ TOP: dict[str, tuple[Callable[[Any], Any], str]] = {
     "mode": (_mode, "mode"),
     "registry": (_url("registry"), "registry"),
     "interval": (_duration, "interval"),
+    "poll_backoff_max": (_duration, "poll_backoff_max"),
     "cache": (_url("cache"), "cache"),
     "notifiers": (_list(_url("notifier"), '["slack://deploys"]'), "notifiers"),
     "log_level": (_choice(LOG_LEVELS), "log_level"),
@@ -232,6 +239,11 @@ TOP: dict[str, tuple[Callable[[Any], Any], str]] = {
     "max_archive_members": (_count, "max_archive_members"),
     "keep_releases": (_count, "keep_releases"),
     "trusted_keys": (_list(_string, '["/etc/dewy/minisign.pub"]'), "trusted_keys"),
+    "admin_port": (_port_number, "admin_port"),
+    "admin_address": (_string, "admin_address"),
+    "telemetry": (_boolean, "telemetry"),
+    "otlp_endpoint": (_string, "otlp_endpoint"),
+    "otlp_insecure": (_boolean, "otlp_insecure"),
 }
 SERVER: dict[str, tuple[Callable[[Any], Any], str]] = {
     "ports": (_ports, "ports"),
@@ -587,7 +599,7 @@ def load_credentials(directory: str | os.PathLike | None = None,
 BACKEND_SECRETS = frozenset({
     "GITHUB_TOKEN", "GH_TOKEN", "SLACK_TOKEN", "MAIL_USERNAME", "MAIL_PASSWORD", "REDIS_PASSWORD",
     "CONSUL_HTTP_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-    "DEWY_REGISTRY_USERNAME", "DEWY_REGISTRY_PASSWORD", "REGISTRY_AUTH_FILE",
+    "DEWY_REGISTRY_USERNAME", "DEWY_REGISTRY_PASSWORD", "REGISTRY_AUTH_FILE", "DEWY_ADMIN_TOKEN",
 })
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from dewy import log, targets
+from dewy import log, targets, telemetry
 from dewy.cache import CACHES, Cache
 from dewy.errors import AppStartError, ArtifactNotReady, DewyError, HookError, UsageError
 from dewy.faults import describe
@@ -50,12 +50,13 @@ class Backoff:
 
     interval: float
     failures: int = 0
+    cap: float = MAX_BACKOFF  # --poll-backoff-max
 
     def next_delay(self, retry_after: float | None = None) -> float:
         if self.failures == 0:
             return self.interval
         doublings = min(self.failures - 1, 64)  # past the cap anyway; 2 ** 1024 would not fit a float
-        grown = min(self.interval * 2.0 ** doublings, max(MAX_BACKOFF, self.interval))
+        grown = min(self.interval * 2.0 ** doublings, max(self.cap, self.interval))
         return max(grown * random.uniform(0.8, 1.2), retry_after or 0.0)
 
 
@@ -70,7 +71,7 @@ class Daemon:
         self.host = host
         self.target = target
         self.liveness = liveness
-        self.backoff = Backoff(settings.interval)
+        self.backoff = Backoff(settings.interval, cap=settings.poll_backoff_max)
         self.stopping = asyncio.Event()
         self.background = Background()
 
@@ -244,7 +245,7 @@ class Daemon:
 
     async def tick(self) -> None:
         await self.target.converge()
-        with self.liveness.step(POLL_ALLOWANCE):
+        with self.liveness.step(POLL_ALLOWANCE), log.attempt("poll", "asked the registry"):
             release = await self.registry.current()
         if self.target.is_current(release):
             log.debug("up-to-date", f"{release.tag} is deployed", version=release.tag)
@@ -331,7 +332,7 @@ def run(settings: Settings) -> int:
     loop = asyncio.new_event_loop()  # asyncio.run() without its wait for the worker threads
     asyncio.set_event_loop(loop)
     try:
-        code = loop.run_until_complete(daemon.serve())
+        code = loop.run_until_complete(telemetry.serving(settings, daemon.serve))
         left = asyncio.all_tasks(loop)
         for task in left:
             task.cancel()

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dewy.errors import DewyError
+from dewy.errors import CacheError, DewyError, RegistryError
 
 # Faults of the filesystem itself (not of a network peer, which also raises OSError), with what to do.
 DISK_ADVICE = {
@@ -51,3 +51,14 @@ def describe(exc: BaseException) -> str:
         return f"{exc.strerror}{where}"
     detail = str(exc).splitlines()[0] if str(exc) else ""
     return f"internal error {type(exc).__name__}{': ' + detail if detail else ''} (the debug log has the traceback)"
+
+
+def kind_of(exc: BaseException) -> str:
+    """A short class of failure, for a metric's label: rate-limited, timeout, registry, cache, disk, os or internal."""
+    if getattr(exc, "retry_after", None):
+        return "rate-limited"
+    for kind, types in (("timeout", TimeoutError), ("disk", DiskError), ("cache", CacheError),
+                        ("registry", RegistryError), ("os", OSError)):
+        if isinstance(exc, types):
+            return kind
+    return "other" if isinstance(exc, DewyError) else "internal"

@@ -10,8 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
+
+from dewy.errors import ArtifactNotReady
+from dewy.faults import kind_of
 
 logger = logging.getLogger("dewy")
 
@@ -37,6 +42,20 @@ def error(name: str, msg: str, **fields: Any) -> None:
 
 def debug(name: str, msg: str, **fields: Any) -> None:
     event(logging.DEBUG, name, msg, **fields)
+
+
+@contextmanager
+def attempt(name: str, what: str) -> Iterator[None]:
+    """Log a debug event ``name`` with the block's outcome (ok, waiting, or error with its kind), for metrics."""
+    try:
+        yield
+    except ArtifactNotReady:
+        debug(name, f"{what}: waiting for an artifact", outcome="waiting")
+        raise
+    except Exception as exc:
+        debug(name, f"{what} failed", outcome="error", kind=kind_of(exc))
+        raise
+    debug(name, what, outcome="ok")
 
 
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:

@@ -74,6 +74,7 @@ class Settings:
     mode: str  # server | assets | container
     registry: str
     interval: float = 10.0
+    poll_backoff_max: float = 300.0  # the longest wait between failing polls (Retry-After may ask for more)
     cache: str | None = None
     notifiers: list[str] = field(default_factory=list)
     log_level: str = "info"
@@ -98,9 +99,14 @@ class Settings:
     drain_time: float = 30.0
     runtime: str | None = None  # podman | docker | None (auto-detect)
     run_args: list[str] = field(default_factory=list)  # docker-run options for every replica, as given
-    name: str | None = None  # the instance name of dewy@NAME (from --config /etc/dewy/NAME.toml)
+    name: str | None = None  # the app's name: -n/--name, or the instance name of dewy@NAME (from /etc/dewy/NAME.toml)
     source: Path | None = None  # the --config file these settings came from (None: flags)
     app: AppLimits = field(default_factory=AppLimits)
+    admin_port: int | None = None  # None: 17539, or the next free port (dewy.telemetry.admin)
+    admin_address: str = "127.0.0.1"
+    telemetry: bool = False  # GET /metrics on the admin API (check() turns it on for otlp_endpoint)
+    otlp_endpoint: str | None = None  # HOST:PORT: push the metrics over OTLP/gRPC too
+    otlp_insecure: bool = False
     #: run_args parsed (the env files read) once, by check()
     run_options: RunOptions = field(default_factory=RunOptions, compare=False, repr=False)
     #: where a config file set each value, by field (notifiers also by item: ``notifiers[1]``)
@@ -148,6 +154,7 @@ def check(settings: Settings, name: Callable[[str], str | None]) -> None:
         shown = name(setting)
         return SettingError(setting, f"{shown}: {reason}" if shown else reason)
 
+    settings.telemetry = settings.telemetry or bool(settings.otlp_endpoint)  # as upstream: OTLP enables telemetry
     for setting in REQUIRED[settings.mode]:
         if not getattr(settings, setting):
             raise Missing(setting, settings.mode)

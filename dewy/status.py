@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from dewy.errors import UsageError
-from dewy.state import AppGeneration, State
+from dewy.state import AppGeneration, ReplicaSet, State
 
 CONFIG_DIR = Path("/etc/dewy")
 
@@ -63,6 +64,15 @@ def status(name: str | None, directory: Path | None) -> dict:
         "last_check": state.last_check,
         "last_error": state.last_error,
     }
+
+
+def containers(directory: Path) -> list[dict]:
+    """Container mode: the replicas as the daemon last checked them (GET /api/containers, ``dewy container list``)."""
+    path = directory / ".dewy" / "state.json"
+    app = State.load(path).app if path.exists() else None
+    if not isinstance(app, ReplicaSet):
+        return []
+    return [{**asdict(r), "image": app.image} for r in app.replicas]
 
 
 def history(name: str | None, directory: Path | None, limit: int | None) -> list[dict]:

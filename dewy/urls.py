@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote_plus, urlsplit
@@ -94,6 +95,16 @@ class Url:
 
     def __str__(self) -> str:
         return redact(self.raw)
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address: where a plain-text or unauthenticated peer cannot be overheard."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def redact(raw: str) -> str:

@@ -60,7 +60,7 @@ class SlackServer(LoopbackServer):
     def __init__(self, token: str = "xoxb-test-token", scopes: tuple[str, ...] = ("chat:write",)) -> None:
         self.tokens: dict[str, tuple[str, ...]] = {token: scopes}
         self.channels: dict[str, Channel] = {}
-        self.messages: list[dict[str, Any]] = []  # accepted chat.postMessage arguments, plus "channel_id"
+        self.messages: list[dict[str, Any]] = []  # accepted chat.postMessage arguments, plus "channel_id", "answered_ts"
         self.requests: list[Request] = []
         self._limits: list[int] = []  # Retry-After of the next 429 answers
         self._ts = itertools.count(1)
@@ -140,7 +140,7 @@ class SlackServer(LoopbackServer):
         message = {"type": "message", "subtype": "bot_message", "text": args.get("text", ""), "ts": ts,
                    "bot_id": "B0DEWYBOT", "attachments": attachments or []}
         with self._received:
-            self.messages.append({**args, "attachments": attachments or [], "channel_id": channel.id})
+            self.messages.append({**args, "attachments": attachments or [], "channel_id": channel.id, "answered_ts": ts})
             self._received.notify_all()
         return 200, {"ok": True, "channel": channel.id, "ts": ts, "message": message}, {}
 

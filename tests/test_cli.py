@@ -9,6 +9,7 @@ import pytest
 
 from dewy import __version__
 from dewy.cli import parse
+from dewy.errors import UsageError
 
 
 def dewy(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -108,3 +109,21 @@ def test_upstream_short_flags_and_deprecated_notify(capsys) -> None:
     assert str(settings.dir) == "/srv/x"
     assert settings.notifiers == ["slack://ops"]
     assert "--notify is deprecated" in capsys.readouterr().err
+
+
+def test_poll_backoff_max_and_name_as_upstream_spells_them() -> None:
+    settings = parse(["assets", "-r", "file:///r", "--poll-backoff-max", "45s", "-n", "shop"])
+    assert (settings.poll_backoff_max, settings.app_name) == (45.0, "shop")  # app_name: logs, units, labels
+    assert parse(["assets", "-r", "file:///r", "--name", "shop"]).name == "shop"
+    assert parse(["assets", "-r", "file:///r"]).poll_backoff_max == 300.0
+    with pytest.raises(UsageError, match="--poll-backoff-max"):
+        parse(["assets", "-r", "file:///r", "--poll-backoff-max", "soon"])
+
+
+def test_calver_flag_becomes_the_registry_urls_calver_key_as_upstream() -> None:
+    assert parse(["assets", "-r", "file:///r", "--calver", "YYYY.0M.MICRO"]).registry == "file:///r?calver=YYYY.0M.MICRO"
+    assert parse(["assets", "-r", "ghr://o/r?pre-release=true", "--calver", "YY.MM"]).registry == "ghr://o/r?pre-release=true&calver=YY.MM"
+    with pytest.raises(UsageError, match="--calver: calver format 'x' has no specifier"):
+        parse(["assets", "-r", "file:///r", "--calver", "x"])
+    with pytest.raises(UsageError, match="--calver: the registry URL has calver= already"):
+        parse(["assets", "-r", "file:///r?calver=YYYY", "--calver", "YYYY"])

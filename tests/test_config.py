@@ -136,7 +136,7 @@ def test_relative_path_is_reported_absolute(tmp_path) -> None:
     # unknown keys and tables, with suggestions
     (MINIMAL + "\nintervall = 5\n", ":4: unknown key 'intervall'; did you mean 'interval'?"),
     (MINIMAL + 'log-level = "debug"\n', ":3: unknown key 'log-level'; did you mean 'log_level'?"),
-    (MINIMAL + "colour = 1\n", ":3: unknown key 'colour'; known keys: after_deploy_hook, app,"),
+    (MINIMAL + "colour = 1\n", ":3: unknown key 'colour'; known keys: admin_address, admin_port, after_deploy_hook, app,"),
     ('mode = "server"\nregistry = "file:///r"\n\n[server]\ncommand = ["app"]\n# poll\nintervall = 5\n',
      ":7: unknown key 'intervall' in [server]; did you mean 'interval'? "
      "('interval' is a top-level key: it goes above the first [table] header)"),
@@ -440,3 +440,15 @@ def test_version_does_not_load_config_support() -> None:
 
 def test_help_mentions_config() -> None:
     assert "--config FILE" in dewy("--help").stdout
+
+
+def test_admin_and_telemetry_keys_are_the_flags(tmp_path) -> None:
+    path = write(tmp_path, MINIMAL + 'admin_port = 18000\ntelemetry = false\notlp_endpoint = "127.0.0.1:4317"\notlp_insecure = true\n', "site.toml")
+    settings = load(path)
+    flags = parse(["assets", "--registry", "file:///srv/releases", "--admin-port", "18000", "--otlp-endpoint", "127.0.0.1:4317",
+                   "--otlp-insecure"])
+    for name in ("admin_port", "admin_address", "telemetry", "otlp_endpoint", "otlp_insecure"):
+        assert getattr(settings, name) == getattr(flags, name), name
+    assert settings.telemetry, "an OTLP endpoint turns telemetry on, as upstream"
+    with pytest.raises(UsageError, match=r"site.toml:\d+: telemetry: expected true or false"):
+        load(write(tmp_path, MINIMAL + 'telemetry = "yes"\n', "site.toml"))

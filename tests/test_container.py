@@ -416,3 +416,43 @@ def test_kill_9_then_restart_adopts_and_converges_without_downtime(app: App) -> 
     finally:
         stop_dewy(dewy)
         listener.close()
+
+
+def test_admin_api_lists_the_replicas_and_metrics_count_the_proxys_connections(app: App) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict:
+        status, body = get(admin, "/metrics")
+        assert status == 200
+        return {(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "command"))): s.value
+                for family in text_string_to_metric_families(body) for s in family.samples}
+
+    app.push("v1.0.0")
+    admin = free_port()
+    dewy = app.start("--replicas", "2", "--telemetry", "--admin-port", str(admin))
+    try:
+        dewy.wait_for("deployed", version="v1.0.0", timeout=60)
+        status, body = get(admin, "/api/containers")
+        listed = json.loads(body)["containers"]
+        assert status == 200 and sorted(r["id"] for r in listed) == sorted(c["id"] for c in app.containers())
+        printed = subprocess.run([sys.executable, "-m", "dewy", "container", "list", "--admin-port", str(admin)],
+                                 capture_output=True, text=True, timeout=30)
+        assert printed.returncode == 0, printed.stderr
+        assert all(r["name"] in printed.stdout for r in listed) and printed.stdout.count("healthy") == 2
+
+        before = scrape()
+        port = (("proxy_port", str(app.port)),)
+        assert get(app.port, "/VERSION") == (200, "v1.0.0")
+        dewy.wait_for("proxy-closed", timeout=10)
+        after = scrape()
+        assert after[("dewy_proxy_connections_total", port)] - before.get(("dewy_proxy_connections_total", port), 0) == 1
+        assert after[("dewy_proxy_connections_active", port)] == 0
+        assert after[("dewy_proxy_bytes_transferred_total", port)] > before.get(("dewy_proxy_bytes_transferred_total", port), 0)
+        assert after[("dewy_proxy_connect_latency_seconds_count", port)] >= 1
+        assert after[("dewy_container_replicas", (("app", app.name),))] == 2
+        assert after[("dewy_container_desired_replicas", (("app", app.name),))] == 2
+        assert after[("dewy_proxy_backends", ())] == 2
+        running = [k for k, v in after.items() if k[0] == "dewy_container_status" and dict(k[1])["state"] == "running" and v == 1]
+        assert len(running) == 2
+    finally:
+        stop_dewy(dewy)

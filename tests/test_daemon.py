@@ -120,6 +120,18 @@ def test_a_registry_failing_2000_times_in_a_row_backs_off_at_the_cap_and_notifie
     asyncio.run(main())
 
 
+def test_poll_backoff_max_bounds_the_wait_between_failing_polls(tmp_path) -> None:
+    async def main() -> None:
+        config = settings(tmp_path, poll_backoff_max=20.0)
+        config.interval = 1.0
+        daemon = Daemon.from_settings(config, PlainProcess())
+        daemon.registry = Failing(RegistryError("registry.example: 503 Service Unavailable"))
+        delays = [await daemon.cycle() for _ in range(40)]
+        assert delays[0] < 2 and all(16 <= d <= 24 for d in delays[-20:])
+
+    asyncio.run(main())
+
+
 def test_any_exception_in_a_cycle_is_that_cycles_error_in_one_line(tmp_path, caplog) -> None:
     async def main() -> None:
         daemon = Daemon.from_settings(settings(tmp_path), PlainProcess())

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from dewy.errors import ArtifactNotReady, RegistryError
+from dewy.errors import ArtifactNotReady, RegistryError, UsageError
 from dewy.registry import REGISTRIES
 from dewy.registry.file import DirectoryRegistry
 from dewy.registry.objectstore import Listing
@@ -106,3 +106,27 @@ def test_listing_of_the_wrong_shape_is_one_error(tmp_path, versions, files, prob
     with pytest.raises(RegistryError) as raised:
         asyncio.run(backend.current())
     assert problem in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_calver_and_constraint_keys_choose_among_mixed_tags(tmp_path) -> None:
+    for tag in ("v1.4.2", "v1.5.0", "v2.0.0", "2024.01.15.1", "2024.02.01.0", "2024.02.01.1-rc.1"):
+        publish(tmp_path, tag, {"f": tag})
+    assert current(tmp_path).tag == "v2.0.0"
+    assert current(tmp_path, "?calver=YYYY.0M.0D.MICRO").tag == "2024.02.01.0"
+    assert current(tmp_path, "?calver=YYYY.0M.0D.MICRO&pre-release=true").tag == "2024.02.01.1-rc.1"
+    assert current(tmp_path, "?constraint=~1.4").tag == "v1.4.2"
+    assert current(tmp_path, "?constraint=>=1.2,<2").tag == "v1.5.0"
+    with pytest.raises(RegistryError, match=r"found 3 version directories \(none within constraint=\^3\)"):
+        current(tmp_path, "?constraint=^3")
+    with pytest.raises(UsageError, match="calver format 'latest' has no specifier"):
+        registry(tmp_path, "?calver=latest")
+    with pytest.raises(UsageError, match="'~~1' is not a version range"):
+        registry(tmp_path, "?constraint=~~1")
+
+
+def test_a_calver_release_survives_the_shared_cache_roundtrip(tmp_path) -> None:
+    from dewy.registry.shared import release_from_json, release_to_json
+
+    publish(tmp_path, "2024.02.01.0+blue", {"f": "x"})
+    release = current(tmp_path, "?calver=YYYY.0M.0D.MICRO", slot="blue")
+    assert release_from_json(release_to_json(release)) == release

@@ -95,6 +95,16 @@ def test_prerelease_filtering_and_slots(emulated) -> None:
         current(f"gs://{PROJECT}/{only_rc}")
 
 
+def test_upstreams_short_form_with_project_key_reads_the_same_releases(emulated) -> None:
+    bucket = emulated.bucket()
+    for tag in ("v1.0.0", "v1.1.0"):
+        emulated.publish(bucket, "apps/web/", tag)
+    long = current(f"gs://{PROJECT}/{bucket}/apps/web")
+    short = current(f"gs://{bucket}/apps/web?project={PROJECT}")
+    assert short == long and short.tag == "v1.1.0"
+    assert current(f"gs://{bucket}/apps/web?project=").tag == "v1.1.0", "empty project=: the credentials' project"
+
+
 def test_artifact_auto_match_and_explicit_name(emulated) -> None:
     bucket = emulated.bucket()
     files = {"app_windows_amd64.zip": b"w", "app_darwin_arm64.tar.gz": b"d", "site.tar.gz": b"s", **release_files("v1.0.0")}
@@ -285,6 +295,8 @@ def test_no_credentials(google_env, tmp_path) -> None:
     ("gs://my-project", "expected gs://PROJECT/BUCKET/PREFIX"),
     ("gs://my-project/Bad_Bucket/rel", "'Bad_Bucket' is not a bucket name"),
     ("gs://9project/bucket/rel", "'9project' is not a project id"),
+    ("gs://bucket/rel?project=9project", "'9project' is not a project id"),
+    ("gs://Bad_Bucket/rel?project=p-1", "'Bad_Bucket' is not a bucket name; expected gs://BUCKET/PREFIX?project=PROJECT"),
 ])
 def test_bad_urls_are_usage_errors(url, expected) -> None:
     with pytest.raises(UsageError) as caught:

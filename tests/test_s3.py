@@ -95,6 +95,14 @@ def test_prerelease_filtering_and_slots(moto, aws) -> None:
     assert str(caught.value).startswith(f"s3://{REGION}/{only_rc}/?endpoint=")
 
 
+def test_constraint_and_calver_keys_choose_as_on_every_registry(moto, aws) -> None:
+    bucket = moto.bucket()
+    for tag in ("v1.4.2", "v1.5.0", "v2.0.0", "2024.01.3", "2024.02.1"):
+        moto.publish(bucket, "rel/", tag)
+    assert current(url_of(moto, bucket, "rel", "&constraint=~1.4")).tag == "v1.4.2"
+    assert current(url_of(moto, bucket, "rel", "&calver=YYYY.0M.MICRO")).tag == "2024.02.1"
+
+
 def test_artifact_auto_match_and_explicit_name(moto, aws) -> None:
     bucket = moto.bucket()
     files = {"app_windows_amd64.zip": b"w", "app_darwin_arm64.tar.gz": b"d", "site.tar.gz": b"s",

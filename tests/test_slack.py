@@ -190,3 +190,34 @@ def test_dewy_process_posts_deploys_and_keeps_the_token_out_of_its_log(tmp_path:
     assert "```\npurged v1.1.0\n```" in second["attachments"][0]["text"]
     assert second["text"].startswith("deployed v1.1.0 (site on ")
     assert not any(TOKEN in json.dumps(record) for record in dewy.seen)
+
+
+def test_thread_true_puts_the_messages_of_one_version_in_the_thread_of_the_first() -> None:
+    with SlackServer(token=TOKEN) as slack:
+        target = notifier(slack, "slack://deploys?thread=true")
+        rollback = Message("rollback", "v1.3.0 did not start and was rolled back", app="site", host="web-1", version="v1.3.0")
+        send(target, Message("error", "v1.3.0: before hook failed", app="site", host="web-1", version="v1.3.0"))
+        send(target, rollback)
+        send(target, deployed())
+        send(target, Message("error", "registry down", app="site", host="web-1"))
+        first, second, third, fourth = slack.wait_for_messages(4)
+    assert "thread_ts" not in first and second["thread_ts"] == first["answered_ts"]
+    assert second.get("reply_broadcast") in (True, "true", "1", "True"), "a rollback also shows in the channel"
+    assert "thread_ts" not in third, "another version starts its own thread"
+    assert "thread_ts" not in fourth, "a message about no version goes to the channel"
+
+
+def test_quiet_true_sends_only_errors_and_rollbacks() -> None:
+    from dewy.notifiers import Notifications
+
+    async def main(slack: SlackServer) -> None:
+        notifications = Notifications([notifier(slack, "slack://deploys?quiet=true")], "site")
+        await notifications.deployed("v1.2.3", "v1.2.2")
+        await notifications.error("rollback", "v1.3.0 did not start and was rolled back", version="v1.3.0")
+        await notifications.error("error", "registry down")
+        await notifications.aclose()
+
+    with SlackServer(token=TOKEN) as slack:
+        asyncio.run(main(slack))
+        texts = [m["text"].split(" (site on ")[0] for m in slack.messages]
+    assert texts == ["v1.3.0 did not start and was rolled back", "registry down"]

@@ -70,6 +70,7 @@ class _Half(asyncio.Protocol):
             transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        self.relay.bytes += len(data)
         peer = self.peer
         if peer is None or peer.transport is None:
             self.pending.append(data)
@@ -102,9 +103,10 @@ class _Half(asyncio.Protocol):
 class _Relay:
     """A client connection and its backend connection."""
 
-    def __init__(self, proxy: TcpProxy, backend: Backend) -> None:
+    def __init__(self, proxy: TcpProxy, backend: Backend, port: int) -> None:
         self.proxy = proxy
         self.backend = backend
+        self.port, self.started, self.bytes = port, proxy._loop.time(), 0  # for the proxy-closed event (metrics)
         self.client = _Half(self)
         self.server = _Half(self)
         self.client.peer, self.server.peer = self.server, self.client
@@ -118,6 +120,8 @@ class _Relay:
             if half.transport is not None:
                 half.transport.close()  # after flushing what is buffered
         self.proxy._finished(self)
+        log.debug("proxy-closed", "relayed connection closed", proxy_port=self.port, bytes=self.bytes,
+                  duration=self.proxy._loop.time() - self.started)
 
 
 class TcpProxy:
@@ -282,6 +286,7 @@ class TcpProxy:
         """True once ``conn`` is wired to a backend (the relay owns it then)."""
         loop = self._loop
         deadline = loop.time() + CONNECT_BUDGET
+        port = conn.getsockname()[1]
         tried: dict[Backend, str] = {}
         while not _gone(conn):
             candidates = self._candidates(self._backends)
@@ -289,7 +294,7 @@ class TcpProxy:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
-                relay = _Relay(self, backend)
+                relay = _Relay(self, backend, port)
                 try:
                     async with asyncio.timeout(min(ATTEMPT_TIMEOUT, remaining)):
                         await loop.create_connection(lambda: relay.server, backend[0], backend[1])
@@ -298,6 +303,8 @@ class TcpProxy:
                     tried[backend] = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
                     continue
                 self._down.pop(backend, None)
+                log.debug("proxy-connected", f"relaying to {backend[0]}:{backend[1]}", proxy_port=port,
+                          latency=loop.time() - relay.started)
                 return await self._wire(relay, conn)
             if not candidates or deadline - loop.time() <= RETRY_PAUSE:
                 break
@@ -307,7 +314,7 @@ class TcpProxy:
         self.refused += 1
         log.warning("proxy-no-backend", f"closed a connection: no replica took it within {CONNECT_BUDGET:g}s"
                     + (f" (tried {', '.join(f'{h}:{p} ({why})' for (h, p), why in tried.items())})" if tried
-                       else " (none is serving)"))
+                       else " (none is serving)"), proxy_port=port)
         return False
 
     async def _wire(self, relay: _Relay, conn: socket.socket) -> bool:

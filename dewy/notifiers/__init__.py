@@ -52,6 +52,8 @@ class Message:
 
 
 class Notifier(Protocol):
+    quiet: bool  # the URL's quiet=true: deploys and recoveries are not sent, errors and rollbacks are
+
     async def send(self, message: Message) -> None:
         """Deliver one message; raise DewyError with a one-line reason on failure."""
 
@@ -112,6 +114,8 @@ class Notifications:
                 self._workers.append(asyncio.create_task(self._work(notifier, queue),
                                                          name=f"notify-{type(notifier).__name__}"))
         for notifier, queue in zip(self.notifiers, self._queues):
+            if message.ok and getattr(notifier, "quiet", False):  # quiet=true: only errors and rollbacks
+                continue
             try:
                 queue.put_nowait(message)
             except asyncio.QueueFull:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import os
 import smtplib
 import socket
@@ -36,9 +35,9 @@ from urllib.parse import unquote
 from dewy import __version__
 from dewy.errors import DewyError, UsageError
 from dewy.notifiers import Message
-from dewy.urls import FALSE_WORDS, Url
+from dewy.urls import FALSE_WORDS, Url, is_loopback
 
-KEYS = frozenset({"username", "password", "from", "subject", "tls"})
+KEYS = frozenset({"username", "password", "from", "subject", "tls", "quiet"})
 TLS_WORDS = {"starttls": "starttls", "true": "implicit", "1": "implicit", "yes": "implicit", "on": "implicit",
              "ssl": "implicit", "tls": "implicit", "implicit": "implicit", "none": "none"} | {w: "none" for w in FALSE_WORDS if w}
 DEFAULT_PORTS = {"starttls": 587, "implicit": 465, "none": 25}
@@ -50,6 +49,7 @@ SUBJECT_LIMIT = 200
 class MailNotifier:
     def __init__(self, url: Url, *, ssl_context: ssl.SSLContext | None = None, timeout: float = SMTP_TIMEOUT) -> None:
         url.check_keys(KEYS)
+        self.quiet = url.flag("quiet")
         self.host = url.host
         if not self.host:
             raise UsageError(f"{url}: missing server: expected {url.scheme}://HOST:PORT/TO, e.g. {url.scheme}://smtp.example.com:587/ops@example.com")
@@ -72,7 +72,7 @@ class MailNotifier:
             raise UsageError(f"{url}: username {self.username!r} needs a password (password= or MAIL_PASSWORD)")
         if self.password and not self.username:
             raise UsageError(f"{url}: a password needs a username (username= or MAIL_USERNAME)")
-        if self.password and self.tls == "none" and not _is_loopback(self.host):
+        if self.password and self.tls == "none" and not is_loopback(self.host):
             raise UsageError(f"{url}: refusing to send the password unencrypted to {self.host}; use tls=starttls or tls=true")
         sender = url.query.get("from") or os.environ.get("MAIL_FROM", "")
         if not sender:
@@ -212,15 +212,6 @@ def _check_address(url: Url, address: str, what: str) -> None:
     _, parsed = parseaddr(address)
     if "@" not in parsed or parsed.startswith("@") or parsed.endswith("@"):
         raise UsageError(f"{url}: {what} {address!r} is not a mail address")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _domain(host: str) -> str:

@@ -7,7 +7,9 @@ another Web API root, for a test server or an egress proxy that re-exposes Slack
 Each message is one attachment coloured by outcome (green deployed/recovered, red error,
 yellow rollback), with the version, the previous version, host and app as fields, and the
 details (hook output excerpts as code blocks, truncated). ``title=`` heads the attachment,
-``url=`` makes that heading a link (e.g. to the deploy dashboard).
+``url=`` makes that heading a link (e.g. to the deploy dashboard). ``thread=true``: the
+messages about one version go into the thread of the first (errors and rollbacks are also
+shown in the channel); ``quiet=true``: only errors and rollbacks are sent.
 
 Rate limits: a 429 answer is retried after its ``Retry-After`` as long as the wait fits in
 the send's time budget (a few attempts at most); otherwise the message fails with one line.
@@ -29,7 +31,8 @@ from dewy.notifiers import Message
 from dewy.urls import Url
 
 DEFAULT_API_URL = "https://slack.com/api/"
-KEYS = frozenset({"title", "url"})
+KEYS = frozenset({"title", "url", "quiet", "thread"})
+THREADS_KEPT = 50  # versions whose thread is remembered
 COLOURS = {"deployed": "good", "recovered": "good", "rollback": "warning", "error": "danger", "suppressed": "danger"}
 REQUEST_TIMEOUT = 10  # seconds per HTTP request
 BUDGET = 25.0  # seconds for one send, retries and Retry-After waits included (Notifications allows 30)
@@ -68,6 +71,9 @@ class SlackNotifier:
         if url.path not in ("", "/"):
             raise UsageError(f"{url}: expected slack://CHANNEL with nothing after the channel, got path {url.path!r}")
         self.channel = channel.removeprefix("#")
+        self.quiet = url.flag("quiet")
+        self.thread = url.flag("thread")
+        self._threads: dict[str, str] = {}  # version -> ts of the first message about it (thread=true)
         self.title = url.query.get("title") or None
         self.link = url.query.get("url") or None
         if self.link and urlsplit(self.link).scheme not in ("http", "https"):
@@ -118,10 +124,16 @@ class SlackNotifier:
 
     async def send(self, message: Message) -> None:
         arguments = self.render(message)
+        parent = self._threads.get(message.version) if self.thread and message.version else None
+        if parent:
+            arguments["thread_ts"] = parent
+            arguments["reply_broadcast"] = not message.ok  # as upstream: errors show in the channel too
         deadline = time.monotonic() + self.budget
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                await asyncio.to_thread(self._client.chat_postMessage, **arguments)
+                response = await asyncio.to_thread(self._client.chat_postMessage, **arguments)
+                if self.thread and message.version and not parent:
+                    self._remember(message.version, response.get("ts"))
                 return
             except SlackApiError as exc:
                 response = exc.response
@@ -140,6 +152,12 @@ class SlackNotifier:
                 if isinstance(cause, TimeoutError):
                     reason = f"no answer within {REQUEST_TIMEOUT}s"
                 raise DewyError(self._scrub(f"slack: cannot reach {self.api_url}: {reason}")) from None
+
+    def _remember(self, version: str, ts: str | None) -> None:
+        if ts:
+            self._threads[version] = ts
+            while len(self._threads) > THREADS_KEPT:
+                del self._threads[next(iter(self._threads))]
 
     def _api_error(self, response) -> str:
         data = response.data if isinstance(response.data, dict) else {}

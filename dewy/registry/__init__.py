@@ -20,6 +20,7 @@ import semver
 from dewy.archive import SUFFIXES
 from dewy.errors import ArtifactNotReady, RegistryError
 from dewy.urls import Plugins
+from dewy.versions import CalVer
 
 REGISTRIES = Plugins("registry", {
     "ghr": "dewy.registry.ghr:GitHubReleases",
@@ -51,7 +52,7 @@ class Release:
     """One deployable release: its version and the artifact to fetch."""
 
     tag: str
-    version: semver.Version
+    version: semver.Version | CalVer
     artifact_name: str
     artifact_url: str
     created_at: datetime | None = None

@@ -14,7 +14,7 @@ from dewy.registry import (
 )
 from dewy.registry.github import GitHub, split_ghr
 from dewy.urls import Url
-from dewy.versions import newest, parse_tag
+from dewy.versions import QUERY_KEYS as VERSION_KEYS, Selection
 
 EXPECTED = "ghr://OWNER/REPO?pre-release=true&artifact=NAME"
 
@@ -26,8 +26,9 @@ class GitHubReleases:
         self.owner, self.repo, rest = split_ghr(url, EXPECTED)
         if rest:
             raise UsageError(f"{url}: expected {EXPECTED}")
-        url.check_keys({"pre-release", "artifact"})
+        url.check_keys({"pre-release", "artifact", *VERSION_KEYS})
         self.prerelease = url.flag("pre-release")
+        self.selection = Selection.of(url, prerelease=self.prerelease, slot=slot)
         self.artifact = url.query.get("artifact") or None
         self.slot = slot
         self.where = f"ghr://{self.owner}/{self.repo}"
@@ -40,7 +41,7 @@ class GitHubReleases:
     async def current(self) -> Release:
         releases = await self.github.releases(f"{self._api_path}/releases")
         published = [r for r in releases if not r.draft and (self.prerelease or not r.prerelease)]
-        chosen = newest(published, lambda r: r.tag, prerelease=self.prerelease, slot=self.slot)
+        chosen = self.selection.newest(published, lambda r: r.tag)
         if chosen is None:
             raise RegistryError(self._nothing_eligible(len(releases)))
         tag = chosen.tag
@@ -59,7 +60,7 @@ class GitHubReleases:
                 raise RegistryError(f"{self.where}: release {tag}: the asset name {used[:100]!r} {problem}; nothing deployed")
         return Release(
             tag=tag,
-            version=parse_tag(tag),
+            version=self.selection.parse(tag),
             artifact_name=name,
             artifact_url=asset_url(self.owner, self.repo, tag, name, assets[name].id),
             created_at=created_at,

@@ -34,7 +34,7 @@ from dewy.fsutil import bad_file_name
 from dewy.registry import UPLOAD_GRACE, Release
 from dewy.signing import signature_url
 from dewy.urls import Url, redact
-from dewy.versions import parse_tag
+from dewy.versions import QUERY_KEYS as VERSION_KEYS, Selection
 
 # grpc's C core writes its own diagnostics to stderr (handshake failures, ...); dewy reports
 # every failure itself in one line, so keep the core quiet unless the operator asks otherwise.
@@ -151,7 +151,7 @@ class GrpcRegistry:
     """Asks a dewy RegistryService which release to run, and reports each deploy back to it."""
 
     def __init__(self, url: Url, *, slot: str | None = None) -> None:
-        url.check_keys({"no-tls", "artifact", "timeout"})
+        url.check_keys({"no-tls", "artifact", "timeout", *VERSION_KEYS})
         if url.path not in ("", "/") or not url.host:
             raise UsageError(f"{url}: expected {EXPECTED}")
         if url.username or url.password:
@@ -161,6 +161,7 @@ class GrpcRegistry:
         self.artifact = url.query.get("artifact") or None
         self.timeout = url.seconds("timeout", DEFAULT_TIMEOUT)
         self.slot = slot
+        self.selection = Selection.of(url, prerelease=True, slot=None)  # the server chooses; these only check
         host = url.host
         self.target = f"[{host}]:{url.port or DEFAULT_PORT}" if ":" in host else f"{host}:{url.port or DEFAULT_PORT}"
         self.roots, self.roots_source = (None, "") if self.no_tls else root_certificates()
@@ -244,12 +245,15 @@ class GrpcRegistry:
         tag = answer.tag
         if not tag:
             raise RegistryError(f"{where}: the server answered Current without a tag; it must name a semantic version like v1.2.3")
-        version = parse_tag(tag)
+        version = self.selection.parse(tag)
         if version is None:
-            raise RegistryError(f"{where}: the server answered tag {tag!r}, which is not a semantic version (like v1.2.3); nothing deployed")
+            scheme = f"calendar version in calver={self.selection.calver.text}" if self.selection.calver else "semantic version (like v1.2.3)"
+            raise RegistryError(f"{where}: the server answered tag {tag!r}, which is not a {scheme}; nothing deployed")
+        if not self.selection.eligible(version):
+            raise RegistryError(f"{where}: the server answered {tag}, outside constraint={self.selection.constraint.text}; nothing deployed")
         if self.slot is not None and version.build != self.slot:
             raise RegistryError(
-                f"{where}: --slot {self.slot} expects a version like {version.replace(build=None)}+{self.slot} but the server"
+                f"{where}: --slot {self.slot} expects a version like {str(version).partition('+')[0]}+{self.slot} but the server"
                 f" answered {tag}; with gRPC the server chooses the version: have it answer this host's slot, or drop --slot"
             )
         created_at = None

@@ -1,5 +1,9 @@
 """``gs://PROJECT/BUCKET/PREFIX?pre-release=true&artifact=NAME``: releases in Google Cloud Storage.
 
+Upstream dewy writes ``gs://BUCKET/PREFIX`` (no project). The ``project=`` query key selects
+that short form: ``gs://BUCKET/PREFIX?project=PROJECT`` (``project=`` left empty: the
+project of the Application Default Credentials). Without it, the first part is the project.
+
 Versions are the "directories" ``PREFIX/<semver>/`` (objects.list with
 delimiter "/", every page), the artifact and checksum file are chosen among
 the objects directly in the newest one, the upload grace counts from its
@@ -24,17 +28,24 @@ from dewy.lazyclient import LazyClient
 from dewy.registry.objectstore import BucketRegistry
 from dewy.urls import Url
 
-EXPECTED = "gs://PROJECT/BUCKET/PREFIX?pre-release=true&artifact=NAME"
+EXPECTED = "gs://PROJECT/BUCKET/PREFIX?pre-release=true&artifact=NAME (or upstream's gs://BUCKET/PREFIX?project=PROJECT)"
+SHORT = "gs://BUCKET/PREFIX?project=PROJECT"
 PROJECT_ID = re.compile(r"[a-z][a-z0-9.:-]{1,61}[a-z0-9]")  # includes legacy domain-scoped ids
 
 
 class GCSRegistry(BucketRegistry):
+    QUERY_KEYS = BucketRegistry.QUERY_KEYS | {"project"}
+
     def __init__(self, url: Url, *, slot: str | None = None) -> None:
         super().__init__(url, slot=slot)
-        self.project = url.netloc
-        self.bucket, _, rest = url.path.lstrip("/").partition("/")
-        check_bucket(url, self.bucket, EXPECTED)
-        if not PROJECT_ID.fullmatch(self.project):
+        if "project" in url.query:  # upstream's gs://BUCKET/PREFIX
+            self.project, self.bucket, rest = url.query["project"] or None, url.netloc, url.path.lstrip("/")
+            check_bucket(url, self.bucket, SHORT)
+        else:
+            self.project = url.netloc
+            self.bucket, _, rest = url.path.lstrip("/").partition("/")
+            check_bucket(url, self.bucket, EXPECTED)
+        if self.project is not None and not PROJECT_ID.fullmatch(self.project):
             raise UsageError(f"{url}: {self.project!r} is not a project id; expected {EXPECTED}")
         rest = unquote(rest).strip("/")
         self.prefix = rest + "/" if rest else ""

@@ -57,7 +57,7 @@ from dewy.http import Conditional, RateLimited, Session, json_of, network_failur
 from dewy.http.bearer import Credentials, RegistryAuth
 from dewy.registry import Release
 from dewy.urls import Url, redact
-from dewy.versions import newest, parse_tag
+from dewy.versions import QUERY_KEYS as VERSION_KEYS, Selection
 
 EXPECTED = "img://HOST[:PORT]/REPO?pre-release=true"
 PAGE_SIZE = 1000  # tags per page asked for (n=); registries may answer fewer and link the next page
@@ -248,9 +248,10 @@ class ImageRegistry:
     """
 
     def __init__(self, url: Url, *, slot: str | None = None) -> None:
-        url.check_keys({"pre-release", "insecure"})
+        url.check_keys({"pre-release", "insecure", *VERSION_KEYS})
         self.host, self.api_host, self.repository = split_image_url(url)
         self.prerelease = url.flag("pre-release")
+        self.selection = Selection.of(url, prerelease=self.prerelease, slot=slot)
         insecure = url.flag("insecure") if "insecure" in url.query else None
         self.slot = slot
         #: plain HTTP: on loopback unless insecure=false, or anywhere with insecure=true
@@ -272,7 +273,7 @@ class ImageRegistry:
 
     async def current(self) -> Release:
         tags = await self._tags()
-        chosen = newest(tags, _semver_text, prerelease=self.prerelease, slot=self.slot)
+        chosen = self.selection.newest(tags, _semver_text)
         if chosen is None:
             skipped = "non-semver tags" + ("" if self.prerelease else " and pre-releases (add pre-release=true)")
             slot = f" for slot {self.slot!r} (tag v1.2.3_{self.slot})" if self.slot else ""
@@ -280,7 +281,7 @@ class ImageRegistry:
         digest = await self._digest(chosen)
         return Release(
             tag=chosen,
-            version=parse_tag(_semver_text(chosen)),
+            version=self.selection.parse(_semver_text(chosen)),
             artifact_name=f"{self.reference}:{chosen}",
             artifact_url=f"img://{self.reference}@{digest}",
             created_at=None,

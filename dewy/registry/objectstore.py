@@ -35,7 +35,7 @@ from dewy.registry import (
     Release, checksum_file, missing_artifact, select_artifact, shipped_name, shipped_text, signature_file,
 )
 from dewy.urls import Url
-from dewy.versions import newest, parse_tag
+from dewy.versions import QUERY_KEYS as VERSION_KEYS, Selection
 
 AUDIT_PREFIX = "shipped_to_"
 # How long the file listing of an unchanged newest version is reused (remote stores only):
@@ -75,7 +75,7 @@ def relative_name(key: str, directory: str) -> str | None:
 class ObjectStoreRegistry(ABC):
     """Releases as version directories holding their artifacts. Subclasses implement the four backend calls."""
 
-    QUERY_KEYS = frozenset({"pre-release", "artifact"})
+    QUERY_KEYS = frozenset({"pre-release", "artifact"}) | VERSION_KEYS
     # Reuse the file listing of the newest version while it stays the newest (up to LISTING_TTL):
     # right for remote stores where each list request costs time and money, not for a local directory.
     reuse_listing = True
@@ -84,6 +84,7 @@ class ObjectStoreRegistry(ABC):
         url.check_keys(self.QUERY_KEYS)
         self.url = url
         self.prerelease = url.flag("pre-release")
+        self.selection = Selection.of(url, prerelease=self.prerelease, slot=slot)
         self.artifact = url.query.get("artifact") or None
         self.slot = slot
         self._known: tuple[Release, float] | None = None
@@ -128,8 +129,8 @@ class ObjectStoreRegistry(ABC):
     # ------------------------------------------------------------ the shared logic
 
     def newest_release(self) -> Release:
-        tags = [name for name in self._names(self.list_versions(), "a version directory") if parse_tag(name) is not None]
-        tag = newest(tags, str, prerelease=self.prerelease, slot=self.slot)
+        tags = [name for name in self._names(self.list_versions(), "a version directory") if self.selection.parse(name) is not None]
+        tag = self.selection.newest(tags, str)
         if tag is None:
             raise RegistryError(self._nothing_eligible(tags))
         if self._known is not None:
@@ -153,7 +154,7 @@ class ObjectStoreRegistry(ABC):
                 raise RegistryError(f"{self.url}: release {tag}: the file name {used[:100]!r} {problem}; nothing deployed")
         release = Release(
             tag=tag,
-            version=parse_tag(tag),
+            version=self.selection.parse(tag),
             artifact_name=name,
             artifact_url=self.file_url(tag, name),
             created_at=listing.created,
@@ -178,8 +179,10 @@ class ObjectStoreRegistry(ABC):
         hints = []
         if self.slot:
             hints.append(f"none for slot {self.slot!r}")
-        if not self.prerelease and any(parse_tag(t).prerelease for t in tags):
+        if not self.prerelease and any(self.selection.parse(t).prerelease for t in tags):
             hints.append("pre-releases are skipped without pre-release=true")
+        if self.selection.constraint:
+            hints.append(f"none within constraint={self.selection.constraint.text}")
         detail = f" ({'; '.join(hints)})" if hints else ""
         return f"{self.url}: no release directory to deploy: found {found}{detail}"
 

@@ -39,7 +39,7 @@ def _entries(page: dict, key: str) -> list[dict]:
 
 
 class S3Registry(BucketRegistry):
-    QUERY_KEYS = frozenset({"pre-release", "artifact", "endpoint"})
+    QUERY_KEYS = BucketRegistry.QUERY_KEYS | {"endpoint"}
 
     def __init__(self, url: Url, *, slot: str | None = None) -> None:
         super().__init__(url, slot=slot)

@@ -48,11 +48,10 @@ import time
 from datetime import datetime
 from typing import Any
 
-import semver
-
 from dewy import log
 from dewy.errors import ArtifactNotReady, CacheError, DewyError, RegistryError
 from dewy.registry import Registry, Release
+from dewy.versions import version_from_text
 
 FORMAT = 1
 MAX_WAIT = 5.0  # longest a host waits for another host's refresh before serving the last answer
@@ -89,7 +88,7 @@ def release_to_json(release: Release) -> dict[str, Any]:
 def release_from_json(data: dict[str, Any]) -> Release:
     return Release(
         tag=data["tag"],
-        version=semver.Version.parse(data["version"]),
+        version=version_from_text(data["version"]),
         artifact_name=data["artifact_name"],
         artifact_url=data["artifact_url"],
         created_at=datetime.fromisoformat(data["created_at"]) if data.get("created_at") else None,

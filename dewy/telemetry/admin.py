@@ -1,0 +1,176 @@
+"""The admin API, as upstream dewy serves it: ``GET /api/status``, ``/api/containers``, ``/metrics``.
+
+It listens on 127.0.0.1:17539 (``--admin-port``; the next free port of ten if taken, as
+upstream) in container mode, and in the other modes when ``--admin-port`` or ``--telemetry``
+asks for it. ``/metrics`` exists only with ``--telemetry``. Off loopback (``--admin-address``)
+every request needs ``Authorization: Bearer $DEWY_ADMIN_TOKEN`` (a systemd credential or the
+environment file, never a flag), and dewy refuses to start without that token.
+
+A minimal HTTP/1.1 server on asyncio: one request per connection, bounded in size and time,
+everything that reads a file (the state file, a scrape) done in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import os
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from dewy import log
+from dewy.errors import UsageError
+from dewy.settings import Settings
+from dewy.urls import is_loopback
+
+if TYPE_CHECKING:
+    from dewy.telemetry.metrics import Metrics
+
+DEFAULT_PORT = 17539
+PORT_ATTEMPTS = 10
+TOKEN_VARIABLE = "DEWY_ADMIN_TOKEN"
+REQUEST_TIMEOUT = 10.0
+MAX_REQUEST = 8192
+
+
+class AdminApi:
+    def __init__(self, settings: Settings, token: str | None) -> None:
+        self.settings = settings
+        self.token = token
+        self.metrics: Metrics | None = None  # with --telemetry: GET /metrics
+        self.port: int | None = None
+        self._server: asyncio.Server | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AdminApi:
+        """UsageError (exit 2) if the API would listen off loopback without a token."""
+        token = os.environ.get(TOKEN_VARIABLE) or None
+        if not is_loopback(settings.admin_address) and not token:
+            raise UsageError(f"--admin-address {settings.admin_address} is not loopback: set {TOKEN_VARIABLE} "
+                             "(a systemd credential or the environment file) so that requests need a Bearer token")
+        return cls(settings, token)
+
+    async def start(self) -> None:
+        """Listen on the first free port from --admin-port; if none of ten is free, one error line and no API
+        (the deploys go on)."""
+        first = self.settings.admin_port or DEFAULT_PORT
+        error: OSError | None = None
+        for port in range(first, min(first + PORT_ATTEMPTS, 65536)):
+            try:
+                self._server = await asyncio.start_server(self._handle, self.settings.admin_address, port)
+            except OSError as exc:
+                error = exc
+                continue
+            self.port = port
+            log.info("admin-api", f"admin API on http://{self.settings.admin_address}:{port}"
+                     + (" (/metrics too)" if self.metrics else ""), port=port)
+            return
+        log.error("admin-api-failed", f"no admin API: cannot listen on {self.settings.admin_address} ports "
+                  f"{first}-{port}: {error.strerror if error else 'no port left'}; use --admin-port")
+
+    async def close(self) -> None:
+        if self._server:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                status, body, kind = await self._answer(reader)
+                head = (f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: {kind}\r\n"
+                        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+                writer.write(head.encode() + body)
+                await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass  # the client went away or was too slow: nothing to answer
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader) -> tuple[HTTPStatus, bytes, str]:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if len(head) > MAX_REQUEST:
+            return _json(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, {"error": "request too large"})
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3:
+            return _json(HTTPStatus.BAD_REQUEST, {"error": "malformed request line"})
+        method, target, _ = parts
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        if self.token and not hmac.compare_digest(headers.get("authorization", "").encode(), f"Bearer {self.token}".encode()):
+            return _json(HTTPStatus.UNAUTHORIZED, {"error": f"send Authorization: Bearer ${TOKEN_VARIABLE}"})
+        route = self._routes().get(target.split("?", 1)[0])
+        if route is None:
+            return _json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {target[:100]}"})
+        if method != "GET":
+            return _json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "only GET"})
+        return await asyncio.to_thread(route)
+
+    def _routes(self) -> dict[str, Callable[[], tuple[HTTPStatus, bytes, str]]]:
+        routes = {"/api/status": self._status}
+        if self.settings.mode == "container":
+            routes["/api/containers"] = self._containers
+        if self.metrics:
+            routes["/metrics"] = self._metrics
+        return routes
+
+    def _status(self) -> tuple[HTTPStatus, bytes, str]:
+        """What ``dewy status --json`` prints."""
+        from dewy.status import status
+
+        try:
+            info = status(None, self.settings.dir)
+        except UsageError as exc:  # nothing deployed yet
+            return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+        return _json(HTTPStatus.OK, {**info, "instance": self.settings.app_name})
+
+    def _containers(self) -> tuple[HTTPStatus, bytes, str]:
+        from dewy.status import containers
+
+        return _json(HTTPStatus.OK, {"containers": containers(self.settings.dir)})
+
+    def _metrics(self) -> tuple[HTTPStatus, bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return HTTPStatus.OK, self.metrics.exposition(), CONTENT_TYPE_LATEST
+
+
+def _json(status: HTTPStatus, body: Any) -> tuple[HTTPStatus, bytes, str]:
+    return status, json.dumps(body, indent=2).encode() + b"\n", "application/json"
+
+
+async def serving(settings: Settings, serve: Callable[[], Awaitable[int]]) -> int:
+    """Run ``serve`` (the daemon) with the admin API, the metrics and their OTLP push beside it."""
+    api = AdminApi.from_settings(settings)
+    push = None
+    if settings.telemetry:
+        try:
+            from dewy.telemetry.metrics import Metrics, attach
+
+            if settings.otlp_endpoint:
+                from dewy.telemetry.otlp import OtlpPush
+        except ImportError as exc:
+            extra = "otlp" if settings.otlp_endpoint else "telemetry"
+            raise UsageError(f"--{'otlp-endpoint' if settings.otlp_endpoint else 'telemetry'} needs the {exc.name} "
+                             f"Python library: pip install 'dewy[{extra}]'") from None
+        api.metrics = Metrics(settings.mode, settings.app_name, settings.dir / ".dewy" / "state.json", settings.replicas)
+        attach(api.metrics)
+        if settings.otlp_endpoint:
+            push = OtlpPush(api.metrics, settings.otlp_endpoint, settings.otlp_insecure)
+    await api.start()
+    pushing = asyncio.ensure_future(push.run()) if push else None
+    try:
+        return await serve()
+    finally:
+        if pushing:
+            pushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pushing
+            await push.push()  # what happened since the last push, as the SDK's shutdown does
+            await push.close()
+        await api.close()
