@@ -85,6 +85,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-archive-members", type=_count, default=DEFAULT_MAX_MEMBERS, metavar="N",
                         help=f"refuse archives with more files, directories and links than this (default {DEFAULT_MAX_MEMBERS})")
     parser.add_argument("--keep-releases", type=_count, default=7, metavar="N", help="releases kept on disk (default 7)")
+    parser.add_argument("--trusted-key", action="append", default=[], metavar="FILE|KEY",
+                        help="public key that signs releases, for verify= on the registry URL: a minisign key (file, or"
+                             " RW... itself) or a cosign PEM file; a relative FILE may be a systemd credential (repeatable)")
     parser.add_argument("--admin-port", type=_port_number, metavar="PORT", help="admin API port (default 17539, or the next free one)")
     parser.add_argument("--admin-address", default="127.0.0.1", metavar="ADDR", help="admin API address (default 127.0.0.1; any other needs $DEWY_ADMIN_TOKEN)")
     parser.add_argument("--telemetry", action="store_true", help="serve Prometheus metrics at /metrics on the admin API")
@@ -187,8 +190,9 @@ def parse(argv: list[str]) -> Settings:
         before_deploy_hook=args.before_deploy_hook, after_deploy_hook=args.after_deploy_hook,
         hook_timeout=args.hook_timeout, slot=args.slot, dir=(args.dir or Path.cwd()).absolute(),
         max_archive_size=args.max_archive_size, max_archive_members=args.max_archive_members,
-        keep_releases=args.keep_releases, admin_port=args.admin_port, admin_address=args.admin_address,
-        telemetry=args.telemetry, otlp_endpoint=args.otlp_endpoint, otlp_insecure=args.otlp_insecure,
+        keep_releases=args.keep_releases, trusted_keys=args.trusted_key, admin_port=args.admin_port,
+        admin_address=args.admin_address, telemetry=args.telemetry, otlp_endpoint=args.otlp_endpoint,
+        otlp_insecure=args.otlp_insecure,
     )
     for name in MODE_SETTINGS[mode] & vars(args).keys():
         setattr(settings, name, getattr(args, name))

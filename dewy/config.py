@@ -238,6 +238,7 @@ TOP: dict[str, tuple[Callable[[Any], Any], str]] = {
     "max_archive_size": (_size, "max_archive_size"),
     "max_archive_members": (_count, "max_archive_members"),
     "keep_releases": (_count, "keep_releases"),
+    "trusted_keys": (_list(_string, '["/etc/dewy/minisign.pub"]'), "trusted_keys"),
     "admin_port": (_port_number, "admin_port"),
     "admin_address": (_string, "admin_address"),
     "telemetry": (_boolean, "telemetry"),

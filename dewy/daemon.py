@@ -34,6 +34,7 @@ from dewy.notifiers import NOTIFIERS, Notifications
 from dewy.progress import Progress, ProgressFile
 from dewy.registry import REGISTRIES, Registry, Release
 from dewy.settings import Settings
+from dewy.signing import SignatureRefused, Verification
 from dewy.state import State
 from dewy.targets import Candidate, DeployTarget
 from dewy.tasks import Background
@@ -81,7 +82,8 @@ class Daemon:
     def from_settings(cls, settings: Settings, host: Host) -> Daemon:
         """Build every backend now, so a bad URL or directory fails at startup (exit 2), not on the first tick."""
         with settings.given("registry"):
-            registry = REGISTRIES.load(REGISTRIES.url(settings.registry), slot=settings.slot)
+            registry_url, verification = Verification.of(settings.registry, settings.trusted_keys)
+            registry = REGISTRIES.load(REGISTRIES.url(registry_url), slot=settings.slot)
         with settings.given("cache"):
             cache_url = CACHES.url(settings.cache) if settings.cache else Url.parse("memory://")
             cache = CACHES.load(cache_url)
@@ -103,7 +105,7 @@ class Daemon:
         remove_temp_files(state.path.parent)  # what a kill -9 left of a state or progress file being written
         liveness = Liveness()
         target = targets.load(settings, host=host, state=state, liveness=liveness, registry=registry,
-                              cache_url=cache_url)
+                              cache_url=cache_url, verification=verification)
         return cls(settings, registry, cache, state, notifications, host, target, liveness)
 
     async def serve(self) -> int:
@@ -257,13 +259,20 @@ class Daemon:
         if release.cache_key in self.state.quarantine:
             log.debug("quarantined", f"{release.tag} is quarantined: {self.state.quarantine[release.cache_key]}", version=release.tag)
             return
+        self.target.ready(release)
         await self.deploy(release)
 
     async def deploy(self, release: Release) -> None:
         previous = self.state.current
         log.info("deploying", f"deploying {release.tag}", version=release.tag, previous_version=previous and previous.tag)
-        with self._progress(release) as progress:
-            candidate = await self.target.prepare(release, progress)
+        try:
+            with self._progress(release) as progress:
+                candidate = await self.target.prepare(release, progress)
+        except SignatureRefused as exc:  # never fetched again
+            self.state.quarantine[release.cache_key] = str(exc)
+            self.state.save()
+            await self._report(release, error=str(exc))
+            raise
         env = {
             "DEWY_VERSION": release.tag,
             "DEWY_PREVIOUS_VERSION": previous.tag if previous else "",
@@ -278,7 +287,8 @@ class Daemon:
             raise
         finally:
             self.target.discard(candidate)
-        details = {}
+        signed_by = candidate.deployed.get("signed_by")
+        details = {"signed by": signed_by} if signed_by else {}
         if self.settings.after_deploy_hook:
             try:
                 with self.liveness.step(self.settings.hook_timeout + START_SLACK):

@@ -26,7 +26,7 @@ def atomic_file(target: Path) -> Iterator[BinaryIO]:
     """Write ``target`` so that a crash leaves either the old file or the whole new one, never a part."""
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "w+b") as out:  # readable too: a check may read back what was written
             yield out
             out.flush()
             os.fsync(out.fileno())

@@ -93,6 +93,7 @@ class Settings:
     max_archive_size: int = 4 << 30
     max_archive_members: int = DEFAULT_MAX_MEMBERS
     keep_releases: int = 7
+    trusted_keys: list[str] = field(default_factory=list)  # --trusted-key FILE|KEY, for the registry's verify=
     container_port: int | None = None  # container mode: the port the app listens on inside its container
     replicas: int = 1
     drain_time: float = 30.0

@@ -26,6 +26,14 @@ class Deployed:
     key: str  # the artifact's cache key, ``<tag>--<artifact name>``
     release: str  # the release directory name under releases/; in container mode the image reference
     at: str  # UTC ISO time of the deploy
+    signed_by: str | None = None  # the verified signature's key and trusted comment (verify=)
+
+    def to_json(self) -> dict[str, Any]:
+        """Unsigned, as versions before verify= wrote it (a state file is written back unchanged)."""
+        data = asdict(self)
+        if self.signed_by is None:
+            del data["signed_by"]
+        return data
 
 
 @dataclass
@@ -162,8 +170,8 @@ class State:
     def save(self) -> None:
         """Write the file atomically; DiskError (naming it) if the disk refuses, and the old file stays."""
         data = {
-            "current": asdict(self.current) if self.current else None,
-            "history": [asdict(d) for d in self.history],
+            "current": self.current.to_json() if self.current else None,
+            "history": [d.to_json() for d in self.history],
             "quarantine": self.quarantine,
             "app": self.app.to_json() if self.app else None,
             "last_check": self.last_check,

@@ -60,6 +60,7 @@ def status(name: str | None, directory: Path | None) -> dict:
         "version": state.current.tag if state.current else None,
         "deployed_at": state.current.at if state.current else None,
         "release": state.current.release if state.current else None,
+        "signed_by": state.current.signed_by if state.current else None,
         "app": app,
         "quarantined": state.quarantine,
         "last_check": state.last_check,
@@ -100,6 +101,7 @@ def render_status(info: dict) -> str:
         ("version", info["version"] or "nothing deployed"),
         ("deployed at", info["deployed_at"] or "-"),
         ("release", info["release"] or "-"),
+        ("signed by", info["signed_by"] or "not verified"),
         ("app", f"pid {app['pid']} ({'running' if app['running'] else 'not running'}), generation {app['generation']}"
                 + (f", unit {app['unit']}" if app.get("unit") else "") if app else "-"),
         ("quarantined", ", ".join(info["quarantined"]) or "-"),
@@ -121,6 +123,7 @@ def _render_container(info: dict, app: dict) -> str:
         ("version", info["version"] or "nothing deployed"),
         ("deployed at", info["deployed_at"] or "-"),
         ("image", app.get("image") or info["release"] or "-"),
+        ("signed by", info["signed_by"] or "not verified"),
         ("replicas", f"{len(replicas)} ({sum(1 for r in replicas if r.get('healthy'))} healthy) on {where}"),
     ]
     lines = [f"{key + ':':<13} {value}" for key, value in rows]

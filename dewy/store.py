@@ -8,7 +8,7 @@ import mmap
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -17,6 +17,7 @@ from dewy.artifacts import ARTIFACTS
 from dewy.errors import ArtifactError, CorruptArchive
 from dewy.fsutil import TEMP_PREFIX, bad_file_name, fsync_dir, remove_temp_files, sync_filesystem
 from dewy.registry import Release
+from dewy.signing import MinisignCheck, Signed, TrustedKey, await_signature, fetch_check, finish
 from dewy.spool import Aborted, Spool, SpoolReader
 from dewy.urls import Url
 
@@ -48,8 +49,8 @@ class Verifier(Protocol):
 
     def update(self, data: bytes | memoryview) -> None: ...
 
-    def verify(self) -> None:
-        """Raise ArtifactError if the bytes fed are not the published ones."""
+    def verify(self, artifact: Path) -> None:
+        """Raise ArtifactError if the bytes fed (all of them in ``artifact`` now) are not the published ones."""
 
 
 class Checksum:
@@ -63,11 +64,27 @@ class Checksum:
     def update(self, data: bytes | memoryview) -> None:
         self.sha256.update(data)
 
-    def verify(self) -> None:
+    def verify(self, artifact: Path) -> None:
         actual = self.sha256.hexdigest()
         if self.expected and actual != self.expected:
             raise ArtifactError(f"{self.release.artifact_name} of {self.release.tag}: sha256 mismatch (published"
                                 f" {self.expected}, downloaded {actual}); the artifact was not deployed")
+
+
+class Signature:
+    """The artifact's minisign signature (verify=minisign), fed the same bytes as the checksum; the legacy form
+    signs the whole file, so it is checked over the spooled file once the last byte is in."""
+
+    def __init__(self, check: MinisignCheck) -> None:
+        self.check = check
+        self.signed: Signed | None = None
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.check.update(data)
+
+    def verify(self, artifact: Path) -> None:
+        with artifact.open("rb") as file:
+            self.signed = finish(self.check, file)
 
 
 def parse_checksums(text: str, artifact: str) -> str | None:
@@ -82,8 +99,10 @@ def parse_checksums(text: str, artifact: str) -> str | None:
 
 
 class ArtifactStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, trusted_keys: Sequence[TrustedKey] = ()) -> None:
         self.directory = directory
+        self.trusted_keys = trusted_keys  # verify=minisign: only archives these keys signed are handed out
+        self.signed: dict[str, Signed] = {}  # cache key -> who signed the archive fetch() last handed out
         directory.mkdir(parents=True, exist_ok=True)
         remove_temp_files(directory)
 
@@ -95,10 +114,19 @@ class ArtifactStore:
                                 f" the cache: {release.cache_key[:100]!r} {problem}; nothing deployed")
         return self.directory / release.cache_key
 
+    def check_ready(self, release: Release) -> None:
+        """ArtifactNotReady while a release that must be signed has no signature yet (CI may be uploading it)."""
+        if self.trusted_keys:
+            await_signature(release)
+
     async def verifiers(self, release: Release) -> list[Verifier]:
-        """What the artifact's bytes must pass before it is stored or deployed: its checksum (a signature check
-        joins here), each fed the same bytes as they are written."""
-        return [Checksum(release, await self._published_sha256(release))]
+        """What the artifact's bytes must pass before it is stored or deployed, each fed the same bytes as they
+        are written: its checksum and, with trusted keys, its signature (fetched before the download: a release
+        without one is refused before any of its bytes are)."""
+        found: list[Verifier] = [Checksum(release, await self._published_sha256(release))]
+        if self.trusted_keys:
+            found.append(Signature(await fetch_check(release, self.trusted_keys)))
+        return found
 
     async def fetch(self, release: Release, unpack: Callable[[SpoolReader], None] | None = None,
                     progress: Callable[[Spool, SpoolReader | None], None] | None = None) -> Path:
@@ -109,9 +137,13 @@ class ArtifactStore:
         its bytes (with all ``unpack`` wrote on the same filesystem) are on disk: one syncfs.
         The first failure ends the others and nothing is stored; what ``unpack`` wrote is the
         caller's to delete. ``progress`` is called about every second while this runs.
+        With trusted keys a stored archive's signature is checked again (the keys may have changed).
         """
         target = self.path(release)
         if target.exists():
+            if self.trusted_keys:
+                check = await fetch_check(release, self.trusted_keys)
+                self.signed[release.cache_key] = await asyncio.to_thread(_finish_stored, check, target)
             if unpack:
                 spool = Spool.of_file(target, release.artifact_name)
                 with spool.reader() as reader:
@@ -132,11 +164,9 @@ class ArtifactStore:
                 await _all_of(work + ([_thread("extract", unpack, reader)] if unpack else []), spool, reader, progress)
             except Exception:
                 if not verifying.cancelled() and verifying.exception() is None:  # every byte came and was checked:
-                    for verifier in verifiers:  # a mismatch explains a failed extraction, so it is told instead
-                        verifier.verify()
+                    await asyncio.to_thread(_verify, verifiers, Path(temp))  # a mismatch explains a failed extraction
                 raise
-            for verifier in verifiers:
-                verifier.verify()
+            await asyncio.to_thread(_verify, verifiers, Path(temp))
             await asyncio.to_thread(sync_filesystem, self.directory)
             os.replace(temp, target)
             fsync_dir(self.directory)
@@ -148,8 +178,12 @@ class ArtifactStore:
             if reader:
                 reader.close()
         checksum = next(v for v in verifiers if isinstance(v, Checksum))
+        signed = next((v.signed for v in verifiers if isinstance(v, Signature)), None)
+        if signed:
+            self.signed[release.cache_key] = signed
         log.info("downloaded", f"downloaded {release.artifact_name} ({spool.size} bytes)", version=release.tag,
-                 sha256=checksum.sha256.hexdigest(), verified=bool(checksum.expected))
+                 sha256=checksum.sha256.hexdigest(), verified=bool(checksum.expected),
+                 **({"signed_by": str(signed)} if signed else {}))
         return target
 
     async def _download(self, release: Release, spool: Spool) -> None:
@@ -249,3 +283,14 @@ async def _all_of(tasks: list[asyncio.Future], spool: Spool, reader: SpoolReader
             if not task.cancelled():
                 task.exception()  # seen: only the first failure is told
         raise
+
+
+def _verify(verifiers: list[Verifier], artifact: Path) -> None:
+    """Every verifier's verdict, in a thread: the legacy signature form reads the whole file."""
+    for verifier in verifiers:
+        verifier.verify(artifact)
+
+
+def _finish_stored(check: MinisignCheck, path: Path) -> Signed:
+    with path.open("rb") as file:
+        return finish(check, file, fed=False)

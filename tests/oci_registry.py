@@ -46,7 +46,7 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -386,6 +386,7 @@ class RegistryFront:
         self.token_requests: list[Logged] = []
         self.tokens: dict[str, set[str]] = {}  # token -> scopes
         self.faults: list[_Fault] = []
+        self.pending: dict[str, Callable[[], None]] = {}  # path -> what to do before answering it (once)
         self.lock = threading.Lock()
         front = self
 
@@ -433,6 +434,11 @@ class RegistryFront:
         with self.lock:
             self.faults.append(_Fault(status, dict(headers or {}), body.encode() if isinstance(body, str) else body, times))
 
+    def before(self, path: str, action: Callable[[], None]) -> None:
+        """Run ``action`` once before answering the next request for ``path`` (to change the registry mid-deploy)."""
+        with self.lock:
+            self.pending[path] = action
+
     def revoke_tokens(self) -> None:
         with self.lock:
             self.tokens.clear()
@@ -442,6 +448,8 @@ class RegistryFront:
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
         parts = urlsplit(request.path)
         headers = {k.lower(): v for k, v in request.headers.items()}
+        if request.headers.get_all("Accept"):  # Podman sends one Accept header per media type
+            headers["accept"] = ", ".join(request.headers.get_all("Accept"))
         if parts.path == "/token":
             status, body, extra = self._token(parts.query, headers)
             with self.lock:
@@ -475,6 +483,10 @@ class RegistryFront:
                                 "issued_at": issued}).encode(), {}
 
     def _registry(self, method: str, raw_path: str, path: str, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        with self.lock:
+            action = self.pending.pop(path, None)
+        if action is not None:
+            action()
         repository = _repository_of(path)
         if self.token_auth:
             scope = f"repository:{repository}:{self.actions}" if repository else ""

@@ -113,6 +113,7 @@ class Replicas:
         self.version: str | None = None
         self.digest: str = ""
         self.image: str | None = None
+        self.pinned: dict[str, str] = {}  # manifest digest -> the verified image id its replicas start from
         self.health: dict[str, str | None] = {}  # container id -> None (healthy) or why not
         self._draining: dict[str, tuple[Container, datetime]] = {}
         self._drains = Background()
@@ -192,13 +193,22 @@ class Replicas:
     def _serving_image(self) -> ImageVersion | None:
         return ImageVersion(self.version, self.image, self.digest) if self.version and self.image else None
 
-    async def pull(self, image: ImageVersion, credentials: tuple[str, str] | None, tls_verify: bool) -> None:
+    async def pull(self, image: ImageVersion, credentials: tuple[str, str] | None, tls_verify: bool,
+                   verified_id: str | None = None) -> None:
+        """Pull ``image``. ``verified_id``: the image id whose signature was checked; the pull must bring exactly
+        it (not what a tag moved since then names), and the replicas then start from that id."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         log.info("pulling", f"pulling {image.reference}", version=image.tag, image=image.reference)
         image_id = await self.runtime.pull(image.reference, credentials, tls_verify)
         log.info("pulled", f"pulled {image.reference} in {loop.time() - started:.1f}s", version=image.tag,
                  image=image.reference, image_id=image_id)
+        if verified_id is not None:
+            if image_id.removeprefix("sha256:") != verified_id.removeprefix("sha256:"):
+                raise ContainerRuntimeError(
+                    f"{image.reference}: the pull brought image {image_id}, not the verified {verified_id} of"
+                    f" {image.digest} (the tag was moved since it was checked); nothing started, checked again next poll")
+            self.pinned[image.digest] = image_id
 
     async def restart(self) -> None:
         """A rolling restart: fresh replicas of the serving image replace the running ones (SIGUSR1)."""
@@ -349,7 +359,7 @@ class Replicas:
         name = f"{container_name(config.app)}-{container_name(image.tag)}-{replica}-{rollout}"
         labels = {LABEL_APP: config.app, LABEL_VERSION: image.tag, LABEL_REPLICA: str(replica),
                   LABEL_DIGEST: image.digest, LABEL_IMAGE: image.reference, LABEL_ROLLOUT: rollout}
-        spec = ReplicaSpec(image.reference, name, config.network, labels, config.options)
+        spec = ReplicaSpec(self.pinned.get(image.digest, image.reference), name, config.network, labels, config.options)
         container_id = await self.runtime.create(spec)
         log.info("replica-starting", f"starting replica {replica} of {image.tag}", container=name, version=image.tag)
         try:

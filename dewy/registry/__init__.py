@@ -57,6 +57,7 @@ class Release:
     artifact_url: str
     created_at: datetime | None = None
     checksums_url: str | None = None  # goreleaser checksums.txt / SHA256SUMS / <artifact>.sha256
+    signature_url: str | None = None  # <artifact>.minisig, when the release has one
     id: str = ""  # the registry's own release id, echoed back in reports
 
     @property
@@ -113,6 +114,12 @@ def checksum_file(names: list[str], artifact: str) -> str | None:
         if lower in CHECKSUM_FILES or lower.endswith(("_checksums.txt", "-checksums.txt", ".sha256sums")):
             return name
     return None
+
+
+def signature_file(names: list[str], artifact: str) -> str | None:
+    """The name of ``artifact``'s minisign signature, if the release has one."""
+    name = artifact + ".minisig"
+    return name if name in names else None
 
 
 def missing_artifact(where: str, tag: str, wanted: str | None, names: list[str], created_at: datetime | None) -> RegistryError:

@@ -9,8 +9,10 @@ from urllib.parse import quote
 from dewy.artifacts.ghr import asset_url
 from dewy.errors import RegistryError, UsageError
 from dewy.fsutil import bad_file_name
+from dewy.registry import (
+    Release, checksum_file, missing_artifact, select_artifact, shipped_name, shipped_text, signature_file,
+)
 from dewy.registry.github import GitHub, split_ghr
-from dewy.registry import Release, checksum_file, missing_artifact, select_artifact, shipped_name, shipped_text
 from dewy.urls import Url
 from dewy.versions import QUERY_KEYS as VERSION_KEYS, Selection
 
@@ -51,6 +53,7 @@ class GitHubReleases:
         if name is None:
             raise missing_artifact(self.where, tag, self.artifact, names, created_at)
         checksums = checksum_file(names, name)
+        signature = signature_file(names, name)
         for used in filter(None, (name, checksums)):
             problem = bad_file_name(used)
             if problem:
@@ -62,6 +65,7 @@ class GitHubReleases:
             artifact_url=asset_url(self.owner, self.repo, tag, name, assets[name].id),
             created_at=created_at,
             checksums_url=asset_url(self.owner, self.repo, tag, checksums, assets[checksums].id) if checksums else None,
+            signature_url=asset_url(self.owner, self.repo, tag, signature, assets[signature].id) if signature else None,
             id="" if chosen.id is None else str(chosen.id),
         )
 

@@ -32,6 +32,7 @@ from dewy.artifacts import ARTIFACTS
 from dewy.errors import ArtifactNotReady, RegistryError, UsageError
 from dewy.fsutil import bad_file_name
 from dewy.registry import UPLOAD_GRACE, Release
+from dewy.signing import signature_url
 from dewy.urls import Url, redact
 from dewy.versions import QUERY_KEYS as VERSION_KEYS, Selection
 
@@ -288,7 +289,7 @@ class GrpcRegistry:
             raise RegistryError(f"{where}: release {tag}: artifact_url {artifact_url} names the file {name[:100]!r},"
                                 f" which {problem}; fix the server's answer")
         return Release(tag=tag, version=version, artifact_name=name, artifact_url=raw, created_at=created_at,
-                       checksums_url=None, id=answer.id)
+                       checksums_url=None, signature_url=signature_url(raw), id=answer.id)
 
     async def report(self, release: Release, command: str, error: str | None = None) -> None:
         """Report the deploy of ``release`` by ``command``; ``err`` is set only when it failed."""

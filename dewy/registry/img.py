@@ -354,6 +354,22 @@ class ImageRegistry:
             raise self._err(f"{self.where}: HEAD {redact(url)}: {digest!r} is not a digest")
         return digest
 
+    # -- what dewy.cosign reads: signatures stored beside the image ------------
+
+    async def has_tag(self, tag: str) -> bool:
+        return tag in await self._tags()
+
+    async def manifest(self, reference: str) -> bytes:
+        """The manifest that ``reference`` (a tag or a digest) names, as the registry stores it."""
+        url = f"{self.base}/v2/{self.repository}/manifests/{reference}"
+        return (await self._send("GET", url, {"Accept": MANIFEST_TYPES})).content
+
+    async def blob(self, digest: str) -> bytes:
+        """A small blob of the repository (a signature payload), whole."""
+        if not DIGEST.match(digest):
+            raise self._err(f"{self.where}: {digest[:80]!r} is not a blob digest")
+        return (await self._send("GET", f"{self.base}/v2/{self.repository}/blobs/{digest}", {})).content
+
     # -- HTTP, authentication and errors ---------------------------------------
 
     def _tls_context(self) -> ssl.SSLContext:

@@ -31,7 +31,9 @@ from typing import Any, TypeVar
 from dewy.errors import RegistryError
 from dewy.lazyclient import LazyClient
 from dewy.fsutil import bad_file_name
-from dewy.registry import Release, checksum_file, missing_artifact, select_artifact, shipped_name, shipped_text
+from dewy.registry import (
+    Release, checksum_file, missing_artifact, select_artifact, shipped_name, shipped_text, signature_file,
+)
 from dewy.urls import Url
 from dewy.versions import QUERY_KEYS as VERSION_KEYS, Selection
 
@@ -145,6 +147,7 @@ class ObjectStoreRegistry(ABC):
             shown = names[:SHOWN_NAMES] + ([f"... {len(names) - SHOWN_NAMES} more"] if len(names) > SHOWN_NAMES else [])
             raise missing_artifact(str(self.url), tag, self.artifact, shown, listing.created)
         checksums = checksum_file(names, name)
+        signature = signature_file(names, name)
         for used in filter(None, (name, checksums)):
             problem = bad_file_name(used)
             if problem:
@@ -156,6 +159,7 @@ class ObjectStoreRegistry(ABC):
             artifact_url=self.file_url(tag, name),
             created_at=listing.created,
             checksums_url=self.file_url(tag, checksums) if checksums else None,
+            signature_url=self.file_url(tag, signature) if signature else None,
             id=tag,
         )
         if self.reuse_listing:

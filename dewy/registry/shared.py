@@ -80,6 +80,7 @@ def release_to_json(release: Release) -> dict[str, Any]:
         "artifact_url": release.artifact_url,
         "created_at": release.created_at.isoformat() if release.created_at else None,
         "checksums_url": release.checksums_url,
+        "signature_url": release.signature_url,
         "id": release.id,
     }
 
@@ -92,6 +93,7 @@ def release_from_json(data: dict[str, Any]) -> Release:
         artifact_url=data["artifact_url"],
         created_at=datetime.fromisoformat(data["created_at"]) if data.get("created_at") else None,
         checksums_url=data.get("checksums_url"),
+        signature_url=data.get("signature_url"),
         id=data.get("id", ""),
     )
 

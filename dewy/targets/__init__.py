@@ -27,6 +27,7 @@ from dewy.liveness import Liveness
 from dewy.progress import Progress
 from dewy.registry import Registry, Release
 from dewy.settings import Settings
+from dewy.signing import Verification
 from dewy.state import State
 from dewy.urls import Url
 
@@ -56,6 +57,9 @@ class BaseTarget:
     state: State
     liveness: Liveness
 
+    def ready(self, release: Release) -> None:
+        """A release the registry names is complete: a target that needs more of it overrides this."""
+
 
 class DeployTarget(Protocol):
     """What one mode does at each step of the cycle. Every method may raise DewyError: that cycle fails
@@ -71,6 +75,10 @@ class DeployTarget(Protocol):
 
     def is_current(self, release: Release) -> bool:
         """Is ``release`` what is deployed here?"""
+
+    def ready(self, release: Release) -> None:
+        """Before ``deploying``: ArtifactNotReady while ``release`` is not complete yet (CI still uploading its
+        signature), so that a poll waiting for it starts no deploy."""
 
     async def prepare(self, release: Release, progress: Progress) -> Candidate:
         """Fetch what ``release`` needs (verified), without changing what runs; before the before-deploy hook.
@@ -103,8 +111,9 @@ class DeployTarget(Protocol):
 
 
 def load(settings: Settings, *, host: Host, state: State, liveness: Liveness, registry: Registry,
-         cache_url: Url) -> DeployTarget:
-    """The target of ``settings.mode``, built now so that a bad directory or runtime fails at startup."""
+         cache_url: Url, verification: Verification | None) -> DeployTarget:
+    """The target of ``settings.mode``, built now so that a bad directory or runtime fails at startup;
+    ``verification``: the registry URL's verify= and its trusted keys (None: releases are not signed)."""
     module = importlib.import_module(TARGETS[settings.mode])
     return module.build(settings, host=host, state=state, liveness=liveness, registry=registry,
-                        cache_url=cache_url)
+                        cache_url=cache_url, verification=verification)

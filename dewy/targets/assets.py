@@ -26,6 +26,7 @@ from dewy.progress import Progress
 from dewy.registry import Registry, Release
 from dewy.releases import PARTIAL_PREFIX, Releases
 from dewy.settings import Settings
+from dewy.signing import Verification
 from dewy.spool import SpoolReader
 from dewy.state import Deployed, State
 from dewy.store import ArtifactStore, default_cache_dir
@@ -71,6 +72,9 @@ class AssetsTarget(BaseTarget):
         current = self.releases.current_dir()
         return bool(deployed and deployed.key == release.cache_key and current and current.name == deployed.release)
 
+    def ready(self, release: Release) -> None:
+        self.store.check_ready(release)
+
     async def prepare(self, release: Release, progress: Progress) -> Unpackable:
         """Download, verify and unpack in one pass: the release is extracted under its partial name while the
         artifact's bytes arrive. The partial release is the candidate's until it is activated or discarded."""
@@ -78,10 +82,12 @@ class AssetsTarget(BaseTarget):
         with self.releases.building(name) as partial:  # removed if the fetch fails
             with self.liveness.step(None), on_disk(self.store.directory, f"the download of {release.artifact_name}"):
                 artifact = await self.store.fetch(release, self._unpacker(partial, name), progress.sample)
+        signed = self.store.signed.get(release.cache_key)
         old_dir = self.releases.current_dir()
         return Unpackable(release, env={"DEWY_RELEASE_DIR": str(self.releases.directory / name),
                                         "DEWY_ARTIFACT": str(artifact)},
-                          deployed={"release_dir": str(self.releases.directory / name)},
+                          deployed={"release_dir": str(self.releases.directory / name),
+                                    "signed_by": str(signed) if signed else None},
                           rolled_back={"release_dir": str(old_dir) if old_dir else None}, artifact=artifact, name=name)
 
     def _unpacker(self, partial: Path, name: str) -> Callable[[SpoolReader], None]:
@@ -103,7 +109,8 @@ class AssetsTarget(BaseTarget):
         with self.liveness.step(None), on_disk(self.releases.directory, f"release {name}"):
             release_dir = await asyncio.to_thread(self.releases.complete, name)
         switched = Switched(release_dir, self.releases.current_dir(),
-                            Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat()),
+                            Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat(),
+                                     signed_by=candidate.deployed.get("signed_by")),
                             self.state.current)
         self._switch(switched)
         return switched
@@ -165,19 +172,22 @@ class AssetsTarget(BaseTarget):
         """Nothing runs: nothing to stop."""
 
 
-def release_storage(settings: Settings, cache_url: Url) -> tuple[Releases, ArtifactStore]:
-    """``DIR/releases`` and the artifact store (in the file:// cache's directory, else the default cache dir)."""
+def release_storage(settings: Settings, cache_url: Url,
+                    verification: Verification | None) -> tuple[Releases, ArtifactStore]:
+    """``DIR/releases`` and the artifact store (in the file:// cache's directory, else the default cache dir),
+    which hands out only archives the trusted keys signed when ``verification`` (verify=minisign) is set."""
+    keys = verification.keys if verification else ()
     try:
         releases = Releases(settings.dir)
         if cache_url.scheme == "file":
-            store = ArtifactStore(Path(cache_url.path) / "artifacts")
+            store = ArtifactStore(Path(cache_url.path) / "artifacts", keys)
         else:
-            store = ArtifactStore(default_cache_dir())
+            store = ArtifactStore(default_cache_dir(), keys)
     except OSError as exc:
         raise UsageError(f"cannot use {exc.filename}: {exc.strerror}") from None
     return releases, store
 
 
 def build(settings: Settings, *, host: Host, state: State, liveness: Liveness, registry: Registry,
-          cache_url: Url) -> AssetsTarget:
-    return AssetsTarget(settings, state, liveness, *release_storage(settings, cache_url))
+          cache_url: Url, verification: Verification | None) -> AssetsTarget:
+    return AssetsTarget(settings, state, liveness, *release_storage(settings, cache_url, verification))

@@ -19,14 +19,17 @@ from dewy import log
 from dewy.container.proxy import TcpProxy
 from dewy.container.replicas import ImageVersion, ReplicaConfig, Replicas
 from dewy.container.runtimes.connect import load as load_runtime
+from dewy.cosign import ImageVerifier
 from dewy.errors import DewyError
 from dewy.faults import describe
 from dewy.host import Host
 from dewy.liveness import Liveness
 from dewy.progress import Progress
 from dewy.registry import Registry, Release
+from dewy.registry.img import ImageRegistry
 from dewy.registry.shared import SharedRegistry
 from dewy.settings import Settings
+from dewy.signing import Verification
 from dewy.state import Deployed, State
 from dewy.targets import BaseTarget, Candidate
 from dewy.urls import Url
@@ -46,6 +49,7 @@ class ContainerTarget(BaseTarget):
     host: Host
     registry: Registry
     replicas: Replicas
+    images: ImageVerifier | None = None  # verify=cosign: only images the trusted keys signed run
 
     restart_kind: ClassVar[str] = "the rolling restart"
 
@@ -67,18 +71,28 @@ class ContainerTarget(BaseTarget):
         return self.replicas.runs(image_of(release))
 
     async def prepare(self, release: Release, progress: Progress) -> Candidate:
+        """With verify=cosign the digest's signature is checked before anything is pulled, and the pull must
+        bring the verified image id (replicas start from it, not from a tag that may have moved since)."""
         image = image_of(release)
+        verified = None
+        if self.images:
+            with self.liveness.step(None):  # registry reads, bounded by their deadlines
+                verified = await self.images.verify(self._images(), release)
         with self.liveness.step(None):
-            await self.replicas.pull(image, *self._pull_options())
+            await self.replicas.pull(image, *self._pull_options(), verified_id=verified and verified.image_id)
         return Candidate(release, env={"DEWY_IMAGE": image.reference, "DEWY_IMAGE_DIGEST": image.digest},
-                         deployed={"image": image.reference, "digest": image.digest or None},
+                         deployed={"image": image.reference, "digest": image.digest or None,
+                                   "signed_by": str(verified.signed) if verified else None},
                          rolled_back={"image": image.reference})
+
+    def _images(self) -> ImageRegistry:
+        """The img:// registry (container mode deploys from img://: settings.check), unwrapped from a shared one."""
+        return self.registry.origin if isinstance(self.registry, SharedRegistry) else self.registry
 
     def _pull_options(self) -> tuple[tuple[str, str] | None, bool]:
         """Credentials (looked up now: a ``podman login`` needs no dewy restart) and TLS for the image pull,
         as the img:// registry uses them."""
-        # an ImageRegistry: container mode deploys from img:// (settings.check)
-        images = self.registry.origin if isinstance(self.registry, SharedRegistry) else self.registry
+        images = self._images()
         found = images.credentials()
         credentials = (found.username, found.password) if found else None
         return credentials, not images.plain_http
@@ -91,7 +105,7 @@ class ContainerTarget(BaseTarget):
         with self.liveness.step(None):
             await self.replicas.roll_out(image_of(release))
         self.state.record(Deployed(release.tag, release.cache_key, release.artifact_name,
-                                   datetime.now(timezone.utc).isoformat()))
+                                   datetime.now(timezone.utc).isoformat(), signed_by=candidate.deployed.get("signed_by")))
         self.state.save()
 
     async def prune(self) -> None:
@@ -137,7 +151,7 @@ class ContainerTarget(BaseTarget):
 
 
 def build(settings: Settings, *, host: Host, state: State, liveness: Liveness, registry: Registry,
-          cache_url: Url) -> ContainerTarget:
+          cache_url: Url, verification: Verification | None) -> ContainerTarget:
     """The runtime (its SDK imported now: a missing one is a startup error), the proxy and the replica set."""
     runtime = load_runtime(settings.runtime)
     config = ReplicaConfig(app=settings.app_name, replicas=settings.replicas, container_port=settings.container_port,
@@ -146,4 +160,5 @@ def build(settings: Settings, *, host: Host, state: State, liveness: Liveness, r
                            options=settings.run_options)
     with settings.given("ports"):
         proxy = TcpProxy(host.sockets(settings.ports)) if settings.ports else None
-    return ContainerTarget(settings, state, liveness, host, registry, Replicas(runtime, config, state, proxy))
+    return ContainerTarget(settings, state, liveness, host, registry, Replicas(runtime, config, state, proxy),
+                           ImageVerifier(verification.keys) if verification else None)

@@ -24,6 +24,7 @@ from dewy.liveness import START_SLACK, Liveness
 from dewy.registry import Registry
 from dewy.server.supervisor import Supervisor, recorded_holders
 from dewy.settings import Settings
+from dewy.signing import Verification
 from dewy.state import AppGeneration, State
 from dewy.targets.assets import AssetsTarget, Unpackable, release_storage
 from dewy.urls import Url
@@ -150,8 +151,8 @@ class ServerTarget(AssetsTarget):
 
 
 def build(settings: Settings, *, host: Host, state: State, liveness: Liveness, registry: Registry,
-          cache_url: Url) -> ServerTarget:
-    releases, store = release_storage(settings, cache_url)
+          cache_url: Url, verification: Verification | None) -> ServerTarget:
+    releases, store = release_storage(settings, cache_url, verification)
     with settings.given("ports"):
         sockets = host.sockets(settings.ports, recorded_holders(state.app)) if settings.ports else None
     supervisor = Supervisor(

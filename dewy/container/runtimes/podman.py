@@ -41,7 +41,7 @@ class PodmanRuntime:
             image = self.client.images.pull(repository, tag=tag, tls_verify=tls_verify, auth_config=auth)
             if isinstance(image, list):
                 image = image[0]
-            return image.id
+            return image.id or self.client.images.get(reference).id  # the compat pull's answer may name no id
 
         return await in_thread(f"podman pull {reference}", pull)
 
