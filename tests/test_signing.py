@@ -11,8 +11,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from dewy.archive import extract
 from dewy.errors import ArtifactNotReady
 from dewy.registry import REGISTRIES, Release
+from dewy.releases import Releases
 from dewy.store import ArtifactStore
 from dewy.signing import MinisignCheck, SignatureRefused, load_keys, parse_public_key, read_key_text, signature_url
 from tests.conftest import host_artifact, publish
@@ -208,3 +210,33 @@ def test_trusted_keys_from_a_config_file_and_flags_are_read_at_startup(tmp_path,
     assert result.returncode == 2
     assert result.stderr == (f"dewy: error: {registry}: verify=minisign: trusted key RWQnotakey: cannot read the key file:"
                              " No such file or directory\n")
+
+
+@pytest.mark.parametrize("legacy", FORMS)
+def test_the_signature_is_checked_as_the_release_extracts_and_a_refusal_leaves_nothing(tmp_path, keys, legacy) -> None:
+    """One pass: the signature is one of the store's verifiers, fed the bytes the extraction reads; the legacy form
+    is checked over the spooled file after the last byte. Bytes other than the signed ones store and name nothing."""
+    registry = tmp_path / "reg"
+    archive = publish(registry, "v1.0.0", {"index.html": "x" * 200_000})
+    good = sign(keys[0], archive, legacy=legacy, comment="CI run 7")
+    releases = Releases(tmp_path / "site")
+
+    async def deploy(store: ArtifactStore) -> None:
+        release = await REGISTRIES.load(REGISTRIES.url(registry.as_uri())).current()
+        name = releases.new_name()
+        with releases.building(name) as partial:
+            await store.fetch(release, lambda reader: extract(reader, partial))
+            releases.complete(name)
+
+    other = artifact(tmp_path / "other", data=archive.read_bytes()[::-1], name=archive.name)
+    sign(keys[0], other, legacy=legacy).replace(good)  # a valid signature, but of other bytes
+    store = ArtifactStore(tmp_path / "cache", load_keys([str(keys[0].public)]))
+    with pytest.raises(SignatureRefused, match="does not match the downloaded bytes"):
+        asyncio.run(deploy(store))
+    assert list((tmp_path / "cache").iterdir()) == [] and list(releases.directory.iterdir()) == []
+
+    sign(keys[0], archive, legacy=legacy, comment="CI run 7")
+    asyncio.run(deploy(store))
+    (built,) = releases.directory.iterdir()
+    assert (built / "index.html").read_text() == "x" * 200_000
+    assert list(store.signed.values())[0].comment == "CI run 7"
