@@ -107,13 +107,25 @@ class AssetsTarget(BaseTarget):
     async def _complete_and_switch(self, candidate: Unpackable) -> Switched:
         release, name = candidate.release, candidate.name
         with self.liveness.step(None), on_disk(self.releases.directory, f"release {name}"):
-            release_dir = await asyncio.to_thread(self.releases.complete, name)
+            release_dir = await self._complete(name)
         switched = Switched(release_dir, self.releases.current_dir(),
                             Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat(),
                                      signed_by=candidate.deployed.get("signed_by")),
                             self.state.current)
         self._switch(switched)
         return switched
+
+    async def _complete(self, name: str) -> Path:
+        """Make the release durable and name it, in a thread. A stop cannot interrupt a thread: it is waited for,
+        and a release it named is removed again (the candidate's partial one goes with :meth:`discard`)."""
+        work = asyncio.ensure_future(asyncio.to_thread(self.releases.complete, name))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await work
+            self.releases.remove(self.releases.directory / name)
+            raise
 
     def _switch(self, switched: Switched) -> None:
         """Record the new release, then point ``current`` at it. The state file names it first: wherever dewy is
