@@ -112,6 +112,7 @@ class ClientLoop:
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
+        self._new_body = threading.Condition()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> ClientLoop:
@@ -121,6 +122,12 @@ class ClientLoop:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(30)
+
+    def wait_for_body(self, body: str, timeout: float = 10) -> bool:
+        """Whether the loop got an answer ``body`` within ``timeout``: a deployed event says the new version
+        serves, not that this loop's next request has reached it yet."""
+        with self._new_body:
+            return self._new_body.wait_for(lambda: body in self.bodies, timeout)
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
@@ -135,6 +142,8 @@ class ClientLoop:
             if 200 <= status < 300:
                 self.ok += 1
                 if not self.bodies or self.bodies[-1] != body:
-                    self.bodies.append(body)
+                    with self._new_body:
+                        self.bodies.append(body)
+                        self._new_body.notify_all()
             else:
                 self.failures.append(f"HTTP {status}")

@@ -91,6 +91,7 @@ def test_only_releases_signed_by_a_trusted_key_are_deployed(tmp_path, keys) -> N
             release(registry, "v1.5.0", keys["new"], legacy=True)  # the rotated-in key, minisign's legacy form
             deployed = dewy.wait_for("deployed", version="v1.5.0")
             assert deployed["signed_by"].startswith(f"minisign key {keys['new'].id} (timestamp:")
+            assert client.wait_for_body("v1.5.0")
         assert client.failures == []
         assert set(client.bodies) == {"v1.0.0", "v1.5.0"}
     finally:
