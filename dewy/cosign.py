@@ -26,15 +26,14 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING, Any
 
 from dewy.errors import ArtifactNotReady
 from dewy.registry import UPLOAD_GRACE, Release
 from dewy.signing import SignatureRefused, Signed
+
+if TYPE_CHECKING:  # cryptography is imported only where a signature is checked: verify=cosign is opt-in
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
@@ -52,6 +51,8 @@ def signature_tag(digest: str) -> str:
 
 def key_id(key: ec.EllipticCurvePublicKey) -> str:
     """A short name for a cosign public key (which has no id of its own): the sha256 of its DER form, shortened."""
+    from cryptography.hazmat.primitives import serialization
+
     der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return "sha256:" + hashlib.sha256(der).hexdigest()[:16]
 
@@ -181,6 +182,10 @@ def _signature_of(layer: dict) -> bytes | None:
 
 
 def _signed_by(key: ec.EllipticCurvePublicKey, signature: bytes, payload: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:

@@ -27,18 +27,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from dewy.artifacts import ARTIFACTS
 from dewy.errors import ArtifactError, ArtifactNotReady, UsageError
 from dewy.registry import UPLOAD_GRACE, Release
 from dewy.urls import Url
+
+if TYPE_CHECKING:  # cryptography is imported only where a signature is checked: verify= is opt-in
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 LEGACY = b"Ed"
 PREHASHED = b"ED"
@@ -103,6 +102,8 @@ def parse_public_key(text: str) -> TrustedKey:
     data = _base64(lines[0], 42, "minisign public key")
     if data[:2] != KEY_ALGORITHM:
         raise ValueError(f"not an Ed25519 minisign public key (algorithm {data[:2]!r})")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     return TrustedKey(data[2:10], Ed25519PublicKey.from_public_bytes(data[10:]))
 
 
@@ -209,6 +210,8 @@ class MinisignCheck:
             raise self.refused(f"it is signed by minisign key {key_id_text(self.signature.key_id)}, which is not trusted"
                                f" (trusted: {trusted})")
         self.key = key
+        from cryptography.exceptions import InvalidSignature
+
         try:
             key.public.verify(self.signature.global_signature, self.signature.signature + self.signature.comment.encode())
         except InvalidSignature:
@@ -234,6 +237,8 @@ class MinisignCheck:
             raise ValueError("a legacy minisign signature is checked over the whole file: pass it")
         else:
             message = whole
+        from cryptography.exceptions import InvalidSignature
+
         try:
             self.key.public.verify(self.signature.signature, message)
         except InvalidSignature:
@@ -310,6 +315,9 @@ def read_key(value: str, parse: Callable[[str], Any]) -> Any:
 
 def pem_public_key(text: str) -> ec.EllipticCurvePublicKey:
     """A cosign public key (``cosign.pub``): ECDSA P-256 in PEM. ValueError if it is not one."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         key = serialization.load_pem_public_key(text.encode())
     except (ValueError, TypeError):
@@ -346,6 +354,10 @@ class Verification:
         if not trusted_keys:
             raise UsageError(f"{url}: verify={method} needs the publisher's public key: --trusted-key FILE|KEY"
                              " (trusted_keys = [...] in the config file)")
+        try:
+            import cryptography  # noqa: F401  (bundled in the packages; an extra for pip)
+        except ImportError:
+            raise UsageError(f"{url}: verify={method} needs the Python package cryptography: pip install 'dewy[signing]'") from None
         try:
             keys = tuple(load_keys(trusted_keys)) if method == "minisign" else tuple(
                 read_key(value, pem_public_key) for value in trusted_keys)
