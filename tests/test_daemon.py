@@ -209,7 +209,9 @@ def test_a_kill_between_the_switch_and_the_restart_keeps_the_version_on_record(t
             await second.cycle()
             assert second.target.supervisor.version == "v1.1.0"  # DEWY_VERSION, not the release directory's name
             assert sorted(p.name for p in (tmp_path / "site" / "releases").iterdir()) == releases  # not extracted again
-            assert await asyncio.to_thread(get, second.target.supervisor.sockets.addresses[0][1]) == (200, "v1.1.0")
+            supervisor = second.target.supervisor  # the adopted v1.0.0 drains after the restart, still on the socket
+            await supervisor.wait_until(lambda: supervisor.live_pids == [supervisor.pid], 10)
+            assert await asyncio.to_thread(get, supervisor.sockets.addresses[0][1]) == (200, "v1.1.0")
         finally:
             await second.target.supervisor.stop()
 
