@@ -7,6 +7,7 @@ import asyncio
 import os
 import socket
 import subprocess
+import tarfile
 import threading
 from pathlib import Path
 from typing import Self
@@ -188,18 +189,25 @@ class FastForward(asyncio.SelectorEventLoop):
         return future
 
 
-class Zeros:
-    """``size`` zero bytes as a test server's asset without holding them: what the servers need of ``bytes``."""
+class ZeroFilledTar:
+    """A valid ``.tar`` holding one ``size``-byte file of zeros, as a test server's asset without holding it
+    (what the servers need of ``bytes``): a download that is long however dewy reads it (a stream of zeros is
+    no archive, and dewy extracts while it downloads, so it would stop at the first bytes)."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self, size: int, member: str = "blob") -> None:
+        self.header = tarfile.TarInfo(member)
+        self.header.size = size
+        self.header = self.header.tobuf(format=tarfile.USTAR_FORMAT)
+        padded = -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        self.size = len(self.header) + padded + 2 * tarfile.BLOCKSIZE  # what follows the header is zeros: data, end
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, index: slice) -> bytes:
         start, stop, _ = index.indices(self.size)
-        return bytes(max(stop - start, 0))
+        head = self.header[start:stop]
+        return head + bytes(max(stop - max(start, len(self.header)), 0))
 
 
 def leftovers(*directories: Path) -> list[str]:
