@@ -259,7 +259,7 @@ class Daemon:
         if release.cache_key in self.state.quarantine:
             log.debug("quarantined", f"{release.tag} is quarantined: {self.state.quarantine[release.cache_key]}", version=release.tag)
             return
-        self.target.ready(release)
+        await self.target.ready(release)
         await self.deploy(release)
 
     async def deploy(self, release: Release) -> None:
