@@ -11,8 +11,8 @@ credential or the environment file, never a flag):
   signature header over its body. The body is not read for a version: the registry
   still says what is newest, so a forged or stale event can at most cause a poll.
 
-A valid request only sets the daemon's ``poll_now`` event: a flood of them while a poll
-runs coalesces into one more poll. Every request is authenticated, so the endpoint may
+A valid request only sets the daemon's ``poll_now`` event, at most once a second: a flood
+of them coalesces into a poll at once and one at the end of each second it lasts. Every request is authenticated, so the endpoint may
 listen off loopback behind the operator's reverse proxy. Bodies, time and connections
 are bounded by :mod:`dewy.httpd`. If the address cannot be bound, polling goes on and the
 webhook is tried again.
@@ -35,6 +35,7 @@ from dewy.settings import Settings
 SECRET_VARIABLE = "DEWY_WEBHOOK_SECRET"
 MAX_BODY = 1 << 20  # GitHub release events are a few kB (25 MB is GitHub's cap for any event)
 RETRY_BIND = 30.0
+COALESCE = 1.0  # at most one poll a second from pushes; one more at the end of a burst
 SIGNATURE = "x-hub-signature-256"
 
 
@@ -45,6 +46,8 @@ class Webhook:
         self.secret = secret.encode()
         self.server = Server(self._answer, limits or Limits(max_body=MAX_BODY), self._refused)
         self.poll_now: asyncio.Event | None = None
+        self._last = -COALESCE  # loop time poll_now was last set
+        self._trailing: asyncio.TimerHandle | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Webhook:
@@ -74,6 +77,8 @@ class Webhook:
         try:
             await asyncio.Future()
         finally:
+            if self._trailing:
+                self._trailing.cancel()
             await self.server.close()
 
     @property
@@ -119,10 +124,22 @@ class Webhook:
         return f"no {SIGNATURE} signature: set the webhook's secret on GitHub to {SECRET_VARIABLE}"
 
     def _poll(self, what: str) -> Response:
-        already = self.poll_now.is_set()
-        self.poll_now.set()
-        log.info("webhook-poll", f"{what}: " + ("a poll is already due" if already else "polling now"))
+        """Wake the daemon now, or, within a second of the last wake-up, once at the end of that second."""
+        loop = asyncio.get_running_loop()
+        if self._trailing:
+            log.debug("webhook-poll", f"{what}: coalesced into the poll already due")
+        elif loop.time() - self._last >= COALESCE:
+            self._wake()
+            log.info("webhook-poll", f"{what}: polling now")
+        else:
+            self._trailing = loop.call_at(self._last + COALESCE, self._wake)
+            log.info("webhook-poll", f"{what}: polling within {COALESCE:g}s (pushes are coalesced)")
         return json_response(HTTPStatus.ACCEPTED, {"ok": "polling"})
+
+    def _wake(self) -> None:
+        self._trailing = None
+        self._last = asyncio.get_running_loop().time()
+        self.poll_now.set()
 
     def _refused(self, peer: str, exc: Refused) -> None:
         log.warning("webhook-refused", f"request from {peer}: {exc}; answered {exc.status.value}", peer=peer)
