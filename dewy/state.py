@@ -198,8 +198,9 @@ class State:
             "app": self.app.to_json() if self.app else None,
             "last_check": self.last_check,
             "last_error": self.last_error,
-            "waiting": asdict(self.waiting) if self.waiting else None,
         }
+        if self.waiting:  # only then: a file of a dewy that never held a version is written back unchanged
+            data["waiting"] = asdict(self.waiting)
         with on_disk(self.path.parent, "the state file"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.path, json.dumps(data, indent=2).encode())
