@@ -8,6 +8,7 @@ import hmac
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -63,7 +64,10 @@ def test_a_signed_release_event_deploys_at_once_and_bad_signatures_are_refused_w
     assert post(hook, "/github", body, {**event, **signed(body, "wrong-secret")})[0] == 401
     assert post(hook, "/github", body, event)[0] == 401
     assert post(hook, "/deploy", b"", {"Authorization": "Bearer wrong-secret"})[0] == 401
-    for _ in range(3):
+    with socket.create_connection(("127.0.0.1", hook), timeout=5) as raw:  # 25 MB announced, none of it sent
+        raw.sendall(b"POST /github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: release\r\nContent-Length: 26214400\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 413 ")
+    for _ in range(4):
         assert dewy.wait_for("webhook-refused")["level"] == "warning"
     assert post(hook, "/github", b"{}", {"X-GitHub-Event": "ping", **signed(b"{}")})[0] == 200
     began = time.monotonic()
