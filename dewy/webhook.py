@@ -54,7 +54,7 @@ class Webhook:
         """UsageError (exit 2) without a secret: the endpoint is never open to anyone."""
         secret = os.environ.get(SECRET_VARIABLE) or ""
         if not secret.strip():
-            raise UsageError(f"--webhook needs a secret: set {SECRET_VARIABLE} (a systemd credential or the environment "
+            raise UsageError(f"the webhook needs a secret: set {SECRET_VARIABLE} (a systemd credential or the environment "
                              "file); GitHub signs with it, POST /deploy sends it as a Bearer token")
         host, port = settings.webhook
         return cls(host, port, secret)
