@@ -4,8 +4,8 @@ Status reads the instance's state file (what is deployed, the serving app genera
 its unit, or in container mode the replicas with their versions and health as the daemon
 last checked them (every poll; the last check's time is shown), quarantined versions, a
 newer version the deploy window or the minimum age holds back, the last check and error).
-History reads the journal of ``dewy@NAME.service`` (deploys, rollbacks, failures), or, where there is no journal, the
-deploys recorded in the state file.
+History reads the journal of ``dewy@NAME.service`` (deploys, rollbacks, failures), or,
+where there is no journal, the deploys recorded in the state file.
 """
 
 from __future__ import annotations
