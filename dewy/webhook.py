@@ -68,10 +68,11 @@ class Webhook:
                 await self.server.start(self.host, self.port)
                 break
             except OSError as exc:
-                if exc.strerror != failed:
-                    log.error("webhook-failed", f"no webhook: cannot listen on {self.address}: {exc.strerror}; polling "
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's strerror repeats the address
+                if reason != failed:
+                    log.error("webhook-failed", f"no webhook: cannot listen on {self.address}: {reason}; polling "
                               f"goes on, trying again every {RETRY_BIND:g}s")
-                    failed = exc.strerror
+                    failed = reason
             await asyncio.sleep(RETRY_BIND)
         log.info("webhook", f"webhook on http://{self.address} (POST /github, POST /deploy)", port=self.server.port)
         try:

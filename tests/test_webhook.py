@@ -18,7 +18,7 @@ import pytest
 
 from dewy.httpd import Limits
 from dewy.webhook import Webhook
-from tests.harness import free_port, get
+from tests.harness import Dewy, free_port, get
 from tests.test_e2e_server import release, start
 
 SECRET = "whsec-test-5ecret"
@@ -171,3 +171,23 @@ def test_connections_past_the_limit_are_answered_503_at_once() -> None:
         task.cancel()
 
     asyncio.run(main())
+
+
+
+def test_an_address_in_use_is_one_error_line_and_polling_goes_on(tmp_path) -> None:
+    release(tmp_path / "registry", "v1.0.0")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        dewy = Dewy(["assets", "-r", (tmp_path / "registry").as_uri(), "-d", str(tmp_path / "site"), "-i", "0.2",
+                     "--webhook", f"127.0.0.1:{port}"], cwd=tmp_path, env={"DEWY_WEBHOOK_SECRET": SECRET})
+        try:
+            failed = dewy.wait_for("webhook-failed")
+            assert failed["level"] == "error" and "Address already in use" in failed["msg"] and "polling goes on" in failed["msg"]
+            dewy.wait_for("deployed", version="v1.0.0", already=True)
+            dewy.wait_for("poll")
+            dewy.wait_for("poll")
+            assert sum(1 for r in dewy.seen if r["event"] == "webhook-failed") == 1
+        finally:
+            dewy.kill()
