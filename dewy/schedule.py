@@ -29,7 +29,7 @@ from dewy.state import State, Waiting
 if TYPE_CHECKING:
     from dewy.registry import Release
 
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 TIMES = re.compile(r"(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})")
 CRON_FIELDS = 5
 
@@ -118,13 +118,15 @@ class CronWindow:
 
 def _days(text: str) -> frozenset[int]:
     """``Mon-Fri``, ``Sat,Sun``, ``Fri-Mon`` (wrapping) to weekday numbers."""
+    def day(word: str) -> int | None:
+        return next((i for i, name in enumerate(DAYS) if len(word) >= 3 and name.startswith(word)), None)
+
     days: set[int] = set()
     for part in text.split(","):
         first, _, last = part.lower().partition("-")
-        if first[:3] not in DAYS or (last and last[:3] not in DAYS):
+        begin, stop = day(first), day(last) if last else day(first)
+        if begin is None or stop is None:
             raise ValueError(f"{part!r} is not a day or a range of days (Mon, Tue, ..., Sun; Mon-Fri)")
-        begin = DAYS.index(first[:3])
-        stop = DAYS.index(last[:3]) if last else begin
         days.update((begin + i) % 7 for i in range((stop - begin) % 7 + 1))
     return frozenset(days)
 

@@ -40,6 +40,12 @@ def test_both_forms_of_an_office_hours_window(spec) -> None:
     assert window.opens(at("2026-12-01T07:00")) == at("2026-12-01T09:00")
 
 
+def test_days_as_lists_ranges_and_full_names() -> None:
+    assert parse_window("Sat,Sun 10:00-12:00").days == {5, 6}
+    assert parse_window("Monday-Wednesday,Friday 10:00-12:00").days == {0, 1, 2, 4}
+    assert parse_window("10:00-12:00").days == set(range(7))
+
+
 def test_a_window_past_midnight_belongs_to_the_day_it_starts_on() -> None:
     window = parse_window("Fri-Sun 22:00-06:00 UTC")
     assert window.is_open(at("2026-12-04T23:00", timezone.utc))  # Friday night
@@ -56,6 +62,7 @@ def test_a_window_follows_the_zone_across_a_dst_change() -> None:
 
 @pytest.mark.parametrize("spec, error", [
     ("Mon-Fry 09:00-17:00", "'Mon-Fry' is not a day"),
+    ("Monx 09:00-17:00", "'Monx' is not a day"),
     ("Mon-Fri 09:00-25:00", "is not a time range"),
     ("Mon-Fri 09:00-09:00", "is not a time range"),
     ("09:00-17:00 Mars/Olympus", "'Mars/Olympus' is not a time zone"),
