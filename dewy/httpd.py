@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -114,7 +115,7 @@ class Server:
         self._slots = asyncio.Semaphore(limits.max_connections)
 
     async def start(self, host: str, port: int) -> None:
-        """Listen; OSError if the address cannot be bound."""
+        """Listen; OSError if the address cannot be bound (:func:`bind_error` says it in a few words)."""
         self.server = await asyncio.start_server(self._connection, host, port, limit=self.limits.max_head)
 
     @property
@@ -163,3 +164,9 @@ async def _write(writer: asyncio.StreamWriter, response: Response) -> None:
 def _peer(writer: asyncio.StreamWriter) -> str:
     address = writer.get_extra_info("peername")
     return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "?"
+
+
+def bind_error(exc: OSError) -> str:
+    """Why an address cannot be bound, in a few words ("Address already in use"): asyncio's strerror repeats
+    the address the caller names anyway."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)

@@ -29,7 +29,7 @@ from http import HTTPStatus
 
 from dewy import log
 from dewy.errors import UsageError
-from dewy.httpd import Limits, Refused, Request, Response, Server, json_response
+from dewy.httpd import Limits, Refused, Request, Response, Server, bind_error, json_response
 from dewy.settings import Settings
 
 SECRET_VARIABLE = "DEWY_WEBHOOK_SECRET"
@@ -68,7 +68,7 @@ class Webhook:
                 await self.server.start(self.host, self.port)
                 break
             except OSError as exc:
-                reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's strerror repeats the address
+                reason = bind_error(exc)
                 if reason != failed:
                     log.error("webhook-failed", f"no webhook: cannot listen on {self.address}: {reason}; polling "
                               f"goes on, trying again every {RETRY_BIND:g}s")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from dewy import log
 from dewy.errors import UsageError
-from dewy.httpd import Limits, Request, Response, Server, json_response
+from dewy.httpd import Limits, Request, Response, Server, bind_error, json_response
 from dewy.settings import Settings
 from dewy.urls import is_loopback
 
@@ -69,7 +69,7 @@ class AdminApi:
                      + (" (/metrics too)" if self.metrics else ""), port=port)
             return
         log.error("admin-api-failed", f"no admin API: cannot listen on {self.settings.admin_address} ports "
-                  f"{first}-{port}: {error.strerror if error else 'no port left'}; use --admin-port")
+                  f"{first}-{port}: {bind_error(error) if error else 'no port left'}; use --admin-port")
 
     async def close(self) -> None:
         if self._server:
