@@ -244,6 +244,7 @@ TOP: dict[str, tuple[Callable[[Any], Any], str]] = {
     "telemetry": (_boolean, "telemetry"),
     "otlp_endpoint": (_string, "otlp_endpoint"),
     "otlp_insecure": (_boolean, "otlp_insecure"),
+    "dry_run": (_boolean, "dry_run"),
 }
 SERVER: dict[str, tuple[Callable[[Any], Any], str]] = {
     "ports": (_ports, "ports"),

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 
 from dewy import log, targets, telemetry
 from dewy.cache import CACHES, Cache
+from dewy.control.commands import Control
 from dewy.errors import AppStartError, ArtifactNotReady, DewyError, HookError, UsageError
 from dewy.faults import describe
 from dewy.fsutil import remove_temp_files
@@ -77,6 +78,8 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.background = Background()
         self.activity: str | None = None  # long work in progress ("downloading v2.0.0: 412 MiB of 1.0 GiB, ...")
+        self.poll_now = asyncio.Event()  # set to end the wait for the next cycle (dewy deploy --now)
+        self.control = Control(state, target, self.switch, self.poll_now)
 
     @classmethod
     def from_settings(cls, settings: Settings, host: Host) -> Daemon:
@@ -120,6 +123,7 @@ class Daemon:
                  dir=str(self.settings.dir))
         self.background.start(self._watchdog(), "the watchdog")
         self.background.start(self.target.watch(lambda: self.host.status(self.status())), "recording the running app")
+        self.background.start(self.control.serve(self.settings.dir), "the control channel")
         code = 0
         try:
             await self._until_stopped(self._guarded(self.target.adopt))
@@ -160,10 +164,20 @@ class Daemon:
         """Wait ``delay`` for the next cycle (or a stop), telling the watchdog the loop is fine meanwhile."""
         loop = asyncio.get_running_loop()
         until = loop.time() + delay
-        while not self.stopping.is_set() and (left := until - loop.time()) > 0:
+        while not self.stopping.is_set() and not self.poll_now.is_set() and (left := until - loop.time()) > 0:
             self.liveness.beat()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), min(left, IDLE_BEAT))
+                await asyncio.wait_for(self._woken(), min(left, IDLE_BEAT))
+        self.poll_now.clear()
+
+    async def _woken(self) -> None:
+        """A stop, or a poll asked for now."""
+        waits = [asyncio.ensure_future(event.wait()) for event in (self.stopping, self.poll_now)]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _shut_down(self, stop_app: bool) -> None:
         """Stop the app only when a stop was asked for and dewy is not being restarted; release everything."""
@@ -207,8 +221,9 @@ class Daemon:
         self.background.start(self.target.restart(), self.target.restart_kind)
 
     async def cycle(self) -> float:
-        """One deploy cycle; returns how long to wait before the next."""
-        return await self._guarded(self.tick)
+        """One deploy cycle (operators' commands wait for it); returns how long to wait before the next."""
+        async with self.control.turn():
+            return await self._guarded(self.tick)
 
     async def _guarded(self, step: Callable) -> float:
         """Run one step of the loop as a cycle: whatever it raises (but a stop) is that cycle's error: logged
@@ -259,6 +274,8 @@ class Daemon:
         if release.cache_key in self.state.quarantine:
             log.debug("quarantined", f"{release.tag} is quarantined: {self.state.quarantine[release.cache_key]}", version=release.tag)
             return
+        if self.control.holds(release):  # pinned or paused
+            return
         await self.target.ready(release)
         await self.deploy(release)
 
@@ -273,6 +290,11 @@ class Daemon:
             self.state.save()
             await self._report(release, error=str(exc))
             raise
+        await self.switch(candidate)
+
+    async def switch(self, candidate: Candidate) -> None:
+        """Hooks, activate (or the rollback), report, prune: a fetched release, or one kept on disk (dewy rollback)."""
+        release, previous = candidate.release, self.state.current
         env = {
             "DEWY_VERSION": release.tag,
             "DEWY_PREVIOUS_VERSION": previous.tag if previous else "",
@@ -355,6 +377,10 @@ class Daemon:
 def run(settings: Settings) -> int:
     host = detect()
     log.setup(settings.log_level, settings.log_format, handler=host.log_handler(settings.app_name))
+    if settings.dry_run:
+        from dewy.dryrun import watch
+
+        return asyncio.run(watch(settings))
     daemon = Daemon.from_settings(settings, host)
     loop = asyncio.new_event_loop()  # asyncio.run() without its wait for the worker threads
     asyncio.set_event_loop(loop)

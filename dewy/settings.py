@@ -107,6 +107,7 @@ class Settings:
     telemetry: bool = False  # GET /metrics on the admin API (check() turns it on for otlp_endpoint)
     otlp_endpoint: str | None = None  # HOST:PORT: push the metrics over OTLP/gRPC too
     otlp_insecure: bool = False
+    dry_run: bool = False  # poll and log what would be deployed; change nothing (dewy.dryrun)
     #: run_args parsed (the env files read) once, by check()
     run_options: RunOptions = field(default_factory=RunOptions, compare=False, repr=False)
     #: where a config file set each value, by field (notifiers also by item: ``notifiers[1]``)

@@ -112,6 +112,25 @@ class ReplicaSet:
 RunningApp = Union[AppGeneration, ReplicaSet]
 
 
+@dataclass
+class Pin:
+    """The host is held on ``tag`` (``dewy pin``, or ``dewy rollback``: then until the registry names a release
+    other than ``until``, the one rolled back from, or ``dewy unpin``)."""
+
+    tag: str
+    at: str  # UTC ISO time
+    uid: int  # who pinned it
+    until: str | None = None
+
+
+@dataclass
+class Pause:
+    """No deploys (``dewy pause``) since ``at``, by ``uid``, until ``dewy resume``."""
+
+    at: str
+    uid: int
+
+
 def _build(cls: type, data: Any) -> Any:
     """``cls`` from a JSON object, ignoring keys it does not know; TypeError/ValueError if it is not one."""
     if not isinstance(data, dict):
@@ -137,6 +156,14 @@ def app_from_json(data: Any) -> RunningApp | None:
         return None
 
 
+def _hold(cls: type, data: Any) -> Any:
+    """A pin or a pause as recorded; one that cannot be read holds nothing."""
+    try:
+        return _build(cls, data) if data else None
+    except (TypeError, ValueError):
+        return None
+
+
 @dataclass
 class State:
     path: Path
@@ -146,6 +173,9 @@ class State:
     app: RunningApp | None = None
     last_check: str | None = None  # UTC ISO time of the last deploy cycle
     last_error: str | None = None  # its error, None when it succeeded
+    pin: Pin | None = None
+    paused: Pause | None = None
+    waiting: str | None = None  # the newest release, held back by the pin or the pause
 
     @classmethod
     def load(cls, path: Path) -> State:
@@ -165,6 +195,9 @@ class State:
             app=app_from_json(data.get("app")),
             last_check=data.get("last_check"),
             last_error=data.get("last_error"),
+            pin=_hold(Pin, data.get("pin")),
+            paused=_hold(Pause, data.get("paused")),
+            waiting=data.get("waiting"),
         )
 
     def save(self) -> None:
@@ -176,6 +209,8 @@ class State:
             "app": self.app.to_json() if self.app else None,
             "last_check": self.last_check,
             "last_error": self.last_error,
+            **{k: asdict(v) for k, v in (("pin", self.pin), ("paused", self.paused)) if v},
+            **({"waiting": self.waiting} if self.waiting else {}),
         }
         with on_disk(self.path.parent, "the state file"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
