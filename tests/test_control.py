@@ -197,3 +197,9 @@ def test_a_caller_other_than_root_is_refused(operator: pwd.struct_passwd) -> Non
             assert get(port)[1] == "v1.0.0"
         finally:
             daemon.kill()
+
+
+def test_a_command_to_a_dewy_that_is_not_running_is_one_line(tmp_path: Path) -> None:
+    code, answer, stderr = dewy(tmp_path / "app", "pause")
+    assert (code, answer) == (1, {})
+    assert stderr == f"dewy: error: dewy in {tmp_path / 'app'} is not running (no control socket at {tmp_path / 'app'}/.dewy/control.sock)\n"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from dewy.control import addressable, socket_paths
-from dewy.errors import DewyError, UsageError
+from dewy.errors import DewyError
 
 ANSWER_TIMEOUT = 600.0  # a rollback waits for the deploy in flight, then for the graceful restart
 
@@ -29,7 +29,7 @@ def send(name: str | None, directory: Path | None, request: dict) -> dict:
     path = next((p for p in paths if p.exists()), None)
     if path is None:
         whom = f"dewy@{name}" if name else f"dewy in {where}"
-        raise UsageError(f"{whom} is not running (no control socket at {' or '.join(map(str, paths))})")
+        raise DewyError(f"{whom} is not running (no control socket at {' or '.join(map(str, paths))})")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(ANSWER_TIMEOUT)
         try:
