@@ -26,7 +26,7 @@ def send(name: str | None, directory: Path | None, request: dict) -> dict:
     """``request`` to the daemon of NAME (or of ``directory``), its answer; DewyError if none answers."""
     where = instance_dir(name, directory)
     paths = socket_paths(name, where)
-    path = next((p for p in paths if p.exists()), None)
+    path = next((p for p in paths if _exists(p)), None)
     if path is None:
         whom = f"dewy@{name}" if name else f"dewy in {where}"
         raise DewyError(f"{whom} is not running (no control socket at {' or '.join(map(str, paths))})")
@@ -45,6 +45,13 @@ def send(name: str | None, directory: Path | None, request: dict) -> dict:
         return json.loads(line)
     except ValueError:
         raise DewyError(f"dewy at {path} closed the connection without an answer") from None
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except PermissionError:  # the runtime directory is root's
+        raise DewyError(f"permission denied: {path} (only root may control dewy)") from None
 
 
 def main(name: str | None, directory: Path | None, request: dict, as_json: bool) -> int:
