@@ -203,3 +203,29 @@ def test_a_command_to_a_dewy_that_is_not_running_is_one_line(tmp_path: Path) -> 
     code, answer, stderr = dewy(tmp_path / "app", "pause")
     assert (code, answer) == (1, {})
     assert stderr == f"dewy: error: dewy in {tmp_path / 'app'} is not running (no control socket at {tmp_path / 'app'}/.dewy/control.sock)\n"
+
+
+def test_dry_run_beside_the_serving_dewy_logs_what_it_would_deploy_and_changes_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    registry, app = tmp_path / "registry", tmp_path / "app"
+    release(registry, "v1.0.0")
+    daemon = start(tmp_path, port)
+    dry = None
+    try:
+        daemon.wait_for("deployed", version="v1.0.0")
+        code, _, _ = dewy(app, "pause")
+        assert code == 0
+        before = sorted(p.name for p in (app / "releases").iterdir())
+        dry = start(tmp_path, port, "--dry-run")  # the same directory and port: nothing may be bound or written
+        assert dry.wait_for("dry-run")["msg"] == "v1.0.0 is deployed: nothing to do"
+        release(registry, "v1.1.0")
+        said = dry.wait_for("dry-run", version="v1.1.0")
+        assert said["msg"] == "would deploy v1.1.0 (deployed: v1.0.0), once no longer paused"
+        assert sorted(p.name for p in (app / "releases").iterdir()) == before
+        assert status(app)["version"] == "v1.0.0" and get(port)[1] == "v1.0.0"
+        assert dry.stop() == 0
+        assert not [e for e in dry.seen if e.get("level") == "error"]
+    finally:
+        if dry:
+            dry.kill()
+        daemon.kill()
