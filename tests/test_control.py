@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import socket
 import stat
 import subprocess
 import sys
@@ -194,6 +195,11 @@ def test_a_caller_other_than_root_is_refused(operator: pwd.struct_passwd) -> Non
             refused = daemon.wait_for("control-refused", already=True)
             assert refused["uid"] == operator.pw_uid
             assert status(app)["paused"] is None and audits(daemon) == []
+            with socket.socket(socket.AF_UNIX) as raw:  # bad input: one answer line, and dewy goes on
+                raw.connect(str(sock))
+                raw.sendall(b"rollback please\n")
+                assert json.loads(raw.makefile().readline()) == {
+                    "ok": False, "error": "not a control request: one JSON object on one line"}
             assert get(port)[1] == "v1.0.0"
         finally:
             daemon.kill()
@@ -228,4 +234,20 @@ def test_dry_run_beside_the_serving_dewy_logs_what_it_would_deploy_and_changes_n
     finally:
         if dry:
             dry.kill()
+        daemon.kill()
+
+
+def test_a_pin_survives_a_restart_of_dewy(tmp_path, serving_two) -> None:
+    daemon, app, port = serving_two
+    code, answer, _ = dewy(app, "pin", "v1.0.0")
+    assert code == 0 and answer["to"] == "v1.0.0"
+    assert daemon.stop() == 0
+    daemon = start(tmp_path, port)
+    try:
+        daemon.wait_for("held", version="v1.1.0")
+        assert get(port)[1] == "v1.0.0"
+        shown = status(app)
+        assert (shown["version"], shown["pinned"]["tag"], shown["waiting"]) == ("v1.0.0", "v1.0.0", "v1.1.0")
+        assert not [e for e in daemon.seen if e.get("event") == "deploying"]
+    finally:
         daemon.kill()

@@ -69,12 +69,15 @@ async def serve(path: Path, handle: Handler) -> None:
 async def _client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handle: Handler) -> None:
     try:
         uid = peer_uid(writer.get_extra_info("socket"))
+        request = await _request(reader)  # read even when refused: closing on unread bytes would reset the answer
         if uid not in (0, os.geteuid()):
             log.warning("control-refused", f"refused a control command from uid {uid}: only root may control dewy",
                         uid=uid)
             answer = {"ok": False, "error": "permission denied: only root may control dewy"}
+        elif isinstance(request, str):
+            answer = {"ok": False, "error": request}
         else:
-            answer = await _answer(reader, uid, handle)
+            answer = await handle(request, uid)
         writer.write(json.dumps(answer).encode() + b"\n")
         await writer.drain()
     except (OSError, asyncio.TimeoutError):
@@ -83,12 +86,12 @@ async def _client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ha
         writer.close()
 
 
-async def _answer(reader: asyncio.StreamReader, uid: int, handle: Handler) -> dict:
+async def _request(reader: asyncio.StreamReader) -> dict | str:
+    """The request, or what is wrong with it."""
     try:
-        line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
-        request = json.loads(line)
-    except (ValueError, asyncio.LimitOverrunError):
-        return {"ok": False, "error": "not a control request: one JSON object on one line"}
+        request = json.loads(await asyncio.wait_for(reader.readline(), READ_TIMEOUT))
+    except ValueError:  # not JSON, or past REQUEST_LIMIT
+        return "not a control request: one JSON object on one line"
     if not isinstance(request, dict) or not isinstance(request.get("command"), str):
-        return {"ok": False, "error": "not a control request: no \"command\""}
-    return await handle(request, uid)
+        return "not a control request: no \"command\""
+    return request

@@ -85,11 +85,12 @@ class Control:
             state.pin = None
         held = self._hold()
         waiting = release.tag if held else None
-        if waiting != state.waiting:
+        changed = waiting != state.waiting
+        if changed:
             state.waiting = waiting
             state.save()
-            if held:
-                log.info("held", f"{release.tag} waits: {held}", version=release.tag)
+        if held:  # said once, then at every poll only in the debug log
+            (log.info if changed else log.debug)("held", f"{release.tag} waits: {held}", version=release.tag)
         return held is not None
 
     def _hold(self) -> str | None:
