@@ -74,6 +74,9 @@ def test_rollback_pin_unpin_switch_without_a_failed_request_and_each_is_audited(
         shown = status(app)
         assert shown["version"] == "v1.0.0" and list(shown["quarantined"]) == [f"v1.1.0--{_artifact(registry)}"]
         assert (shown["pinned"]["tag"], shown["pinned"]["until"]) == ("v1.0.0", "v1.1.0")
+        rendered = subprocess.run([sys.executable, "-m", "dewy", "status", "-d", str(app)], capture_output=True,
+                                  text=True, check=True).stdout
+        assert "pinned:       v1.0.0 until a release after v1.1.0 (rolled back) or dewy unpin (uid 0, " in rendered
         daemon.wait_for("quarantined", version="v1.1.0")  # polls go on, and the registry's v1.1.0 is not deployed
 
         code, answer, _ = dewy(app, "pin", "v1.1.0")

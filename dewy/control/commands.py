@@ -18,7 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dewy import log
-from dewy.errors import DewyError
 from dewy.faults import describe
 from dewy.registry import Release
 from dewy.state import Deployed, Pause, Pin, State
@@ -113,7 +112,7 @@ class Control:
             answer = {"ok": True, **await command(self, request, uid)}
         except Refused as exc:
             answer = {"ok": False, "error": str(exc)}
-        except DewyError as exc:  # the switch failed and was undone: what ran before serves on
+        except Exception as exc:  # a switch that failed and was undone (what ran before serves on), a full disk
             answer = {"ok": False, "error": describe(exc)}
         answer.setdefault("from", before)
         answer.setdefault("to", self._current())
