@@ -105,7 +105,7 @@ def test_rollback_pin_unpin_switch_without_a_failed_request_and_each_is_audited(
         daemon.wait_for("deployed", version="v1.3.0")
         assert client.wait_for_body("v1.3.0")
     assert client.failures == []
-    assert client.ok > 50 and client.bodies[-1] == "v1.3.0"
+    assert client.ok > 50
     assert status(app)["pinned"] is None
     seen = [(a["command"], a["uid"], a.get("from_version"), a.get("to_version"), a["outcome"]) for a in audits(daemon, 6)]
     assert seen == [("rollback", 0, "v1.1.0", "v1.0.0", "ok"), ("pin", 0, "v1.0.0", "v1.0.0", "refused"),
