@@ -208,6 +208,7 @@ class Daemon:
         parts = [self.state.current.tag if self.state.current else "nothing deployed yet"]
         if self.activity:
             parts.append(self.activity)
+        parts += self.control.status()
         running = self.target.status()
         if running:
             parts.append(running)

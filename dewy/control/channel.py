@@ -57,12 +57,25 @@ async def serve(path: Path, handle: Handler) -> None:
         log.error("control-failed", f"no control channel (dewy rollback, pin, pause, ...): cannot listen at {path}: "
                   f"{exc.strerror or exc}; deploys go on")
         return
-    server = await asyncio.start_unix_server(lambda r, w: _client(r, w, handle), sock=sock, limit=REQUEST_LIMIT)
+    answering: set[asyncio.Task] = set()
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        answering.add(task)
+        try:
+            await _client(reader, writer, handle)
+        finally:
+            answering.discard(task)
+
+    server = await asyncio.start_unix_server(client, sock=sock, limit=REQUEST_LIMIT)
     log.debug("control-listening", f"control channel at {path}", path=str(path))
     try:
         await server.serve_forever()
-    finally:
+    finally:  # dewy stops: a command in flight (a rollback) is cancelled as a deploy cycle is, before the app stops
         server.close()
+        for task in answering:
+            task.cancel()
+        await asyncio.gather(*answering, return_exceptions=True)
         path.unlink(missing_ok=True)
 
 

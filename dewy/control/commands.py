@@ -92,6 +92,13 @@ class Control:
             (log.info if changed else log.debug)("held", f"{release.tag} waits: {held}", version=release.tag)
         return held is not None
 
+    def status(self) -> list[str]:
+        """For systemd's STATUS= line: what holds deploys back, and what waits."""
+        held = self._hold()
+        if held is None:
+            return []
+        return [held.partition(":")[0] + (f", {self.state.waiting} waits" if self.state.waiting else "")]
+
     def _hold(self) -> str | None:
         if self.state.paused:
             return "paused: dewy resume NAME"
