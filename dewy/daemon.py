@@ -381,7 +381,7 @@ def run(settings: Settings) -> int:
     if settings.dry_run:
         from dewy.dryrun import watch
 
-        return asyncio.run(watch(settings))
+        return asyncio.run(watch(settings, host))
     daemon = Daemon.from_settings(settings, host)
     loop = asyncio.new_event_loop()  # asyncio.run() without its wait for the worker threads
     asyncio.set_event_loop(loop)

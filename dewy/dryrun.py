@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dewy import log
 from dewy.faults import describe
+from dewy.host import Host
 from dewy.registry import REGISTRIES, Registry, Release
 from dewy.settings import Settings
 from dewy.signing import Verification
@@ -37,7 +38,9 @@ def verdict(release: Release, state_path: Path) -> str:
     return f"{would}, once no longer {held}" if held else would
 
 
-async def watch(settings: Settings) -> int:
+async def watch(settings: Settings, host: Host) -> int:
+    """Poll every interval until SIGINT/SIGTERM; under systemd ready at once, the verdict as STATUS=, the
+    watchdog pinged while waiting."""
     with settings.given("registry"):
         registry_url, _ = Verification.of(settings.registry, settings.trusted_keys)
         registry: Registry = REGISTRIES.load(REGISTRIES.url(registry_url), slot=settings.slot)
@@ -47,6 +50,8 @@ async def watch(settings: Settings) -> int:
         loop.add_signal_handler(sig, stopping.set)
     log.info("started", f"dewy {settings.mode} --dry-run watching {Url.parse(settings.registry)}: nothing is changed",
              dir=str(settings.dir))
+    host.ready("dry run: nothing is changed")
+    beat = host.watchdog_interval()
     said = None
     try:
         while not stopping.is_set():
@@ -56,9 +61,17 @@ async def watch(settings: Settings) -> int:
             except Exception as exc:
                 line, fields = f"the registry cannot be read: {describe(exc)}", {}
             (log.info if line != said else log.debug)("dry-run", line, **fields)
+            if line != said:
+                host.status(f"dry run: {line}"[:400])
             said = line
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), settings.interval)
+            until = loop.time() + settings.interval
+            while not stopping.is_set() and (left := until - loop.time()) > 0:
+                if beat:
+                    host.ping()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), min(left, beat or left))
     finally:
+        host.stopping()
         await registry.aclose()
+        await host.aclose()
     return 0

@@ -6,9 +6,11 @@ serving a real HTTP app; a real unprivileged user (created here) is refused.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
+import signal
 import socket
 import stat
 import subprocess
@@ -20,6 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from dewy.dryrun import watch
+from dewy.host import PlainProcess
+from dewy.settings import Settings
 from tests.harness import ClientLoop, Dewy, free_port, get
 from tests.test_e2e_server import release, start
 
@@ -254,3 +259,41 @@ def test_a_pin_survives_a_restart_of_dewy(tmp_path, serving_two) -> None:
         assert not [e for e in daemon.seen if e.get("event") == "deploying"]
     finally:
         daemon.kill()
+
+
+class Recorded(PlainProcess):
+    """A host that records what systemd would be told."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, str]] = []
+
+    def ready(self, status: str) -> None:
+        self.told.append(("ready", status))
+
+    def status(self, text: str) -> None:
+        self.told.append(("status", text))
+
+    def watchdog_interval(self) -> float:
+        return 0.01
+
+    def ping(self) -> None:
+        self.told.append(("ping", ""))
+
+
+def test_a_dry_run_under_systemd_is_ready_at_once_says_its_verdict_and_pings_the_watchdog(tmp_path: Path) -> None:
+    release(tmp_path / "registry", "v1.0.0")
+    host = Recorded()
+    settings = Settings(mode="assets", registry=(tmp_path / "registry").as_uri(), dir=tmp_path / "site", interval=0.05,
+                        dry_run=True)
+
+    async def main() -> int:
+        running = asyncio.ensure_future(watch(settings, host))
+        while host.told.count(("ping", "")) < 3:  # the watchdog is pinged while the dry run waits
+            await asyncio.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return await running
+
+    assert asyncio.run(main()) == 0
+    assert host.told[0] == ("ready", "dry run: nothing is changed")
+    assert host.told[1] == ("status", "dry run: would deploy v1.0.0 (deployed: nothing)")
+    assert not (tmp_path / "site").exists()
