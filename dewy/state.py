@@ -109,6 +109,18 @@ class ReplicaSet:
         return {"mode": "container", **asdict(self)}
 
 
+@dataclass
+class Waiting:
+    """A newer version held back by --deploy-window or --min-release-age (:mod:`dewy.schedule`)."""
+
+    version: str
+    key: str  # its cache key
+    gate: str  # deploy-window | min-release-age
+    reason: str  # the line ``dewy status`` and STATUS= show
+    until: str  # UTC ISO time the gate lifts
+    seen: str  # UTC ISO time this host first saw the version (the age of a release without a publish time)
+
+
 RunningApp = Union[AppGeneration, ReplicaSet]
 
 
@@ -156,8 +168,9 @@ def app_from_json(data: Any) -> RunningApp | None:
         return None
 
 
-def _hold(cls: type, data: Any) -> Any:
-    """A pin or a pause as recorded; one that cannot be read holds nothing."""
+def _record(cls: type, data: Any) -> Any:
+    """A pin, a pause or a held version as recorded; None for one that cannot be read (the next poll records a
+    held version again)."""
     try:
         return _build(cls, data) if data else None
     except (TypeError, ValueError):
@@ -175,7 +188,7 @@ class State:
     last_error: str | None = None  # its error, None when it succeeded
     pin: Pin | None = None
     paused: Pause | None = None
-    waiting: str | None = None  # the newest release, held back by the pin or the pause
+    waiting: Waiting | None = None  # a newer version a pin, a pause, the deploy window or the minimum age holds back
 
     @classmethod
     def load(cls, path: Path) -> State:
@@ -195,9 +208,9 @@ class State:
             app=app_from_json(data.get("app")),
             last_check=data.get("last_check"),
             last_error=data.get("last_error"),
-            pin=_hold(Pin, data.get("pin")),
-            paused=_hold(Pause, data.get("paused")),
-            waiting=data.get("waiting"),
+            pin=_record(Pin, data.get("pin")),
+            paused=_record(Pause, data.get("paused")),
+            waiting=_record(Waiting, data.get("waiting")),
         )
 
     def save(self) -> None:
@@ -209,9 +222,9 @@ class State:
             "app": self.app.to_json() if self.app else None,
             "last_check": self.last_check,
             "last_error": self.last_error,
-            **{k: asdict(v) for k, v in (("pin", self.pin), ("paused", self.paused)) if v},
-            **({"waiting": self.waiting} if self.waiting else {}),
         }
+        # only when set: a file of a dewy that never held a version is written back unchanged
+        data.update({k: asdict(v) for k, v in (("pin", self.pin), ("paused", self.paused), ("waiting", self.waiting)) if v})
         with on_disk(self.path.parent, "the state file"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.path, json.dumps(data, indent=2).encode())

@@ -46,7 +46,7 @@ runtime = "runc"
 cgroup_manager = "cgroupfs"
 """
 PORT = 8080  # where the test images listen
-CLIENT_IMAGE = "localhost/dewy-test-client:1"
+CLIENT_IMAGE = f"localhost/dewy-test-client:{os.getpid()}"  # one per test run: another run removes only its own
 
 
 def _missing(packages: tuple[str, ...]) -> list[str]:

@@ -95,7 +95,7 @@ def test_rollback_pin_unpin_switch_without_a_failed_request_and_each_is_audited(
         assert client.wait_for_body("v1.1.0")
         release(registry, "v1.2.0")
         daemon.wait_for("held", version="v1.2.0")
-        assert (status(app)["pinned"]["tag"], status(app)["waiting"]) == ("v1.1.0", "v1.2.0")
+        assert (status(app)["pinned"]["tag"], status(app)["waiting"]["version"]) == ("v1.1.0", "v1.2.0")
 
         code, answer, _ = dewy(app, "unpin")
         assert code == 0
@@ -133,12 +133,12 @@ def test_pause_holds_a_new_release_until_resume_and_deploy_now_polls_at_once(tmp
         assert code == 0 and status(app)["paused"]["uid"] == 0
         release(registry, "v1.1.0")
         code, answer, _ = dewy(app, "deploy", "--now")
-        assert code == 0 and answer["message"] == "polled: v1.0.0 is deployed; v1.1.0 waits (paused: dewy resume NAME)"
+        assert code == 0 and answer["message"] == "polled: v1.0.0 is deployed; v1.1.0 waits: paused (dewy resume NAME)"
         shown = status(app)
-        assert (shown["version"], shown["waiting"]) == ("v1.0.0", "v1.1.0")
+        assert (shown["version"], shown["waiting"]["version"], shown["waiting"]["gate"]) == ("v1.0.0", "v1.1.0", "pause")
         rendered = subprocess.run([sys.executable, "-m", "dewy", "status", "-d", str(app)], capture_output=True,
                                   text=True, check=True).stdout
-        assert "paused:" in rendered and "waiting:      v1.1.0" in rendered
+        assert "paused:" in rendered and "waiting:      v1.1.0 waits: paused (dewy resume NAME)" in rendered
 
         with ClientLoop(port) as client:
             asked = time.monotonic()
@@ -255,7 +255,7 @@ def test_a_pin_survives_a_restart_of_dewy(tmp_path, serving_two) -> None:
         daemon.wait_for("held", version="v1.1.0")
         assert get(port)[1] == "v1.0.0"
         shown = status(app)
-        assert (shown["version"], shown["pinned"]["tag"], shown["waiting"]) == ("v1.0.0", "v1.0.0", "v1.1.0")
+        assert (shown["version"], shown["pinned"]["tag"], shown["waiting"]["version"]) == ("v1.0.0", "v1.0.0", "v1.1.0")
         assert not [e for e in daemon.seen if e.get("event") == "deploying"]
     finally:
         daemon.kill()

@@ -20,8 +20,11 @@ from pathlib import Path
 from dewy import log
 from dewy.faults import describe
 from dewy.registry import Release
-from dewy.state import Deployed, Pause, Pin, State
+from dewy.state import Deployed, Pause, Pin, State, Waiting
 from dewy.targets import Candidate, DeployTarget
+
+
+GATES = ("pause", "pin")  # Waiting.gate of a release held back by an operator
 
 
 class Refused(Exception):
@@ -70,7 +73,7 @@ class Control:
         current = state.current.tag if state.current else None
         if state.last_error:
             return {"ok": False, "error": f"polled: {state.last_error}", "to": current}
-        held = f"; {state.waiting} waits ({self._hold()})" if state.waiting else ""
+        held = f"; {state.waiting.reason}" if state.waiting else ""
         return {"ok": True, "message": f"polled: {current or 'nothing'} is deployed{held}", "to": current}
 
     def holds(self, release: Release) -> bool:
@@ -82,29 +85,34 @@ class Control:
             log.info("unpinned", f"{release.tag} is published after {pin.until} was rolled back: the pin on "
                      f"{pin.tag} ends", version=release.tag, previous_version=pin.tag)
             state.pin = None
-        held = self._hold()
-        waiting = release.tag if held else None
-        changed = waiting != state.waiting
+        gate, held = self._hold()
+        before = state.waiting
+        if gate is None:
+            if before and before.gate in GATES:  # what the schedule holds back is its own
+                state.waiting = None
+                state.save()
+            return False
+        seen = before.seen if before and before.key == release.cache_key else _now()
+        state.waiting = Waiting(release.tag, release.cache_key, gate, f"{release.tag} waits: {held}", "", seen)
+        changed = state.waiting != before
         if changed:
-            state.waiting = waiting
             state.save()
-        if held:  # said once, then at every poll only in the debug log
-            (log.info if changed else log.debug)("held", f"{release.tag} waits: {held}", version=release.tag)
-        return held is not None
+        # said once, then at every poll only in the debug log
+        (log.info if changed else log.debug)("held", state.waiting.reason, version=release.tag, gate=gate)
+        return True
 
     def status(self) -> list[str]:
-        """For systemd's STATUS= line: what holds deploys back, and what waits."""
-        held = self._hold()
-        if held is None:
-            return []
-        return [held.partition(":")[0] + (f", {self.state.waiting} waits" if self.state.waiting else "")]
+        """For systemd's STATUS= line: what holds deploys back (what waits is the state's ``waiting``)."""
+        gate, _ = self._hold()
+        return [] if gate is None else ["paused" if gate == "pause" else f"pinned on {self.state.pin.tag}"]
 
-    def _hold(self) -> str | None:
+    def _hold(self) -> tuple[str | None, str]:
+        """The gate (one of GATES) that holds deploys back, and how it reads; None when none does."""
         if self.state.paused:
-            return "paused: dewy resume NAME"
+            return "pause", "paused (dewy resume NAME)"
         if self.state.pin:
-            return f"pinned on {self.state.pin.tag}: dewy unpin NAME"
-        return None
+            return "pin", f"pinned on {self.state.pin.tag} (dewy unpin NAME)"
+        return None, ""
 
     # -- the commands ----------------------------------------------------------------------
 
@@ -144,7 +152,8 @@ class Control:
         self.state.paused = None
         self.state.save()
         self.poll_now.set()
-        return {"message": "resumed: polling now" + (f" ({self.state.waiting} waited)" if self.state.waiting else "")}
+        waited = self.state.waiting
+        return {"message": "resumed: polling now" + (f" ({waited.version} waited)" if waited else "")}
 
     async def deploy(self, request: dict, uid: int) -> dict:
         future = asyncio.get_running_loop().create_future()

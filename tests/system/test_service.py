@@ -315,11 +315,12 @@ def test_operators_roll_back_and_pause_dewy_at_name_as_root_and_each_command_is_
     assert control("pause", "demo")["ok"]
     demo.release("v1.2.0")
     answer = control("deploy", "demo", "--now")
-    assert answer["message"] == "polled: v1.0.0 is deployed; v1.2.0 waits (paused: dewy resume NAME)", answer
-    demo.m.wait_until(lambda: "paused, v1.2.0 waits" in demo.m.show("dewy@demo.service", "StatusText")["StatusText"],
+    assert answer["message"] == "polled: v1.0.0 is deployed; v1.2.0 waits: paused (dewy resume NAME)", answer
+    demo.m.wait_until(lambda: "; paused;" in (text := demo.m.show("dewy@demo.service", "StatusText")["StatusText"])
+                      and "v1.2.0 waits: paused" in text,
                       10, what="STATUS= saying what waits")
     status = control("status", "demo")
-    assert (status["version"], status["waiting"], status["paused"]["uid"]) == ("v1.0.0", "v1.2.0", 0)
+    assert (status["version"], status["waiting"]["version"], status["paused"]["uid"]) == ("v1.0.0", "v1.2.0", 0)
     assert control("resume", "demo")["ok"]
     demo.deployed("v1.2.0")
     records = demo.m.journal("dewy@demo.service", DEWY_EVENT="control")
