@@ -23,6 +23,17 @@ from dewy.settings import (
 # How errors of settings.check name a setting (run_args, given after --, has no name)
 FLAG_NAMES = {"registry": "--registry", "ports": "--port", "health_path": "--health-path"}
 # How flags give what a mode needs (settings.REQUIRED)
+# Commands to a running daemon (dewy.control): what each does, and what its VERSION is (None: takes none)
+CONTROL_COMMANDS = {
+    "rollback": ("switch to the previous release kept on this host, quarantine the current one and stay there",
+                 "the release to roll back to (default: the previous one)"),
+    "pin": ("hold this host on VERSION (switching to it if it is kept here) until dewy unpin", "the version to hold"),
+    "unpin": ("end the pin: deploy the newest release again", None),
+    "pause": ("no deploys until dewy resume (polling goes on; dewy status says what waits)", None),
+    "resume": ("end the pause", None),
+    "deploy": ("poll now instead of at the next interval", None),
+    "quarantine": ("list the quarantined versions, or --clear one", None),
+}
 FLAG_NEEDS = {
     "app_command": "the app command after --, e.g. dewy server --registry URL -p 8000 -- ./current/app",
     "container_port": "--container-port N: the port the app listens on inside its container",
@@ -104,6 +115,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "('* 9-16 * * 1-5 Europe/Berlin'); without a zone the host's local time")
     parser.add_argument("--min-release-age", type=_age, default=0.0, metavar="DURATION",
                         help="deploy a release only once it was published this long ago, e.g. 1h (default 0)")
+    parser.add_argument("--dry-run", action="store_true", help="poll and log what would be deployed; change nothing")
     parser.add_argument("-v", "--version", action="version", version=f"dewy {__version__}")
     _config_misplaced(parser)
 
@@ -153,6 +165,17 @@ def build_parser() -> Parser:
         inspect.add_argument("--json", action="store_true", help="print JSON")
         if name == "history":
             inspect.add_argument("-n", "--lines", type=int, metavar="N", help="only the last N entries")
+    for name, (text, version) in CONTROL_COMMANDS.items():
+        command = commands.add_parser(name, help=text, description=text + " (a running dewy; root only)")
+        command.add_argument("name", nargs="?", metavar="NAME", help="the instance of dewy@NAME (/etc/dewy/NAME.toml)")
+        if version:
+            command.add_argument("version", nargs="?", metavar="VERSION", help=version)
+        command.add_argument("-d", "--dir", type=Path, metavar="DIR", help="instead of NAME: the working directory of a dewy run by hand")
+        command.add_argument("--json", action="store_true", help="print the answer as JSON")
+        if name == "deploy":
+            command.add_argument("--now", action="store_true", required=True, help="poll now instead of at the next interval")
+        if name == "quarantine":
+            command.add_argument("--clear", metavar="VERSION", help="deploy VERSION again once the registry names it")
     return parser
 
 
@@ -204,7 +227,7 @@ def parse(argv: list[str]) -> Settings:
         keep_releases=args.keep_releases, trusted_keys=args.trusted_key, admin_port=args.admin_port,
         admin_address=args.admin_address, telemetry=args.telemetry, otlp_endpoint=args.otlp_endpoint,
         otlp_insecure=args.otlp_insecure, webhook=args.webhook, deploy_window=args.deploy_window,
-        min_release_age=args.min_release_age,
+        min_release_age=args.min_release_age, dry_run=args.dry_run,
     )
     for name in MODE_SETTINGS[mode] & vars(args).keys():
         setattr(settings, name, getattr(args, name))
@@ -235,6 +258,24 @@ def inspect(argv: list[str]) -> int:
     return show(args.command, args.name, args.dir, args.json, getattr(args, "lines", None))
 
 
+def control(argv: list[str]) -> int:
+    """``dewy rollback``, ``pin``, ``pause``, ...: one command to the running daemon of NAME (or of -d DIR)."""
+    args = build_parser().parse_args(argv)
+    name, version = args.name, getattr(args, "version", None)
+    if args.dir is not None and name is not None:
+        if version is not None or "version" not in vars(args):
+            raise UsageError(f"dewy {args.command}: give NAME or -d DIR, not both")
+        name, version = None, name  # dewy pin -d DIR VERSION
+    if name is None and args.dir is None:
+        raise UsageError(f"dewy {args.command} needs NAME (dewy@NAME) or -d DIR")
+    if args.command == "pin" and not version:
+        raise UsageError("dewy pin needs the VERSION to hold, e.g. dewy pin NAME v1.2.0")
+    request = {"command": args.command, "version": version, "clear": getattr(args, "clear", None)}
+    from dewy.control.client import main as send
+
+    return send(name, args.dir, {k: v for k, v in request.items() if v is not None}, args.json)
+
+
 def container_list(argv: list[str]) -> int:
     """``dewy container list``: the replicas of the dewy container on this host, from its admin API."""
     from dewy.telemetry.admin import DEFAULT_PORT
@@ -253,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] in (["status"], ["history"]):
             return inspect(argv)
+        if argv[:1] and argv[0] in CONTROL_COMMANDS:
+            return control(argv)
         if argv[:2] == ["container", "list"]:
             return container_list(argv[2:])
         settings = parse(argv)

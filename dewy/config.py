@@ -248,6 +248,7 @@ TOP: dict[str, tuple[Callable[[Any], Any], str]] = {
     "webhook": (lambda value: parse_address(_string(value)), "webhook"),
     "deploy_window": (lambda value: check_deploy_window(_string(value)), "deploy_window"),
     "min_release_age": (_drain_time, "min_release_age"),
+    "dry_run": (_boolean, "dry_run"),
 }
 SERVER: dict[str, tuple[Callable[[Any], Any], str]] = {
     "ports": (_ports, "ports"),

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 
 from dewy import log, targets, telemetry
 from dewy.cache import CACHES, Cache
+from dewy.control.commands import Control
 from dewy.errors import AppStartError, ArtifactNotReady, DewyError, HookError, UsageError
 from dewy.faults import describe
 from dewy.fsutil import remove_temp_files
@@ -82,6 +83,7 @@ class Daemon:
         self.poll_now = asyncio.Event()  # a poll before the interval is up: a webhook, a deploy window opening
         self.schedule = Schedule.of(settings.deploy_window, settings.min_release_age, self.poll_now)
         self.webhook = webhook
+        self.control = Control(state, target, self.switch, self.poll_now)
 
     @classmethod
     def from_settings(cls, settings: Settings, host: Host) -> Daemon:
@@ -127,6 +129,7 @@ class Daemon:
                  dir=str(self.settings.dir))
         self.background.start(self._watchdog(), "the watchdog")
         self.background.start(self.target.watch(lambda: self.host.status(self.status())), "recording the running app")
+        self.background.start(self.control.serve(self.settings.dir), "the control channel")
         if self.webhook:
             self.background.start(self.webhook.run(self.poll_now), "the webhook")
         code = 0
@@ -209,6 +212,7 @@ class Daemon:
         parts = [self.state.current.tag if self.state.current else "nothing deployed yet"]
         if self.activity:
             parts.append(self.activity)
+        parts += self.control.status()
         running = self.target.status()
         if running:
             parts.append(running)
@@ -224,8 +228,9 @@ class Daemon:
         self.background.start(self.target.restart(), self.target.restart_kind)
 
     async def cycle(self) -> float:
-        """One deploy cycle; returns how long to wait before the next."""
-        return await self._guarded(self.tick)
+        """One deploy cycle (operators' commands wait for it); returns how long to wait before the next."""
+        async with self.control.turn():
+            return await self._guarded(self.tick)
 
     async def _guarded(self, step: Callable) -> float:
         """Run one step of the loop as a cycle: whatever it raises (but a stop) is that cycle's error: logged
@@ -277,7 +282,7 @@ class Daemon:
         if release.cache_key in self.state.quarantine:
             log.debug("quarantined", f"{release.tag} is quarantined: {self.state.quarantine[release.cache_key]}", version=release.tag)
             return
-        if self.schedule.holds(release, self.state):
+        if self.control.holds(release) or self.schedule.holds(release, self.state):  # pinned, paused; window, age
             return
         await self.target.ready(release)
         await self.deploy(release)
@@ -293,6 +298,11 @@ class Daemon:
             self.state.save()
             await self._report(release, error=str(exc))
             raise
+        await self.switch(candidate)
+
+    async def switch(self, candidate: Candidate) -> None:
+        """Hooks, activate (or the rollback), report, prune: a fetched release, or one kept on disk (dewy rollback)."""
+        release, previous = candidate.release, self.state.current
         env = {
             "DEWY_VERSION": release.tag,
             "DEWY_PREVIOUS_VERSION": previous.tag if previous else "",
@@ -375,6 +385,10 @@ class Daemon:
 def run(settings: Settings) -> int:
     host = detect()
     log.setup(settings.log_level, settings.log_format, handler=host.log_handler(settings.app_name))
+    if settings.dry_run:
+        from dewy.dryrun import watch
+
+        return asyncio.run(watch(settings, host))
     daemon = Daemon.from_settings(settings, host)
     loop = asyncio.new_event_loop()  # asyncio.run() without its wait for the worker threads
     asyncio.set_event_loop(loop)

@@ -110,6 +110,7 @@ class Settings:
     webhook: tuple[str, int] | None = None  # HOST:PORT of the push-trigger endpoint (dewy.webhook)
     deploy_window: str | None = None  # when updates may start (dewy.schedule)
     min_release_age: float = 0.0  # seconds a release must have been published before it is deployed
+    dry_run: bool = False  # poll and log what would be deployed; change nothing (dewy.dryrun)
     #: run_args parsed (the env files read) once, by check()
     run_options: RunOptions = field(default_factory=RunOptions, compare=False, repr=False)
     #: where a config file set each value, by field (notifiers also by item: ``notifiers[1]``)

@@ -124,6 +124,25 @@ class Waiting:
 RunningApp = Union[AppGeneration, ReplicaSet]
 
 
+@dataclass
+class Pin:
+    """The host is held on ``tag`` (``dewy pin``, or ``dewy rollback``: then until the registry names a release
+    other than ``until``, the one rolled back from, or ``dewy unpin``)."""
+
+    tag: str
+    at: str  # UTC ISO time
+    uid: int  # who pinned it
+    until: str | None = None
+
+
+@dataclass
+class Pause:
+    """No deploys (``dewy pause``) since ``at``, by ``uid``, until ``dewy resume``."""
+
+    at: str
+    uid: int
+
+
 def _build(cls: type, data: Any) -> Any:
     """``cls`` from a JSON object, ignoring keys it does not know; TypeError/ValueError if it is not one."""
     if not isinstance(data, dict):
@@ -149,10 +168,11 @@ def app_from_json(data: Any) -> RunningApp | None:
         return None
 
 
-def _waiting(data: Any) -> Waiting | None:
-    """The held version as recorded; None for a record that cannot be read (the next poll records it again)."""
+def _record(cls: type, data: Any) -> Any:
+    """A pin, a pause or a held version as recorded; None for one that cannot be read (the next poll records a
+    held version again)."""
     try:
-        return _build(Waiting, data) if data else None
+        return _build(cls, data) if data else None
     except (TypeError, ValueError):
         return None
 
@@ -166,7 +186,9 @@ class State:
     app: RunningApp | None = None
     last_check: str | None = None  # UTC ISO time of the last deploy cycle
     last_error: str | None = None  # its error, None when it succeeded
-    waiting: Waiting | None = None  # a newer version the deploy window or the minimum age holds back
+    pin: Pin | None = None
+    paused: Pause | None = None
+    waiting: Waiting | None = None  # a newer version a pin, a pause, the deploy window or the minimum age holds back
 
     @classmethod
     def load(cls, path: Path) -> State:
@@ -186,7 +208,9 @@ class State:
             app=app_from_json(data.get("app")),
             last_check=data.get("last_check"),
             last_error=data.get("last_error"),
-            waiting=_waiting(data.get("waiting")),
+            pin=_record(Pin, data.get("pin")),
+            paused=_record(Pause, data.get("paused")),
+            waiting=_record(Waiting, data.get("waiting")),
         )
 
     def save(self) -> None:
@@ -199,8 +223,8 @@ class State:
             "last_check": self.last_check,
             "last_error": self.last_error,
         }
-        if self.waiting:  # only then: a file of a dewy that never held a version is written back unchanged
-            data["waiting"] = asdict(self.waiting)
+        # only when set: a file of a dewy that never held a version is written back unchanged
+        data.update({k: asdict(v) for k, v in (("pin", self.pin), ("paused", self.paused), ("waiting", self.waiting)) if v})
         with on_disk(self.path.parent, "the state file"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.path, json.dumps(data, indent=2).encode())

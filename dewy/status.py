@@ -22,15 +22,20 @@ from dewy.state import AppGeneration, ReplicaSet, State
 CONFIG_DIR = Path("/etc/dewy")
 
 
+def instance_dir(name: str) -> Path:
+    """The working directory of dewy@NAME, as its config file says."""
+    from dewy.config import load
+
+    config = CONFIG_DIR / f"{name}.toml"
+    if not config.exists():
+        raise UsageError(f"no dewy instance {name!r}: {config} does not exist")
+    return load(config).dir
+
+
 def state_of(name: str | None, directory: Path | None) -> tuple[str, State]:
     """The instance's name and state: NAME's config file tells its directory, else ``directory`` (or the cwd)."""
     if name:
-        from dewy.config import load
-
-        config = CONFIG_DIR / f"{name}.toml"
-        if not config.exists():
-            raise UsageError(f"no dewy instance {name!r}: {config} does not exist")
-        directory = load(config).dir
+        directory = instance_dir(name)
     directory = (directory or Path.cwd()).absolute()
     path = directory / ".dewy" / "state.json"
     if not path.exists():
@@ -64,6 +69,8 @@ def status(name: str | None, directory: Path | None) -> dict:
         "signed_by": state.current.signed_by if state.current else None,
         "app": app,
         "quarantined": state.quarantine,
+        "pinned": asdict(state.pin) if state.pin else None,
+        "paused": asdict(state.paused) if state.paused else None,
         "last_check": state.last_check,
         "last_error": state.last_error,
         "in_progress": working["line"] if working and alive(working.get("pid")) else None,
@@ -114,7 +121,20 @@ def render_status(info: dict) -> str:
         rows.insert(1, ("in progress", info["in_progress"]))
     if info.get("waiting"):
         rows.insert(2, ("waiting", info["waiting"]["reason"]))
+    rows[-3:-3] = _holds(info)
     return "\n".join(f"{key + ':':<13} {value}" for key, value in rows)
+
+
+def _holds(info: dict) -> list[tuple[str, str]]:
+    """The rows of a pin and a pause (none when nothing holds)."""
+    rows = []
+    pin, paused = info.get("pinned"), info.get("paused")
+    if pin:
+        until = f"until a release after {pin['until']} (rolled back) or dewy unpin" if pin.get("until") else "until dewy unpin"
+        rows.append(("pinned", f"{pin['tag']} {until} (uid {pin['uid']}, {pin['at'][:19]} UTC)"))
+    if paused:
+        rows.append(("paused", f"since {paused['at'][:19]} UTC (uid {paused['uid']}), until dewy resume"))
+    return rows
 
 
 def _render_container(info: dict, app: dict) -> str:
@@ -144,6 +164,7 @@ def _render_container(info: dict, app: dict) -> str:
     if app.get("rollout"):
         lines.append(f"{'rolling out:':<13} {app['rollout'].get('version')} since {app['rollout'].get('started_at', '')[11:19]} UTC")
     lines += [f"{key + ':':<13} {value}" for key, value in (
+        *_holds(info),
         ("quarantined", ", ".join(info["quarantined"]) or "-"),
         ("last check", info["last_check"] or "-"),
         ("last error", info["last_error"] or "-"),

@@ -117,6 +117,10 @@ releases, \fIcurrent\fR and \fI.dewy/state.json\fR of \fBdewy@NAME.service\fR
 .TP
 .I /var/cache/dewy/NAME/
 downloaded artifacts of \fBdewy@NAME.service\fR
+.TP
+.I /run/dewy/NAME/control
+the control socket of \fBdewy@NAME.service\fR (root only): \fBdewy rollback\fR, \fBpin\fR, \fBpause\fR, ...;
+\fIDIR/.dewy/control.sock\fR for a dewy started by hand
 .SH ENVIRONMENT
 .TP
 .B DEWY_CACHEDIR
@@ -151,6 +155,8 @@ systemctl enable \-\-now dewy@shop
 journalctl \-u dewy@shop DEWY_EVENT=deployed
 systemctl kill \-s USR1 dewy@shop
 dewy status shop; dewy history shop
+dewy rollback shop; dewy unpin shop
+dewy pause shop; dewy resume shop
 .fi
 .SH SEE ALSO
 .BR systemctl (1),

@@ -53,7 +53,12 @@ def dewy(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["container", "--registry", "img://h/r", "--container-port", "8080", "--", "-e"], "--env needs a value"),
         (["container", "--registry", "img://h/r", "--container-port", "8080", "--", "--env-file", "/nonexistent/env"], "cannot read it"),
         (["container", "--registry", "img://h/r", "--container-port", "8080", "--", "sh", "-c", "x"], "run options only"),
-        (["deploy"], "invalid choice"),
+        (["bogus"], "invalid choice"),
+        (["deploy", "-d", "/tmp"], "the following arguments are required: --now"),
+        (["rollback"], "dewy rollback needs NAME (dewy@NAME) or -d DIR"),
+        (["pin", "-d", "/tmp"], "dewy pin needs the VERSION to hold"),
+        (["pause", "demo", "-d", "/tmp"], "give NAME or -d DIR, not both"),
+        (["pause", "no-such-instance"], "no dewy instance 'no-such-instance'"),
         ([], "missing command"),
         # hostile or broken values: one line, never a traceback
         (["assets", "-r", "ghr://[oops"], "not a valid URL: an unmatched [ or ]"),

@@ -229,6 +229,30 @@ def test_unhealthy_tag_is_rolled_back_and_quarantined(app: App) -> None:
         stop_dewy(dewy)
 
 
+def test_dewy_rollback_rolls_the_replicas_back_to_the_previous_image_still_present(app: App) -> None:
+    app.push("v1.0.0")
+    dewy = app.start("--replicas", "2")
+    try:
+        dewy.wait_for("deployed", version="v1.0.0", timeout=60)
+        app.push("v1.1.0")
+        dewy.wait_for("deployed", version="v1.1.0", timeout=60)
+        with TimedLoop(app.port, max_seconds=90) as loop:
+            done = subprocess.run([sys.executable, "-m", "dewy", "rollback", "-d", str(app.dir), "--json"],
+                                  capture_output=True, text=True, timeout=120)
+            answer = json.loads(done.stdout)
+            assert (done.returncode, answer["from"], answer["to"]) == (0, "v1.1.0", "v1.0.0"), (answer, done.stderr)
+            dewy.wait_for("rollout-switched", version="v1.0.0", already=True)
+            assert loop.wait_for_body("v1.0.0")
+            dewy.wait_for("quarantined", version="v1.1.0", timeout=10)  # the registry's v1.1.0 stays rolled back
+        assert loop.failures == [], loop.failures[:5]
+        shown = status_json(app.dir)
+        assert [r["version"] for r in shown["app"]["replicas"]] == ["v1.0.0", "v1.0.0"]
+        assert (shown["version"], shown["pinned"]["tag"]) == ("v1.0.0", "v1.0.0")
+        assert list(shown["quarantined"]) == [f"v1.1.0--{app.registry.host}/{app.repository}:v1.1.0"]
+    finally:
+        stop_dewy(dewy)
+
+
 def test_without_health_path_the_image_healthcheck_decides_else_the_port(app: App) -> None:
     """No --health-path: the image's HEALTHCHECK (run by dewy through Podman's API: no systemd timers
     here), and without one, the container port accepting connections."""

@@ -18,11 +18,13 @@ from dewy.log import fields_of
 # MESSAGE_ID = uuid5(this namespace, event name): fixed forever for each event type,
 # listed in the README (``python -m dewy.systemd.journal`` prints the table).
 NAMESPACE = uuid.UUID("5f3a1d6e-9c4b-4e1a-8d2f-6b7c0a9e4d31")
-HISTORY_EVENTS = ("deployed", "rollback", "deploy-failed", "restarted", "app-exited", "start-failed")
+HISTORY_EVENTS = ("deployed", "rollback", "deploy-failed", "restarted", "app-exited", "start-failed", "control")
 DOCUMENTED_EVENTS = ("started", "deploying", "downloaded", *HISTORY_EVENTS, "after-hook-failed", "app-ready",
                      "app-adopted", "app-stopped", "notify-failed", "stopping",
                      # container mode
-                     "pulled", "rollout-switched", "replicas-adopted", "rollout-interrupted", "replica-unhealthy")
+                     "pulled", "rollout-switched", "replicas-adopted", "rollout-interrupted", "replica-unhealthy",
+                     # operators' commands (dewy.control): the audit event, a refused caller, a pin or pause at work
+                     "control-refused", "held", "unpinned")
 PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
@@ -75,8 +77,8 @@ def history(unit: str, limit: int | None = None) -> list[dict[str, str]]:
         entries.append({
             "time": entry["__REALTIME_TIMESTAMP"].isoformat(timespec="seconds"),
             "event": entry.get("DEWY_EVENT", ""),
-            "version": entry.get("DEWY_VERSION", ""),
-            "previous_version": entry.get("DEWY_PREVIOUS_VERSION", ""),
+            "version": entry.get("DEWY_VERSION", entry.get("DEWY_TO_VERSION", "")),
+            "previous_version": entry.get("DEWY_PREVIOUS_VERSION", entry.get("DEWY_FROM_VERSION", "")),
             "message": entry.get("MESSAGE", ""),
         })
     return entries[-limit:] if limit else entries

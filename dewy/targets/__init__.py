@@ -18,6 +18,7 @@ A new mode is one module with a ``build`` function returning its target, named i
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -28,8 +29,9 @@ from dewy.progress import Progress
 from dewy.registry import Registry, Release
 from dewy.settings import Settings
 from dewy.signing import Verification
-from dewy.state import State
+from dewy.state import Deployed, State
 from dewy.urls import Url
+from dewy.versions import CalVer, parse_tag
 
 TARGETS = {
     "assets": "dewy.targets.assets",
@@ -80,6 +82,10 @@ class DeployTarget(Protocol):
         """Before ``deploying``: ArtifactNotReady while ``release`` is not complete yet (CI still uploading its
         signature), so that a poll waiting for it starts no deploy; SignatureRefused once it is given up on."""
 
+    async def recall(self, deployed: Deployed) -> Candidate | None:
+        """A release this host ran before and still has (its release directory, its image), as a candidate that
+        activates without fetching anything (``dewy rollback``, ``dewy pin``); None if it is gone."""
+
     async def prepare(self, release: Release, progress: Progress) -> Candidate:
         """Fetch what ``release`` needs (verified), without changing what runs; before the before-deploy hook.
         Long work tells ``progress`` how far it is."""
@@ -108,6 +114,13 @@ class DeployTarget(Protocol):
     async def stop(self, stop_app: bool) -> None:
         """dewy ends: stop what runs if ``stop_app`` and dewy is not being restarted, else leave it to the next
         dewy; release what the target holds either way."""
+
+
+def recalled(deployed: Deployed) -> Release:
+    """The release of a deploy recorded in the state file, as far as activating it again needs one."""
+    tag = deployed.tag
+    version = parse_tag(tag) or CalVer(tuple(int(n) for n in re.findall(r"\d+", tag)), None, None)
+    return Release(tag, version, deployed.key.partition("--")[2] or deployed.release, "")
 
 
 def load(settings: Settings, *, host: Host, state: State, liveness: Liveness, registry: Registry,

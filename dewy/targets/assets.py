@@ -30,7 +30,7 @@ from dewy.signing import Verification
 from dewy.spool import SpoolReader
 from dewy.state import Deployed, State
 from dewy.store import ArtifactStore, default_cache_dir
-from dewy.targets import BaseTarget, Candidate
+from dewy.targets import BaseTarget, Candidate, recalled
 from dewy.urls import Url
 
 
@@ -40,6 +40,7 @@ class Unpackable(Candidate):
 
     artifact: Path = Path()
     name: str = ""
+    kept: bool = False  # a release already on disk (recalled): nothing to complete, never removed
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Switched:
     old_dir: Path | None  # what ``current`` named before
     deployed: Deployed
     previous: Deployed | None
+    built: bool  # the release directory is this deploy's: undoing it removes it
 
 
 @dataclass
@@ -90,6 +92,16 @@ class AssetsTarget(BaseTarget):
                                     "signed_by": str(signed) if signed else None},
                           rolled_back={"release_dir": str(old_dir) if old_dir else None}, artifact=artifact, name=name)
 
+    async def recall(self, deployed: Deployed) -> Unpackable | None:
+        release_dir = self.releases.directory / deployed.release
+        if not deployed.release or not release_dir.is_dir():
+            return None
+        old_dir = self.releases.current_dir()
+        return Unpackable(recalled(deployed), env={"DEWY_RELEASE_DIR": str(release_dir), "DEWY_ARTIFACT": ""},
+                          deployed={"release_dir": str(release_dir), "signed_by": deployed.signed_by},
+                          rolled_back={"release_dir": str(old_dir) if old_dir else None},
+                          name=deployed.release, kept=True)
+
     def _unpacker(self, partial: Path, name: str) -> Callable[[SpoolReader], None]:
         def unpack(reader: SpoolReader) -> None:
             with on_disk(self.releases.directory, f"release {name}"):
@@ -99,19 +111,23 @@ class AssetsTarget(BaseTarget):
 
     def discard(self, candidate: Unpackable) -> None:
         """The partial release of a candidate that was not activated (a failed before-deploy hook, a stop)."""
-        self.releases.remove(self.releases.directory / (PARTIAL_PREFIX + candidate.name))
+        if not candidate.kept:
+            self.releases.remove(self.releases.directory / (PARTIAL_PREFIX + candidate.name))
 
     async def activate(self, candidate: Unpackable) -> None:
         await self._complete_and_switch(candidate)
 
     async def _complete_and_switch(self, candidate: Unpackable) -> Switched:
         release, name = candidate.release, candidate.name
-        with self.liveness.step(None), on_disk(self.releases.directory, f"release {name}"):
-            release_dir = await self._complete(name)
+        if candidate.kept:
+            release_dir = self.releases.directory / name
+        else:
+            with self.liveness.step(None), on_disk(self.releases.directory, f"release {name}"):
+                release_dir = await self._complete(name)
         switched = Switched(release_dir, self.releases.current_dir(),
                             Deployed(release.tag, release.cache_key, name, datetime.now(timezone.utc).isoformat(),
                                      signed_by=candidate.deployed.get("signed_by")),
-                            self.state.current)
+                            self.state.current, built=not candidate.kept)
         self._switch(switched)
         return switched
 
@@ -138,7 +154,8 @@ class AssetsTarget(BaseTarget):
                 self.releases.switch(switched.release_dir)
         except BaseException:
             self.state.forget(switched.deployed, switched.previous)
-            self.releases.remove(switched.release_dir)
+            if switched.built:
+                self.releases.remove(switched.release_dir)
             with contextlib.suppress(DewyError):
                 self.state.save()
             raise
@@ -149,7 +166,8 @@ class AssetsTarget(BaseTarget):
             self.releases.switch(switched.old_dir)
         else:
             self.releases.current.unlink(missing_ok=True)
-        self.releases.remove(switched.release_dir)
+        if switched.built:
+            self.releases.remove(switched.release_dir)
         self.state.forget(switched.deployed, switched.previous)
 
     async def prune(self) -> None:

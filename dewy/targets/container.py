@@ -31,7 +31,7 @@ from dewy.registry.shared import SharedRegistry
 from dewy.settings import Settings
 from dewy.signing import Verification
 from dewy.state import Deployed, State
-from dewy.targets import BaseTarget, Candidate
+from dewy.targets import BaseTarget, Candidate, recalled
 from dewy.urls import Url
 
 STOP_GRACE = 10.0  # how long connections through the host port may take to finish when dewy stops
@@ -75,6 +75,17 @@ class ContainerTarget(BaseTarget):
         if self.images:
             with self.liveness.step(None):  # a registry read, bounded by its deadline
                 await self.images.ready(self._images(), release)
+
+    async def recall(self, deployed: Deployed) -> Candidate | None:
+        """The image of an earlier deploy, if it is still present (by its reference: its digest is not recorded)."""
+        release = recalled(deployed)
+        reference = release.artifact_name
+        with self.liveness.step(None):
+            present = await self.replicas.runtime.images(reference.rpartition(":")[0])
+        if not any(reference in image.tags for image in present):
+            return None
+        return Candidate(release, env={"DEWY_IMAGE": reference, "DEWY_IMAGE_DIGEST": ""},
+                         deployed={"image": reference, "signed_by": deployed.signed_by}, rolled_back={"image": reference})
 
     async def prepare(self, release: Release, progress: Progress) -> Candidate:
         """With verify=cosign the digest's signature is checked before anything is pulled, and the pull must

@@ -293,3 +293,40 @@ def test_no_secret_reaches_the_journal(demo: Demo) -> None:
     everything = demo.m.run(["journalctl", "-b", "-o", "export"]).stdout
     assert TOKEN not in everything
     assert PASSWORD not in everything
+
+
+def test_operators_roll_back_and_pause_dewy_at_name_as_root_and_each_command_is_in_the_journal(demo: Demo) -> None:
+    start(demo)
+    demo.release("v1.1.0")
+    demo.deployed("v1.1.0")
+    assert demo.m.run(["stat", "-c", "%a %U %F", "/run/dewy/demo/control"]).stdout.strip() == "600 root socket"
+    refused = demo.m.run(["setpriv", "--reuid=www-data", "--regid=www-data", "--clear-groups", "dewy", "pause", "demo"],
+                         check=False)
+    assert refused.returncode == 1 and "permission denied" in refused.stderr and "only root" in refused.stderr
+
+    def control(*args: str) -> dict:
+        return json.loads(demo.m.run(["dewy", *args, "--json"], timeout=120).stdout)
+
+    with ClientLoop(demo.port) as client:
+        answer = control("rollback", "demo")
+        assert (answer["ok"], answer["from"], answer["to"]) == (True, "v1.1.0", "v1.0.0"), answer
+        assert client.wait_for_body("v1.0.0")
+    assert client.failures == [] and client.ok > 10
+    assert control("pause", "demo")["ok"]
+    demo.release("v1.2.0")
+    answer = control("deploy", "demo", "--now")
+    assert answer["message"] == "polled: v1.0.0 is deployed; v1.2.0 waits: paused (dewy resume NAME)", answer
+    demo.m.wait_until(lambda: "; paused;" in (text := demo.m.show("dewy@demo.service", "StatusText")["StatusText"])
+                      and "v1.2.0 waits: paused" in text,
+                      10, what="STATUS= saying what waits")
+    status = control("status", "demo")
+    assert (status["version"], status["waiting"]["version"], status["paused"]["uid"]) == ("v1.0.0", "v1.2.0", 0)
+    assert control("resume", "demo")["ok"]
+    demo.deployed("v1.2.0")
+    records = demo.m.journal("dewy@demo.service", DEWY_EVENT="control")
+    assert [(r["DEWY_COMMAND"], r["DEWY_UID"], r.get("DEWY_FROM_VERSION"), r.get("DEWY_TO_VERSION")) for r in records] == [
+        ("rollback", "0", "v1.1.0", "v1.0.0"), ("pause", "0", "v1.0.0", "v1.0.0"), ("deploy", "0", "v1.0.0", "v1.0.0"),
+        ("resume", "0", "v1.0.0", "v1.0.0")]
+    assert {r["MESSAGE_ID"] for r in records} == {"3481c1cddd765d46b3b0d42ae4f42bbf"}
+    history = json.loads(demo.m.run(["dewy", "history", "demo", "--json"]).stdout)
+    assert ("control", "v1.0.0", "v1.1.0") in [(h["event"], h["version"], h["previous_version"]) for h in history]

@@ -1,0 +1,274 @@
+"""What operators' commands do to a running daemon, and the gate its cycle asks before a deploy.
+
+Every command runs on the daemon's loop and answers with what happened; each is logged as one
+``control`` event (its journal MESSAGE_ID is fixed) naming the caller's uid, the command and the
+versions before and after. Commands that change what runs (``rollback``, ``pin`` to another
+version) wait for the cycle in flight and go through the daemon's own activation
+(:meth:`dewy.daemon.Daemon.switch`): hooks, graceful restart or rolling update, report, prune.
+The others change the state file and take effect at once; ``deploy --now`` wakes the daemon and
+answers once that poll is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dewy import log
+from dewy.faults import describe
+from dewy.registry import Release
+from dewy.state import Deployed, Pause, Pin, State, Waiting
+from dewy.targets import Candidate, DeployTarget
+
+
+GATES = ("pause", "pin")  # Waiting.gate of a release held back by an operator
+
+
+class Refused(Exception):
+    """A command that cannot be done as asked; its message is the answer."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class Control:
+    """The commands (one method each, named in :data:`COMMANDS`) and the cycle's gate (:meth:`holds`)."""
+
+    def __init__(self, state: State, target: DeployTarget, switch: Callable[[Candidate], Awaitable[None]],
+                 poll_now: asyncio.Event) -> None:
+        self.state = state
+        self.target = target
+        self.switch = switch
+        self.poll_now = poll_now
+        self.lock = asyncio.Lock()  # one cycle or one switching command at a time
+        self._asked: list[asyncio.Future] = []  # deploy --now callers, for the next cycle to answer
+
+    async def serve(self, directory: Path) -> None:
+        from dewy.control import socket_path
+        from dewy.control.channel import serve
+
+        await serve(socket_path(directory), self.handle)
+
+    # -- the cycle's side ------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """A cycle: commands that switch wait for it; ``deploy --now`` callers that asked before it get its outcome."""
+        async with self.lock:
+            asked, self._asked = self._asked, []
+            try:
+                yield
+            finally:
+                outcome = self._outcome()
+                for future in asked:
+                    if not future.done():
+                        future.set_result(outcome)
+
+    def _outcome(self) -> dict:
+        state = self.state
+        current = state.current.tag if state.current else None
+        if state.last_error:
+            return {"ok": False, "error": f"polled: {state.last_error}", "to": current}
+        held = f"; {state.waiting.reason}" if state.waiting else ""
+        return {"ok": True, "message": f"polled: {current or 'nothing'} is deployed{held}", "to": current}
+
+    def holds(self, release: Release) -> bool:
+        """Whether a pin or a pause keeps ``release`` (the registry's newest, not deployed here) from deploying.
+        A pin made by a rollback ends when the registry names a release other than the one rolled back from."""
+        state = self.state
+        pin = state.pin
+        if pin and pin.until and release.tag not in (pin.tag, pin.until):
+            log.info("unpinned", f"{release.tag} is published after {pin.until} was rolled back: the pin on "
+                     f"{pin.tag} ends", version=release.tag, previous_version=pin.tag)
+            state.pin = None
+        gate, held = self._hold()
+        before = state.waiting
+        if gate is None:
+            if before and before.gate in GATES:  # what the schedule holds back is its own
+                state.waiting = None
+                state.save()
+            return False
+        seen = before.seen if before and before.key == release.cache_key else _now()
+        state.waiting = Waiting(release.tag, release.cache_key, gate, f"{release.tag} waits: {held}", "", seen)
+        changed = state.waiting != before
+        if changed:
+            state.save()
+        # said once, then at every poll only in the debug log
+        (log.info if changed else log.debug)("held", state.waiting.reason, version=release.tag, gate=gate)
+        return True
+
+    def status(self) -> list[str]:
+        """For systemd's STATUS= line: what holds deploys back (what waits is the state's ``waiting``)."""
+        gate, _ = self._hold()
+        return [] if gate is None else ["paused" if gate == "pause" else f"pinned on {self.state.pin.tag}"]
+
+    def _hold(self) -> tuple[str | None, str]:
+        """The gate (one of GATES) that holds deploys back, and how it reads; None when none does."""
+        if self.state.paused:
+            return "pause", "paused (dewy resume NAME)"
+        if self.state.pin:
+            return "pin", f"pinned on {self.state.pin.tag} (dewy unpin NAME)"
+        return None, ""
+
+    # -- the commands ----------------------------------------------------------------------
+
+    async def handle(self, request: dict, uid: int) -> dict:
+        """Run one request from ``uid`` (root, checked by the channel) and log it as an audit event."""
+        name = request["command"]
+        before = self._current()
+        command = COMMANDS.get(name)
+        try:
+            if command is None:
+                raise Refused(f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
+            answer = {"ok": True, **await command(self, request, uid)}
+        except Refused as exc:
+            answer = {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a switch that failed and was undone (what ran before serves on), a full disk
+            answer = {"ok": False, "error": describe(exc)}
+        answer.setdefault("from", before)
+        answer.setdefault("to", self._current())
+        said = answer.get("message") or answer.get("error")
+        (log.info if answer["ok"] else log.warning)(
+            "control", f"{name} by uid {uid}: {said}", uid=uid, command=name, from_version=answer["from"],
+            to_version=answer["to"], outcome="ok" if answer["ok"] else "refused")
+        return answer
+
+    def _current(self) -> str | None:
+        return self.state.current.tag if self.state.current else None
+
+    async def pause(self, request: dict, uid: int) -> dict:
+        if not self.state.paused:
+            self.state.paused = Pause(_now(), uid)
+            self.state.save()
+        return {"message": f"paused: no deploys until dewy resume; {self._current() or 'nothing'} runs"}
+
+    async def resume(self, request: dict, uid: int) -> dict:
+        if not self.state.paused:
+            raise Refused("not paused")
+        self.state.paused = None
+        self.state.save()
+        self.poll_now.set()
+        waited = self.state.waiting
+        return {"message": "resumed: polling now" + (f" ({waited.version} waited)" if waited else "")}
+
+    async def deploy(self, request: dict, uid: int) -> dict:
+        future = asyncio.get_running_loop().create_future()
+        self._asked.append(future)
+        self.poll_now.set()
+        return await future
+
+    async def quarantine(self, request: dict, uid: int) -> dict:
+        quarantined = self.state.quarantine
+        clear = request.get("clear")
+        if clear is None:
+            listed = {key.partition("--")[0]: reason for key, reason in quarantined.items()}
+            return {"message": f"{len(listed)} quarantined", "quarantined": listed}
+        keys = [key for key in quarantined if _same_tag(key.partition("--")[0], clear)]
+        if not keys:
+            raise Refused(f"{clear} is not quarantined (quarantined: {_tags(quarantined) or 'none'})")
+        for key in keys:
+            del quarantined[key]
+        self.state.save()
+        self.poll_now.set()
+        return {"message": f"{clear} is no longer quarantined: it may be deployed at the next poll",
+                "quarantined": {key.partition("--")[0]: reason for key, reason in quarantined.items()}}
+
+    async def unpin(self, request: dict, uid: int) -> dict:
+        pin = self.state.pin
+        if not pin:
+            raise Refused("not pinned")
+        self.state.pin = None
+        self.state.save()
+        self.poll_now.set()
+        return {"message": f"unpinned from {pin.tag}: polling now"}
+
+    async def pin(self, request: dict, uid: int) -> dict:
+        tag = request.get("version")
+        if not isinstance(tag, str) or not tag:
+            raise Refused("pin needs a VERSION")
+        async with self.lock:
+            current = self.state.current
+            if current and _same_tag(current.tag, tag):
+                entry = current
+            else:
+                entry = self._on_disk(tag)
+                if entry.key in self.state.quarantine:
+                    raise Refused(f"{entry.tag} is quarantined ({self.state.quarantine[entry.key]}); "
+                                  f"dewy quarantine NAME --clear {entry.tag} first")
+                await self._switch_to(entry)
+            self.state.pin = Pin(entry.tag, _now(), uid)
+            self.state.save()
+        switched = "" if entry is current else f"switched from {current.tag if current else 'nothing'}; "
+        return {"message": f"pinned on {entry.tag}: {switched}no other version is deployed until dewy unpin"}
+
+    async def rollback(self, request: dict, uid: int) -> dict:
+        tag = request.get("version")
+        async with self.lock:
+            current = self.state.current
+            if current is None:
+                raise Refused("nothing is deployed: there is nothing to roll back")
+            if tag and _same_tag(current.tag, tag):
+                raise Refused(f"{current.tag} is what runs")
+            entry = self._on_disk(tag) if tag else await self._previous(current)
+            await self._switch_to(entry)
+            self.state.quarantine[current.key] = f"rolled back by uid {uid} at {_now()[:19]} UTC"
+            self.state.pin = Pin(entry.tag, _now(), uid, until=current.tag)
+            self.state.save()
+        return {"message": f"rolled back from {current.tag} to {entry.tag}: {current.tag} is quarantined and this "
+                           f"host stays on {entry.tag} until a newer release is published or dewy unpin",
+                "from": current.tag}
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _on_disk(self, tag: str) -> Deployed:
+        entry = next((d for d in reversed(self.state.history) if _same_tag(d.tag, tag)), None)
+        if entry is None:
+            raise Refused(f"{tag} is not on this host (kept here: {self._kept() or 'nothing'}); "
+                          "a version that was never deployed here cannot be pinned or rolled back to")
+        return entry
+
+    async def _previous(self, current: Deployed) -> Deployed:
+        """The release deployed here most recently before the current one, still kept and not quarantined."""
+        seen = {current.release}
+        for entry in reversed(self.state.history):
+            if entry.release in seen or entry.key in self.state.quarantine:
+                continue
+            seen.add(entry.release)
+            if await self.target.recall(entry) is not None:
+                return entry
+        raise Refused(f"no earlier release is kept on this host to roll back to (kept: {self._kept() or 'nothing'})")
+
+    def _kept(self) -> str:
+        return ", ".join(dict.fromkeys(d.tag for d in reversed(self.state.history)))
+
+    async def _switch_to(self, entry: Deployed) -> None:
+        candidate = await self.target.recall(entry)
+        if candidate is None:
+            raise Refused(f"{entry.tag} is no longer on this host (pruned: --keep-releases)")
+        log.info("deploying", f"deploying {entry.tag} again", version=entry.tag,
+                 previous_version=self._current())
+        await self.switch(candidate)
+
+
+def _same_tag(tag: str, given: str) -> bool:
+    """``v1.2.0`` and ``1.2.0`` name the same version."""
+    return tag == given or tag.lstrip("vV") == given.lstrip("vV")
+
+
+def _tags(quarantined: dict[str, str]) -> str:
+    return ", ".join(key.partition("--")[0] for key in quarantined)
+
+
+COMMANDS: dict[str, Callable[[Control, dict, int], Awaitable[dict]]] = {
+    "rollback": Control.rollback,
+    "pin": Control.pin,
+    "unpin": Control.unpin,
+    "pause": Control.pause,
+    "resume": Control.resume,
+    "deploy": Control.deploy,
+    "quarantine": Control.quarantine,
+}
