@@ -10,20 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from datetime import datetime
 from pathlib import Path
 
 from dewy import log
 from dewy.faults import describe
 from dewy.host import Host
 from dewy.registry import REGISTRIES, Registry, Release
+from dewy.schedule import Schedule
 from dewy.settings import Settings
 from dewy.signing import Verification
 from dewy.state import State
 from dewy.urls import Url
 
 
-def verdict(release: Release, state_path: Path) -> str:
-    """What the daemon would do with ``release``, the registry's newest, given the state file."""
+def verdict(release: Release, state_path: Path, schedule: Schedule) -> str:
+    """What the daemon would do with ``release``, the registry's newest, given the state file and the
+    deploy window and minimum release age."""
     state = State(state_path)
     if state_path.exists():
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
@@ -35,7 +38,12 @@ def verdict(release: Release, state_path: Path) -> str:
         return f"{release.tag} is quarantined ({state.quarantine[release.cache_key]}): nothing to do"
     held = "paused" if state.paused else f"pinned on {state.pin.tag}" if state.pin else None
     would = f"would deploy {release.tag} (deployed: {deployed.tag if deployed else 'nothing'})"
-    return f"{would}, once no longer {held}" if held else would
+    if held:
+        return f"{would}, once no longer {held}"
+    now = schedule.clock()
+    seen = datetime.fromisoformat(state.waiting.seen) if state.waiting and state.waiting.key == release.cache_key else now
+    hold = schedule.hold(release, now, seen) if deployed else None
+    return f"{would}, once it no longer waits: {hold.reason}" if hold else would
 
 
 async def watch(settings: Settings, host: Host) -> int:
@@ -44,6 +52,7 @@ async def watch(settings: Settings, host: Host) -> int:
     with settings.given("registry"):
         registry_url, _ = Verification.of(settings.registry, settings.trusted_keys)
         registry: Registry = REGISTRIES.load(REGISTRIES.url(registry_url), slot=settings.slot)
+    schedule = Schedule.of(settings.deploy_window, settings.min_release_age, asyncio.Event())
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -57,7 +66,7 @@ async def watch(settings: Settings, host: Host) -> int:
         while not stopping.is_set():
             try:
                 release = await registry.current()
-                line, fields = verdict(release, settings.dir / ".dewy" / "state.json"), {"version": release.tag}
+                line, fields = verdict(release, settings.dir / ".dewy" / "state.json", schedule), {"version": release.tag}
             except Exception as exc:
                 line, fields = f"the registry cannot be read: {describe(exc)}", {}
             (log.info if line != said else log.debug)("dry-run", line, **fields)

@@ -186,7 +186,7 @@ class Schedule:
         now = self.clock()
         waiting = state.waiting if state.waiting and state.waiting.key == release.cache_key else None
         seen = datetime.fromisoformat(waiting.seen) if waiting else now
-        hold = self._hold(release, now, seen) if state.current else None
+        hold = self.hold(release, now, seen) if state.current else None
         if hold is None:
             self.settled(state)
             return False
@@ -211,7 +211,8 @@ class Schedule:
             state.waiting = None
             state.save()
 
-    def _hold(self, release: Release, now: datetime, seen: datetime) -> Hold | None:
+    def hold(self, release: Release, now: datetime, seen: datetime) -> Hold | None:
+        """Why ``release`` (first seen here at ``seen``) may not be deployed ``now``; None if it may."""
         if self.min_age:
             published = release.created_at or seen
             ready = published + timedelta(seconds=self.min_age)

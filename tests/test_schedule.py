@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from dewy.daemon import Daemon
+from dewy.dryrun import verdict
 from dewy.host import PlainProcess
 from dewy.registry import Release
 from dewy.schedule import Schedule, parse_window
@@ -181,3 +182,17 @@ def test_without_a_publish_time_the_age_counts_from_first_seen_and_survives_a_re
         assert not done.holds(release, restarted) and State.load(path).waiting is None
 
     asyncio.run(main())
+
+
+def test_a_dry_run_says_what_waits_for_the_window(tmp_path) -> None:
+    """--dry-run tells the same gates as the daemon: outside the window an update is not "would deploy" now."""
+    path = tmp_path / "state.json"
+    State(path, current=Deployed("v1.0.0", "k", "app.tar.gz", at("2026-12-01T10:00").isoformat())).save()
+    release = Release("v1.1.0", None, "app.tar.gz", "file:///r/v1.1.0/app.tar.gz", created_at=None)
+    window = parse_window("Mon-Fri 09:00-17:00 Europe/Berlin")
+    closed = Schedule(window, 0.0, asyncio.Event(), clock=lambda: at("2026-12-04T18:00"))
+    assert verdict(release, path, closed) == ("would deploy v1.1.0 (deployed: v1.0.0), once it no longer waits: outside "
+                                             "the deploy window Mon-Fri 09:00-17:00 Europe/Berlin; it opens 2026-12-07 09:00 CET")
+    open_now = Schedule(window, 0.0, asyncio.Event(), clock=lambda: at("2026-12-07T09:30"))
+    assert verdict(release, path, open_now) == "would deploy v1.1.0 (deployed: v1.0.0)"
+    assert State.load(path).waiting is None, "a dry run writes nothing"
