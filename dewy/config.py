@@ -33,7 +33,8 @@ from dewy.errors import UsageError
 from dewy.quantities import count, parse_duration, parse_percent, parse_size
 from dewy.settings import (
     LOG_FORMATS, LOG_LEVELS, MODE_SETTINGS, MODES, AppLimits, Missing, Origin, SettingError, Settings, check,
-    check_choice, check_health_path, check_port_number, check_url, parse_drain_time, parse_port_specs, runtime_choice,
+    check_choice, check_health_path, check_port_number, check_url, parse_drain_time, parse_port_mappings, parse_port_specs,
+    runtime_choice,
 )
 from dewy.urls import redact
 
@@ -163,16 +164,26 @@ def _path(value: Any) -> Path:
     return path
 
 
-def _port_spec(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise Bad(f"expected a port (8000) or a port spec string (\"8000-8005\", \"127.0.0.1:8000\"), not {_kind(value)}")
-    parse_port_specs([str(value)])
-    return str(value)
+def _port_spec(parse: Callable[[list[str]], list], example: str) -> Callable[[Any], str]:
+    def spec(value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise Bad(f"expected a port (8000) or a port spec string ({example}), not {_kind(value)}")
+        parse([str(value)])
+        return str(value)
+
+    return spec
 
 
 def _ports(value: Any) -> list[tuple[str, int]]:
-    specs = _list(_port_spec, '[8000, "8001-8003", "127.0.0.1:9000"]')(value)
+    specs = _list(_port_spec(parse_port_specs, '"8000-8005", "127.0.0.1:8000"'), '[8000, "8001-8003", "127.0.0.1:9000"]')(value)
     return parse_port_specs(specs)  # the whole list: a port given twice
+
+
+def _port_mappings(value: Any) -> list[tuple[str, int]]:
+    """Container mode's ports: each may name its container port."""
+    specs = _list(_port_spec(parse_port_mappings, '"8000:3000", "127.0.0.1:8000"'),
+                  '[8000, "8001:3000", "127.0.0.1:9000:9090"]')(value)
+    return parse_port_mappings(specs)  # the whole list: a port given twice
 
 
 def _command(value: Any) -> list[str]:
@@ -255,7 +266,7 @@ SERVER: dict[str, tuple[Callable[[Any], Any], str]] = {
 }
 CONTAINER: dict[str, tuple[Callable[[Any], Any], str]] = {
     "container_port": (_port_number, "container_port"),
-    "ports": (_ports, "ports"),
+    "ports": (_port_mappings, "ports"),
     "replicas": (_count, "replicas"),
     "health_path": (_health_path, "health_path"),
     "health_timeout": (_duration, "health_timeout"),
@@ -279,7 +290,6 @@ TABLE_MODES = {table: next(mode for mode in MODES if ({"app"} if table == "app" 
 # how a file gives what its mode needs (settings.REQUIRED): the key, what it is, an example
 NEEDED = {
     "app_command": ("command", "the app to run", 'command = ["./current/app"]'),
-    "container_port": ("container_port", "the app's port in its container", "container_port = 8080"),
 }
 
 

@@ -40,7 +40,7 @@ MODE_SETTINGS: dict[str, frozenset[str]] = {
                             "stop_timeout", "runtime", "run_args"}),
 }
 #: What each mode cannot run without.
-REQUIRED: dict[str, tuple[str, ...]] = {"server": ("app_command",), "assets": (), "container": ("container_port",)}
+REQUIRED: dict[str, tuple[str, ...]] = {"server": ("app_command",), "assets": (), "container": ()}
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Settings:
     hook_timeout: float = 300.0
     slot: str | None = None
     dir: Path = field(default_factory=Path.cwd)
-    ports: list[tuple[str, int]] = field(default_factory=list)
+    ports: list[tuple[str, int]] = field(default_factory=list)  # container mode: PortMapping, with its container port
     app_command: list[str] = field(default_factory=list)
     health_path: str | None = None
     health_timeout: float = 30.0
@@ -94,7 +94,7 @@ class Settings:
     max_archive_members: int = DEFAULT_MAX_MEMBERS
     keep_releases: int = 7
     trusted_keys: list[str] = field(default_factory=list)  # --trusted-key FILE|KEY, for the registry's verify=
-    container_port: int | None = None  # container mode: the port the app listens on inside its container
+    container_port: int | None = None  # container mode: the app's port in its container (None: the image's EXPOSE)
     replicas: int = 1
     drain_time: float = 30.0
     runtime: str | None = None  # podman | docker | None (auto-detect)
@@ -203,6 +203,13 @@ def parse_port_specs(specs: list[str]) -> list[tuple[str, int]]:
     from dewy.sockets import parse_ports  # binds nothing; imported when ports are given
 
     return parse_ports(specs)
+
+
+def parse_port_mappings(specs: list[str]) -> list[tuple[str, int]]:
+    """Container mode's ``--port``: as :func:`parse_port_specs`, each with an optional ``:CONTAINER_PORT``."""
+    from dewy.container.ports import parse_port_mappings as parse
+
+    return parse(specs)
 
 
 def check_url(kind: str, raw: str) -> str:

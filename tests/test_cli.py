@@ -33,7 +33,7 @@ def dewy(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["assets", "--registry", "file:///tmp/r", "--", "app"], "runs no app"),
         (["assets", "--registry", "file:///tmp/r", "--cache", "mem://"], "unknown cache scheme"),
         (["assets", "--registry", "file:///tmp/r", "--log-level", "loud"], "--log-level"),
-        (["container", "--registry", "img://h/r"], "--container-port"),
+        (["container", "--registry", "img://h/r", "-p", "8080:70000"], "--port: bad port spec '8080:70000': container port"),
         (["container", "--registry", "file:///tmp/r", "--container-port", "8080"], "img://HOST/REPO"),
         (["container", "--registry", "img://h/r", "--container-port", "0"], "--container-port"),
         (["container", "--registry", "img://h/r", "--container-port", "8080", "--replicas", "0"], "--replicas"),

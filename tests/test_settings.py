@@ -54,9 +54,24 @@ def test_flags_and_config_file_refuse_alike(tmp_path, flags: list[str], config: 
 
 
 def test_each_mode_needs_its_setting_from_flags_and_files(tmp_path) -> None:
-    assert "dewy container needs --container-port N" in refusal(lambda: parse(["container", "-r", "img://h/r"]))
-    assert "needs a [container] table with the app's port" in refusal(
-        lambda: load(write(tmp_path / "demo.toml", 'mode = "container"\nregistry = "img://h/r"\n')))
+    assert "dewy server needs the app command after --" in refusal(lambda: parse(["server", "-r", "file:///r"]))
+    assert "needs a [server] table with the app to run" in refusal(
+        lambda: load(write(tmp_path / "demo.toml", 'mode = "server"\nregistry = "file:///r"\n')))
+
+
+def test_container_ports_from_flags_and_files_alike(tmp_path) -> None:
+    """No --container-port: the image's EXPOSE says it (at deploy); each --port may name its own container port."""
+    flags = parse(["container", "-r", "img://h/r", "-p", "8080", "--port", "127.0.0.1:9090:9000", "-p", "[::1]:7070:7000"])
+    file = load(write(tmp_path / "demo.toml", 'mode = "container"\nregistry = "img://h/r"\n[container]\n'
+                      'ports = [8080, "127.0.0.1:9090:9000", "[::1]:7070:7000"]\n'))
+    for settings in (flags, file):
+        assert settings.container_port is None
+        assert settings.ports == [("", 8080, None), ("127.0.0.1", 9090, 9000), ("::1", 7070, 7000)]
+    assert "needs" not in repr(parse(["container", "-r", "img://h/r"]).ports)
+    assert ("--port: bad port spec '8000-8001:3000': a range of host ports cannot map to one container port 3000"
+            in refusal(lambda: parse(["container", "-r", "img://h/r", "-p", "8000-8001:3000"])))
+    assert (":4: container.ports[0]: bad port spec '8080:0': container port '0' is not a port number" in refusal(
+        lambda: load(write(tmp_path / "bad.toml", 'mode = "container"\nregistry = "img://h/r"\n[container]\nports = ["8080:0"]\n'))))
 
 
 # -- one size grammar ---------------------------------------------------------------------------

@@ -9,8 +9,9 @@ systemd it is also kept in the fd store and survives dewy's own restarts (connec
 queue in the kernel's backlog meanwhile, none is refused).
 
 Each accepted connection is forwarded to one backend, round robin over the replicas
-that passed their health check (their IP on dewy's network and the container port).
-A rollout replaces the backend set in one assignment (:meth:`TcpProxy.set_backends`):
+that passed their health check (their IP on dewy's network and the container port
+that held socket maps to: each ``--port`` may name its own).
+A rollout replaces the backend sets in one assignment (:meth:`TcpProxy.set_routes`):
 every connection accepted afterwards goes to the new replicas, and connections already
 forwarded to old replicas carry on untouched until they finish (the drain). A backend
 that refuses or does not answer the connect is tried last for a while and the next one
@@ -129,7 +130,7 @@ class TcpProxy:
 
     def __init__(self, sockets: HeldSockets) -> None:
         self.sockets = sockets
-        self._backends: tuple[Backend, ...] = ()
+        self._routes: tuple[tuple[Backend, ...], ...] = ()  # per held socket, in its order
         self._next = 0
         self._down: dict[Backend, float] = {}
         self._relays: set[_Relay] = set()
@@ -144,12 +145,20 @@ class TcpProxy:
         return self.sockets.addresses
 
     def set_backends(self, backends: Iterable[Backend]) -> None:
-        """Point new connections at ``backends`` (one assignment: no connection sees a mix or an empty set)."""
-        new = tuple(backends)
-        if new != self._backends:
-            log.info("proxy-backends", f"host port now forwards to {', '.join(f'{h}:{p}' for h, p in new) or 'nothing'}",
-                     backends=[f"{h}:{p}" for h, p in new])
-        self._backends = new
+        """Point new connections on every held socket at ``backends``."""
+        backends = tuple(backends)
+        self.set_routes([backends] * len(self.sockets.fds))
+
+    def set_routes(self, routes: Iterable[Iterable[Backend]]) -> None:
+        """Point new connections on each held socket at its backends (in the sockets' order; one assignment:
+        no connection sees a mix or an empty set)."""
+        new = tuple(tuple(backends) for backends in routes)
+        if new != self._routes:
+            shown = {f"{name} -> {', '.join(f'{h}:{p}' for h, p in backends) or 'nothing'}"
+                     for name, backends in zip(self.sockets.names, new)}
+            log.info("proxy-backends", f"host port now forwards {'; '.join(sorted(shown)) or 'nothing'}",
+                     backends=sorted({f"{h}:{p}" for backends in new for h, p in backends}))
+        self._routes = new
 
     def active(self, backends: Iterable[Backend] | None = None) -> int:
         """Connections in flight, to ``backends`` only if given."""
@@ -175,7 +184,7 @@ class TcpProxy:
                     listener = socket.socket(fileno=fd)
                     listener.setblocking(False)
                     self._listeners[fd] = listener
-                    loop.add_reader(fd, self._accept, listener)
+                    loop.add_reader(fd, self._accept, listener, len(self._listeners) - 1)
             except BaseException as exc:
                 failed.append(exc)
                 for listener in self._listeners.values():
@@ -248,7 +257,7 @@ class TcpProxy:
 
     # -- in the proxy's thread -------------------------------------------------------------
 
-    def _accept(self, listener: socket.socket) -> None:
+    def _accept(self, listener: socket.socket, index: int) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
                 conn, _ = listener.accept()
@@ -258,7 +267,7 @@ class TcpProxy:
                 log.warning("proxy-accept", f"accept failed: {exc}")
                 return
             conn.setblocking(False)
-            self._tasks.start(self._forward(conn), "forwarding a connection")
+            self._tasks.start(self._forward(conn, index), "forwarding a connection")
 
     def _candidates(self, backends: tuple[Backend, ...]) -> list[Backend]:
         """``backends`` in round-robin order from the next one, those that failed lately last."""
@@ -271,25 +280,26 @@ class TcpProxy:
         up = [b for b in ordered if self._down.get(b, 0.0) <= now]
         return up + [b for b in ordered if b not in up]
 
-    async def _forward(self, conn: socket.socket) -> None:
+    async def _forward(self, conn: socket.socket, index: int) -> None:
         """Connect to a backend (round robin, the current set on each round), then relay; close ``conn`` if no
         backend took it within CONNECT_BUDGET, or as soon as its client has gone."""
         try:
-            if await self._connect(conn):
+            if await self._connect(conn, index):
                 return
         except BaseException:
             conn.close()
             raise
         conn.close()
 
-    async def _connect(self, conn: socket.socket) -> bool:
-        """True once ``conn`` is wired to a backend (the relay owns it then)."""
+    async def _connect(self, conn: socket.socket, index: int) -> bool:
+        """True once ``conn`` (accepted on held socket ``index``) is wired to a backend (the relay owns it then)."""
         loop = self._loop
         deadline = loop.time() + CONNECT_BUDGET
         port = conn.getsockname()[1]
         tried: dict[Backend, str] = {}
         while not _gone(conn):
-            candidates = self._candidates(self._backends)
+            routes = self._routes
+            candidates = self._candidates(routes[index] if index < len(routes) else ())
             for backend in candidates:
                 remaining = deadline - loop.time()
                 if remaining <= 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dewy.container.runtimes import (
-    Container, ContainerRuntimeError, Image, ReplicaSpec, from_inspect, in_thread, missing_sdk,
+    Container, ContainerRuntimeError, Image, ReplicaSpec, from_inspect, in_thread, missing_sdk, tcp_ports,
 )
 from dewy.runargs import RunOptions
 
@@ -141,6 +141,9 @@ class DockerRuntime:
             return found
 
         return await in_thread(f"docker images {repository}", images)
+
+    async def exposed_ports(self, image: str) -> list[int]:
+        return await in_thread(f"docker image inspect {image}", lambda: tcp_ports(self.api.inspect_image(image).get("Config")))
 
     async def remove_image(self, reference: str) -> None:
         def remove() -> None:

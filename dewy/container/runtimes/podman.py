@@ -7,7 +7,7 @@ import signal
 from typing import Any
 
 from dewy.container.runtimes import (
-    Container, ContainerRuntimeError, Image, ReplicaSpec, from_inspect, in_thread, missing_sdk,
+    Container, ContainerRuntimeError, Image, ReplicaSpec, from_inspect, in_thread, missing_sdk, tcp_ports,
 )
 from dewy.runargs import RunOptions
 
@@ -154,6 +154,9 @@ class PodmanRuntime:
             return found
 
         return await in_thread(f"podman images {repository}", images)
+
+    async def exposed_ports(self, image: str) -> list[int]:
+        return await in_thread(f"podman image inspect {image}", lambda: tcp_ports(self.client.images.get(image).attrs.get("Config")))
 
     async def remove_image(self, reference: str) -> None:
         def remove() -> None:
