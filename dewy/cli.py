@@ -127,6 +127,8 @@ def build_parser() -> Parser:
     _common(container)
     container.add_argument("--container-port", type=_port_number, metavar="N", help="the port the app listens on inside its container (default: the one port the image EXPOSEs)")
     container.add_argument("-p", "--port", action="append", default=[], metavar="PORTS", help="host port(s) dewy holds and forwards to healthy replicas, each to --container-port or its own: 8000, 8000:3000, 127.0.0.1:8000:3000 (repeatable; health is checked on the first's); without it only containers on dewy's network reach the app")
+    container.add_argument("--cmd", action="append", default=[], metavar="WORD", help="the replicas' command and its arguments instead of the image's CMD, one word per --cmd (repeatable, in order)")
+    container.add_argument("--proxy-idle-timeout", type=_drain, default=0.0, metavar="SECONDS", help="close a connection through the host port after this long without a byte either way (default 0: never)")
     container.add_argument("--replicas", type=_count, default=1, metavar="N", help="containers serving at once (default 1)")
     container.add_argument("--health-path", type=_health_path, metavar="PATH", help="HTTP path that must answer 2xx/3xx on a new replica before it gets traffic (default: the image's HEALTHCHECK, else the port accepting)")
     container.add_argument("--health-timeout", type=_duration, default=30.0, metavar="SECONDS", help="how long a new replica may take to become healthy (default 30)")

@@ -274,6 +274,8 @@ CONTAINER: dict[str, tuple[Callable[[Any], Any], str]] = {
     "stop_timeout": (_duration, "stop_timeout"),
     "runtime": (_runtime, "runtime"),
     "run_args": (_run_args, "run_args"),
+    "proxy_idle_timeout": (_drain_time, "proxy_idle_timeout"),
+    "cmd": (_list(_command_word, '["./server", "--port", "8080"]'), "cmd"),
 }
 APP: dict[str, tuple[Callable[[Any], Any], str]] = {
     "user": (_account, "user"),

@@ -37,7 +37,7 @@ MODE_SETTINGS: dict[str, frozenset[str]] = {
     "server": frozenset({"ports", "app_command", "health_path", "health_timeout", "settle_time", "stop_timeout", "app"}),
     "assets": frozenset(),
     "container": frozenset({"container_port", "ports", "replicas", "health_path", "health_timeout", "drain_time",
-                            "stop_timeout", "runtime", "run_args"}),
+                            "stop_timeout", "runtime", "run_args", "cmd", "proxy_idle_timeout"}),
 }
 #: What each mode cannot run without.
 REQUIRED: dict[str, tuple[str, ...]] = {"server": ("app_command",), "assets": (), "container": ()}
@@ -99,6 +99,8 @@ class Settings:
     drain_time: float = 30.0
     runtime: str | None = None  # podman | docker | None (auto-detect)
     run_args: list[str] = field(default_factory=list)  # docker-run options for every replica, as given
+    cmd: list[str] = field(default_factory=list)  # container mode: the replicas' command instead of the image's CMD
+    proxy_idle_timeout: float = 0.0  # container mode: close proxied connections idle this long (0: never)
     name: str | None = None  # the app's name: -n/--name, or the instance name of dewy@NAME (from /etc/dewy/NAME.toml)
     source: Path | None = None  # the --config file these settings came from (None: flags)
     app: AppLimits = field(default_factory=AppLimits)
@@ -165,6 +167,7 @@ def check(settings: Settings, name: Callable[[str], str | None]) -> None:
             raise named("registry", "dewy container deploys images: use an img://HOST/REPO registry")
         try:
             settings.run_options = parse_run_args(settings.run_args)
+            settings.run_options.command = list(settings.cmd) or None
         except UsageError as exc:
             raise named("run_args", str(exc)) from None
 

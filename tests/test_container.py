@@ -464,19 +464,21 @@ def test_admin_api_lists_the_replicas_and_metrics_count_the_proxys_connections(a
 def test_two_port_mappings_serve_across_a_rolling_update_with_the_exposed_port_names_and_labels(
         podman, registry, tmp_path) -> None:
     """-p HOST (the image's one EXPOSEd port) and -p HOST:9090 both answer through a rollout; --name is the
-    replicas' base name (the directory is named otherwise); -l labels stay beside dewy's."""
+    replicas' base name (the directory is named otherwise); -l labels stay beside dewy's; --cmd replaces the
+    image's CMD (the images serve 9090 only through it)."""
     name = f"t{secrets.token_hex(3)}"
     app = App(name, f"{name}/web", tmp_path / "elsewhere", free_port(), podman, registry)
     second = free_port()
     try:
-        app.push("v1.0.0", second_port=True, expose=(PORT,))
-        dewy = app.start("--name", name, "--replicas", "2", "--", "-l", "team=web", "--label", "tier=front",
+        app.push("v1.0.0", expose=(PORT,))
+        command = [f"--cmd={word}" for word in json.loads(serve_command(second_port=True))]
+        dewy = app.start("--name", name, "--replicas", "2", *command, "--", "-l", "team=web", "--label", "tier=front",
                          ports=("-p", f"127.0.0.1:{app.port}", "--port", f"127.0.0.1:{second}:{SECOND_PORT}"))
         try:
             dewy.wait_for("deployed", version="v1.0.0", timeout=60)
             assert get(app.port)[1] == "v1.0.0" and get(second)[1] == f"v1.0.0 on {SECOND_PORT}"
             with ClientLoop(app.port, max_seconds=60) as first_loop, ClientLoop(second, max_seconds=60) as second_loop:
-                app.push("v1.1.0", second_port=True, expose=(PORT,))
+                app.push("v1.1.0", expose=(PORT,))
                 dewy.wait_for("deployed", version="v1.1.0", timeout=60)
                 assert first_loop.wait_for_body("v1.1.0") and second_loop.wait_for_body(f"v1.1.0 on {SECOND_PORT}")
             for loop in (first_loop, second_loop):

@@ -143,3 +143,57 @@ def test_port_in_use_names_the_ports_line(tmp_path) -> None:
                    "--", "./current/app"]), PlainProcess()))
     assert from_file == f"{config}:6: server.ports: {from_flags}"
     assert from_flags.startswith(f"cannot listen on 127.0.0.1:{port}: ")
+
+
+# -- upstream dewy's URL keys (its registry/, cache/ and notifier/ sources), each accepted or refused with its replacement
+
+UPSTREAM_URLS = [
+    ("registry", "ghr://acme/app?artifact=app.tgz&pre-release=true&calver=YYYY.0M.MICRO", None),
+    ("registry", "s3://ap-northeast-1/acme-releases/app?endpoint=http://127.0.0.1:9000&artifact=app.tgz&pre-release=true"
+                 "&calver=YYYY.0M.0D", None),
+    ("registry", "s3://ap-northeast-1/acme-releases/app?region=ap-northeast-1",
+     "region= is not a key of dewy's s3:// URLs: the region is the URL's first part: s3://REGION/BUCKET/PREFIX"),
+    ("registry", "gs://acme-releases/app?project=acme&artifact=app.tgz&pre-release=true&calver=YYYY.0M", None),
+    ("registry", "gs://acme-releases/app?project=", None),  # the credentials' project
+    ("registry", "grpc://localhost:9000?no-tls=true&artifact=app.tgz&calver=YYYY.0M", None),
+    ("registry", "img://ghcr.io/acme/app?pre-release=true&constraint=^1", None),
+    ("registry", "img://ghcr.io/acme/app?calver=YYYY.0M.MICRO", None),
+    ("registry", "img://ghcr.io/acme/app:latest", "name the repository without a tag or digest (dewy picks the newest"),
+    ("artifact", "s3://ap-northeast-1/acme-releases/app/v1.0.0/app.tgz?endpoint=http://127.0.0.1:9000", None),
+    ("cache", "file:///var/cache/dewy", None),
+    ("cache", "file:///var/cache/dewy?registry-ttl=30s", "registry-ttl= is not a key of dewy's file:// URLs: upstream's "
+                                                        "registry-ttl= has no use on a local cache; dewy shares state"),
+    ("cache", "redis://127.0.0.1:6379/0?registry-ttl=30s", "write ttl=SECONDS"),
+    ("cache", "s3://ap-northeast-1/acme-cache/app?registry-ttl=30s", "upstream's s3:// cache: dewy shares state across a "
+                                                                    "fleet through redis://"),
+    ("cache", "gs://acme-cache/app", "upstream's gs:// cache: dewy shares state across a fleet through redis://"),
+    ("notifier", "slack://deploys?title=app&url=https://example.com/app&quiet=true&thread=true", None),
+    ("notifier", "mail://smtp.example.com:587/ops@example.com?username=dewy&password=s3cret&from=dewy@example.com"
+                 "&subject=Deploys&tls=true&quiet=true", None),
+    ("notifier", "smtp://smtp.example.com:587/ops@example.com", None),
+    ("notifier", "mail://smtp.example.com:587/ops@example.com?to=dev@example.com",
+     "to= is not a key of dewy's mail:// URLs: the recipient is the URL's path: mail://HOST:PORT/RECIPIENT"),
+    ("notifier", "smtp://smtp.example.com:587/ops@example.com?host=smtp.example.com&port=25",
+     "host= is not a key of dewy's smtp:// URLs: the SMTP server is the URL's host and port"),
+]
+
+
+@pytest.mark.parametrize(("kind", "url", "refused"), UPSTREAM_URLS, ids=[u for _, u, _ in UPSTREAM_URLS])
+def test_every_upstream_url_key_is_taken_or_refused_with_what_to_write_instead(kind: str, url: str, refused: str | None,
+                                                                               monkeypatch) -> None:
+    from dewy.artifacts import ARTIFACTS
+    from dewy.cache import CACHES
+    from dewy.notifiers import NOTIFIERS
+    from dewy.registry import REGISTRIES
+
+    monkeypatch.setenv("SLACK_TOKEN", "xoxb-test")
+    plugins = {"registry": REGISTRIES, "artifact": ARTIFACTS, "cache": CACHES, "notifier": NOTIFIERS}[kind]
+
+    def build() -> None:
+        plugins.load(plugins.url(url))
+
+    if refused is None:
+        build()
+    else:
+        message = refusal(build)
+        assert refused in message and "\n" not in message and "s3cret" not in message

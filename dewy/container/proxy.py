@@ -19,7 +19,8 @@ is tried; nothing was sent yet, so the client never notices. While no replica ac
 at all (the only one restarting), a connection waits up to 3 s for one to.
 
 Bytes are relayed with asyncio protocols and flow control (a slow reader pauses its
-peer), half-closes are passed on. The proxy is layer 4: HTTP keep-alive connections
+peer), half-closes are passed on. With an idle timeout (``--proxy-idle-timeout``, as
+upstream dewy has it) a connection that relayed no byte for that long is closed. The proxy is layer 4: HTTP keep-alive connections
 stay with the replica they started on, TLS passes through.
 
 The proxy runs its own event loop in its own thread, so that nothing else dewy does
@@ -50,6 +51,7 @@ CONNECT_BUDGET = 3.0  # how long a client's connection waits for some replica to
 RETRY_PAUSE = 0.05  # between two rounds over the backends (while none accepts, e.g. the only one restarts)
 DOWN_FOR = 5.0  # a backend that failed a connect is tried last for this long (until the next health check)
 ACCEPT_BATCH = 64
+IDLE_SWEEPS = 4  # idle connections are looked for this often per idle timeout (closed within 1.25 of it)
 START_TIMEOUT = 10.0
 
 Backend = tuple[str, int]
@@ -72,6 +74,7 @@ class _Half(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.relay.bytes += len(data)
+        self.relay.active = self.relay.proxy._loop.time()
         peer = self.peer
         if peer is None or peer.transport is None:
             self.pending.append(data)
@@ -108,6 +111,7 @@ class _Relay:
         self.proxy = proxy
         self.backend = backend
         self.port, self.started, self.bytes = port, proxy._loop.time(), 0  # for the proxy-closed event (metrics)
+        self.active = self.started  # when a byte last passed
         self.client = _Half(self)
         self.server = _Half(self)
         self.client.peer, self.server.peer = self.server, self.client
@@ -128,8 +132,9 @@ class _Relay:
 class TcpProxy:
     """Accepts on the held sockets and relays each connection to one of the current backends."""
 
-    def __init__(self, sockets: HeldSockets) -> None:
+    def __init__(self, sockets: HeldSockets, idle_timeout: float = 0.0) -> None:
         self.sockets = sockets
+        self.idle_timeout = idle_timeout  # 0: idle connections stay open
         self._routes: tuple[tuple[Backend, ...], ...] = ()  # per held socket, in its order
         self._next = 0
         self._down: dict[Backend, float] = {}
@@ -194,6 +199,8 @@ class TcpProxy:
                 ready.set()
                 return
             loop.call_soon(ready.set)
+            if self.idle_timeout:
+                loop.call_later(self.idle_timeout / IDLE_SWEEPS, self._close_idle)
             try:
                 loop.run_forever()
             finally:
@@ -346,6 +353,14 @@ class TcpProxy:
                 with contextlib.suppress(OSError, RuntimeError):
                     client.write_eof()
         return True
+
+    def _close_idle(self) -> None:
+        now = self._loop.time()
+        for relay in list(self._relays):
+            if now - relay.active >= self.idle_timeout:
+                log.debug("proxy-idle", f"closed a connection idle for {self.idle_timeout:g}s", proxy_port=relay.port)
+                relay.close()
+        self._loop.call_later(self.idle_timeout / IDLE_SWEEPS, self._close_idle)
 
     def _finished(self, relay: _Relay) -> None:
         self._relays.discard(relay)

@@ -160,6 +160,7 @@ def build(settings: Settings, *, host: Host, state: State, liveness: Liveness, r
                            drain_time=settings.drain_time, stop_timeout=settings.stop_timeout,
                            options=settings.run_options)
     with settings.given("ports"):
-        proxy = TcpProxy(host.sockets([(m.host, m.port) for m in config.mappings])) if settings.ports else None
+        proxy = TcpProxy(host.sockets([(m.host, m.port) for m in config.mappings]),
+                         settings.proxy_idle_timeout) if settings.ports else None
     return ContainerTarget(settings, state, liveness, host, registry, Replicas(runtime, config, state, proxy),
                            ImageVerifier(verification.keys) if verification else None)

@@ -176,7 +176,7 @@ def _create_kwargs(options: RunOptions, docker: Any) -> dict[str, Any]:
         kwargs["volumes"] = volumes
     if tmpfs:
         kwargs["tmpfs"] = tmpfs
-    simple = {"user": options.user, "working_dir": options.workdir, "entrypoint": options.entrypoint,
+    simple = {"user": options.user, "working_dir": options.workdir, "entrypoint": options.entrypoint, "command": options.command,
               "mem_limit": options.memory, "mem_reservation": options.memory_reservation,
               "nano_cpus": options.nano_cpus, "pids_limit": options.pids_limit, "shm_size": options.shm_size,
               "hostname": options.hostname, "stop_signal": options.stop_signal}

@@ -200,7 +200,7 @@ def _create_kwargs(options: RunOptions) -> dict[str, Any]:
         kwargs["mounts"] = mounts
     if volumes:
         kwargs["volumes"] = volumes
-    simple = {"user": options.user, "working_dir": options.workdir, "entrypoint": options.entrypoint,
+    simple = {"user": options.user, "working_dir": options.workdir, "entrypoint": options.entrypoint, "command": options.command,
               "mem_limit": options.memory, "mem_reservation": options.memory_reservation,
               "pids_limit": options.pids_limit, "shm_size": options.shm_size, "hostname": options.hostname}
     kwargs.update({k: v for k, v in simple.items() if v is not None})
