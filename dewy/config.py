@@ -27,7 +27,7 @@ import tomllib
 from collections.abc import Callable, MutableMapping
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dewy.errors import UsageError
 from dewy.quantities import count, parse_duration, parse_percent, parse_size
@@ -37,6 +37,9 @@ from dewy.settings import (
     runtime_choice,
 )
 from dewy.urls import redact
+
+if TYPE_CHECKING:
+    from dewy.container.ports import PortMapping
 
 STATE_ROOT = Path("/var/lib/dewy")  # default dir: STATE_ROOT/NAME (systemd: StateDirectory=dewy/%i)
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -179,7 +182,7 @@ def _ports(value: Any) -> list[tuple[str, int]]:
     return parse_port_specs(specs)  # the whole list: a port given twice
 
 
-def _port_mappings(value: Any) -> list[tuple[str, int]]:
+def _port_mappings(value: Any) -> list[PortMapping]:
     """Container mode's ports: each may name its container port."""
     specs = _list(_port_spec(parse_port_mappings, '"8000:3000", "127.0.0.1:8000"'),
                   '[8000, "8001:3000", "127.0.0.1:9000:9090"]')(value)

@@ -19,12 +19,16 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dewy.archive import DEFAULT_MAX_MEMBERS
 from dewy.errors import UsageError
 from dewy.quantities import count, parse_duration
 from dewy.runargs import RunOptions, parse_run_args
 from dewy.urls import Url
+
+if TYPE_CHECKING:
+    from dewy.container.ports import PortMapping
 
 MODES = ("server", "assets", "container")
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -84,7 +88,7 @@ class Settings:
     hook_timeout: float = 300.0
     slot: str | None = None
     dir: Path = field(default_factory=Path.cwd)
-    ports: list[tuple[str, int]] = field(default_factory=list)  # container mode: PortMapping, with its container port
+    ports: list[tuple[str, int]] | list[PortMapping] = field(default_factory=list)  # container mode: with container ports
     app_command: list[str] = field(default_factory=list)
     health_path: str | None = None
     health_timeout: float = 30.0
@@ -208,7 +212,7 @@ def parse_port_specs(specs: list[str]) -> list[tuple[str, int]]:
     return parse_ports(specs)
 
 
-def parse_port_mappings(specs: list[str]) -> list[tuple[str, int]]:
+def parse_port_mappings(specs: list[str]) -> list[PortMapping]:
     """Container mode's ``--port``: as :func:`parse_port_specs`, each with an optional ``:CONTAINER_PORT``."""
     from dewy.container.ports import parse_port_mappings as parse
 

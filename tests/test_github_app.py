@@ -88,7 +88,8 @@ def api_requests(server: GitHubServer) -> list[tuple[str, int, str]]:
     return [(r.method, r.status, r.headers.get("authorization", "")) for r in server.requests]
 
 
-@pytest.mark.parametrize("form", ["GITHUB_APP_PRIVATE_KEY", "GITHUB_APP_PRIVATE_KEY_PATH", "systemd credential"])
+@pytest.mark.parametrize("form", ["GITHUB_APP_PRIVATE_KEY", "GITHUB_APP_PRIVATE_KEY_PATH", "systemd credential",
+                                  "credential by path"])
 def test_each_key_form_gets_an_installation_token_that_private_releases_need(
         github: GitHubServer, key, form: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if form == "GITHUB_APP_PRIVATE_KEY":
@@ -96,9 +97,13 @@ def test_each_key_form_gets_an_installation_token_that_private_releases_need(
     elif form == "GITHUB_APP_PRIVATE_KEY_PATH":
         (tmp_path / "app.pem").write_text(pem(key))
         monkeypatch.setenv(form, str(tmp_path / "app.pem"))
-    else:  # LoadCredential=GITHUB_APP_PRIVATE_KEY:/etc/dewy/app.pem
+    elif form == "systemd credential":  # LoadCredential=GITHUB_APP_PRIVATE_KEY:/etc/dewy/app.pem
         (tmp_path / "GITHUB_APP_PRIVATE_KEY").write_text(pem(key))
         assert load_credentials(tmp_path) == ["GITHUB_APP_PRIVATE_KEY"]
+    else:  # LoadCredential=app.pem:/etc/dewy/app.pem and GITHUB_APP_PRIVATE_KEY_PATH=app.pem
+        (tmp_path / "app.pem").write_text(pem(key))
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+        monkeypatch.setenv("GITHUB_APP_PRIVATE_KEY_PATH", "app.pem")
     assert polls(2) == ["v1.0.0", "v1.0.0"]
     assert len(github.app.exchanges) == 1, "one token serves both polls"
     claims = github.app.exchanges[0]

@@ -6,9 +6,9 @@ A rollout of a new image:
 2. Start the new replicas one by one next to the old ones, on dewy's network
    ``dewy-APP`` (created with DNS if missing), labelled ``dewy.app``, ``dewy.version``,
    ``dewy.replica``, ``dewy.digest``, ``dewy.image``, ``dewy.rollout`` and ``dewy.ports``
-   (the container ports, :mod:`dewy.container.ports`; the user's ``--label`` s beside them),
-   named ``APP-VERSION-N-ROLLOUT``, and wait for each to be healthy (:mod:`dewy.container.health`). They carry no alias yet: nothing sends
-   them traffic before they are checked.
+   (the container ports, :mod:`dewy.container.ports`) beside the user's labels, named
+   ``APP-VERSION-N-ROLLOUT``, and wait for each to be healthy (:mod:`dewy.container.health`).
+   They carry no alias yet: nothing sends them traffic before they are checked.
 3. All healthy: give the new replicas the app's network alias (``APP`` and any
    ``--network-alias``), switch the host port's proxy to them in one assignment, and
    take the alias off the old replicas. Container clients resolving the alias now get

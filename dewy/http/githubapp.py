@@ -10,7 +10,8 @@ host's clock is off).
 
 Configured from the environment as upstream dewy reads it: ``GITHUB_APP_ID``,
 ``GITHUB_APP_INSTALLATION_ID`` and the key in ``GITHUB_APP_PRIVATE_KEY`` (the PEM text;
-a systemd credential of that name arrives the same way) or ``GITHUB_APP_PRIVATE_KEY_PATH``.
+a systemd credential of that name arrives the same way) or ``GITHUB_APP_PRIVATE_KEY_PATH``
+(a relative path is looked up among the systemd credentials first).
 ``cryptography`` is imported only when an app is configured: it is an extra. Neither
 the key nor a token ever appears in a message.
 """
@@ -75,6 +76,9 @@ def app_from_env(environ: Mapping[str, str] | None = None) -> GitHubApp | None:
             raise UsageError("GITHUB_APP_ID is set but no private key: set GITHUB_APP_PRIVATE_KEY (the PEM text, or a "
                              "systemd credential of that name) or GITHUB_APP_PRIVATE_KEY_PATH")
         where = f"GITHUB_APP_PRIVATE_KEY_PATH={path}"
+        credentials = environ.get("CREDENTIALS_DIRECTORY")  # LoadCredential=app.pem:... with a relative path
+        if not os.path.isabs(path) and credentials and os.path.isfile(os.path.join(credentials, path)):
+            path = os.path.join(credentials, path)
         try:
             with open(path, "rb") as file:
                 text = file.read(MAX_KEY_FILE_BYTES + 1).decode("ascii", "replace")
