@@ -384,7 +384,7 @@ def test_kill_9_then_restart_adopts_and_converges_without_downtime(app: App) -> 
             order = [e["event"] for e in dewy.seen if e.get("event") in ("proxy-backends", "replica-removed")]
             assert order[0] == "proxy-backends", "the host port forwards before the half-started replicas are removed"
             dewy.wait_for("deployed", version="v1.1.0", timeout=60)
-            dewy.wait_for("replicas-drained", timeout=30)
+            dewy.wait_for("replicas-drained", already=True, timeout=30)  # under load it may come before deployed
             deadline = time.monotonic() + 15
             while app.versions() != ["v1.1.0"] * 2 and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -472,8 +472,9 @@ def test_two_port_mappings_serve_across_a_rolling_update_with_the_exposed_port_n
     try:
         app.push("v1.0.0", expose=(PORT,))
         command = [f"--cmd={word}" for word in json.loads(serve_command(second_port=True))]
-        dewy = app.start("--name", name, "--replicas", "2", *command, "--", "-l", "team=web", "--label", "tier=front",
-                         ports=("-p", f"127.0.0.1:{app.port}", "--port", f"127.0.0.1:{second}:{SECOND_PORT}"))
+        args = ("--name", name, "--replicas", "2", *command, "--", "-l", "team=web", "--label", "tier=front")
+        ports = ("-p", f"127.0.0.1:{app.port}", "--port", f"127.0.0.1:{second}:{SECOND_PORT}")
+        dewy = app.start(*args, ports=ports)
         try:
             dewy.wait_for("deployed", version="v1.0.0", timeout=60)
             assert get(app.port)[1] == "v1.0.0" and get(second)[1] == f"v1.0.0 on {SECOND_PORT}"
@@ -486,7 +487,7 @@ def test_two_port_mappings_serve_across_a_rolling_update_with_the_exposed_port_n
                 assert loop.ok > 20
             assert first_loop.bodies == ["v1.0.0", "v1.1.0"]
             assert second_loop.bodies == [f"v1.0.0 on {SECOND_PORT}", f"v1.1.0 on {SECOND_PORT}"]
-            dewy.wait_for("replicas-drained", timeout=30)
+            dewy.wait_for("replicas-drained", already=True, timeout=30)
             serving = [c for c in app.containers() if c["labels"]["dewy.version"] == "v1.1.0"]
             assert len(serving) == 2
             for container in serving:
@@ -494,6 +495,12 @@ def test_two_port_mappings_serve_across_a_rolling_update_with_the_exposed_port_n
                 labels = container["labels"]
                 assert labels["team"] == "web" and labels["tier"] == "front"
                 assert labels["dewy.app"] == name and labels["dewy.ports"] == f"{PORT}:{PORT},{SECOND_PORT}"
+
+            dewy.kill()  # the next dewy adopts the replicas and forwards each port where they were started for
+            dewy = app.start(*args, ports=ports)
+            dewy.wait_for("replicas-adopted", timeout=30)
+            assert get(app.port)[1] == "v1.1.0" and get(second)[1] == f"v1.1.0 on {SECOND_PORT}"
+            assert not any(r.get("event") in ("deploying", "replica-starting") for r in dewy.seen)
         finally:
             stop_dewy(dewy)
     finally:

@@ -102,12 +102,13 @@ def resolve(mappings: Iterable[PortMapping], default: int | None, exposed: list[
     """The container ports for ``mappings``; ``exposed``: the image's EXPOSEd TCP ports (None: not asked,
     see :func:`needs_image`). DewyError naming them when the one port to use is not clear."""
     mappings = list(mappings)
-    if default is None and needs_image(mappings, default):
+    if needs_image(mappings, default):
         ports = sorted(set(exposed or []))
         if len(ports) != 1:
             which = f"exposes {', '.join(map(str, ports))}" if ports else "exposes no TCP port (no EXPOSE)"
             raise DewyError(f"{image} {which}: say which port the app serves on with --container-port N "
                             "or --port HOST_PORT:CONTAINER_PORT (container_port / ports in the config file)")
         default = ports[0]
-    forward = tuple(m.container_port or default for m in mappings)  # type: ignore[misc]
-    return ContainerPorts(forward[0] if forward else default, forward)  # type: ignore[arg-type]
+    # `or 0` never applies: without a default, needs_image made sure every mapping names its port
+    forward = tuple(m.container_port or default or 0 for m in mappings)
+    return ContainerPorts(forward[0] if forward else default or 0, forward)

@@ -259,8 +259,10 @@ class Replicas:
                     first = serving[0]
                     self.version, self.digest, self.image = first.version, first.digest, first.labels.get(LABEL_IMAGE)
             self.serving = sorted(serving, key=lambda c: c.replica)
-            if self.serving:  # what they were started for; replicas of an older dewy have no label
-                self.ports = self._ports_of(self.serving[0]) or await self._ports_for(
+            if self.serving:  # what they were started for, if for these host ports (an older dewy set no label)
+                started_for = self._ports_of(self.serving[0])
+                fits = started_for is not None and len(started_for.forward) == len(self.config.mappings)
+                self.ports = started_for if fits else await self._ports_for(
                     ImageVersion(self.version or "", self.image or "", self.digest))
             draining = {d.id: d.until for d in (record.draining if record else [])}
             now = datetime.now(timezone.utc)
