@@ -27,7 +27,7 @@ SCENARIOS = {
     "disk_full_download": (lambda d: faultmatrix.disk_full(d, "download"), True),
     "disk_full_extraction": (lambda d: faultmatrix.disk_full(d, "extraction"), True),
     "read_only_download": (lambda d: faultmatrix.read_only_during_deploy(d, "download"), True),
-    "read_only_extraction": (lambda d: faultmatrix.read_only_during_deploy(d, "extraction"), True),
+    "read_only_switch": (lambda d: faultmatrix.read_only_during_deploy(d, "switch"), True),
     "registry_hangs": (lambda d: faultmatrix.registry_unresponsive(d, HANG), False),
     "registry_trickles": (lambda d: faultmatrix.registry_unresponsive(d, TRICKLE), False),
     "registry_outage": (faultmatrix.registry_outage, False),

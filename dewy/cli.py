@@ -16,8 +16,8 @@ from dewy.errors import DewyError, UsageError
 from dewy.quantities import parse_duration, parse_size
 from dewy.settings import (
     DEFAULT_MAX_ARCHIVE, LOG_FORMATS, LOG_LEVELS, MODE_SETTINGS, MODES, Missing, SettingError,
-    Settings, check, check_health_path, check_port_number, check_url, parse_count, parse_drain_time, parse_port_mappings,
-    parse_port_specs, runtime_choice,
+    Settings, check, check_deploy_window, check_health_path, check_port_number, check_url, parse_address, parse_count,
+    parse_drain_time, parse_port_mappings, parse_port_specs, runtime_choice,
 )
 
 # How errors of settings.check name a setting (run_args, given after --, has no name)
@@ -55,6 +55,9 @@ _port_number = _argument(check_port_number)
 _count = _argument(parse_count)
 _runtime = _argument(runtime_choice)
 _health_path = _argument(check_health_path)
+_address = _argument(parse_address)
+_window = _argument(check_deploy_window)
+_age = _argument(parse_drain_time)
 
 
 def _url(kind: str):
@@ -92,6 +95,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--telemetry", action="store_true", help="serve Prometheus metrics at /metrics on the admin API")
     parser.add_argument("--otlp-endpoint", metavar="HOST:PORT", help="also push the metrics over OTLP/gRPC (implies --telemetry)")
     parser.add_argument("--otlp-insecure", action="store_true", help="plaintext gRPC for --otlp-endpoint (default TLS)")
+    parser.add_argument("--webhook", type=_address, metavar="HOST:PORT",
+                        help="poll at once on a signed GitHub release event (POST /github) or an authenticated POST "
+                             "/deploy, with the secret in $DEWY_WEBHOOK_SECRET (a systemd credential or the environment file)")
+    parser.add_argument("--deploy-window", type=_window, metavar="SPEC",
+                        help="start updates only then: 'Mon-Fri 09:00-17:00 Europe/Berlin' or a cron expression "
+                             "('* 9-16 * * 1-5 Europe/Berlin'); without a zone the host's local time")
+    parser.add_argument("--min-release-age", type=_age, default=0.0, metavar="DURATION",
+                        help="deploy a release only once it was published this long ago, e.g. 1h (default 0)")
     parser.add_argument("-v", "--version", action="version", version=f"dewy {__version__}")
     _config_misplaced(parser)
 
@@ -193,7 +204,8 @@ def parse(argv: list[str]) -> Settings:
         max_archive_size=args.max_archive_size, max_archive_members=args.max_archive_members,
         keep_releases=args.keep_releases, trusted_keys=args.trusted_key, admin_port=args.admin_port,
         admin_address=args.admin_address, telemetry=args.telemetry, otlp_endpoint=args.otlp_endpoint,
-        otlp_insecure=args.otlp_insecure,
+        otlp_insecure=args.otlp_insecure, webhook=args.webhook, deploy_window=args.deploy_window,
+        min_release_age=args.min_release_age,
     )
     for name in MODE_SETTINGS[mode] & vars(args).keys():
         setattr(settings, name, getattr(args, name))

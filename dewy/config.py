@@ -33,8 +33,8 @@ from dewy.errors import UsageError
 from dewy.quantities import count, parse_duration, parse_percent, parse_size
 from dewy.settings import (
     LOG_FORMATS, LOG_LEVELS, MODE_SETTINGS, MODES, AppLimits, Missing, Origin, SettingError, Settings, check,
-    check_choice, check_health_path, check_port_number, check_url, parse_drain_time, parse_port_mappings, parse_port_specs,
-    runtime_choice,
+    check_choice, check_deploy_window, check_health_path, check_port_number, check_url, parse_address, parse_drain_time,
+    parse_port_mappings, parse_port_specs, runtime_choice,
 )
 from dewy.urls import redact
 
@@ -258,6 +258,9 @@ TOP: dict[str, tuple[Callable[[Any], Any], str]] = {
     "telemetry": (_boolean, "telemetry"),
     "otlp_endpoint": (_string, "otlp_endpoint"),
     "otlp_insecure": (_boolean, "otlp_insecure"),
+    "webhook": (lambda value: parse_address(_string(value)), "webhook"),
+    "deploy_window": (lambda value: check_deploy_window(_string(value)), "deploy_window"),
+    "min_release_age": (_drain_time, "min_release_age"),
 }
 SERVER: dict[str, tuple[Callable[[Any], Any], str]] = {
     "ports": (_ports, "ports"),
@@ -615,7 +618,7 @@ BACKEND_SECRETS = frozenset({
     "GITHUB_TOKEN", "GH_TOKEN", "SLACK_TOKEN", "MAIL_USERNAME", "MAIL_PASSWORD", "REDIS_PASSWORD",
     "CONSUL_HTTP_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
     "DEWY_REGISTRY_USERNAME", "DEWY_REGISTRY_PASSWORD", "REGISTRY_AUTH_FILE", "DEWY_ADMIN_TOKEN",
-    "GITHUB_APP_PRIVATE_KEY", "GITHUB_APP_PRIVATE_KEY_PATH",
+    "DEWY_WEBHOOK_SECRET", "GITHUB_APP_PRIVATE_KEY", "GITHUB_APP_PRIVATE_KEY_PATH",
 })
 
 

@@ -85,15 +85,14 @@ class ImageVerifier:
         self.clock = clock
         self.unsigned: dict[str, float] = {}  # digest -> when first seen without signature
 
-    async def verify(self, registry: Any, release: Release) -> VerifiedImage:
-        """Who signed ``release``'s image digest, and the image id the pull must bring; SignatureRefused (one line)
-        if no trusted key signed it, ArtifactNotReady while it has no signature yet. ``registry`` is the img://
-        registry of the release (:class:`dewy.registry.img.ImageRegistry`)."""
+    async def ready(self, registry: Any, release: Release) -> None:
+        """ArtifactNotReady while ``release``'s image digest has no signature yet (within the upload grace from
+        when dewy first saw it), SignatureRefused (one line) after it. ``registry`` is the img:// registry of the
+        release (:class:`dewy.registry.img.ImageRegistry`)."""
         tag = signature_tag(release.id)
         if await registry.has_tag(tag):
             self.unsigned.pop(release.id, None)
-            signed = await verify_image(registry, release, self.keys)
-            return VerifiedImage(signed, await image_id(registry, release))
+            return
         waited = self.clock() - self.unsigned.setdefault(release.id, self.clock())
         where = f"{release.artifact_name} ({release.id})"
         if waited < UPLOAD_GRACE.total_seconds():
@@ -101,6 +100,11 @@ class ImageVerifier:
                                    f" {int(waited)}s so far)")
         raise SignatureRefused(f"{where}: refused: no cosign signature (no tag {tag} in {registry.reference} after"
                                f" {int(waited)}s) and verify=cosign is set; the image was not deployed")
+
+    async def verify(self, registry: Any, release: Release) -> VerifiedImage:
+        """Who signed ``release``'s image digest (its signature is there: :meth:`ready`), and the image id the
+        pull must bring; SignatureRefused (one line) if no trusted key signed it."""
+        return VerifiedImage(await verify_image(registry, release, self.keys), await image_id(registry, release))
 
 
 async def verify_image(registry: Any, release: Release, keys: Sequence[ec.EllipticCurvePublicKey]) -> Signed:

@@ -33,12 +33,14 @@ from dewy.liveness import START_SLACK, Liveness
 from dewy.notifiers import NOTIFIERS, Notifications
 from dewy.progress import Progress, ProgressFile
 from dewy.registry import REGISTRIES, Registry, Release
+from dewy.schedule import Schedule
 from dewy.settings import Settings
 from dewy.signing import SignatureRefused, Verification
 from dewy.state import State
 from dewy.targets import Candidate, DeployTarget
 from dewy.tasks import Background
 from dewy.urls import Url
+from dewy.webhook import Webhook
 
 MAX_BACKOFF = 300.0
 IDLE_BEAT = 1.0  # between cycles, how often the loop tells the watchdog it is fine
@@ -64,7 +66,7 @@ class Backoff:
 
 class Daemon:
     def __init__(self, settings: Settings, registry: Registry, cache: Cache, state: State, notifications: Notifications,
-                 host: Host, target: DeployTarget, liveness: Liveness) -> None:
+                 host: Host, target: DeployTarget, liveness: Liveness, webhook: Webhook | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.cache = cache
@@ -77,6 +79,9 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.background = Background()
         self.activity: str | None = None  # long work in progress ("downloading v2.0.0: 412 MiB of 1.0 GiB, ...")
+        self.poll_now = asyncio.Event()  # a poll before the interval is up: a webhook, a deploy window opening
+        self.schedule = Schedule.of(settings.deploy_window, settings.min_release_age, self.poll_now)
+        self.webhook = webhook
 
     @classmethod
     def from_settings(cls, settings: Settings, host: Host) -> Daemon:
@@ -106,7 +111,9 @@ class Daemon:
         liveness = Liveness()
         target = targets.load(settings, host=host, state=state, liveness=liveness, registry=registry,
                               cache_url=cache_url, verification=verification)
-        return cls(settings, registry, cache, state, notifications, host, target, liveness)
+        with settings.given("webhook"):
+            webhook = Webhook.from_settings(settings) if settings.webhook else None
+        return cls(settings, registry, cache, state, notifications, host, target, liveness, webhook)
 
     async def serve(self) -> int:
         """Cycle until a stop is requested; 0 then. An internal error (a bug) ends dewy with 1 but, as a
@@ -120,6 +127,8 @@ class Daemon:
                  dir=str(self.settings.dir))
         self.background.start(self._watchdog(), "the watchdog")
         self.background.start(self.target.watch(lambda: self.host.status(self.status())), "recording the running app")
+        if self.webhook:
+            self.background.start(self.webhook.run(self.poll_now), "the webhook")
         code = 0
         try:
             await self._until_stopped(self._guarded(self.target.adopt))
@@ -157,13 +166,19 @@ class Daemon:
         return None
 
     async def _idle(self, delay: float) -> None:
-        """Wait ``delay`` for the next cycle (or a stop), telling the watchdog the loop is fine meanwhile."""
+        """Wait ``delay`` for the next cycle (or a stop, or ``poll_now``), telling the watchdog the loop is fine
+        meanwhile. ``poll_now`` is cleared here: set again during the cycle, it means one more poll."""
         loop = asyncio.get_running_loop()
         until = loop.time() + delay
-        while not self.stopping.is_set() and (left := until - loop.time()) > 0:
-            self.liveness.beat()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), min(left, IDLE_BEAT))
+        woken = [asyncio.ensure_future(self.stopping.wait()), asyncio.ensure_future(self.poll_now.wait())]
+        try:
+            while not any(w.done() for w in woken) and (left := until - loop.time()) > 0:
+                self.liveness.beat()
+                await asyncio.wait(woken, timeout=min(left, IDLE_BEAT), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in woken:
+                waiting.cancel()
+        self.poll_now.clear()
 
     async def _shut_down(self, stop_app: bool) -> None:
         """Stop the app only when a stop was asked for and dewy is not being restarted; release everything."""
@@ -201,6 +216,8 @@ class Daemon:
             parts.append(f"last check {self.state.last_check[11:19]} UTC")
         if self.state.last_error:
             parts.append(f"last error: {self.state.last_error}")
+        if self.state.waiting:
+            parts.append(self.state.waiting.reason)
         return "; ".join(parts)[:400]
 
     def _restart_app(self) -> None:
@@ -255,11 +272,14 @@ class Daemon:
             release = await self.registry.current()
         if self.target.is_current(release):
             log.debug("up-to-date", f"{release.tag} is deployed", version=release.tag)
+            self.schedule.settled(self.state)
             return
         if release.cache_key in self.state.quarantine:
             log.debug("quarantined", f"{release.tag} is quarantined: {self.state.quarantine[release.cache_key]}", version=release.tag)
             return
-        self.target.ready(release)
+        if self.schedule.holds(release, self.state):
+            return
+        await self.target.ready(release)
         await self.deploy(release)
 
     async def deploy(self, release: Release) -> None:

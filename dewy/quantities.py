@@ -17,7 +17,7 @@ MAX_PERCENT = 100_000.0  # of one CPU: a thousand CPUs
 MAX_COUNT = 1 << 31  # releases kept, archive members, tasks, replicas
 
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def number(digits: str, *, maximum: float, most: str, what: str, shown: str, zero: bool = False) -> float:
@@ -46,10 +46,10 @@ def count(value: int, *, minimum: int = 1, maximum: int = MAX_COUNT) -> int:
 
 
 def parse_duration(text: str, *, zero: bool = False) -> float:
-    """``30``, ``30s``, ``5m``, ``1h`` or ``250ms`` to seconds; greater than zero unless ``zero``."""
+    """``30``, ``30s``, ``5m``, ``1h``, ``3d`` or ``250ms`` to seconds; greater than zero unless ``zero``."""
     value = text.strip().lower()
     factor = 1.0
-    for suffix in ("ms", "s", "m", "h"):
+    for suffix in ("ms", "s", "m", "h", "d"):
         if value.endswith(suffix):
             value, factor = value[: -len(suffix)], DURATION_UNITS[suffix]
             break

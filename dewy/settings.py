@@ -113,6 +113,9 @@ class Settings:
     telemetry: bool = False  # GET /metrics on the admin API (check() turns it on for otlp_endpoint)
     otlp_endpoint: str | None = None  # HOST:PORT: push the metrics over OTLP/gRPC too
     otlp_insecure: bool = False
+    webhook: tuple[str, int] | None = None  # HOST:PORT of the push-trigger endpoint (dewy.webhook)
+    deploy_window: str | None = None  # when updates may start (dewy.schedule)
+    min_release_age: float = 0.0  # seconds a release must have been published before it is deployed
     #: run_args parsed (the env files read) once, by check()
     run_options: RunOptions = field(default_factory=RunOptions, compare=False, repr=False)
     #: where a config file set each value, by field (notifiers also by item: ``notifiers[1]``)
@@ -198,6 +201,22 @@ def check_port_number(text: str | int) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 65535:
         raise ValueError(f"{value} is not a port number (1-65535)")
     return int(value)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``127.0.0.1:9000``, ``[::1]:9000``, ``0.0.0.0:9000`` to (host, port)."""
+    host, sep, port = str(text).strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not HOST:PORT, e.g. 127.0.0.1:9000")
+    return host, check_port_number(port)
+
+
+def check_deploy_window(text: str) -> str:
+    """``Mon-Fri 09:00-17:00 Europe/Berlin`` or a cron expression, checked now and kept as written."""
+    from dewy.schedule import parse_window
+
+    return parse_window(text).text
 
 
 def parse_drain_time(text: str) -> float:

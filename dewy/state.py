@@ -109,6 +109,18 @@ class ReplicaSet:
         return {"mode": "container", **asdict(self)}
 
 
+@dataclass
+class Waiting:
+    """A newer version held back by --deploy-window or --min-release-age (:mod:`dewy.schedule`)."""
+
+    version: str
+    key: str  # its cache key
+    gate: str  # deploy-window | min-release-age
+    reason: str  # the line ``dewy status`` and STATUS= show
+    until: str  # UTC ISO time the gate lifts
+    seen: str  # UTC ISO time this host first saw the version (the age of a release without a publish time)
+
+
 RunningApp = Union[AppGeneration, ReplicaSet]
 
 
@@ -137,6 +149,14 @@ def app_from_json(data: Any) -> RunningApp | None:
         return None
 
 
+def _waiting(data: Any) -> Waiting | None:
+    """The held version as recorded; None for a record that cannot be read (the next poll records it again)."""
+    try:
+        return _build(Waiting, data) if data else None
+    except (TypeError, ValueError):
+        return None
+
+
 @dataclass
 class State:
     path: Path
@@ -146,6 +166,7 @@ class State:
     app: RunningApp | None = None
     last_check: str | None = None  # UTC ISO time of the last deploy cycle
     last_error: str | None = None  # its error, None when it succeeded
+    waiting: Waiting | None = None  # a newer version the deploy window or the minimum age holds back
 
     @classmethod
     def load(cls, path: Path) -> State:
@@ -165,6 +186,7 @@ class State:
             app=app_from_json(data.get("app")),
             last_check=data.get("last_check"),
             last_error=data.get("last_error"),
+            waiting=_waiting(data.get("waiting")),
         )
 
     def save(self) -> None:
@@ -177,6 +199,8 @@ class State:
             "last_check": self.last_check,
             "last_error": self.last_error,
         }
+        if self.waiting:  # only then: a file of a dewy that never held a version is written back unchanged
+            data["waiting"] = asdict(self.waiting)
         with on_disk(self.path.parent, "the state file"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.path, json.dumps(data, indent=2).encode())

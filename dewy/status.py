@@ -2,9 +2,10 @@
 
 Status reads the instance's state file (what is deployed, the serving app generation and
 its unit, or in container mode the replicas with their versions and health as the daemon
-last checked them (every poll; the last check's time is shown), quarantined versions, the last check and error). History reads the journal of
-``dewy@NAME.service`` (deploys, rollbacks, failures), or, where there is no journal, the
-deploys recorded in the state file.
+last checked them (every poll; the last check's time is shown), quarantined versions, a
+newer version the deploy window or the minimum age holds back, the last check and error).
+History reads the journal of ``dewy@NAME.service`` (deploys, rollbacks, failures), or,
+where there is no journal, the deploys recorded in the state file.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def status(name: str | None, directory: Path | None) -> dict:
         "last_check": state.last_check,
         "last_error": state.last_error,
         "in_progress": working["line"] if working and alive(working.get("pid")) else None,
+        "waiting": asdict(state.waiting) if state.waiting else None,
     }
 
 
@@ -110,6 +112,8 @@ def render_status(info: dict) -> str:
     ]
     if info.get("in_progress"):
         rows.insert(1, ("in progress", info["in_progress"]))
+    if info.get("waiting"):
+        rows.insert(2, ("waiting", info["waiting"]["reason"]))
     return "\n".join(f"{key + ':':<13} {value}" for key, value in rows)
 
 
@@ -126,6 +130,8 @@ def _render_container(info: dict, app: dict) -> str:
         ("signed by", info["signed_by"] or "not verified"),
         ("replicas", f"{len(replicas)} ({sum(1 for r in replicas if r.get('healthy'))} healthy) on {where}"),
     ]
+    if info.get("waiting"):
+        rows.insert(2, ("waiting", info["waiting"]["reason"]))
     lines = [f"{key + ':':<13} {value}" for key, value in rows]
     for replica in replicas:
         health = "healthy" if replica.get("healthy") else f"unhealthy: {replica.get('reason')}"

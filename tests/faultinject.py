@@ -7,6 +7,7 @@ import asyncio
 import os
 import socket
 import subprocess
+import tarfile
 import threading
 from pathlib import Path
 from typing import Self
@@ -158,18 +159,20 @@ class TinyFs:
 class FastForward(asyncio.SelectorEventLoop):
     """An event loop whose clock jumps to its next timer whenever nothing is ready: days of backoff in seconds.
 
-    While work runs in a thread (``run_in_executor``, ``asyncio.to_thread``) time passes for real,
-    so a timer never races a thread. A peer's answer (a socket) is not waited for: fake those.
+    While work runs in a thread (``run_in_executor``, ``asyncio.to_thread``, or a thread of its own
+    such as dewy's extraction beside a download) time passes for real, so a timer never races a
+    thread. A peer's answer (a socket) is not waited for: fake those.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.skipped = 0.0
         self._in_threads = 0
+        self._threads_before = set(threading.enumerate())
         real_select = self._selector.select
 
         def select(timeout: float | None = None) -> list:
-            if self._in_threads or timeout is None:
+            if self._in_threads or timeout is None or self._own_threads_alive():
                 return real_select(timeout)
             ready = real_select(0)
             if not ready:
@@ -181,6 +184,11 @@ class FastForward(asyncio.SelectorEventLoop):
     def time(self) -> float:
         return super().time() + self.skipped
 
+    def _own_threads_alive(self) -> bool:
+        """A thread started since this loop was made, other than an executor's (counted in run_in_executor:
+        its idle workers stay alive)."""
+        return any(t not in self._threads_before and not t.name.startswith("asyncio_") for t in threading.enumerate())
+
     def run_in_executor(self, executor, func, *args) -> asyncio.Future:
         future = super().run_in_executor(executor, func, *args)
         self._in_threads += 1
@@ -188,18 +196,25 @@ class FastForward(asyncio.SelectorEventLoop):
         return future
 
 
-class Zeros:
-    """``size`` zero bytes as a test server's asset without holding them: what the servers need of ``bytes``."""
+class ZeroFilledTar:
+    """A valid ``.tar`` holding one ``size``-byte file of zeros, as a test server's asset without holding it
+    (what the servers need of ``bytes``): a download that is long however dewy reads it (a stream of zeros is
+    no archive, and dewy extracts while it downloads, so it would stop at the first bytes)."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self, size: int, member: str = "blob") -> None:
+        self.header = tarfile.TarInfo(member)
+        self.header.size = size
+        self.header = self.header.tobuf(format=tarfile.USTAR_FORMAT)
+        padded = -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        self.size = len(self.header) + padded + 2 * tarfile.BLOCKSIZE  # what follows the header is zeros: data, end
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, index: slice) -> bytes:
         start, stop, _ = index.indices(self.size)
-        return bytes(max(stop - start, 0))
+        head = self.header[start:stop]
+        return head + bytes(max(stop - max(start, len(self.header)), 0))
 
 
 def leftovers(*directories: Path) -> list[str]:

@@ -144,7 +144,8 @@ def _finish(outcome: Outcome, s: Stage, client: ClientLoop) -> Outcome:
 
 def disk_full(workdir: Path, during: str = "download") -> Outcome:
     """The cache and releases/ share a small filesystem that another file fills while a 60 MB release is deployed
-    (``during`` its download, or its extraction once the download took the rest); then that file is deleted."""
+    (``during`` its download: the artifact alone does not fit; or its extraction: the artifact fits, not the
+    release extracted beside it while it arrives); then that file is deleted."""
     outcome = Outcome(f"disk full during a 60 MB release's {during}, then freed")
     with TinyFs(workdir / "disk", 200 << 20) as disk, stage(workdir, disk.path) as s:
         dewy = s.serving()
@@ -183,22 +184,23 @@ class Fifo:
             pipe.write("go\n")
 
 
-def read_only_during_deploy(workdir: Path, during: str = "extraction") -> Outcome:
+def read_only_during_deploy(workdir: Path, during: str = "switch") -> Outcome:
     """The filesystem of the cache and releases/ is remounted read-only for a deploy's ``download`` (before it starts)
-    or the end of its ``extraction`` (dewy's before-deploy hook holds v1.1.0's first attempt once it is downloaded
-    and extracted under its partial name, before the release is named), then read-write again. (Linux refuses the remount while a file on it is open for writing: no mid-download case.)"""
+    or its ``switch`` (dewy's before-deploy hook holds v1.1.0's first attempt once it is downloaded and extracted
+    under its partial name, before the release is named), then read-write again. (Linux refuses the remount while
+    a file on it is open for writing: no mid-download case.)"""
     outcome = Outcome(f"filesystem read-only for a deploy's {during}, then read-write")
     reached, proceed, once = Fifo(workdir / "reached"), Fifo(workdir / "proceed"), workdir / "held-once"
     hook = (f'[ "$DEWY_VERSION" != v1.1.0 ] || [ -e {once} ] || '
             f'{{ : > {once}; echo > {reached.path}; read go < {proceed.path}; }}')
     with TinyFs(workdir / "disk", 64 << 20) as disk, stage(workdir, disk.path) as s:
-        dewy = s.serving(*(["--before-deploy-hook", hook] if during == "extraction" else []))
+        dewy = s.serving(*(["--before-deploy-hook", hook] if during == "switch" else []))
         with ClientLoop(s.port, max_requests=MAX_REQUESTS, max_seconds=2 * WAIT) as client:
             mark = len(dewy.seen)
             if during == "download":
                 disk.remount("ro")
             s.publish("v1.1.0", payload=4 << 20)
-            if during == "extraction":
+            if during == "switch":
                 reached.wait(WAIT)  # downloaded and extracted; the hook holds the deploy before the release is named
                 disk.remount("ro")
                 proceed.send()

@@ -47,7 +47,7 @@ cgroup_manager = "cgroupfs"
 """
 PORT = 8080  # where the test images listen
 SECOND_PORT = 9090  # where they also listen with second_port=True (www2: "VERSION on 9090")
-CLIENT_IMAGE = "localhost/dewy-test-client:1"
+CLIENT_IMAGE = f"localhost/dewy-test-client:{os.getpid()}"  # one per test run: another run removes only its own
 
 
 def _missing(packages: tuple[str, ...]) -> list[str]:

@@ -116,6 +116,13 @@ def test_dir_and_byte_sizes(tmp_path) -> None:
     assert settings.max_archive_size == 1 << 20
 
 
+def test_triggers_and_gates(tmp_path) -> None:
+    settings = load(write(tmp_path, MINIMAL + 'webhook = "[::1]:9000"\ndeploy_window = "Mon-Fri  09:00-17:00 UTC"\n'
+                                              'min_release_age = "90m"\n'))
+    assert (settings.webhook, settings.deploy_window, settings.min_release_age) == \
+        (("::1", 9000), "Mon-Fri 09:00-17:00 UTC", 5400.0)
+
+
 def test_relative_path_is_reported_absolute(tmp_path) -> None:
     write(tmp_path, MINIMAL + "interval = 0\n")
     result = dewy("--config", "demo.toml", cwd=tmp_path)
@@ -222,6 +229,9 @@ def test_relative_path_is_reported_absolute(tmp_path) -> None:
     ('mode = "server"\nregistry = "file:///r"\n', ":1: mode = \"server\" needs a [server] table with the app to run"),
     ('mode = "server"\nregistry = "file:///r"\n\n[server]\nports = [8000]\n', ":4: missing key 'command' in [server]"),
     (MINIMAL + '[server]\ncommand = ["app"]\n', ":3: [server] applies to mode = \"server\" only; this file has mode = \"assets\""),
+    (MINIMAL + 'webhook = "9000"\n', ":3: webhook: '9000' is not HOST:PORT"),
+    (MINIMAL + 'deploy_window = "Mon-Fry 09:00-17:00"\n', ":3: deploy_window: 'Mon-Fry' is not a day"),
+    (MINIMAL + 'min_release_age = "soon"\n', ":3: min_release_age: "),
 ])
 def test_problem_is_reported_at_its_line(tmp_path, text: str, expected: str) -> None:
     path = write(tmp_path, text)

@@ -65,6 +65,8 @@ def test_only_images_signed_by_a_trusted_key_run(podman, registry, tmp_path) -> 
                 publish("evil")  # not a version: dewy never picks it by itself
                 good = publish("v1.2.0")
                 dewy.wait_for("waiting", timeout=30)  # pushed, not signed yet
+                dewy.wait_for("waiting", timeout=30)  # and still not on the next poll: no deploy started meanwhile
+                assert [e for e in dewy.seen if e.get("event") == "deploying" and e.get("version") == "v1.2.0"] == []
                 payload = sign(registry, repository, good, key, reference=f"{front.host}/{repository}")
                 # Right after dewy has read the signature, before it pulls, v1.2.0 is moved to the unsigned image.
                 front.before(f"/v2/{repository}/blobs/{payload}", lambda: move_tag(registry, repository, "v1.2.0", "evil"))

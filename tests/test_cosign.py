@@ -40,6 +40,7 @@ def verified(registry: OciRegistry, trusted=None, verifier: ImageVerifier | None
         backend = REGISTRIES.load(REGISTRIES.url(f"img://{registry.host}/{REPO}"))
         try:
             release = await backend.current()
+            await verifier.ready(backend, release)
             return release, str((await verifier.verify(backend, release)).signed)
         finally:
             await backend.aclose()

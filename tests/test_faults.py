@@ -39,10 +39,12 @@ def assert_survived(outcome: faultmatrix.Outcome) -> None:
 
 
 @needs_root
-@pytest.mark.parametrize("during", ["download", "extraction"])
-@pytest.mark.parametrize("fault, phrase", [(faultmatrix.disk_full, "No space left on device"),
-                                           (faultmatrix.read_only_during_deploy, "Read-only file system")],
-                         ids=["disk-full-then-freed", "read-only-then-writable"])
+@pytest.mark.parametrize("fault, during, phrase", [
+    (faultmatrix.disk_full, "download", "No space left on device"),
+    (faultmatrix.disk_full, "extraction", "No space left on device"),
+    (faultmatrix.read_only_during_deploy, "download", "Read-only file system"),
+    (faultmatrix.read_only_during_deploy, "switch", "Read-only file system"),
+], ids=["disk-full-during-download", "disk-full-during-extraction", "read-only-for-download", "read-only-for-switch"])
 def test_a_disk_fault_during_a_deploy_is_one_line_and_recovered_when_it_clears(tmp_path, fault, phrase, during) -> None:
     outcome = fault(tmp_path, during)
     assert_survived(outcome)

@@ -152,6 +152,34 @@ def test_stopped_accepting_keeps_connections_waiting_in_the_backlog() -> None:
     run(main())
 
 
+def test_a_restart_waits_for_a_connection_still_looking_for_a_replica() -> None:
+    """Accepted while no replica takes connections (the only one restarting) when dewy hands over: the drain
+    waits for it to reach a replica instead of cutting it unanswered."""
+
+    async def main() -> None:
+        server, a = await backend("a")
+        with HeldSockets([("127.0.0.1", 0)]) as held:
+            restarting = ("127.0.0.1", held.addresses[0][1])  # closed again: refuses
+        with HeldSockets([("127.0.0.1", 0)]) as sockets:
+            proxy = TcpProxy(sockets)
+            proxy.set_backends([restarting])
+            proxy.start()
+            asking = asyncio.create_task(ask(sockets.addresses[0][1], "early"))
+            while proxy.active() == 0:
+                await asyncio.sleep(0.01)
+            proxy.stop_accepting()
+            draining = asyncio.create_task(proxy.drain(5))
+            await asyncio.sleep(0.2)
+            assert not draining.done(), "the drain saw nothing in flight"
+            proxy.set_backends([a])  # the replica is back
+            assert await draining == 0
+            proxy.close()
+            assert await asking == "a early"
+        server.close()
+
+    run(main())
+
+
 def test_a_connect_that_fails_after_the_switch_goes_to_the_new_backends() -> None:
     import socket
 

@@ -89,6 +89,14 @@ def test_one_size_grammar_everywhere(tmp_path, text: str) -> None:
     assert options.memory == options.memory_reservation == options.shm_size == 512 << 20
 
 
+@pytest.mark.parametrize("text, seconds", [("3d", 259200.0), ("72h", 259200.0), ("250ms", 0.25), ("90", 90.0)])
+def test_durations_take_days_too(tmp_path, text: str, seconds: float) -> None:
+    """A cooldown of days (``--min-release-age 3d``) as well as the poll interval's seconds, in flags and files."""
+    assert parse(["assets", "-r", "file:///r", "--min-release-age", text]).min_release_age == seconds
+    config = write(tmp_path / "demo.toml", f'mode = "assets"\nregistry = "file:///r"\nmin_release_age = "{text}"\n')
+    assert load(config).min_release_age == seconds
+
+
 # -- run_args and the env file: parsed once, when the settings are made -----------------------------
 
 

@@ -21,6 +21,7 @@ import contextlib
 from dewy import log
 from dewy.container.runtimes import Container, Runtime
 from dewy.errors import AppStartError
+from dewy.healthcheck import status_of
 
 POLL_INTERVAL = 0.2
 PROBE_TIMEOUT = 5.0
@@ -31,17 +32,11 @@ async def http_status(host: str, port: int, path: str, timeout: float = PROBE_TI
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: dewy-health-check\r\n"
-                         "Connection: close\r\n\r\n".encode())
-            line = await reader.readline()
+            return await status_of(reader, writer, host, port, path)
         finally:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-    parts = line.split()
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP answer: {line[:80]!r}" if line else "the connection closed without an answer")
-    return int(parts[1])
 
 
 async def _port_open(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> None:

@@ -139,6 +139,7 @@ class TcpProxy:
         self._next = 0
         self._down: dict[Backend, float] = {}
         self._relays: set[_Relay] = set()
+        self._connecting = 0  # accepted, not yet wired to a backend: in flight too, for the drain
         self._listeners: dict[int, socket.socket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -166,10 +167,10 @@ class TcpProxy:
         self._routes = new
 
     def active(self, backends: Iterable[Backend] | None = None) -> int:
-        """Connections in flight, to ``backends`` only if given."""
+        """Connections in flight, to ``backends`` only if given (else also those still looking for one)."""
         relays = list(self._relays)  # one C-level copy: safe against the proxy thread changing the set
         if backends is None:
-            return len(relays)
+            return len(relays) + self._connecting
         wanted = set(backends)
         return sum(1 for relay in relays if relay.backend in wanted)
 
@@ -242,11 +243,12 @@ class TcpProxy:
         self._in_loop(stop)
 
     async def drain(self, timeout: float) -> int:
-        """Wait up to ``timeout`` for relayed connections to finish; returns how many are still open."""
+        """Wait up to ``timeout`` for accepted connections to finish, those still looking for a backend
+        included (cutting one of those closes it unanswered); returns how many are still open."""
         deadline = time.monotonic() + timeout
-        while self._relays and time.monotonic() < deadline:
+        while self.active() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        return len(self._relays)
+        return self.active()
 
     def close(self) -> None:
         """Stop accepting, cut every relayed connection and end the proxy's thread (the held sockets stay
@@ -274,6 +276,7 @@ class TcpProxy:
                 log.warning("proxy-accept", f"accept failed: {exc}")
                 return
             conn.setblocking(False)
+            self._connecting += 1
             self._tasks.start(self._forward(conn, index), "forwarding a connection")
 
     def _candidates(self, backends: tuple[Backend, ...]) -> list[Backend]:
@@ -296,6 +299,8 @@ class TcpProxy:
         except BaseException:
             conn.close()
             raise
+        finally:
+            self._connecting -= 1  # wired (now one of the relays) or given up
         conn.close()
 
     async def _connect(self, conn: socket.socket, index: int) -> bool:

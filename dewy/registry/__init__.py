@@ -19,6 +19,7 @@ import semver
 
 from dewy.archive import SUFFIXES
 from dewy.errors import ArtifactNotReady, RegistryError
+from dewy.fsutil import bad_file_name
 from dewy.urls import Plugins
 from dewy.versions import CalVer
 
@@ -88,6 +89,9 @@ def is_archive(name: str) -> bool:
     return name.lower().endswith(SUFFIXES)
 
 
+SHOWN_NAMES = 20  # file names an error lists at most
+
+
 def _has_word(name: str, words: tuple[str, ...]) -> bool:
     return any(re.search(rf"(?<![a-z0-9]){re.escape(w)}(?![a-z0-9])", name) for w in words)
 
@@ -128,8 +132,33 @@ def missing_artifact(where: str, tag: str, wanted: str | None, names: list[str],
     age = datetime.now(timezone.utc) - created_at if created_at else None
     if age is not None and age < UPLOAD_GRACE:
         return ArtifactNotReady(f"{where}: release {tag} has no {what} yet (published {int(age.total_seconds())}s ago; waiting for the upload)")
-    listing = ", ".join(names) if names else "no files"
+    shown = names[:SHOWN_NAMES] + ([f"... {len(names) - SHOWN_NAMES} more"] if len(names) > SHOWN_NAMES else [])
+    listing = ", ".join(shown) if names else "no files"
     return RegistryError(f"{where}: release {tag} has no {what} (it has {listing}); set artifact= in the registry URL")
+
+
+@dataclass(frozen=True)
+class ReleaseFiles:
+    """The files of a release that dewy uses, by name."""
+
+    artifact: str
+    checksums: str | None
+    signature: str | None
+
+
+def release_files(where: str, tag: str, wanted: str | None, names: list[str], created_at: datetime | None,
+                  kind: str = "file") -> ReleaseFiles:
+    """The artifact among a release's file names (``wanted``, else this host's), its checksum file and signature;
+    ArtifactNotReady / RegistryError (one line) when there is none or a name dewy will not write to disk."""
+    artifact = select_artifact(names, wanted)
+    if artifact is None:
+        raise missing_artifact(where, tag, wanted, names, created_at)
+    checksums = checksum_file(names, artifact)
+    for used in filter(None, (artifact, checksums)):
+        problem = bad_file_name(used)
+        if problem:
+            raise RegistryError(f"{where}: release {tag}: the {kind} name {used[:100]!r} {problem}; nothing deployed")
+    return ReleaseFiles(artifact, checksums, signature_file(names, artifact))
 
 
 def shipped_name(host: str, command: str, when: datetime) -> str:

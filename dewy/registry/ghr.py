@@ -8,10 +8,7 @@ from urllib.parse import quote
 
 from dewy.artifacts.ghr import asset_url
 from dewy.errors import RegistryError, UsageError
-from dewy.fsutil import bad_file_name
-from dewy.registry import (
-    Release, checksum_file, missing_artifact, select_artifact, shipped_name, shipped_text, signature_file,
-)
+from dewy.registry import Release, release_files, shipped_name, shipped_text
 from dewy.registry.github import GitHub, split_ghr
 from dewy.urls import Url
 from dewy.versions import QUERY_KEYS as VERSION_KEYS, Selection
@@ -49,23 +46,19 @@ class GitHubReleases:
         assets = {a.name: a for a in chosen.assets if a.state == "uploaded"}
         names = list(assets)
         created_at = _timestamp(chosen.published_at or chosen.created_at)
-        name = select_artifact(names, self.artifact)
-        if name is None:
-            raise missing_artifact(self.where, tag, self.artifact, names, created_at)
-        checksums = checksum_file(names, name)
-        signature = signature_file(names, name)
-        for used in filter(None, (name, checksums)):
-            problem = bad_file_name(used)
-            if problem:
-                raise RegistryError(f"{self.where}: release {tag}: the asset name {used[:100]!r} {problem}; nothing deployed")
+        files = release_files(self.where, tag, self.artifact, names, created_at, kind="asset")
+
+        def url(name: str | None) -> str | None:
+            return asset_url(self.owner, self.repo, tag, name, assets[name].id) if name else None
+
         return Release(
             tag=tag,
             version=self.selection.parse(tag),
-            artifact_name=name,
-            artifact_url=asset_url(self.owner, self.repo, tag, name, assets[name].id),
+            artifact_name=files.artifact,
+            artifact_url=url(files.artifact),
             created_at=created_at,
-            checksums_url=asset_url(self.owner, self.repo, tag, checksums, assets[checksums].id) if checksums else None,
-            signature_url=asset_url(self.owner, self.repo, tag, signature, assets[signature].id) if signature else None,
+            checksums_url=url(files.checksums),
+            signature_url=url(files.signature),
             id="" if chosen.id is None else str(chosen.id),
         )
 

@@ -30,10 +30,7 @@ from typing import Any, TypeVar
 
 from dewy.errors import RegistryError
 from dewy.lazyclient import LazyClient
-from dewy.fsutil import bad_file_name
-from dewy.registry import (
-    Release, checksum_file, missing_artifact, select_artifact, shipped_name, shipped_text, signature_file,
-)
+from dewy.registry import Release, release_files, shipped_name, shipped_text
 from dewy.urls import Url
 from dewy.versions import QUERY_KEYS as VERSION_KEYS, Selection
 
@@ -41,7 +38,6 @@ AUDIT_PREFIX = "shipped_to_"
 # How long the file listing of an unchanged newest version is reused (remote stores only):
 # a poll then costs one list request, and a change inside the version directory is seen within this time.
 LISTING_TTL = 300.0
-SHOWN_NAMES = 20
 T = TypeVar("T")
 
 
@@ -141,25 +137,16 @@ class ObjectStoreRegistry(ABC):
         if listing.created is not None and not isinstance(listing.created, datetime):
             raise RegistryError(f"{self.url}: release {tag}: the store gave {listing.created!r} as its time, not a time")
         names = sorted(n for n in self._names(listing.names, f"a file of {tag}") if not n.startswith(AUDIT_PREFIX))
-        name = select_artifact(names, self.artifact)
-        if name is None:
-            self._known = None
-            shown = names[:SHOWN_NAMES] + ([f"... {len(names) - SHOWN_NAMES} more"] if len(names) > SHOWN_NAMES else [])
-            raise missing_artifact(str(self.url), tag, self.artifact, shown, listing.created)
-        checksums = checksum_file(names, name)
-        signature = signature_file(names, name)
-        for used in filter(None, (name, checksums)):
-            problem = bad_file_name(used)
-            if problem:
-                raise RegistryError(f"{self.url}: release {tag}: the file name {used[:100]!r} {problem}; nothing deployed")
+        self._known = None
+        files = release_files(str(self.url), tag, self.artifact, names, listing.created)
         release = Release(
             tag=tag,
             version=self.selection.parse(tag),
-            artifact_name=name,
-            artifact_url=self.file_url(tag, name),
+            artifact_name=files.artifact,
+            artifact_url=self.file_url(tag, files.artifact),
             created_at=listing.created,
-            checksums_url=self.file_url(tag, checksums) if checksums else None,
-            signature_url=self.file_url(tag, signature) if signature else None,
+            checksums_url=self.file_url(tag, files.checksums) if files.checksums else None,
+            signature_url=self.file_url(tag, files.signature) if files.signature else None,
             id=tag,
         )
         if self.reuse_listing:

@@ -22,6 +22,8 @@ import os
 import socket
 import struct
 
+from dewy.healthcheck import status_of
+
 
 def connectable(host: str, port: int) -> tuple[str, int]:
     """Where dewy itself reaches a held socket: loopback for a wildcard address."""
@@ -35,14 +37,7 @@ async def answer(host: str, port: int, path: str, pid: int, others: list[int]) -
     try:
         if not await _accepted_by(pid, others, writer.get_extra_info("peername"), writer.get_extra_info("sockname")):
             return None
-        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: dewy-health-check\r\n"
-                     "Connection: close\r\n\r\n".encode())
-        line = await reader.readline()
-        parts = line.split()
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-            raise ValueError(f"not an HTTP answer: {line[:80]!r}")
-        return int(parts[1])
+        return await status_of(reader, writer, host, port, path)
     finally:
         writer.close()
         with contextlib.suppress(OSError):

@@ -57,7 +57,7 @@ class BaseTarget:
     state: State
     liveness: Liveness
 
-    def ready(self, release: Release) -> None:
+    async def ready(self, release: Release) -> None:
         """A release the registry names is complete: a target that needs more of it overrides this."""
 
 
@@ -76,9 +76,9 @@ class DeployTarget(Protocol):
     def is_current(self, release: Release) -> bool:
         """Is ``release`` what is deployed here?"""
 
-    def ready(self, release: Release) -> None:
+    async def ready(self, release: Release) -> None:
         """Before ``deploying``: ArtifactNotReady while ``release`` is not complete yet (CI still uploading its
-        signature), so that a poll waiting for it starts no deploy."""
+        signature), so that a poll waiting for it starts no deploy; SignatureRefused once it is given up on."""
 
     async def prepare(self, release: Release, progress: Progress) -> Candidate:
         """Fetch what ``release`` needs (verified), without changing what runs; before the before-deploy hook.

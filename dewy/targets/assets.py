@@ -72,7 +72,7 @@ class AssetsTarget(BaseTarget):
         current = self.releases.current_dir()
         return bool(deployed and deployed.key == release.cache_key and current and current.name == deployed.release)
 
-    def ready(self, release: Release) -> None:
+    async def ready(self, release: Release) -> None:
         self.store.check_ready(release)
 
     async def prepare(self, release: Release, progress: Progress) -> Unpackable:

@@ -70,6 +70,12 @@ class ContainerTarget(BaseTarget):
     def is_current(self, release: Release) -> bool:
         return self.replicas.runs(image_of(release))
 
+    async def ready(self, release: Release) -> None:
+        """With verify=cosign, a digest not signed yet is waited for (cosign signs after the push)."""
+        if self.images:
+            with self.liveness.step(None):  # a registry read, bounded by its deadline
+                await self.images.ready(self._images(), release)
+
     async def prepare(self, release: Release, progress: Progress) -> Candidate:
         """With verify=cosign the digest's signature is checked before anything is pulled, and the pull must
         bring the verified image id (replicas start from it, not from a tag that may have moved since)."""

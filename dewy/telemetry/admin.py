@@ -6,8 +6,8 @@ asks for it. ``/metrics`` exists only with ``--telemetry``. Off loopback (``--ad
 every request needs ``Authorization: Bearer $DEWY_ADMIN_TOKEN`` (a systemd credential or the
 environment file, never a flag), and dewy refuses to start without that token.
 
-A minimal HTTP/1.1 server on asyncio: one request per connection, bounded in size and time,
-everything that reads a file (the state file, a scrape) done in a thread.
+Served by :mod:`dewy.httpd` (one request per connection, bounded in size and time);
+everything that reads a file (the state file, a scrape) is done in a thread.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import os
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dewy import log
 from dewy.errors import UsageError
+from dewy.httpd import Limits, Request, Response, Server, json_response
 from dewy.settings import Settings
 from dewy.urls import is_loopback
 
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 DEFAULT_PORT = 17539
 PORT_ATTEMPTS = 10
 TOKEN_VARIABLE = "DEWY_ADMIN_TOKEN"
-REQUEST_TIMEOUT = 10.0
-MAX_REQUEST = 8192
 
 
 class AdminApi:
@@ -42,7 +40,7 @@ class AdminApi:
         self.token = token
         self.metrics: Metrics | None = None  # with --telemetry: GET /metrics
         self.port: int | None = None
-        self._server: asyncio.Server | None = None
+        self._server: Server | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AdminApi:
@@ -59,11 +57,13 @@ class AdminApi:
         first = self.settings.admin_port or DEFAULT_PORT
         error: OSError | None = None
         for port in range(first, min(first + PORT_ATTEMPTS, 65536)):
+            server = Server(self._answer, Limits())
             try:
-                self._server = await asyncio.start_server(self._handle, self.settings.admin_address, port)
+                await server.start(self.settings.admin_address, port)
             except OSError as exc:
                 error = exc
                 continue
+            self._server = server
             self.port = port
             log.info("admin-api", f"admin API on http://{self.settings.admin_address}:{port}"
                      + (" (/metrics too)" if self.metrics else ""), port=port)
@@ -73,45 +73,20 @@ class AdminApi:
 
     async def close(self) -> None:
         if self._server:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
+            await self._server.close()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                status, body, kind = await self._answer(reader)
-                head = (f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: {kind}\r\n"
-                        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-                writer.write(head.encode() + body)
-                await writer.drain()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass  # the client went away or was too slow: nothing to answer
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _answer(self, reader: asyncio.StreamReader) -> tuple[HTTPStatus, bytes, str]:
-        head = await reader.readuntil(b"\r\n\r\n")
-        if len(head) > MAX_REQUEST:
-            return _json(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, {"error": "request too large"})
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3:
-            return _json(HTTPStatus.BAD_REQUEST, {"error": "malformed request line"})
-        method, target, _ = parts
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-        if self.token and not hmac.compare_digest(headers.get("authorization", "").encode(), f"Bearer {self.token}".encode()):
-            return _json(HTTPStatus.UNAUTHORIZED, {"error": f"send Authorization: Bearer ${TOKEN_VARIABLE}"})
-        route = self._routes().get(target.split("?", 1)[0])
+    async def _answer(self, request: Request) -> Response:
+        if self.token and not hmac.compare_digest(request.headers.get("authorization", "").encode(),
+                                                  f"Bearer {self.token}".encode()):
+            return json_response(HTTPStatus.UNAUTHORIZED, {"error": f"send Authorization: Bearer ${TOKEN_VARIABLE}"})
+        route = self._routes().get(request.path)
         if route is None:
-            return _json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {target[:100]}"})
-        if method != "GET":
-            return _json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "only GET"})
+            return json_response(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {request.target[:100]}"})
+        if request.method != "GET":
+            return json_response(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "only GET"})
         return await asyncio.to_thread(route)
 
-    def _routes(self) -> dict[str, Callable[[], tuple[HTTPStatus, bytes, str]]]:
+    def _routes(self) -> dict[str, Callable[[], Response]]:
         routes = {"/api/status": self._status}
         if self.settings.mode == "container":
             routes["/api/containers"] = self._containers
@@ -119,29 +94,25 @@ class AdminApi:
             routes["/metrics"] = self._metrics
         return routes
 
-    def _status(self) -> tuple[HTTPStatus, bytes, str]:
+    def _status(self) -> Response:
         """What ``dewy status --json`` prints."""
         from dewy.status import status
 
         try:
             info = status(None, self.settings.dir)
         except UsageError as exc:  # nothing deployed yet
-            return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
-        return _json(HTTPStatus.OK, {**info, "instance": self.settings.app_name})
+            return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+        return json_response(HTTPStatus.OK, {**info, "instance": self.settings.app_name})
 
-    def _containers(self) -> tuple[HTTPStatus, bytes, str]:
+    def _containers(self) -> Response:
         from dewy.status import containers
 
-        return _json(HTTPStatus.OK, {"containers": containers(self.settings.dir)})
+        return json_response(HTTPStatus.OK, {"containers": containers(self.settings.dir)})
 
-    def _metrics(self) -> tuple[HTTPStatus, bytes, str]:
+    def _metrics(self) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
 
-        return HTTPStatus.OK, self.metrics.exposition(), CONTENT_TYPE_LATEST
-
-
-def _json(status: HTTPStatus, body: Any) -> tuple[HTTPStatus, bytes, str]:
-    return status, json.dumps(body, indent=2).encode() + b"\n", "application/json"
+        return Response(HTTPStatus.OK, self.metrics.exposition(), CONTENT_TYPE_LATEST)
 
 
 async def serving(settings: Settings, serve: Callable[[], Awaitable[int]]) -> int:

@@ -9,7 +9,7 @@ import re
 import time
 
 from tests.conftest import host_artifact, tar_gz
-from tests.faultinject import THROTTLE, FaultProxy, Zeros
+from tests.faultinject import THROTTLE, FaultProxy, ZeroFilledTar
 from tests.github_server import GitHubServer
 from tests.harness import APP, ClientLoop, get
 from tests.system.test_service import Demo, demo, start  # noqa: F401 (demo: the fixture)
@@ -63,7 +63,7 @@ def test_systemctl_stop_during_a_1_gb_download_is_prompt_and_leaves_nothing(demo
         demo.configure(registry_url="ghr://acme/demo", env=f"GITHUB_TOKEN={TOKEN}\nGITHUB_API_URL={proxy.origin}\n")
         demo.m.systemctl("enable", "--now", "dewy@demo", timeout=120)
         demo.deployed("v1.0.0")
-        github.add_release("acme", "demo", "v1.1.0", {host_artifact(): Zeros(1 << 30)})  # 1 GB, at 20 MB/s
+        github.add_release("acme", "demo", "v1.1.0", {host_artifact(suffix=".tar"): ZeroFilledTar(1 << 30)})  # 1 GB, 20 MB/s
         demo.m.wait_until(lambda: events(demo, "deploying"), 30, what="the deploy of v1.1.0")
         proxy.wait_answered(64 << 20, 30)  # well into the download
         asked = time.monotonic()
