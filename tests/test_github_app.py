@@ -91,7 +91,9 @@ def api_requests(server: GitHubServer) -> list[tuple[str, int, str]]:
 @pytest.mark.parametrize("form", ["GITHUB_APP_PRIVATE_KEY", "GITHUB_APP_PRIVATE_KEY_PATH", "systemd credential",
                                   "credential by path"])
 def test_each_key_form_gets_an_installation_token_that_private_releases_need(
-        github: GitHubServer, key, form: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        github: GitHubServer, key, form: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="dewy")
     if form == "GITHUB_APP_PRIVATE_KEY":
         monkeypatch.setenv(form, pem(key))
     elif form == "GITHUB_APP_PRIVATE_KEY_PATH":
@@ -113,6 +115,10 @@ def test_each_key_form_gets_an_installation_token_that_private_releases_need(
     listings = [r for r in github.requests if "/releases" in r.path]
     assert listings and all(r.headers["authorization"] == f"Bearer {token}" for r in listings)
     assert all(r.status in (200, 304) for r in listings)
+    jwt = next(r.headers["authorization"] for r in github.requests if "access_tokens" in r.path).split()[1]
+    logged = [r.getMessage() + str(r.__dict__) for r in caplog.records]
+    assert any("installation token got" in text for text in logged)
+    assert not [text for text in logged if token in text or jwt in text or pem(key).splitlines()[1] in text]
 
 
 def test_the_token_is_replaced_five_minutes_before_it_expires(github: GitHubServer, key, clock: Clock,
