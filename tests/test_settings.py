@@ -153,6 +153,25 @@ def test_port_in_use_names_the_ports_line(tmp_path) -> None:
     assert from_flags.startswith(f"cannot listen on 127.0.0.1:{port}: ")
 
 
+def test_which_container_port_each_host_port_forwards_to() -> None:
+    """Explicit HOST:CONTAINER, else --container-port, else the image's one EXPOSEd TCP port; health on the first."""
+    from dewy.container.ports import ContainerPorts, needs_image, parse_port_mappings, resolve
+    from dewy.container.runtimes import tcp_ports
+    from dewy.errors import DewyError
+
+    both = parse_port_mappings(["8080", "9090:9000"])
+    assert resolve(both, 3000, None, "img") == ContainerPorts(3000, (3000, 9000))
+    assert needs_image(both, None) and not needs_image(parse_port_mappings(["9090:9000"]), None)
+    exposed = tcp_ports({"ExposedPorts": {"8080/tcp": {}, "53/udp": {}}})  # a UDP port cannot be proxied
+    assert exposed == [8080] and resolve(both, None, exposed, "img") == ContainerPorts(8080, (8080, 9000))
+    assert resolve([], None, exposed, "img") == ContainerPorts(8080, ()), "no host port: health on the exposed one"
+    assert ContainerPorts.from_label(ContainerPorts(8080, (8080, 9000)).label) == ContainerPorts(8080, (8080, 9000))
+    for ports, shown in (([], "exposes no TCP port (no EXPOSE)"), ([8080, 9090], "exposes 8080, 9090")):
+        with pytest.raises(DewyError) as caught:
+            resolve(both, None, ports, "ghcr.io/acme/app:v1.2.0")
+        assert str(caught.value).startswith(f"ghcr.io/acme/app:v1.2.0 {shown}: say which port the app serves on")
+
+
 # -- upstream dewy's URL keys (its registry/, cache/ and notifier/ sources), each accepted or refused with its replacement
 
 UPSTREAM_URLS = [
