@@ -17,7 +17,7 @@ from dewy.quantities import parse_duration, parse_size
 from dewy.settings import (
     DEFAULT_MAX_ARCHIVE, LOG_FORMATS, LOG_LEVELS, MODE_SETTINGS, MODES, Missing, SettingError,
     Settings, check, check_deploy_window, check_health_path, check_port_number, check_url, parse_address, parse_count,
-    parse_drain_time, parse_port_specs, runtime_choice,
+    parse_drain_time, parse_port_mappings, parse_port_specs, runtime_choice,
 )
 
 # How errors of settings.check name a setting (run_args, given after --, has no name)
@@ -36,7 +36,6 @@ CONTROL_COMMANDS = {
 }
 FLAG_NEEDS = {
     "app_command": "the app command after --, e.g. dewy server --registry URL -p 8000 -- ./current/app",
-    "container_port": "--container-port N: the port the app listens on inside its container",
 }
 
 
@@ -142,15 +141,17 @@ def build_parser() -> Parser:
     _common(assets)
     container = commands.add_parser(
         "container", help="deploy an OCI image with rolling updates on Podman or Docker",
-        usage="dewy container --registry img://HOST/REPO --container-port N [options] [-- RUN OPTIONS...]",
+        usage="dewy container --registry img://HOST/REPO [-p HOST_PORT[:CONTAINER_PORT]] [options] [-- RUN OPTIONS...]",
         description="Deploys the newest semver tag of an image as --replicas containers on the network dewy-APP "
                     "(alias APP), with health-checked rolling updates. Options after -- are docker run options "
                     "for every replica: -e/--env, --env-file, -v/--volume, --mount, --tmpfs, -u/--user, -w/--workdir, "
                     "-m/--memory, --cpus, --pids-limit, --read-only, --cap-add/--cap-drop, -l/--label, "
                     "--network-alias, ... (publishing, --name, --network, --restart, --privileged, -d are refused).")
     _common(container)
-    container.add_argument("--container-port", type=_port_number, metavar="N", help="the port the app listens on inside its container (required)")
-    container.add_argument("--port", action="append", default=[], metavar="PORTS", help="host port(s) dewy holds and forwards to healthy replicas: 8000, 127.0.0.1:8000 (repeatable); without it only containers on dewy's network reach the app")
+    container.add_argument("--container-port", type=_port_number, metavar="N", help="the port the app listens on inside its container (default: the one port the image EXPOSEs)")
+    container.add_argument("-p", "--port", action="append", default=[], metavar="PORTS", help="host port(s) dewy holds and forwards to healthy replicas, each to --container-port or its own: 8000, 8000:3000, 127.0.0.1:8000:3000 (repeatable; health is checked on the first's); without it only containers on dewy's network reach the app")
+    container.add_argument("--cmd", action="append", default=[], metavar="WORD", help="the replicas' command and its arguments instead of the image's CMD, one word per --cmd (repeatable, in order)")
+    container.add_argument("--proxy-idle-timeout", type=_drain, default=0.0, metavar="SECONDS", help="close a connection through the host port after this long without a byte either way (default 0: never)")
     container.add_argument("--replicas", type=_count, default=1, metavar="N", help="containers serving at once (default 1)")
     container.add_argument("--health-path", type=_health_path, metavar="PATH", help="HTTP path that must answer 2xx/3xx on a new replica before it gets traffic (default: the image's HEALTHCHECK, else the port accepting)")
     container.add_argument("--health-timeout", type=_duration, default=30.0, metavar="SECONDS", help="how long a new replica may take to become healthy (default 30)")
@@ -233,7 +234,7 @@ def parse(argv: list[str]) -> Settings:
         setattr(settings, name, getattr(args, name))
     if "ports" in MODE_SETTINGS[mode]:
         try:
-            settings.ports = parse_port_specs(args.port)
+            settings.ports = (parse_port_mappings if mode == "container" else parse_port_specs)(args.port)
         except ValueError as exc:
             raise UsageError(f"--port: {exc}") from None
     if after:

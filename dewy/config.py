@@ -27,16 +27,19 @@ import tomllib
 from collections.abc import Callable, MutableMapping
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dewy.errors import UsageError
 from dewy.quantities import count, parse_duration, parse_percent, parse_size
 from dewy.settings import (
     LOG_FORMATS, LOG_LEVELS, MODE_SETTINGS, MODES, AppLimits, Missing, Origin, SettingError, Settings, check,
     check_choice, check_deploy_window, check_health_path, check_port_number, check_url, parse_address, parse_drain_time,
-    parse_port_specs, runtime_choice,
+    parse_port_mappings, parse_port_specs, runtime_choice,
 )
 from dewy.urls import redact
+
+if TYPE_CHECKING:
+    from dewy.container.ports import PortMapping
 
 STATE_ROOT = Path("/var/lib/dewy")  # default dir: STATE_ROOT/NAME (systemd: StateDirectory=dewy/%i)
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -164,16 +167,26 @@ def _path(value: Any) -> Path:
     return path
 
 
-def _port_spec(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise Bad(f"expected a port (8000) or a port spec string (\"8000-8005\", \"127.0.0.1:8000\"), not {_kind(value)}")
-    parse_port_specs([str(value)])
-    return str(value)
+def _port_spec(parse: Callable[[list[str]], list], example: str) -> Callable[[Any], str]:
+    def spec(value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise Bad(f"expected a port (8000) or a port spec string ({example}), not {_kind(value)}")
+        parse([str(value)])
+        return str(value)
+
+    return spec
 
 
 def _ports(value: Any) -> list[tuple[str, int]]:
-    specs = _list(_port_spec, '[8000, "8001-8003", "127.0.0.1:9000"]')(value)
+    specs = _list(_port_spec(parse_port_specs, '"8000-8005", "127.0.0.1:8000"'), '[8000, "8001-8003", "127.0.0.1:9000"]')(value)
     return parse_port_specs(specs)  # the whole list: a port given twice
+
+
+def _port_mappings(value: Any) -> list[PortMapping]:
+    """Container mode's ports: each may name its container port."""
+    specs = _list(_port_spec(parse_port_mappings, '"8000:3000", "127.0.0.1:8000"'),
+                  '[8000, "8001:3000", "127.0.0.1:9000:9090"]')(value)
+    return parse_port_mappings(specs)  # the whole list: a port given twice
 
 
 def _command(value: Any) -> list[str]:
@@ -260,7 +273,7 @@ SERVER: dict[str, tuple[Callable[[Any], Any], str]] = {
 }
 CONTAINER: dict[str, tuple[Callable[[Any], Any], str]] = {
     "container_port": (_port_number, "container_port"),
-    "ports": (_ports, "ports"),
+    "ports": (_port_mappings, "ports"),
     "replicas": (_count, "replicas"),
     "health_path": (_health_path, "health_path"),
     "health_timeout": (_duration, "health_timeout"),
@@ -268,6 +281,8 @@ CONTAINER: dict[str, tuple[Callable[[Any], Any], str]] = {
     "stop_timeout": (_duration, "stop_timeout"),
     "runtime": (_runtime, "runtime"),
     "run_args": (_run_args, "run_args"),
+    "proxy_idle_timeout": (_drain_time, "proxy_idle_timeout"),
+    "cmd": (_list(_command_word, '["./server", "--port", "8080"]'), "cmd"),
 }
 APP: dict[str, tuple[Callable[[Any], Any], str]] = {
     "user": (_account, "user"),
@@ -284,7 +299,6 @@ TABLE_MODES = {table: next(mode for mode in MODES if ({"app"} if table == "app" 
 # how a file gives what its mode needs (settings.REQUIRED): the key, what it is, an example
 NEEDED = {
     "app_command": ("command", "the app to run", 'command = ["./current/app"]'),
-    "container_port": ("container_port", "the app's port in its container", "container_port = 8080"),
 }
 
 
@@ -605,7 +619,7 @@ BACKEND_SECRETS = frozenset({
     "GITHUB_TOKEN", "GH_TOKEN", "SLACK_TOKEN", "MAIL_USERNAME", "MAIL_PASSWORD", "REDIS_PASSWORD",
     "CONSUL_HTTP_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
     "DEWY_REGISTRY_USERNAME", "DEWY_REGISTRY_PASSWORD", "REGISTRY_AUTH_FILE", "DEWY_ADMIN_TOKEN",
-    "DEWY_WEBHOOK_SECRET",
+    "DEWY_WEBHOOK_SECRET", "GITHUB_APP_PRIVATE_KEY", "GITHUB_APP_PRIVATE_KEY_PATH",
 })
 
 

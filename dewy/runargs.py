@@ -100,6 +100,7 @@ class RunOptions:
     group_add: list[str] = field(default_factory=list)
     workdir: str | None = None
     entrypoint: list[str] | None = None
+    command: list[str] | None = None  # the image's CMD replaced (--cmd, not a run option)
     memory: int | None = None
     memory_reservation: int | None = None
     nano_cpus: int | None = None

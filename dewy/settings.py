@@ -19,12 +19,16 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dewy.archive import DEFAULT_MAX_MEMBERS
 from dewy.errors import UsageError
 from dewy.quantities import count, parse_duration
 from dewy.runargs import RunOptions, parse_run_args
 from dewy.urls import Url
+
+if TYPE_CHECKING:
+    from dewy.container.ports import PortMapping
 
 MODES = ("server", "assets", "container")
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -37,10 +41,10 @@ MODE_SETTINGS: dict[str, frozenset[str]] = {
     "server": frozenset({"ports", "app_command", "health_path", "health_timeout", "settle_time", "stop_timeout", "app"}),
     "assets": frozenset(),
     "container": frozenset({"container_port", "ports", "replicas", "health_path", "health_timeout", "drain_time",
-                            "stop_timeout", "runtime", "run_args"}),
+                            "stop_timeout", "runtime", "run_args", "cmd", "proxy_idle_timeout"}),
 }
 #: What each mode cannot run without.
-REQUIRED: dict[str, tuple[str, ...]] = {"server": ("app_command",), "assets": (), "container": ("container_port",)}
+REQUIRED: dict[str, tuple[str, ...]] = {"server": ("app_command",), "assets": (), "container": ()}
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ class Settings:
     hook_timeout: float = 300.0
     slot: str | None = None
     dir: Path = field(default_factory=Path.cwd)
-    ports: list[tuple[str, int]] = field(default_factory=list)
+    ports: list[tuple[str, int]] | list[PortMapping] = field(default_factory=list)  # container mode: with container ports
     app_command: list[str] = field(default_factory=list)
     health_path: str | None = None
     health_timeout: float = 30.0
@@ -94,11 +98,13 @@ class Settings:
     max_archive_members: int = DEFAULT_MAX_MEMBERS
     keep_releases: int = 7
     trusted_keys: list[str] = field(default_factory=list)  # --trusted-key FILE|KEY, for the registry's verify=
-    container_port: int | None = None  # container mode: the port the app listens on inside its container
+    container_port: int | None = None  # container mode: the app's port in its container (None: the image's EXPOSE)
     replicas: int = 1
     drain_time: float = 30.0
     runtime: str | None = None  # podman | docker | None (auto-detect)
     run_args: list[str] = field(default_factory=list)  # docker-run options for every replica, as given
+    cmd: list[str] = field(default_factory=list)  # container mode: the replicas' command instead of the image's CMD
+    proxy_idle_timeout: float = 0.0  # container mode: close proxied connections idle this long (0: never)
     name: str | None = None  # the app's name: -n/--name, or the instance name of dewy@NAME (from /etc/dewy/NAME.toml)
     source: Path | None = None  # the --config file these settings came from (None: flags)
     app: AppLimits = field(default_factory=AppLimits)
@@ -169,6 +175,7 @@ def check(settings: Settings, name: Callable[[str], str | None]) -> None:
             raise named("registry", "dewy container deploys images: use an img://HOST/REPO registry")
         try:
             settings.run_options = parse_run_args(settings.run_args)
+            settings.run_options.command = list(settings.cmd) or None
         except UsageError as exc:
             raise named("run_args", str(exc)) from None
 
@@ -223,6 +230,13 @@ def parse_port_specs(specs: list[str]) -> list[tuple[str, int]]:
     from dewy.sockets import parse_ports  # binds nothing; imported when ports are given
 
     return parse_ports(specs)
+
+
+def parse_port_mappings(specs: list[str]) -> list[PortMapping]:
+    """Container mode's ``--port``: as :func:`parse_port_specs`, each with an optional ``:CONTAINER_PORT``."""
+    from dewy.container.ports import parse_port_mappings as parse
+
+    return parse(specs)
 
 
 def check_url(kind: str, raw: str) -> str:

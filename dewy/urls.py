@@ -67,7 +67,11 @@ class Url:
 
     def check_keys(self, allowed: set[str] | frozenset[str]) -> None:
         """Refuse query keys the backend does not know, suggesting the closest known key."""
+        from dewy import upstream
+
         for key in self.query:
+            if key not in allowed and upstream.url_key(self.scheme, key):
+                raise UsageError(f"{self}: {key}= is not a key of dewy's {self.scheme}:// URLs: {upstream.url_key(self.scheme, key)}")
             if key not in allowed:
                 close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(allowed)) or 'none'}"
@@ -185,6 +189,10 @@ class Plugins:
     def url(self, raw: str) -> Url:
         url = Url.parse(raw)
         if url.scheme not in self.table:
+            from dewy import upstream
+
+            if upstream.scheme(self.kind, url.scheme):
+                raise UsageError(f"{redact(raw)}: {upstream.scheme(self.kind, url.scheme)}")
             known = ", ".join(f"{s}://" for s in sorted(self.table)) or "none in this version"
             raise UsageError(f"{redact(raw)}: unknown {self.kind} scheme {url.scheme!r}; supported: {known}")
         return url

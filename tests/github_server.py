@@ -21,6 +21,7 @@ Usage::
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import json
@@ -98,6 +99,78 @@ class _Call:
         return "authorization" in self.headers
 
 
+@dataclass
+class AppInstallation:
+    """A GitHub App installed on the server's repositories: its JWTs are checked as GitHub checks them.
+
+    ``public_key``: the app's (cryptography) RSA public key; a JWT must be RS256, signed by its private
+    key, with ``iss`` the app id, ``iat`` not in the future and ``exp`` in the future but at most 10
+    minutes away. ``lifetime``: seconds an installation token lives. ``clock``: the server's wall clock
+    (a test's fake clock, shared with dewy's).
+    """
+
+    app_id: int
+    installation_id: int
+    public_key: Any
+    lifetime: float = 3600.0
+    clock: Any = time.time
+    exchanges: list[dict[str, Any]] = field(default_factory=list)  # the claims of each accepted JWT
+    tokens: dict[str, float] = field(default_factory=dict)  # installation token -> expiry (clock)
+
+    def revoke(self) -> None:
+        """Every installation token given so far stops working (as ``DELETE /installation/token`` does)."""
+        self.tokens.clear()
+
+    def check_jwt(self, jwt: str) -> dict[str, Any]:
+        """The JWT's claims, or _Reply 401 with GitHub's message for what is wrong with it."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        def refused(message: str) -> _Reply:
+            return _Reply(401, {"message": message, "documentation_url": DOCS})
+
+        try:
+            header_b64, claims_b64, signature_b64 = jwt.split(".")
+            header, claims = (json.loads(_unb64(part)) for part in (header_b64, claims_b64))
+            signature = _unb64(signature_b64)
+        except ValueError:
+            raise refused("A JSON web token could not be decoded") from None
+        if header.get("alg") != "RS256":
+            raise refused("A JSON web token could not be decoded")
+        try:
+            self.public_key.verify(signature, f"{header_b64}.{claims_b64}".encode(), padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature:
+            raise refused("A JSON web token could not be decoded") from None
+        now = self.clock()
+        if str(claims.get("iss")) != str(self.app_id):
+            raise refused("Integration not found")
+        if not isinstance(claims.get("exp"), int) or not now < claims["exp"] <= now + 600:
+            raise refused("'Expiration time' claim ('exp') is too far in the future" if isinstance(claims.get("exp"), int)
+                          and claims["exp"] > now else "'Expiration time' claim ('exp') must be a numeric value "
+                          "representing the future time at which the assertion expires")
+        if not isinstance(claims.get("iat"), int) or claims["iat"] > now:
+            raise refused("'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued")
+        return claims
+
+    def exchange(self, call: _Call, installation: str) -> _Reply:
+        scheme, _, jwt = call.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not jwt:
+            raise _Reply(401, {"message": "A JSON web token could not be decoded", "documentation_url": DOCS})
+        claims = self.check_jwt(jwt)
+        if installation != str(self.installation_id):
+            raise _Reply(404, NOT_FOUND)
+        token = "ghs_" + secrets.token_hex(18)
+        expires = self.clock() + self.lifetime
+        self.tokens[token] = expires
+        self.exchanges.append(claims)
+        return _Reply(201, {"token": token, "expires_at": _iso(datetime.fromtimestamp(expires, timezone.utc)),
+                            "permissions": {"contents": "read"}, "repository_selection": "all"})
+
+    def valid(self, token: str) -> bool:
+        return self.tokens.get(token, float("-inf")) > self.clock()
+
+
 class GitHubServer(LoopbackServer):
     """GitHub's API on 127.0.0.1 (ephemeral port) in a background thread.
 
@@ -107,10 +180,13 @@ class GitHubServer(LoopbackServer):
     Enterprise (uploads then live under ``/api/uploads``).
     ``storage_host``: the host name presigned storage URLs use instead of the
     one in ``root`` (``localhost``: another origin than the API's 127.0.0.1).
+    ``app``: a GitHub App installation; its installation tokens are then the only ones accepted.
     """
 
-    def __init__(self, token: str | None = None, prefix: str = "", storage_host: str | None = None) -> None:
+    def __init__(self, token: str | None = None, prefix: str = "", storage_host: str | None = None,
+                 app: AppInstallation | None = None) -> None:
         self.token = token
+        self.app = app
         self.storage_host = storage_host
         self.prefix = prefix.rstrip("/")
         self.upload_prefix = self.prefix.removesuffix("/v3") + "/uploads"
@@ -197,10 +273,14 @@ class GitHubServer(LoopbackServer):
         return reply.status, body, headers
 
     def _authenticate(self, call: _Call) -> None:
-        if not call.authorized or self.token is None:
+        exchange = re.fullmatch(re.escape(self.prefix) + r"/app/installations/([^/]+)/access_tokens", call.path)
+        if self.app is not None and exchange and call.method == "POST":
+            raise self.app.exchange(call, exchange.group(1))  # the JWT is its credential, not a token
+        if not call.authorized or (self.token is None and self.app is None):
             return
         scheme, _, token = call.headers["authorization"].partition(" ")
-        if scheme.lower() not in ("bearer", "token") or token != self.token:
+        accepted = self.app.valid(token) if self.app is not None else token == self.token
+        if scheme.lower() not in ("bearer", "token") or not accepted:
             raise _Reply(401, {"message": "Bad credentials", "documentation_url": DOCS})
 
     def _limit(self, call: _Call) -> None:
@@ -401,6 +481,10 @@ class _Handler(BaseHTTPRequestHandler):
 def _s3_error(status: int, code: str, message: str) -> tuple[int, bytes, dict[str, str]]:
     body = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>'
     return status, body.encode(), {"Content-Type": "application/xml"}
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _iso(when: datetime | None) -> str | None:

@@ -46,6 +46,7 @@ runtime = "runc"
 cgroup_manager = "cgroupfs"
 """
 PORT = 8080  # where the test images listen
+SECOND_PORT = 9090  # where they also listen with second_port=True (www2: "VERSION on 9090")
 CLIENT_IMAGE = f"localhost/dewy-test-client:{os.getpid()}"  # one per test run: another run removes only its own
 
 
@@ -86,13 +87,14 @@ def rootfs(version: str, *, healthy: bool = True, web: bool = True) -> bytes:
     """A tar of busybox-static and the web root of version ``version``."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for directory in ("bin", "www", "www/cgi-bin", "tmp"):
+        for directory in ("bin", "www", "www/cgi-bin", "www2", "tmp"):
             _add(tar, directory, mode=0o1777 if directory == "tmp" else 0o755, kind=tarfile.DIRTYPE)
         _add(tar, "bin/busybox", BUSYBOX.read_bytes(), 0o755)
         _add(tar, "bin/sh", kind=tarfile.SYMTYPE, link="busybox")
         if web:
             _add(tar, "www/VERSION", version.encode())
             _add(tar, "www/index.html", version.encode())  # what GET / answers (the client loops)
+            _add(tar, "www2/index.html", f"{version} on {SECOND_PORT}".encode())  # the second port's answer
             if healthy:
                 _add(tar, "www/health", b"ok\n")
             _add(tar, "www/cgi-bin/slow", b"#!/bin/sh\n/bin/busybox sleep 2\necho 'Content-Type: text/plain'\necho\n"
@@ -100,10 +102,11 @@ def rootfs(version: str, *, healthy: bool = True, web: bool = True) -> bytes:
     return buffer.getvalue()
 
 
-def serve_command(start_delay: float = 0) -> str:
-    """CMD of the test images: busybox httpd in the foreground, gone at once on SIGTERM."""
+def serve_command(start_delay: float = 0, second_port: bool = False) -> str:
+    """CMD of the test images: busybox httpd in the foreground (two with ``second_port``), gone at once on SIGTERM."""
     delay = f"/bin/busybox sleep {start_delay}; " if start_delay else ""
-    return (f'["/bin/sh", "-c", "trap \'exit 0\' TERM; {delay}/bin/busybox httpd -f -p {PORT} -h /www & wait"]')
+    second = f"/bin/busybox httpd -f -p {SECOND_PORT} -h /www2 & " if second_port else ""
+    return (f'["/bin/sh", "-c", "trap \'exit 0\' TERM; {delay}{second}/bin/busybox httpd -f -p {PORT} -h /www & wait"]')
 
 
 class PodmanService:
@@ -174,14 +177,16 @@ class PodmanService:
         return result.stdout.decode()
 
     def push_app(self, repository: str, version: str, *, healthy: bool = True, start_delay: float = 0,
-                 crash: bool = False) -> str:
-        """Build the test app as ``registry/repository:version`` and push it; the reference.
+                 crash: bool = False, second_port: bool = False, expose: tuple[int, ...] = ()) -> str:
+        """Build the test app as ``registry/repository:version`` (with EXPOSE of each of ``expose``) and push
+        it; the reference.
 
         The local image stays (removing it could race with dewy pulling it): dewy's pull still asks the
         registry for the manifest and finds the layers present."""
         reference = f"{self.registry_host}/{repository}:{version}"
-        command = '["/bin/sh", "-c", "exit 3"]' if crash else serve_command(start_delay)
-        self.podman("import", "--change", f"CMD {command}", "-", reference, input=rootfs(version, healthy=healthy))
+        command = '["/bin/sh", "-c", "exit 3"]' if crash else serve_command(start_delay, second_port)
+        changes = [option for port in expose for option in ("--change", f"EXPOSE {port}")]
+        self.podman("import", "--change", f"CMD {command}", *changes, "-", reference, input=rootfs(version, healthy=healthy))
         self.podman("push", "--tls-verify=false", reference)  # kept locally: cleanup() or dewy's pruning removes it
         return reference
 

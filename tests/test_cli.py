@@ -33,7 +33,7 @@ def dewy(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["assets", "--registry", "file:///tmp/r", "--", "app"], "runs no app"),
         (["assets", "--registry", "file:///tmp/r", "--cache", "mem://"], "unknown cache scheme"),
         (["assets", "--registry", "file:///tmp/r", "--log-level", "loud"], "--log-level"),
-        (["container", "--registry", "img://h/r"], "--container-port"),
+        (["container", "--registry", "img://h/r", "-p", "8080:70000"], "--port: bad port spec '8080:70000': container port"),
         (["container", "--registry", "file:///tmp/r", "--container-port", "8080"], "img://HOST/REPO"),
         (["container", "--registry", "img://h/r", "--container-port", "0"], "--container-port"),
         (["container", "--registry", "img://h/r", "--container-port", "8080", "--replicas", "0"], "--replicas"),
@@ -132,3 +132,44 @@ def test_calver_flag_becomes_the_registry_urls_calver_key_as_upstream() -> None:
         parse(["assets", "-r", "file:///r", "--calver", "x"])
     with pytest.raises(UsageError, match="--calver: the registry URL has calver= already"):
         parse(["assets", "-r", "file:///r?calver=YYYY", "--calver", "YYYY"])
+
+
+# upstream dewy 2.x's flags (its cli.go) as its users write them in unit files, and what each sets here;
+# -i/-c/-l/-f/-s/-d, -n, --poll-backoff-max and --calver are above, --admin-port/--telemetry/--otlp-* run in test_telemetry
+UPSTREAM_FLAGS = [
+    (["server", "--registry", "ghr://acme/app", "-p", "8000", "--port", "8001-8002", "--", "/opt/app/current/app"],
+     {"registry": "ghr://acme/app", "ports": [("", 8000), ("", 8001), ("", 8002)], "app_command": ["/opt/app/current/app"]}),
+    (["assets", "--registry", "ghr://acme/site", "--notifier", "slack://deploys?title=site", "--before-deploy-hook", "pg_dump db",
+      "--after-deploy-hook", "echo done"],
+     {"notifiers": ["slack://deploys?title=site"], "before_deploy_hook": "pg_dump db", "after_deploy_hook": "echo done"}),
+    (["container", "--registry", "img://ghcr.io/acme/app", "--port", "8080", "-p", "9090:9000", "--replicas", "3",
+      "--health-path", "/health", "--health-timeout", "30", "--drain-time", "45", "--runtime", "docker",
+      "--proxy-idle-timeout", "300", "--cmd", "./server", "--cmd=--fast", "--admin-port", "17539",
+      "--", "-e", "DATABASE_URL=postgres://db/app", "-l", "team=web"],
+     {"ports": [("", 8080, None), ("", 9090, 9000)], "container_port": None, "replicas": 3, "health_path": "/health",
+      "health_timeout": 30.0, "drain_time": 45.0, "runtime": "docker", "proxy_idle_timeout": 300.0,
+      "cmd": ["./server", "--fast"], "admin_port": 17539}),
+    (["container", "--registry", "img://ghcr.io/acme/app", "-p", "8080", "--proxy-idle-timeout", "0", "--runtime", "podman"],
+     {"proxy_idle_timeout": 0.0, "runtime": "podman", "cmd": []}),
+    (["assets", "--registry", "ghr://acme/site", "--telemetry", "--otlp-endpoint", "localhost:4317", "--otlp-insecure"],
+     {"telemetry": True, "otlp_endpoint": "localhost:4317", "otlp_insecure": True}),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), UPSTREAM_FLAGS, ids=[a[0] + " " + a[2] for a, _ in UPSTREAM_FLAGS])
+def test_every_upstream_flag_is_taken_as_upstream_means_it(args: list[str], expected: dict) -> None:
+    settings = parse(args)
+    assert {name: getattr(settings, name) for name in expected} == expected
+
+
+def test_container_command_and_labels_reach_the_replicas_options() -> None:
+    """--cmd replaces the image's CMD (upstream's flag); -l after -- is a label beside dewy's own."""
+    settings = parse(["container", "-r", "img://h/r", "--cmd", "./server", "--cmd=--port=3000", "--", "-l", "team=web"])
+    assert settings.run_options.command == ["./server", "--port=3000"] and settings.run_options.labels == {"team": "web"}
+    assert parse(["container", "-r", "img://h/r"]).run_options.command is None, "without --cmd the image's CMD runs"
+
+
+def test_upstream_help_flags() -> None:
+    for flag in ("-h", "--help"):
+        done = dewy(flag)
+        assert done.returncode == 0 and "container" in done.stdout and "--version" in done.stdout

@@ -213,8 +213,7 @@ def test_relative_path_is_reported_absolute(tmp_path) -> None:
     ('mode = "server"\nregistry = "file:///r"\n[server]\ncommand = ["app"]\n[app]\nenvironment = { "NOT-A-NAME" = "x" }\n',
      ":6: app.environment.NOT-A-NAME: 'NOT-A-NAME' is not an environment variable name"),
     # modes and what each needs
-    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n', ":1: mode = \"container\" needs a [container] table with the app's port in its container"),
-    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\nreplicas = 2\n', ":3: missing key 'container_port' in [container]: the app's port in its container"),
+    ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\nports = ["80:8080", 80]\n', ":4: container.ports: bad port spec '80': 80 is given twice"),
     ('mode = "container"\nregistry = "file:///r"\n[container]\ncontainer_port = 8080\n', ":2: registry: dewy container deploys images"),
     ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 70000\n', ":4: container.container_port: 70000 is not a port number"),
     ('mode = "container"\nregistry = "img://ghcr.io/acme/shop"\n[container]\ncontainer_port = 80\nreplicas = 0\n', ":5: container.replicas: 0 must be at least 1"),
@@ -315,7 +314,7 @@ def test_container_example_shows_every_container_key(monkeypatch) -> None:
     monkeypatch.setattr("dewy.runargs.read_env_file", lambda path, environ: {})
     settings = load(EXAMPLES / "example-container.toml")
     assert settings.mode == "container" and settings.container_port == 8080 and settings.replicas == 3
-    assert settings.ports == [("127.0.0.1", 8000)] and settings.runtime is None and settings.drain_time == 30
+    assert settings.ports == [("127.0.0.1", 8000, None)] and settings.runtime is None and settings.drain_time == 30
     assert settings.run_args[:2] == ["-e", "TZ=UTC"]
 
 

@@ -24,7 +24,8 @@ import pytest
 from tests.harness import ClientLoop, Dewy, free_port, get
 from tests.oci_registry import OciRegistry
 from tests.podman import (  # podman and registry: the module's fixtures
-    PORT, ActivatedDewy, PodmanService, listening_socket, podman, registry, rootfs, serve_command, stop_dewy,
+    PORT, SECOND_PORT, ActivatedDewy, PodmanService, listening_socket, podman, registry, rootfs, serve_command,
+    stop_dewy,
 )
 
 pytestmark = pytest.mark.system
@@ -42,17 +43,19 @@ class App:
     def push(self, version: str, **options) -> str:
         return self.podman.push_app(self.repository, version, **options)
 
-    def args(self, *extra: str) -> list[str]:
-        return ["container", "--registry", f"img://{self.registry.host}/{self.repository}",
-                "--container-port", str(PORT), "--port", f"127.0.0.1:{self.port}", "-i", "0.3",
+    def args(self, *extra: str, ports: tuple[str, ...] | None = None) -> list[str]:
+        """dewy container's flags; ``ports`` replace the default --container-port and --port."""
+        ports = ("--container-port", str(PORT), "--port", f"127.0.0.1:{self.port}") if ports is None else ports
+        return ["container", "--registry", f"img://{self.registry.host}/{self.repository}", *ports, "-i", "0.3",
                 "--health-path", "/health", "--health-timeout", "5", "--drain-time", "3", "--stop-timeout", "2",
                 "-d", str(self.dir), *extra]
 
-    def start(self, *extra: str, env: dict[str, str] | None = None, listener=None) -> Dewy:
+    def start(self, *extra: str, env: dict[str, str] | None = None, listener=None,
+              ports: tuple[str, ...] | None = None) -> Dewy:
         env = {"CONTAINER_HOST": self.podman.url, **(env or {})}
         if listener is not None:
-            return ActivatedDewy(self.args(*extra), cwd=self.dir.parent, env=env, listener=listener)
-        return Dewy(self.args(*extra), cwd=self.dir.parent, env=env)
+            return ActivatedDewy(self.args(*extra, ports=ports), cwd=self.dir.parent, env=env, listener=listener)
+        return Dewy(self.args(*extra, ports=ports), cwd=self.dir.parent, env=env)
 
     def containers(self) -> list[dict]:
         return self.podman.containers(self.name)
@@ -405,7 +408,7 @@ def test_kill_9_then_restart_adopts_and_converges_without_downtime(app: App) -> 
             order = [e["event"] for e in dewy.seen if e.get("event") in ("proxy-backends", "replica-removed")]
             assert order[0] == "proxy-backends", "the host port forwards before the half-started replicas are removed"
             dewy.wait_for("deployed", version="v1.1.0", timeout=60)
-            dewy.wait_for("replicas-drained", timeout=30)
+            dewy.wait_for("replicas-drained", already=True, timeout=30)  # under load it may come before deployed
             deadline = time.monotonic() + 15
             while app.versions() != ["v1.1.0"] * 2 and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -478,5 +481,70 @@ def test_admin_api_lists_the_replicas_and_metrics_count_the_proxys_connections(a
         assert after[("dewy_proxy_backends", ())] == 2
         running = [k for k, v in after.items() if k[0] == "dewy_container_status" and dict(k[1])["state"] == "running" and v == 1]
         assert len(running) == 2
+    finally:
+        stop_dewy(dewy)
+
+
+def test_two_port_mappings_serve_across_a_rolling_update_with_the_exposed_port_names_and_labels(
+        podman, registry, tmp_path) -> None:
+    """-p HOST (the image's one EXPOSEd port) and -p HOST:9090 both answer through a rollout; --name is the
+    replicas' base name (the directory is named otherwise); -l labels stay beside dewy's; --cmd replaces the
+    image's CMD (the images serve 9090 only through it)."""
+    name = f"t{secrets.token_hex(3)}"
+    app = App(name, f"{name}/web", tmp_path / "elsewhere", free_port(), podman, registry)
+    second = free_port()
+    try:
+        app.push("v1.0.0", expose=(PORT,))
+        command = [f"--cmd={word}" for word in json.loads(serve_command(second_port=True))]
+        args = ("--name", name, "--replicas", "2", *command, "--", "-l", "team=web", "--label", "tier=front")
+        ports = ("-p", f"127.0.0.1:{app.port}", "--port", f"127.0.0.1:{second}:{SECOND_PORT}")
+        dewy = app.start(*args, ports=ports)
+        try:
+            dewy.wait_for("deployed", version="v1.0.0", timeout=60)
+            assert get(app.port)[1] == "v1.0.0" and get(second)[1] == f"v1.0.0 on {SECOND_PORT}"
+            with ClientLoop(app.port, max_seconds=60) as first_loop, ClientLoop(second, max_seconds=60) as second_loop:
+                app.push("v1.1.0", expose=(PORT,))
+                dewy.wait_for("deployed", version="v1.1.0", timeout=60)
+                assert first_loop.wait_for_body("v1.1.0") and second_loop.wait_for_body(f"v1.1.0 on {SECOND_PORT}")
+            for loop in (first_loop, second_loop):
+                assert loop.failures == [], loop.failures[:5]
+                assert loop.ok > 20
+            assert first_loop.bodies == ["v1.0.0", "v1.1.0"]
+            assert second_loop.bodies == [f"v1.0.0 on {SECOND_PORT}", f"v1.1.0 on {SECOND_PORT}"]
+            dewy.wait_for("replicas-drained", already=True, timeout=30)
+            serving = [c for c in app.containers() if c["labels"]["dewy.version"] == "v1.1.0"]
+            assert len(serving) == 2
+            for container in serving:
+                assert re.fullmatch(rf"{name}-v1\.1\.0-[12]-[0-9a-f]{{6}}", container["name"]), container["name"]
+                labels = container["labels"]
+                assert labels["team"] == "web" and labels["tier"] == "front"
+                assert labels["dewy.app"] == name and labels["dewy.ports"] == f"{PORT}:{PORT},{SECOND_PORT}"
+
+            dewy.kill()  # the next dewy adopts the replicas and forwards each port where they were started for
+            dewy = app.start(*args, ports=ports)
+            dewy.wait_for("replicas-adopted", timeout=30)
+            assert get(app.port)[1] == "v1.1.0" and get(second)[1] == f"v1.1.0 on {SECOND_PORT}"
+            assert not any(r.get("event") in ("deploying", "replica-starting") for r in dewy.seen)
+        finally:
+            stop_dewy(dewy)
+    finally:
+        podman.cleanup(name, f"{name}/web")
+
+
+def test_an_image_exposing_several_ports_without_container_port_is_one_error_and_the_old_version_serves(app: App) -> None:
+    app.push("v1.0.0", expose=(PORT,))
+    dewy = app.start(ports=("--port", f"127.0.0.1:{app.port}"))
+    try:
+        dewy.wait_for("deployed", version="v1.0.0", timeout=60)
+        app.push("v1.1.0", expose=(PORT, SECOND_PORT))
+        failed = dewy.wait_for("deploy-failed", timeout=60)
+        reference = f"{app.registry.host}/{app.repository}:v1.1.0"
+        assert failed["msg"] == (f"{reference} exposes {PORT}, {SECOND_PORT}: say which port the app serves on with "
+                                     "--container-port N or --port HOST_PORT:CONTAINER_PORT (container_port / ports in "
+                                     "the config file)")
+        assert get(app.port)[1] == "v1.0.0", "the running version keeps serving"
+        assert app.versions() == ["v1.0.0"], "no replica of the unclear image was started"
+        assert not [e for e in dewy.seen if e.get("event") in ("rollout-started", "rollback") and e.get("version") == "v1.1.0"]
+        assert status_json(app.dir)["quarantined"] == {}, "not quarantined: with --container-port it deploys after a restart"
     finally:
         stop_dewy(dewy)

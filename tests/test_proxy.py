@@ -290,3 +290,35 @@ def test_start_fails_at_once_when_the_proxy_cannot_accept() -> None:
     with pytest.raises(DewyError, match=r"^the host port's proxy cannot accept on 127.0.0.1:1: \[Errno 9\] Bad file"):
         proxy.start()
     assert time.monotonic() - began < 1
+
+
+def test_idle_timeout_closes_only_connections_that_relay_nothing() -> None:
+    """--proxy-idle-timeout (upstream's): a connection silent for that long is closed; one that keeps talking stays."""
+
+    async def main() -> None:
+        server, echo = await backend("echo")
+        with HeldSockets([("127.0.0.1", 0)]) as sockets:
+            proxy = TcpProxy(sockets, idle_timeout=0.4)
+            port = sockets.addresses[0][1]
+            proxy.set_backends([echo])
+            proxy.start()
+            idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+            busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
+            for writer in (idle_writer, busy_writer):
+                writer.write(b"echo\n")
+            opened = time.monotonic()
+            idle_closed = asyncio.create_task(idle_reader.read())  # b"" once the proxy closes it
+            while not idle_closed.done():  # bounded by run()'s 30 s
+                busy_writer.write(b"ping\n")
+                assert await asyncio.wait_for(busy_reader.readline(), 5) == b"ping\n"
+                await asyncio.wait([idle_closed], timeout=0.1)
+            assert await idle_closed == b"" and 0.4 <= time.monotonic() - opened < 2
+            busy_writer.write(b"still\n")
+            assert await asyncio.wait_for(busy_reader.readline(), 5) == b"still\n", "the talking one stays open"
+            assert proxy.active() == 1
+            for writer in (idle_writer, busy_writer):
+                writer.close()
+            proxy.close()
+        server.close()
+
+    run(main())

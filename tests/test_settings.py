@@ -54,9 +54,24 @@ def test_flags_and_config_file_refuse_alike(tmp_path, flags: list[str], config: 
 
 
 def test_each_mode_needs_its_setting_from_flags_and_files(tmp_path) -> None:
-    assert "dewy container needs --container-port N" in refusal(lambda: parse(["container", "-r", "img://h/r"]))
-    assert "needs a [container] table with the app's port" in refusal(
-        lambda: load(write(tmp_path / "demo.toml", 'mode = "container"\nregistry = "img://h/r"\n')))
+    assert "dewy server needs the app command after --" in refusal(lambda: parse(["server", "-r", "file:///r"]))
+    assert "needs a [server] table with the app to run" in refusal(
+        lambda: load(write(tmp_path / "demo.toml", 'mode = "server"\nregistry = "file:///r"\n')))
+
+
+def test_container_ports_from_flags_and_files_alike(tmp_path) -> None:
+    """No --container-port: the image's EXPOSE says it (at deploy); each --port may name its own container port."""
+    flags = parse(["container", "-r", "img://h/r", "-p", "8080", "--port", "127.0.0.1:9090:9000", "-p", "[::1]:7070:7000"])
+    file = load(write(tmp_path / "demo.toml", 'mode = "container"\nregistry = "img://h/r"\n[container]\n'
+                      'ports = [8080, "127.0.0.1:9090:9000", "[::1]:7070:7000"]\n'))
+    for settings in (flags, file):
+        assert settings.container_port is None
+        assert settings.ports == [("", 8080, None), ("127.0.0.1", 9090, 9000), ("::1", 7070, 7000)]
+    assert "needs" not in repr(parse(["container", "-r", "img://h/r"]).ports)
+    assert ("--port: bad port spec '8000-8001:3000': a range of host ports cannot map to one container port 3000"
+            in refusal(lambda: parse(["container", "-r", "img://h/r", "-p", "8000-8001:3000"])))
+    assert (":4: container.ports[0]: bad port spec '8080:0': container port '0' is not a port number" in refusal(
+        lambda: load(write(tmp_path / "bad.toml", 'mode = "container"\nregistry = "img://h/r"\n[container]\nports = ["8080:0"]\n'))))
 
 
 # -- one size grammar ---------------------------------------------------------------------------
@@ -136,3 +151,76 @@ def test_port_in_use_names_the_ports_line(tmp_path) -> None:
                    "--", "./current/app"]), PlainProcess()))
     assert from_file == f"{config}:6: server.ports: {from_flags}"
     assert from_flags.startswith(f"cannot listen on 127.0.0.1:{port}: ")
+
+
+def test_which_container_port_each_host_port_forwards_to() -> None:
+    """Explicit HOST:CONTAINER, else --container-port, else the image's one EXPOSEd TCP port; health on the first."""
+    from dewy.container.ports import ContainerPorts, needs_image, parse_port_mappings, resolve
+    from dewy.container.runtimes import tcp_ports
+    from dewy.errors import DewyError
+
+    both = parse_port_mappings(["8080", "9090:9000"])
+    assert resolve(both, 3000, None, "img") == ContainerPorts(3000, (3000, 9000))
+    assert needs_image(both, None) and not needs_image(parse_port_mappings(["9090:9000"]), None)
+    exposed = tcp_ports({"ExposedPorts": {"8080/tcp": {}, "53/udp": {}}})  # a UDP port cannot be proxied
+    assert exposed == [8080] and resolve(both, None, exposed, "img") == ContainerPorts(8080, (8080, 9000))
+    assert resolve([], None, exposed, "img") == ContainerPorts(8080, ()), "no host port: health on the exposed one"
+    assert ContainerPorts.from_label(ContainerPorts(8080, (8080, 9000)).label) == ContainerPorts(8080, (8080, 9000))
+    for ports, shown in (([], "exposes no TCP port (no EXPOSE)"), ([8080, 9090], "exposes 8080, 9090")):
+        with pytest.raises(DewyError) as caught:
+            resolve(both, None, ports, "ghcr.io/acme/app:v1.2.0")
+        assert str(caught.value).startswith(f"ghcr.io/acme/app:v1.2.0 {shown}: say which port the app serves on")
+
+
+# -- upstream dewy's URL keys (its registry/, cache/ and notifier/ sources), each accepted or refused with its replacement
+
+UPSTREAM_URLS = [
+    ("registry", "ghr://acme/app?artifact=app.tgz&pre-release=true&calver=YYYY.0M.MICRO", None),
+    ("registry", "s3://ap-northeast-1/acme-releases/app?endpoint=http://127.0.0.1:9000&artifact=app.tgz&pre-release=true"
+                 "&calver=YYYY.0M.0D", None),
+    ("registry", "s3://ap-northeast-1/acme-releases/app?region=ap-northeast-1",
+     "region= is not a key of dewy's s3:// URLs: the region is the URL's first part: s3://REGION/BUCKET/PREFIX"),
+    ("registry", "gs://acme-releases/app?project=acme&artifact=app.tgz&pre-release=true&calver=YYYY.0M", None),
+    ("registry", "gs://acme-releases/app?project=", None),  # the credentials' project
+    ("registry", "grpc://localhost:9000?no-tls=true&artifact=app.tgz&calver=YYYY.0M", None),
+    ("registry", "img://ghcr.io/acme/app?pre-release=true&constraint=^1", None),
+    ("registry", "img://ghcr.io/acme/app?calver=YYYY.0M.MICRO", None),
+    ("registry", "img://ghcr.io/acme/app:latest", "name the repository without a tag or digest (dewy picks the newest"),
+    ("artifact", "s3://ap-northeast-1/acme-releases/app/v1.0.0/app.tgz?endpoint=http://127.0.0.1:9000", None),
+    ("cache", "file:///var/cache/dewy", None),
+    ("cache", "file:///var/cache/dewy?registry-ttl=30s", "registry-ttl= is not a key of dewy's file:// URLs: upstream's "
+                                                        "registry-ttl= has no use on a local cache; dewy shares state"),
+    ("cache", "redis://127.0.0.1:6379/0?registry-ttl=30s", "write ttl=SECONDS"),
+    ("cache", "s3://ap-northeast-1/acme-cache/app?registry-ttl=30s", "upstream's s3:// cache: dewy shares state across a "
+                                                                    "fleet through redis://"),
+    ("cache", "gs://acme-cache/app", "upstream's gs:// cache: dewy shares state across a fleet through redis://"),
+    ("notifier", "slack://deploys?title=app&url=https://example.com/app&quiet=true&thread=true", None),
+    ("notifier", "mail://smtp.example.com:587/ops@example.com?username=dewy&password=s3cret&from=dewy@example.com"
+                 "&subject=Deploys&tls=true&quiet=true", None),
+    ("notifier", "smtp://smtp.example.com:587/ops@example.com", None),
+    ("notifier", "mail://smtp.example.com:587/ops@example.com?to=dev@example.com",
+     "to= is not a key of dewy's mail:// URLs: the recipient is the URL's path: mail://HOST:PORT/RECIPIENT"),
+    ("notifier", "smtp://smtp.example.com:587/ops@example.com?host=smtp.example.com&port=25",
+     "host= is not a key of dewy's smtp:// URLs: the SMTP server is the URL's host and port"),
+]
+
+
+@pytest.mark.parametrize(("kind", "url", "refused"), UPSTREAM_URLS, ids=[u for _, u, _ in UPSTREAM_URLS])
+def test_every_upstream_url_key_is_taken_or_refused_with_what_to_write_instead(kind: str, url: str, refused: str | None,
+                                                                               monkeypatch) -> None:
+    from dewy.artifacts import ARTIFACTS
+    from dewy.cache import CACHES
+    from dewy.notifiers import NOTIFIERS
+    from dewy.registry import REGISTRIES
+
+    monkeypatch.setenv("SLACK_TOKEN", "xoxb-test")
+    plugins = {"registry": REGISTRIES, "artifact": ARTIFACTS, "cache": CACHES, "notifier": NOTIFIERS}[kind]
+
+    def build() -> None:
+        plugins.load(plugins.url(url))
+
+    if refused is None:
+        build()
+    else:
+        message = refusal(build)
+        assert refused in message and "\n" not in message and "s3cret" not in message

@@ -9,8 +9,9 @@ systemd it is also kept in the fd store and survives dewy's own restarts (connec
 queue in the kernel's backlog meanwhile, none is refused).
 
 Each accepted connection is forwarded to one backend, round robin over the replicas
-that passed their health check (their IP on dewy's network and the container port).
-A rollout replaces the backend set in one assignment (:meth:`TcpProxy.set_backends`):
+that passed their health check (their IP on dewy's network and the container port
+that held socket maps to: each ``--port`` may name its own).
+A rollout replaces the backend sets in one assignment (:meth:`TcpProxy.set_routes`):
 every connection accepted afterwards goes to the new replicas, and connections already
 forwarded to old replicas carry on untouched until they finish (the drain). A backend
 that refuses or does not answer the connect is tried last for a while and the next one
@@ -18,7 +19,8 @@ is tried; nothing was sent yet, so the client never notices. While no replica ac
 at all (the only one restarting), a connection waits up to 3 s for one to.
 
 Bytes are relayed with asyncio protocols and flow control (a slow reader pauses its
-peer), half-closes are passed on. The proxy is layer 4: HTTP keep-alive connections
+peer), half-closes are passed on. With an idle timeout (``--proxy-idle-timeout``, as
+upstream dewy has it) a connection that relayed no byte for that long is closed. The proxy is layer 4: HTTP keep-alive connections
 stay with the replica they started on, TLS passes through.
 
 The proxy runs its own event loop in its own thread, so that nothing else dewy does
@@ -49,6 +51,7 @@ CONNECT_BUDGET = 3.0  # how long a client's connection waits for some replica to
 RETRY_PAUSE = 0.05  # between two rounds over the backends (while none accepts, e.g. the only one restarts)
 DOWN_FOR = 5.0  # a backend that failed a connect is tried last for this long (until the next health check)
 ACCEPT_BATCH = 64
+IDLE_SWEEPS = 4  # idle connections are looked for this often per idle timeout (closed within 1.25 of it)
 START_TIMEOUT = 10.0
 
 Backend = tuple[str, int]
@@ -71,6 +74,7 @@ class _Half(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.relay.bytes += len(data)
+        self.relay.active = self.relay.proxy._loop.time()
         peer = self.peer
         if peer is None or peer.transport is None:
             self.pending.append(data)
@@ -107,6 +111,7 @@ class _Relay:
         self.proxy = proxy
         self.backend = backend
         self.port, self.started, self.bytes = port, proxy._loop.time(), 0  # for the proxy-closed event (metrics)
+        self.active = self.started  # when a byte last passed
         self.client = _Half(self)
         self.server = _Half(self)
         self.client.peer, self.server.peer = self.server, self.client
@@ -127,9 +132,10 @@ class _Relay:
 class TcpProxy:
     """Accepts on the held sockets and relays each connection to one of the current backends."""
 
-    def __init__(self, sockets: HeldSockets) -> None:
+    def __init__(self, sockets: HeldSockets, idle_timeout: float = 0.0) -> None:
         self.sockets = sockets
-        self._backends: tuple[Backend, ...] = ()
+        self.idle_timeout = idle_timeout  # 0: idle connections stay open
+        self._routes: tuple[tuple[Backend, ...], ...] = ()  # per held socket, in its order
         self._next = 0
         self._down: dict[Backend, float] = {}
         self._relays: set[_Relay] = set()
@@ -145,12 +151,20 @@ class TcpProxy:
         return self.sockets.addresses
 
     def set_backends(self, backends: Iterable[Backend]) -> None:
-        """Point new connections at ``backends`` (one assignment: no connection sees a mix or an empty set)."""
-        new = tuple(backends)
-        if new != self._backends:
-            log.info("proxy-backends", f"host port now forwards to {', '.join(f'{h}:{p}' for h, p in new) or 'nothing'}",
-                     backends=[f"{h}:{p}" for h, p in new])
-        self._backends = new
+        """Point new connections on every held socket at ``backends``."""
+        backends = tuple(backends)
+        self.set_routes([backends] * len(self.sockets.fds))
+
+    def set_routes(self, routes: Iterable[Iterable[Backend]]) -> None:
+        """Point new connections on each held socket at its backends (in the sockets' order; one assignment:
+        no connection sees a mix or an empty set)."""
+        new = tuple(tuple(backends) for backends in routes)
+        if new != self._routes:
+            shown = {f"{name} -> {', '.join(f'{h}:{p}' for h, p in backends) or 'nothing'}"
+                     for name, backends in zip(self.sockets.names, new)}
+            log.info("proxy-backends", f"host port now forwards {'; '.join(sorted(shown)) or 'nothing'}",
+                     backends=sorted({f"{h}:{p}" for backends in new for h, p in backends}))
+        self._routes = new
 
     def active(self, backends: Iterable[Backend] | None = None) -> int:
         """Connections in flight, to ``backends`` only if given (else also those still looking for one)."""
@@ -176,7 +190,7 @@ class TcpProxy:
                     listener = socket.socket(fileno=fd)
                     listener.setblocking(False)
                     self._listeners[fd] = listener
-                    loop.add_reader(fd, self._accept, listener)
+                    loop.add_reader(fd, self._accept, listener, len(self._listeners) - 1)
             except BaseException as exc:
                 failed.append(exc)
                 for listener in self._listeners.values():
@@ -186,6 +200,8 @@ class TcpProxy:
                 ready.set()
                 return
             loop.call_soon(ready.set)
+            if self.idle_timeout:
+                loop.call_later(self.idle_timeout / IDLE_SWEEPS, self._close_idle)
             try:
                 loop.run_forever()
             finally:
@@ -250,7 +266,7 @@ class TcpProxy:
 
     # -- in the proxy's thread -------------------------------------------------------------
 
-    def _accept(self, listener: socket.socket) -> None:
+    def _accept(self, listener: socket.socket, index: int) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
                 conn, _ = listener.accept()
@@ -261,7 +277,7 @@ class TcpProxy:
                 return
             conn.setblocking(False)
             self._connecting += 1
-            self._tasks.start(self._forward(conn), "forwarding a connection")
+            self._tasks.start(self._forward(conn, index), "forwarding a connection")
 
     def _candidates(self, backends: tuple[Backend, ...]) -> list[Backend]:
         """``backends`` in round-robin order from the next one, those that failed lately last."""
@@ -274,11 +290,11 @@ class TcpProxy:
         up = [b for b in ordered if self._down.get(b, 0.0) <= now]
         return up + [b for b in ordered if b not in up]
 
-    async def _forward(self, conn: socket.socket) -> None:
+    async def _forward(self, conn: socket.socket, index: int) -> None:
         """Connect to a backend (round robin, the current set on each round), then relay; close ``conn`` if no
         backend took it within CONNECT_BUDGET, or as soon as its client has gone."""
         try:
-            if await self._connect(conn):
+            if await self._connect(conn, index):
                 return
         except BaseException:
             conn.close()
@@ -287,14 +303,15 @@ class TcpProxy:
             self._connecting -= 1  # wired (now one of the relays) or given up
         conn.close()
 
-    async def _connect(self, conn: socket.socket) -> bool:
-        """True once ``conn`` is wired to a backend (the relay owns it then)."""
+    async def _connect(self, conn: socket.socket, index: int) -> bool:
+        """True once ``conn`` (accepted on held socket ``index``) is wired to a backend (the relay owns it then)."""
         loop = self._loop
         deadline = loop.time() + CONNECT_BUDGET
         port = conn.getsockname()[1]
         tried: dict[Backend, str] = {}
         while not _gone(conn):
-            candidates = self._candidates(self._backends)
+            routes = self._routes
+            candidates = self._candidates(routes[index] if index < len(routes) else ())
             for backend in candidates:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -341,6 +358,14 @@ class TcpProxy:
                 with contextlib.suppress(OSError, RuntimeError):
                     client.write_eof()
         return True
+
+    def _close_idle(self) -> None:
+        now = self._loop.time()
+        for relay in list(self._relays):
+            if now - relay.active >= self.idle_timeout:
+                log.debug("proxy-idle", f"closed a connection idle for {self.idle_timeout:g}s", proxy_port=relay.port)
+                relay.close()
+        self._loop.call_later(self.idle_timeout / IDLE_SWEEPS, self._close_idle)
 
     def _finished(self, relay: _Relay) -> None:
         self._relays.discard(relay)

@@ -5,9 +5,10 @@ A rollout of a new image:
 1. Pull the image (the daemon does this before the before-deploy hook).
 2. Start the new replicas one by one next to the old ones, on dewy's network
    ``dewy-APP`` (created with DNS if missing), labelled ``dewy.app``, ``dewy.version``,
-   ``dewy.replica``, ``dewy.digest``, ``dewy.image`` and ``dewy.rollout``, and wait for
-   each to be healthy (:mod:`dewy.container.health`). They carry no alias yet: nothing sends
-   them traffic before they are checked.
+   ``dewy.replica``, ``dewy.digest``, ``dewy.image``, ``dewy.rollout`` and ``dewy.ports``
+   (the container ports, :mod:`dewy.container.ports`) beside the user's labels, named
+   ``APP-VERSION-N-ROLLOUT``, and wait for each to be healthy (:mod:`dewy.container.health`).
+   They carry no alias yet: nothing sends them traffic before they are checked.
 3. All healthy: give the new replicas the app's network alias (``APP`` and any
    ``--network-alias``), switch the host port's proxy to them in one assignment, and
    take the alias off the old replicas. Container clients resolving the alias now get
@@ -51,6 +52,7 @@ from datetime import datetime, timedelta, timezone
 
 from dewy import log
 from dewy.container.health import check, wait_healthy
+from dewy.container.ports import LABEL_PORTS, ContainerPorts, PortMapping, needs_image, resolve
 from dewy.container.proxy import TcpProxy
 from dewy.container.runtimes import (
     LABEL_APP, LABEL_DIGEST, LABEL_IMAGE, LABEL_REPLICA, LABEL_ROLLOUT, LABEL_VERSION, Container,
@@ -85,7 +87,8 @@ class ImageVersion:
 class ReplicaConfig:
     app: str
     replicas: int
-    container_port: int
+    container_port: int | None  # None: the image's EXPOSE
+    mappings: list[PortMapping]  # the held sockets, in order, each with its container port if given
     health_path: str | None
     health_timeout: float
     drain_time: float
@@ -113,6 +116,7 @@ class Replicas:
         self.version: str | None = None
         self.digest: str = ""
         self.image: str | None = None
+        self.ports: ContainerPorts | None = None  # what the serving replicas were started for
         self.pinned: dict[str, str] = {}  # manifest digest -> the verified image id its replicas start from
         self.health: dict[str, str | None] = {}  # container id -> None (healthy) or why not
         self._draining: dict[str, tuple[Container, datetime]] = {}
@@ -164,12 +168,30 @@ class Replicas:
 
     def _route(self) -> None:
         """The proxy forwards to the healthy serving replicas (to all running ones if none is healthy)."""
-        if self.proxy is None:
+        if self.proxy is None or self.ports is None:
             return
-        port = self.config.container_port
         healthy = [c for c in self.serving if c.ip and c.running and self.health.get(c.id) is None]
         chosen = healthy or [c for c in self.serving if c.ip and c.running]
-        self.proxy.set_backends((c.ip, port) for c in chosen)
+        self.proxy.set_routes([(c.ip, port) for c in chosen] for port in self.ports.forward)
+
+    async def _ports_for(self, image: ImageVersion) -> ContainerPorts:
+        """The container ports for a replica of ``image`` (its EXPOSE asked only when the settings leave one open)."""
+        config = self.config
+        exposed = None
+        if needs_image(config.mappings, config.container_port):
+            exposed = await self.runtime.exposed_ports(self.pinned.get(image.digest, image.reference))
+        return resolve(config.mappings, config.container_port, exposed, image.reference)
+
+    @staticmethod
+    def _ports_of(container: Container) -> ContainerPorts | None:
+        return ContainerPorts.from_label(container.labels.get(LABEL_PORTS))
+
+    def _static_ports(self) -> ContainerPorts | None:
+        """The container ports when the settings alone say them (no image to ask)."""
+        config = self.config
+        if needs_image(config.mappings, config.container_port):
+            return None
+        return resolve(config.mappings, config.container_port, None, "")
 
     # -- adoption --------------------------------------------------------------------------
 
@@ -181,6 +203,7 @@ class Replicas:
             self.version, self.digest, self.image = record.version, record.digest or "", record.image
             self.serving = [Container(r.id, r.name, {LABEL_VERSION: r.version, LABEL_REPLICA: str(r.replica)},
                                       "running", ip=r.ip) for r in record.replicas]
+            self.ports = self._static_ports()  # else known once the runtime answers (the replicas' label)
             self._route()
             log.warning("replicas-recorded", f"forwarding to the {len(self.serving)} replicas of {self.version} "
                         "recorded in the state file until the runtime answers", version=self.version)
@@ -209,6 +232,7 @@ class Replicas:
                     f"{image.reference}: the pull brought image {image_id}, not the verified {verified_id} of"
                     f" {image.digest} (the tag was moved since it was checked); nothing started, checked again next poll")
             self.pinned[image.digest] = image_id
+        await self._ports_for(image)  # an image whose port is not clear fails here, before any hook runs
 
     async def restart(self) -> None:
         """A rolling restart: fresh replicas of the serving image replace the running ones (SIGUSR1)."""
@@ -235,6 +259,11 @@ class Replicas:
                     first = serving[0]
                     self.version, self.digest, self.image = first.version, first.digest, first.labels.get(LABEL_IMAGE)
             self.serving = sorted(serving, key=lambda c: c.replica)
+            if self.serving:  # what they were started for, if for these host ports (an older dewy set no label)
+                started_for = self._ports_of(self.serving[0])
+                fits = started_for is not None and len(started_for.forward) == len(self.config.mappings)
+                self.ports = started_for if fits else await self._ports_for(
+                    ImageVersion(self.version or "", self.image or "", self.digest))
             draining = {d.id: d.until for d in (record.draining if record else [])}
             now = datetime.now(timezone.utc)
             removed = []
@@ -320,6 +349,7 @@ class Replicas:
         """Replace the serving replicas by replicas of ``image``; AppStartError after a rollback."""
         async with self._lock:
             config = self.config
+            ports = await self._ports_for(image)
             await self.runtime.ensure_network(config.network, self._labels())
             rollout = secrets.token_hex(3)
             self._rollout = RolloutEntry(rollout, image.tag, image.digest, image.reference,
@@ -331,7 +361,7 @@ class Replicas:
             started: list[Container] = []
             try:
                 for replica in range(1, config.replicas + 1):
-                    started.append(await self._start_replica(image, replica, rollout))
+                    started.append(await self._start_replica(image, replica, rollout, ports))
                 fresh = []
                 for container in started:  # all healthy: now they may get traffic
                     fresh.append(await self._set_aliases(container, config.aliases, required=True) or container)
@@ -342,6 +372,7 @@ class Replicas:
             old = self.serving
             self.serving = started
             self.version, self.digest, self.image = image.tag, image.digest, image.reference
+            self.ports = ports
             self.health = {c.id: None for c in started}
             self._route()  # the switch: new connections go to the new replicas from here on
             self._rollout = None
@@ -354,11 +385,11 @@ class Replicas:
                      f"drain for {config.drain_time:g}s", version=image.tag,
                      replicas=[c.name for c in started], draining=[c.name for c in old])
 
-    async def _start_replica(self, image: ImageVersion, replica: int, rollout: str) -> Container:
+    async def _start_replica(self, image: ImageVersion, replica: int, rollout: str, ports: ContainerPorts) -> Container:
         config = self.config
         name = f"{container_name(config.app)}-{container_name(image.tag)}-{replica}-{rollout}"
         labels = {LABEL_APP: config.app, LABEL_VERSION: image.tag, LABEL_REPLICA: str(replica),
-                  LABEL_DIGEST: image.digest, LABEL_IMAGE: image.reference, LABEL_ROLLOUT: rollout}
+                  LABEL_DIGEST: image.digest, LABEL_IMAGE: image.reference, LABEL_ROLLOUT: rollout, LABEL_PORTS: ports.label}
         spec = ReplicaSpec(self.pinned.get(image.digest, image.reference), name, config.network, labels, config.options)
         container_id = await self.runtime.create(spec)
         log.info("replica-starting", f"starting replica {replica} of {image.tag}", container=name, version=image.tag)
@@ -368,7 +399,7 @@ class Replicas:
             await self._remove_id(container_id, name)
             raise AppStartError(f"replica {replica} of {image.tag} did not start: {exc}") from None
         try:
-            return await wait_healthy(self.runtime, container_id, config.network, port=config.container_port,
+            return await wait_healthy(self.runtime, container_id, config.network, port=ports.health,
                                       path=config.health_path, timeout=config.health_timeout,
                                       what=f"replica {replica} of {image.tag} ({name})")
         except BaseException:
@@ -424,7 +455,10 @@ class Replicas:
         delay = (until - datetime.now(timezone.utc)).total_seconds()
         if delay > 0:
             await asyncio.sleep(delay)
-        backends = [(c.ip, self.config.container_port) for c in containers if c.ip]
+        backends = []
+        for container in containers:
+            ports = self._ports_of(container) or self.ports
+            backends += [(container.ip, port) for port in ports.forward] if container.ip and ports else []
         in_flight = self.proxy.active(backends) if self.proxy else 0
         log.info("replicas-drained", f"drain time over for {len(containers)} old replicas; stopping them"
                  + (f" ({in_flight} connections through the proxy still open)" if in_flight else ""),
@@ -489,14 +523,14 @@ class Replicas:
     async def _replace_missing(self) -> None:
         """Start replicas of the serving image for indices that vanished (removed by hand, say)."""
         image = self._serving_image()
-        if image is None:
+        if image is None or self.ports is None:
             return
         present = {c.replica for c in self.serving}
         for replica in range(1, self.config.replicas + 1):
             if replica in present:
                 continue
             try:
-                container = await self._start_replica(image, replica, secrets.token_hex(3))
+                container = await self._start_replica(image, replica, secrets.token_hex(3), self.ports)
                 self.serving.append(await self._set_aliases(container, self.config.aliases) or container)
                 log.info("replica-replaced", f"replica {replica} of {self.version} replaced", container=container.name)
             except DewyError as exc:
@@ -504,7 +538,9 @@ class Replicas:
         self.serving.sort(key=lambda c: c.replica)
 
     async def _check_all(self) -> None:
-        results = await asyncio.gather(*(check(self.runtime, c, self.config.container_port, self.config.health_path,
+        if self.ports is None:
+            return
+        results = await asyncio.gather(*(check(self.runtime, c, self.ports.health, self.config.health_path,
                                                timeout=SERVING_CHECK_TIMEOUT) for c in self.serving),
                                        return_exceptions=True)
         self.health = {c.id: (str(r) if isinstance(r, BaseException) else r) for c, r in zip(self.serving, results)}

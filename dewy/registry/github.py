@@ -28,6 +28,7 @@ from dewy.artifacts import expect
 from dewy.artifacts.deadline import download_deadline, stalled
 from dewy.errors import DewyError, RegistryError, UsageError
 from dewy.http import Conditional, RateLimited, Session, json_of, network_failure, retry_after
+from dewy.http.githubapp import GitHubAppAuth, app_from_env
 from dewy.urls import Url, redact
 
 DEFAULT_API_URL = "https://api.github.com"
@@ -133,7 +134,8 @@ class _Page:
 
 
 class GitHub:
-    """The API at GITHUB_API_URL (default api.github.com) with the token from GITHUB_TOKEN or GH_TOKEN.
+    """The API at GITHUB_API_URL (default api.github.com) as a GitHub App installation (GITHUB_APP_ID, ...:
+    :mod:`dewy.http.githubapp`), else with the token from GITHUB_TOKEN or GH_TOKEN.
 
     Failures are raised as ``error`` (RegistryError for polls, ArtifactError for
     downloads), except rate limits, which are always :class:`RateLimited`.
@@ -143,10 +145,12 @@ class GitHub:
         self.api_url = (os.environ.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/")
         if not re.match(r"https?://[^/]", self.api_url):
             raise UsageError(f"GITHUB_API_URL={redact(self.api_url)!r} is not an http(s) URL (GitHub Enterprise: https://HOST/api/v3)")
-        self._token = (os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN") or "").strip()
+        app = app_from_env()  # a GitHub App, when configured, wins over a token (as upstream)
+        self._token = "" if app else (os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN") or "").strip()
         self._error = error
         self._pages: Conditional[_Page] = Conditional()
-        self.http = Session()
+        self._app = GitHubAppAuth(app, self.api_url, error) if app else None
+        self.http = Session(auth=self._app)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -273,22 +277,30 @@ class GitHub:
         message = _message(response)
         if status in (403, 429) and ("Retry-After" in headers or headers.get("X-RateLimit-Remaining") == "0"
                                      or "rate limit" in message.lower()):
-            return rate_limited(retry_after(headers, SECONDARY_LIMIT_WAIT), anonymous=not self._token)
+            return rate_limited(retry_after(headers, SECONDARY_LIMIT_WAIT), anonymous=not self._authenticated)
         where = f"GitHub {response.request.method} {self._shown(response.request.url)}: HTTP {status} {message}"
         if status == 401:
-            advice = "GitHub rejected the token; check GITHUB_TOKEN / GH_TOKEN" if self._token else "this GitHub requires a token; set GITHUB_TOKEN"
+            advice = ("GitHub rejected the app's installation token; check the app's installation" if self._app else
+                      "GitHub rejected the token; check GITHUB_TOKEN / GH_TOKEN" if self._token else
+                      "this GitHub requires a token; set GITHUB_TOKEN")
         elif status == 404:
             advice = "the repository, release or asset does not exist, or the token lacks access to it"
-            advice += "" if self._token else " (private repositories need GITHUB_TOKEN)"
+            advice += "" if self._authenticated else " (private repositories need GITHUB_TOKEN)"
         elif status == 403:
             advice = "the token lacks permission for this"
         else:
             return self._err(where)
         return self._err(f"{where}: {advice}")
 
+    @property
+    def _authenticated(self) -> bool:
+        return bool(self._token) or self._app is not None
+
     def _err(self, message: str) -> DewyError:
-        """The error to raise; the token is scrubbed in case a server or proxy ever echoes it."""
-        return self._error(message.replace(self._token, "***") if self._token else message)
+        """The error to raise; tokens are scrubbed in case a server or proxy ever echoes one."""
+        for secret in ({self._token} if self._token else set()) | (self._app.secrets if self._app else set()):
+            message = message.replace(secret, "***")
+        return self._error(message)
 
     def _shown(self, url: httpx.URL | str) -> str:
         """A URL for messages: API URLs in full, others (presigned storage, uploads) without their query."""

@@ -172,10 +172,12 @@ def build(settings: Settings, *, host: Host, state: State, liveness: Liveness, r
     """The runtime (its SDK imported now: a missing one is a startup error), the proxy and the replica set."""
     runtime = load_runtime(settings.runtime)
     config = ReplicaConfig(app=settings.app_name, replicas=settings.replicas, container_port=settings.container_port,
+                           mappings=list(settings.ports),  # container mode: PortMapping (settings.parse_port_mappings)
                            health_path=settings.health_path, health_timeout=settings.health_timeout,
                            drain_time=settings.drain_time, stop_timeout=settings.stop_timeout,
                            options=settings.run_options)
     with settings.given("ports"):
-        proxy = TcpProxy(host.sockets(settings.ports)) if settings.ports else None
+        proxy = TcpProxy(host.sockets([(m.host, m.port) for m in config.mappings]),
+                         settings.proxy_idle_timeout) if settings.ports else None
     return ContainerTarget(settings, state, liveness, host, registry, Replicas(runtime, config, state, proxy),
                            ImageVerifier(verification.keys) if verification else None)

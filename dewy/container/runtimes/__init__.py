@@ -134,6 +134,9 @@ class Runtime(Protocol):
     async def images(self, repository: str) -> list[Image]:
         """Images tagged ``repository:*``."""
 
+    async def exposed_ports(self, image: str) -> list[int]:
+        """The TCP ports a pulled image EXPOSEs (its config's ``ExposedPorts``)."""
+
     async def remove_image(self, reference: str) -> None: ...  # repository:tag; its last name removes the image
 
     async def aclose(self) -> None: ...
@@ -157,6 +160,16 @@ def from_inspect(data: dict, network: str) -> Container:
         health=(health.get("Status") or "starting") if has_check else None,
         exit_code=state.get("ExitCode"),
     )
+
+
+def tcp_ports(config: dict | None) -> list[int]:
+    """The TCP ports of an image config's ``ExposedPorts`` (``{"8080/tcp": {}}``; a bare number is TCP)."""
+    ports = set()
+    for spec in (config or {}).get("ExposedPorts") or {}:
+        number, _, protocol = str(spec).partition("/")
+        if number.isdigit() and protocol in ("", "tcp"):
+            ports.add(int(number))
+    return sorted(ports)
 
 
 def detect(choice: str | None, environ: dict[str, str] | None = None) -> tuple[str, str]:

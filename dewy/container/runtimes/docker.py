@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dewy.container.runtimes import (
-    Container, ContainerRuntimeError, Image, ReplicaSpec, from_inspect, in_thread, missing_sdk,
+    Container, ContainerRuntimeError, Image, ReplicaSpec, from_inspect, in_thread, missing_sdk, tcp_ports,
 )
 from dewy.runargs import RunOptions
 
@@ -142,6 +142,9 @@ class DockerRuntime:
 
         return await in_thread(f"docker images {repository}", images)
 
+    async def exposed_ports(self, image: str) -> list[int]:
+        return await in_thread(f"docker image inspect {image}", lambda: tcp_ports(self.api.inspect_image(image).get("Config")))
+
     async def remove_image(self, reference: str) -> None:
         def remove() -> None:
             try:
@@ -173,7 +176,7 @@ def _create_kwargs(options: RunOptions, docker: Any) -> dict[str, Any]:
         kwargs["volumes"] = volumes
     if tmpfs:
         kwargs["tmpfs"] = tmpfs
-    simple = {"user": options.user, "working_dir": options.workdir, "entrypoint": options.entrypoint,
+    simple = {"user": options.user, "working_dir": options.workdir, "entrypoint": options.entrypoint, "command": options.command,
               "mem_limit": options.memory, "mem_reservation": options.memory_reservation,
               "nano_cpus": options.nano_cpus, "pids_limit": options.pids_limit, "shm_size": options.shm_size,
               "hostname": options.hostname, "stop_signal": options.stop_signal}

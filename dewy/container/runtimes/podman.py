@@ -7,7 +7,7 @@ import signal
 from typing import Any
 
 from dewy.container.runtimes import (
-    Container, ContainerRuntimeError, Image, ReplicaSpec, from_inspect, in_thread, missing_sdk,
+    Container, ContainerRuntimeError, Image, ReplicaSpec, from_inspect, in_thread, missing_sdk, tcp_ports,
 )
 from dewy.runargs import RunOptions
 
@@ -155,6 +155,9 @@ class PodmanRuntime:
 
         return await in_thread(f"podman images {repository}", images)
 
+    async def exposed_ports(self, image: str) -> list[int]:
+        return await in_thread(f"podman image inspect {image}", lambda: tcp_ports(self.client.images.get(image).attrs.get("Config")))
+
     async def remove_image(self, reference: str) -> None:
         def remove() -> None:
             response = self.client.api.delete(f"/images/{reference}")
@@ -197,7 +200,7 @@ def _create_kwargs(options: RunOptions) -> dict[str, Any]:
         kwargs["mounts"] = mounts
     if volumes:
         kwargs["volumes"] = volumes
-    simple = {"user": options.user, "working_dir": options.workdir, "entrypoint": options.entrypoint,
+    simple = {"user": options.user, "working_dir": options.workdir, "entrypoint": options.entrypoint, "command": options.command,
               "mem_limit": options.memory, "mem_reservation": options.memory_reservation,
               "pids_limit": options.pids_limit, "shm_size": options.shm_size, "hostname": options.hostname}
     kwargs.update({k: v for k, v in simple.items() if v is not None})
