@@ -13,6 +13,8 @@ from pathlib import Path
 from dewy import __version__
 from dewy.archive import DEFAULT_MAX_MEMBERS
 from dewy.errors import DewyError, UsageError
+from dewy.fleet.policy import EXAMPLE as ROLLOUT_EXAMPLE
+from dewy.fleet.policy import parse_rollout
 from dewy.quantities import parse_duration, parse_size
 from dewy.settings import (
     DEFAULT_MAX_ARCHIVE, LOG_FORMATS, LOG_LEVELS, MODE_SETTINGS, MODES, Missing, SettingError,
@@ -21,7 +23,7 @@ from dewy.settings import (
 )
 
 # How errors of settings.check name a setting (run_args, given after --, has no name)
-FLAG_NAMES = {"registry": "--registry", "ports": "--port", "health_path": "--health-path"}
+FLAG_NAMES = {"registry": "--registry", "ports": "--port", "health_path": "--health-path", "rollout": "--rollout"}
 # How flags give what a mode needs (settings.REQUIRED)
 FLAG_NEEDS = {
     "app_command": "the app command after --, e.g. dewy server --registry URL -p 8000 -- ./current/app",
@@ -56,6 +58,7 @@ _port_number = _argument(check_port_number)
 _count = _argument(parse_count)
 _runtime = _argument(runtime_choice)
 _health_path = _argument(check_health_path)
+_rollout = _argument(parse_rollout)
 
 
 def _url(kind: str):
@@ -93,6 +96,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--telemetry", action="store_true", help="serve Prometheus metrics at /metrics on the admin API")
     parser.add_argument("--otlp-endpoint", metavar="HOST:PORT", help="also push the metrics over OTLP/gRPC (implies --telemetry)")
     parser.add_argument("--otlp-insecure", action="store_true", help="plaintext gRPC for --otlp-endpoint (default TLS)")
+    parser.add_argument("--rollout", type=_rollout, metavar="POLICY",
+                        help=f"deploy across the fleet sharing --cache (redis://, consul://) canary first, then in waves: "
+                             f"{ROLLOUT_EXAMPLE}[,on-failure=halt|rollback][,ttl=30s]")
     parser.add_argument("-v", "--version", action="version", version=f"dewy {__version__}")
     _config_misplaced(parser)
 
@@ -192,7 +198,7 @@ def parse(argv: list[str]) -> Settings:
         max_archive_size=args.max_archive_size, max_archive_members=args.max_archive_members,
         keep_releases=args.keep_releases, trusted_keys=args.trusted_key, admin_port=args.admin_port,
         admin_address=args.admin_address, telemetry=args.telemetry, otlp_endpoint=args.otlp_endpoint,
-        otlp_insecure=args.otlp_insecure,
+        otlp_insecure=args.otlp_insecure, rollout=args.rollout,
     )
     for name in MODE_SETTINGS[mode] & vars(args).keys():
         setattr(settings, name, getattr(args, name))

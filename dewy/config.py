@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dewy.errors import UsageError
+from dewy.fleet.policy import RolloutPolicy, rollout_from
 from dewy.quantities import count, parse_duration, parse_percent, parse_size
 from dewy.settings import (
     LOG_FORMATS, LOG_LEVELS, MODE_SETTINGS, MODES, AppLimits, Missing, Origin, SettingError, Settings, check,
@@ -218,6 +219,17 @@ def _environment(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def _rollout(value: Any) -> RolloutPolicy:
+    if not isinstance(value, dict):
+        raise Bad(f"expected a table ([rollout]) with keys such as canary = 1, wave = \"25%\", not {_kind(value)}")
+    try:
+        return rollout_from(value)
+    except ValueError as exc:  # "KEY: reason": placed on the key's line
+        key, _, reason = str(exc).partition(": ")
+        raw = next((k for k in value if k.replace("_", "-").lower() == key), None)
+        raise (Bad(reason, raw) if raw else Bad(str(exc))) from None
+
+
 # -- schema -------------------------------------------------------------------------------
 
 # key -> (converter, Settings/AppLimits field)
@@ -244,6 +256,7 @@ TOP: dict[str, tuple[Callable[[Any], Any], str]] = {
     "telemetry": (_boolean, "telemetry"),
     "otlp_endpoint": (_string, "otlp_endpoint"),
     "otlp_insecure": (_boolean, "otlp_insecure"),
+    "rollout": (_rollout, "rollout"),
 }
 SERVER: dict[str, tuple[Callable[[Any], Any], str]] = {
     "ports": (_ports, "ports"),
