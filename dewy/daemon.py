@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from dewy import log, targets, telemetry
 from dewy.cache import CACHES, Cache
@@ -39,6 +40,9 @@ from dewy.state import State
 from dewy.targets import Candidate, DeployTarget
 from dewy.tasks import Background
 from dewy.urls import Url
+
+if TYPE_CHECKING:
+    from dewy.fleet.coordinator import Coordinator
 
 MAX_BACKOFF = 300.0
 IDLE_BEAT = 1.0  # between cycles, how often the loop tells the watchdog it is fine
@@ -64,7 +68,7 @@ class Backoff:
 
 class Daemon:
     def __init__(self, settings: Settings, registry: Registry, cache: Cache, state: State, notifications: Notifications,
-                 host: Host, target: DeployTarget, liveness: Liveness) -> None:
+                 host: Host, target: DeployTarget, liveness: Liveness, fleet: Coordinator | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.cache = cache
@@ -73,6 +77,7 @@ class Daemon:
         self.host = host
         self.target = target
         self.liveness = liveness
+        self.fleet = fleet  # --rollout: the fleet admits this host to a new release (dewy.fleet)
         self.backoff = Backoff(settings.interval, cap=settings.poll_backoff_max)
         self.stopping = asyncio.Event()
         self.background = Background()
@@ -106,7 +111,12 @@ class Daemon:
         liveness = Liveness()
         target = targets.load(settings, host=host, state=state, liveness=liveness, registry=registry,
                               cache_url=cache_url, verification=verification)
-        return cls(settings, registry, cache, state, notifications, host, target, liveness)
+        fleet = None
+        if settings.rollout:
+            from dewy.fleet.coordinator import Coordinator
+
+            fleet = Coordinator.of(settings, cache, state, notifications)
+        return cls(settings, registry, cache, state, notifications, host, target, liveness, fleet)
 
     async def serve(self) -> int:
         """Cycle until a stop is requested; 0 then. An internal error (a bug) ends dewy with 1 but, as a
@@ -172,6 +182,8 @@ class Daemon:
         except DewyError as exc:
             log.error("stop-failed", str(exc))
         finally:
+            if self.fleet:
+                await self.fleet.aclose()
             await self.registry.aclose()
             await self.cache.aclose()
             await self.notifications.aclose()
@@ -253,6 +265,8 @@ class Daemon:
         await self.target.converge()
         with self.liveness.step(POLL_ALLOWANCE), log.attempt("poll", "asked the registry"):
             release = await self.registry.current()
+        if self.fleet and (release := await self.fleet.gate(release)) is None:
+            return  # not this host's turn, or quarantined for the fleet: nothing is fetched
         if self.target.is_current(release):
             log.debug("up-to-date", f"{release.tag} is deployed", version=release.tag)
             return
@@ -343,9 +357,11 @@ class Daemon:
                                timeout=self.settings.hook_timeout)
 
     async def _report(self, release: Release, error: str | None = None) -> None:
-        """Best effort: the deploy (or its rollback) happened whether the registry hears of it or not."""
+        """Best effort: the deploy (or its rollback) happened whether the registry (and the fleet) hears of it or not."""
         try:
             with self.liveness.step(POLL_ALLOWANCE):
+                if self.fleet:
+                    await self.fleet.report(release, error)
                 await self.registry.report(release, self.settings.mode, error)
         except Exception as exc:
             log.warning("report-failed", f"could not record the deploy in the registry: {describe(exc)}",
