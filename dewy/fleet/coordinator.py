@@ -33,7 +33,7 @@ from dewy.tasks import Background
 class Coordinator:
     def __init__(self, policy: RolloutPolicy, store: Store, host: str, *, ttl: float,
                  serving: Callable[[], str | None], notifications: Notifications | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, heartbeat: bool = True) -> None:
         self.policy = policy
         self.store = store
         self.host = host
@@ -43,6 +43,7 @@ class Coordinator:
         self.clock = clock
         self.background = Background()
         self._heartbeat: asyncio.Task | None = None
+        self._beats = heartbeat  # False: the caller beats (simulated hosts on a fake clock)
         self._version: str | None = None
         self._since = 0.0
         self._failed: tuple[str, str] | None = None  # (tag, why) of the last release that did not come up here
@@ -85,11 +86,15 @@ class Coordinator:
 
     async def gate(self, release: Release) -> Release | None:
         """The release to deploy now, or None: this host waits (and fetches nothing)."""
-        if self._heartbeat is None:
+        if self._heartbeat is None and self._beats:
             self._heartbeat = self.background.start(self._beating(), "the fleet heartbeat")
         await self.beat()
         tag, version = release.tag, self.serving()
-        fleet, _ = await self.store.read()
+        target = release_to_json(release)
+        if version == tag:  # nothing to admit; only a quarantine can change what this host does
+            fleet, _ = await self.store.read()
+        else:
+            fleet = await self.store.update(lambda now_fleet, hosts: advance(self.policy, now_fleet, hosts, target, self.clock()))
         quarantined = fleet.quarantine.get(tag)
         if quarantined:
             back = quarantined.previous
@@ -102,8 +107,6 @@ class Coordinator:
             return None
         if version == tag:
             return release
-        target = release_to_json(release)
-        fleet = await self.store.update(lambda now_fleet, hosts: advance(self.policy, now_fleet, hosts, target, self.clock()))
         if admitted(fleet, self.host, tag):
             self._said = None
             log.info("fleet-admitted", f"{tag}: this host's turn in the rollout", version=tag,
