@@ -242,6 +242,20 @@ def container_list(argv: list[str]) -> int:
     return show(args.admin_port, args.json)
 
 
+def fleet_status(argv: list[str]) -> int:
+    """``dewy fleet status NAME``: the hosts of a fleet rollout and its progress, from the shared cache."""
+    parser = Parser(prog="dewy fleet status", description="every host of the app, its version and state, and the rollout")
+    parser.add_argument("name", nargs="?", metavar="NAME", help="the instance of dewy@NAME (/etc/dewy/NAME.toml)")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="the app's config file instead of NAME's")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    if (args.name is None) == (args.config is None):
+        raise UsageError("dewy fleet status: give NAME or --config FILE")
+    from dewy.fleet.status import main as show
+
+    return show(args.name, args.config, args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -249,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             return inspect(argv)
         if argv[:2] == ["container", "list"]:
             return container_list(argv[2:])
+        if argv[:2] == ["fleet", "status"]:
+            return fleet_status(argv[2:])
         settings = parse(argv)
         from dewy.config import load_credentials
 
