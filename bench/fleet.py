@@ -61,6 +61,9 @@ async def rollout(port: int, hosts: int, coordinated: bool, run: int) -> dict:
     cache = CACHES.load(CACHES.url(f"redis://127.0.0.1:{port}/0"))
     store = open_store(cache, app_key(f"file:///bench/{run}", None))
     fleet = agents(store, policy, hosts, time.time, ttl=max(3 * interval, 3.0), deploy_time=DEPLOY)
+    own = [CACHES.load(CACHES.url(f"redis://127.0.0.1:{port}/0")) for _ in fleet]
+    for agent, connection in zip(fleet, own):  # each host its own connection, as real hosts have
+        agent.coordinator.store = open_store(connection, app_key(f"file:///bench/{run}", None))
     polls = 0
     most = 0
 
@@ -100,7 +103,8 @@ async def rollout(port: int, hosts: int, coordinated: bool, run: int) -> dict:
     done.set()
     await sampler
     used = commands(client) - before
-    await cache.aclose()
+    for connection in (cache, *own):
+        await connection.aclose()
     starts = sorted(agent.started.get("v2.0.0", 0.0) for agent in fleet)
     return {"hosts": hosts, "policy": f"canary=1,wave=25%,max-parallel={parallel},bake={BAKE:g}s" if coordinated
             else "every host at once", "interval": interval, "elapsed": elapsed, "ops": used / elapsed,

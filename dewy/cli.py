@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from dewy import __version__
@@ -99,6 +100,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rollout", type=_rollout, metavar="POLICY",
                         help=f"deploy across the fleet sharing --cache (redis://, consul://) canary first, then in waves: "
                              f"{ROLLOUT_EXAMPLE}[,on-failure=halt|rollback][,ttl=30s]")
+    parser.add_argument("--bake-check", metavar="CMD", help="with --rollout: shell command run while a new release bakes "
+                                                            "here; non-zero exit quarantines it for the fleet")
     parser.add_argument("-v", "--version", action="version", version=f"dewy {__version__}")
     _config_misplaced(parser)
 
@@ -188,6 +191,10 @@ def parse(argv: list[str]) -> Settings:
             args.registry = with_calver(args.registry, args.calver)
         except ValueError as exc:
             raise UsageError(f"--calver: {exc}") from None
+    if args.bake_check:
+        if args.rollout is None:
+            raise UsageError("--bake-check needs --rollout: it decides whether a release baking in a rollout is good")
+        args.rollout = replace(args.rollout, bake_check=args.bake_check)
     mode = args.command
     settings = Settings(
         mode=mode, registry=args.registry, interval=args.interval, poll_backoff_max=args.poll_backoff_max,

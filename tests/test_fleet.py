@@ -7,6 +7,7 @@ transactions race) on a fake clock, so bake times and TTLs are exact and quick.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -173,3 +174,34 @@ def test_hosts_killed_mid_rollout_never_stall_it(store) -> None:
     survivors = [a for a in fleet if not a.dead]
     assert len(survivors) == 18
     assert all(a.version == "v2.0.0" for a in survivors)
+
+
+def test_a_failing_bake_check_on_the_canary_quarantines_the_release_and_rolls_it_back(redis_store, tmp_path) -> None:
+    store = redis_store
+    alarm = tmp_path / "alarm"
+    policy = parse_rollout("canary=1,wave=25%,bake=60s,on-failure=rollback")
+    policy = replace(policy, bake_check=f"if test -e {alarm}; then echo 'error rate 12%'; exit 1; fi")
+    clock = FakeClock()
+    fleet = agents(store, policy, 5, clock, ttl=TTL, deploy_time=DEPLOY)
+    first = release_to_json(release("v1.0.0"))
+
+    async def scenario():
+        await poll_round(fleet, release("v1.0.0"))
+        await store.update(lambda state, hosts: advance(policy, state, hosts, first, clock.now))
+        newest = release("v2.0.0")
+        while fleet[0].version != "v2.0.0":
+            await poll_round(fleet, newest)
+            clock.now += ROUND
+        for _ in range(3):  # baking, the check passes
+            await poll_round(fleet, newest)
+            clock.now += ROUND
+        alarm.touch()
+        await run(fleet, newest, clock, store, rounds=30)
+        return await store.read()
+
+    state, _ = asyncio.run(scenario())
+    quarantined = state.quarantine["v2.0.0"]
+    assert quarantined.host == "host000"
+    assert "exited with status 1: error rate 12%" in quarantined.reason
+    assert fleet[0].fetched == ["v2.0.0", "v1.0.0"] and fleet[0].version == "v1.0.0"  # rolled back
+    assert all(not agent.fetched for agent in fleet[1:])

@@ -80,3 +80,14 @@ def test_a_local_cache_in_a_config_file_names_the_table(tmp_path) -> None:
     path.write_text('mode = "assets"\nregistry = "file:///srv/r"\n\n[rollout]\ncanary = 1\n')
     with pytest.raises(UsageError, match=r"shop.toml:4: rollout: a rollout coordinates the hosts"):
         load(path)
+
+
+def test_bake_check_is_its_own_flag_and_needs_a_rollout(tmp_path) -> None:
+    command = "curl -fs 'http://prometheus:9090/api/v1/query?query=errors,5m'"
+    settings = parse(["assets", "-r", "file:///srv/releases", *SHARED, "--rollout", "bake=5m", "--bake-check", command])
+    assert settings.rollout.bake_check == command  # commas and all
+    with pytest.raises(UsageError, match="--bake-check needs --rollout"):
+        parse(["assets", "-r", "file:///srv/releases", *SHARED, "--bake-check", command])
+    path = tmp_path / "shop.toml"
+    path.write_text(f'mode = "assets"\nregistry = "file:///srv/r"\ncache = "redis://h"\n[rollout]\nbake_check = "{command}"\n')
+    assert load(path).rollout.bake_check == command

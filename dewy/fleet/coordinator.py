@@ -18,12 +18,14 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from dewy import log
-from dewy.errors import CacheError
+from dewy.errors import CacheError, HookError
 from dewy.fleet.plan import Fleet, Host, admitted, advance, fail
 from dewy.fleet.policy import RolloutPolicy
 from dewy.fleet.stores import Store, app_key, open_store
+from dewy.hooks import run_hook
 from dewy.notifiers import Notifications
 from dewy.registry import Release
 from dewy.registry.shared import release_from_json, release_to_json
@@ -33,7 +35,8 @@ from dewy.tasks import Background
 class Coordinator:
     def __init__(self, policy: RolloutPolicy, store: Store, host: str, *, ttl: float,
                  serving: Callable[[], str | None], notifications: Notifications | None = None,
-                 clock: Callable[[], float] = time.time, heartbeat: bool = True) -> None:
+                 clock: Callable[[], float] = time.time, heartbeat: bool = True, workdir: Path | None = None,
+                 hook_timeout: float = 300.0) -> None:
         self.policy = policy
         self.store = store
         self.host = host
@@ -48,6 +51,8 @@ class Coordinator:
         self._since = 0.0
         self._failed: tuple[str, str] | None = None  # (tag, why) of the last release that did not come up here
         self._said: str | None = None  # the last waiting line logged at info (repeats go to debug)
+        self.workdir = workdir or Path.cwd()  # where --bake-check runs
+        self.hook_timeout = hook_timeout
 
     @classmethod
     def of(cls, settings, cache, state, notifications: Notifications) -> Coordinator:
@@ -57,7 +62,8 @@ class Coordinator:
             store = open_store(cache, app_key(settings.registry, settings.slot))
         return cls(policy, store, f"{socket.gethostname()}:{settings.dir}",
                    ttl=policy.ttl or max(3 * settings.interval, 3.0),
-                   serving=lambda: state.current.tag if state.current else None, notifications=notifications)
+                   serving=lambda: state.current.tag if state.current else None, notifications=notifications,
+                   workdir=settings.dir, hook_timeout=settings.hook_timeout)
 
     def record(self) -> Host:
         """This host's heartbeat as of now."""
@@ -106,7 +112,7 @@ class Coordinator:
                                            f"{quarantined.reason}", version=tag)
             return None
         if version == tag:
-            return release
+            return release if await self._baked_well(fleet, release) else None
         if admitted(fleet, self.host, tag):
             self._said = None
             log.info("fleet-admitted", f"{tag}: this host's turn in the rollout", version=tag,
@@ -114,6 +120,22 @@ class Coordinator:
             return release
         self._say("fleet-waiting", self._waiting(fleet, tag), version=tag)
         return None
+
+    async def _baked_well(self, fleet: Fleet, release: Release) -> bool:
+        """While ``release`` bakes here in a rollout, ``--bake-check`` must pass; a failure is reported as the
+        release's (quarantined for the fleet)."""
+        rollout = fleet.rollout
+        command = self.policy.bake_check
+        if not command or rollout is None or rollout.tag != release.tag or rollout.done is not None \
+                or self.clock() - self._since >= self.policy.bake:
+            return True
+        try:
+            await run_hook("bake-check", command, cwd=self.workdir, env={"DEWY_VERSION": release.tag},
+                           timeout=self.hook_timeout)
+        except HookError as exc:
+            await self.report(release, str(exc))
+            return False
+        return True
 
     def _waiting(self, fleet: Fleet, tag: str) -> str:
         rollout = fleet.rollout

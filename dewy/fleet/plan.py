@@ -169,7 +169,7 @@ def host_states(policy: RolloutPolicy, fleet: Fleet, hosts: dict[str, Host], now
     for name, host in hosts.items():
         if not host.alive(now):
             states[name] = GONE
-        elif host.failed and host.failed in fleet.quarantine and host.version != host.failed:
+        elif host.failed and host.failed in fleet.quarantine and rollout is not None and host.failed == rollout.tag:
             states[name] = FAILED
         elif rollout is None or rollout.done is not None:
             states[name] = SERVING

@@ -2,7 +2,7 @@
 
 The same keys in the ``--rollout`` flag and in a config file's ``[rollout]`` table (where
 ``max_parallel`` and ``on_failure`` may be written with an underscore, as TOML keys usually
-are). Each problem is a ValueError whose reason does not name the setting (the front end adds
+are); ``bake-check`` (a shell command, commas and all) is its own flag, ``--bake-check``. Each problem is a ValueError whose reason does not name the setting (the front end adds
 ``--rollout`` or ``FILE:LINE: rollout.KEY``).
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from dewy.quantities import count, number, parse_duration
 
 ON_FAILURE = ("halt", "rollback")
-KEYS = ("canary", "wave", "max-parallel", "bake", "on-failure", "ttl")
+KEYS = ("canary", "wave", "max-parallel", "bake", "on-failure", "ttl", "bake-check")
 EXAMPLE = "canary=1,wave=25%,max-parallel=5,bake=10m"
 
 
@@ -30,6 +30,7 @@ class RolloutPolicy:
     bake: float = 600.0  # a step must serve healthily this long before the next starts
     on_failure: str = "halt"  # a quarantined release: halt (hosts on it stay), rollback (they go back)
     ttl: float | None = None  # a host's heartbeat lifetime (None: three poll intervals)
+    bake_check: str | None = None  # --bake-check CMD: run while baking; a failure quarantines the release
 
     def wave_size(self, live: int) -> int:
         """Hosts in a wave after the canary, for a fleet of ``live`` hosts: at least one."""
@@ -76,6 +77,10 @@ def _convert(key: str, value: Any) -> dict[str, Any]:
             percent = number(text[:-1], maximum=100, most="100%", what="a percentage such as 25%", shown=text)
             return {"wave": percent / 100, "wave_hosts": None}
         return {"wave_hosts": _whole(text)}
+    if key == "bake-check":
+        if not text:
+            raise ValueError("must not be empty: a shell command, such as a query against your monitoring")
+        return {"bake_check": text}
     if key == "on-failure":
         if text.lower() not in ON_FAILURE:
             raise ValueError(f"{text!r} is not one of {', '.join(ON_FAILURE)}")
