@@ -51,7 +51,7 @@ def test_the_config_table_takes_the_same_keys(tmp_path) -> None:
     ("wave=many", "wave: 'many' is not a whole number"),
     ("bake=soon", "bake: 'soon' is not a duration"),
     ("on-failure=retry", "on-failure: 'retry' is not one of halt, rollback"),
-    ("waves=2", "unknown key 'waves' (known: canary, wave, max-parallel, bake, on-failure, ttl)"),
+    ("waves=2", "unknown key 'waves' (known: canary, wave, max-parallel, bake, on-failure, ttl, bake-check)"),
 ])
 def test_a_bad_policy_is_one_line(spec: str, expected: str) -> None:
     with pytest.raises(UsageError) as caught:
