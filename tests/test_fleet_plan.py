@@ -128,3 +128,19 @@ def test_the_document_survives_its_json() -> None:
     world.tick()
     world.fleet = fail(world.fleet, "v2.0.0", "h00", "boom", world.now)
     assert Fleet.from_json(json.loads(json.dumps(world.fleet.to_json()))) == world.fleet
+
+
+def test_a_host_joining_after_the_rollout_ended_gets_a_wave_of_its_own() -> None:
+    world = World("canary=1,wave=100%,bake=0", hosts=3)
+    world.tick()
+    world.serve("h00")
+    world.tick()
+    world.serve("h01", "h02")
+    world.tick()
+    assert world.fleet.rollout.done is not None
+    world.hosts["h03"] = Host("h03", world.now, TTL, None, 0.0)  # a new host, nothing deployed
+    assert "h03" in world.tick()
+    assert world.fleet.rollout.done is None
+    world.serve("h03")
+    world.tick()
+    assert world.fleet.rollout.done is not None

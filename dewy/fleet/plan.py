@@ -108,9 +108,7 @@ def advance(policy: RolloutPolicy, fleet: Fleet, hosts: dict[str, Host], target:
         rollout = Rollout(target, previous, now)
     up = live(hosts, now)
     on_target = {name for name, host in up.items() if host.version == tag}
-    if rollout.done is None:
-        rollout = _admit(policy, rollout, up, on_target, now)
-    return replace(fleet, rollout=rollout)
+    return replace(fleet, rollout=_admit(policy, rollout, up, on_target, now))
 
 
 def _admit(policy: RolloutPolicy, rollout: Rollout, up: dict[str, Host], on_target: set[str], now: float) -> Rollout:
@@ -126,11 +124,11 @@ def _admit(policy: RolloutPolicy, rollout: Rollout, up: dict[str, Host], on_targ
             return rollout  # still baking
     candidates = sorted(name for name in up if name not in on_target)
     if not candidates:
-        return replace(rollout, done=now)
+        return rollout if rollout.done is not None else replace(rollout, done=now)
     size = policy.canary if not waves else policy.wave_size(len(up))
     members = tuple(candidates[:size])
     waves.append(_fill(policy, Wave(members), list(members), set(), now))
-    return replace(rollout, waves=tuple(waves))
+    return replace(rollout, waves=tuple(waves), done=None)  # a host that joined after the end gets its wave
 
 
 def _fill(policy: RolloutPolicy, wave: Wave, pending: list[str], gone: set[str], now: float) -> Wave:
