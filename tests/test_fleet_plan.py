@@ -6,6 +6,7 @@ import json
 
 from dewy.fleet.plan import (
     BAKING, DEPLOYING, FAILED, GONE, SERVING, WAITING, Fleet, Host, admitted, advance, deploying, fail, host_states,
+    unchanged_for,
 )
 from dewy.fleet.policy import parse_rollout
 
@@ -144,3 +145,22 @@ def test_a_host_joining_after_the_rollout_ended_gets_a_wave_of_its_own() -> None
     world.serve("h03")
     world.tick()
     assert world.fleet.rollout.done is not None
+
+
+def test_a_waiting_host_skips_the_transaction_only_when_it_would_change_nothing() -> None:
+    """unchanged_for, from the current wave's heartbeats alone, never hides this host's admission (the wave's own
+    hosts fill its free slots when they poll)."""
+    world = World("canary=1,wave=25%,max-parallel=2,bake=30s", hosts=12)
+    skipped = 0
+    for step in range(120):
+        world.tick(5)
+        for name in [n for n, h in world.hosts.items() if h.version != "v2.0.0"][:2]:
+            world.serve(name) if admitted(world.fleet, name, "v2.0.0") and step % 3 == 0 else None
+        wave = world.fleet.rollout.waves[-1].hosts
+        members = {n: h for n, h in world.hosts.items() if n in wave}
+        for name in [n for n in world.hosts if not admitted(world.fleet, n, "v2.0.0")]:
+            if unchanged_for(world.policy, world.fleet, members, name, "v2.0.0", world.now):
+                skipped += 1
+                assert not admitted(advance(world.policy, world.fleet, world.hosts, V2, world.now), name, "v2.0.0")
+    assert skipped > 100
+    assert all(h.version == "v2.0.0" for h in world.hosts.values())

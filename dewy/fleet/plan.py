@@ -145,6 +145,22 @@ def _fill(policy: RolloutPolicy, wave: Wave, pending: list[str], gone: set[str],
     return Wave(wave.hosts, admitted)
 
 
+def unchanged_for(policy: RolloutPolicy, fleet: Fleet, members: dict[str, Host], host: str, tag: str,
+                  now: float) -> bool:
+    """Whether :func:`advance` for ``host`` would admit nobody, judged from the heartbeats of the current wave's
+    ``members`` alone: its live members still deploy (they fill its slots themselves) and ``host`` is not one of
+    them, or the wave still bakes. Then a waiting host skips the transaction (and the whole fleet's heartbeats)."""
+    rollout = fleet.rollout
+    if rollout is None or rollout.tag != tag or tag in fleet.quarantine or not rollout.waves or host in rollout.waves[-1].hosts:
+        return False
+    wave = rollout.waves[-1]
+    up = live(members, now)
+    if any(name in up and up[name].version != tag for name in wave.hosts):
+        return True
+    served = [up[name].since for name in wave.hosts if name in up]
+    return bool(served) and now - max(served) < policy.bake
+
+
 def fail(fleet: Fleet, tag: str, host: str, reason: str, now: float) -> Fleet:
     """``tag`` did not come up on ``host``: quarantined for the fleet (the first failure is the one kept)."""
     if tag in fleet.quarantine:

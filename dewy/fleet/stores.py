@@ -35,6 +35,9 @@ class Store(Protocol):
     async def read(self) -> tuple[Fleet, dict[str, Host]]:
         """The fleet document and every host's last heartbeat."""
 
+    async def peek(self, names: tuple[str, ...]) -> tuple[Fleet, dict[str, Host]]:
+        """The fleet document and the heartbeats of ``names`` only (a wave's hosts): what a waiting host reads."""
+
     async def update(self, change: Change) -> Fleet:
         """Apply ``change`` atomically to the document as it is now; the document as written (or left)."""
 
@@ -96,6 +99,15 @@ class RedisStore:
                 raw, hosts = await pipe.get(self.state_key).hgetall(self.hosts_key).execute()
         return _document(raw, self.cache.where), _hosts(hosts.values())
 
+    async def peek(self, names: tuple[str, ...]) -> tuple[Fleet, dict[str, Host]]:
+        with self.cache.errors("GET"):
+            async with self.cache.client.pipeline(transaction=False) as pipe:
+                pipe.get(self.state_key)
+                if names:
+                    pipe.hmget(self.hosts_key, list(names))
+                raw, *beats = await pipe.execute()
+        return _document(raw, self.cache.where), _hosts(beat for beat in (beats[0] if beats else []) if beat)
+
     async def update(self, change: Change) -> Fleet:
         from redis.exceptions import WatchError
 
@@ -132,6 +144,10 @@ class ConsulStore:
     async def read(self) -> tuple[Fleet, dict[str, Host]]:
         raw, _ = await self.cache.versioned(self.state_key)
         return _document(raw, self.cache.where), _hosts(await self.cache.scan(self.hosts_prefix))
+
+    async def peek(self, names: tuple[str, ...]) -> tuple[Fleet, dict[str, Host]]:
+        fleet, hosts = await self.read()  # one recursive read is one request however many hosts
+        return fleet, {name: host for name, host in hosts.items() if name in names}
 
     async def update(self, change: Change) -> Fleet:
         for _ in range(ATTEMPTS):
