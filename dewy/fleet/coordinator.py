@@ -51,7 +51,6 @@ class Coordinator:
         self._since = 0.0
         self._failed: tuple[str, str] | None = None  # (tag, why) of the last release that did not come up here
         self._said: str | None = None  # the last waiting line logged at info (repeats go to debug)
-        self._members: dict[str, Host] = {}  # the current wave's heartbeats, as last peeked
         self.workdir = workdir or Path.cwd()  # where --bake-check runs
         self.hook_timeout = hook_timeout
 
@@ -98,8 +97,8 @@ class Coordinator:
         await self.beat()
         tag, version = release.tag, self.serving()
         target = release_to_json(release)
-        fleet = await self._current_wave_state()
-        if version != tag and not self._unchanged(fleet, tag):
+        fleet, members = await self._current_wave()
+        if version != tag and not unchanged_for(self.policy, fleet, members, self.host, tag, self.clock()):
             fleet = await self.store.update(lambda now_fleet, hosts: advance(self.policy, now_fleet, hosts, target, self.clock()))
         quarantined = fleet.quarantine.get(tag)
         if quarantined:
@@ -121,18 +120,11 @@ class Coordinator:
         self._say("fleet-waiting", self._waiting(fleet, tag), version=tag)
         return None
 
-    async def _current_wave_state(self) -> Fleet:
-        """The document, and (kept for :meth:`_unchanged`) the heartbeats of the current wave's hosts."""
+    async def _current_wave(self) -> tuple[Fleet, dict[str, Host]]:
+        """The document and the heartbeats of its current wave's hosts (not the whole fleet's)."""
         fleet, _ = await self.store.peek(())
         wave = fleet.rollout.waves[-1].hosts if fleet.rollout and fleet.rollout.waves else ()
-        if wave:
-            fleet, self._members = await self.store.peek(wave)
-        else:
-            self._members = {}
-        return fleet
-
-    def _unchanged(self, fleet: Fleet, tag: str) -> bool:
-        return unchanged_for(self.policy, fleet, self._members, self.host, tag, self.clock())
+        return await self.store.peek(wave) if wave else (fleet, {})
 
     async def _baked_well(self, fleet: Fleet, release: Release) -> bool:
         """While ``release`` bakes here in a rollout, ``--bake-check`` must pass; a failure is reported as the
