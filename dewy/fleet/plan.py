@@ -125,7 +125,8 @@ def _admit(policy: RolloutPolicy, rollout: Rollout, up: dict[str, Host], on_targ
     candidates = sorted(name for name in up if name not in on_target)
     if not candidates:
         return rollout if rollout.done is not None else replace(rollout, done=now)
-    size = policy.canary if not waves else policy.wave_size(len(up))
+    proven = any(name in on_target for step in waves for name in step.hosts)  # a canary died: another canary
+    size = policy.wave_size(len(up)) if proven else policy.canary
     members = tuple(candidates[:size])
     waves.append(_fill(policy, Wave(members), list(members), set(), now))
     return replace(rollout, waves=tuple(waves), done=None)  # a host that joined after the end gets its wave
