@@ -115,7 +115,7 @@ class Daemon:
         if settings.rollout:
             from dewy.fleet.coordinator import Coordinator
 
-            fleet = Coordinator.of(settings, cache, state, notifications)
+            fleet = Coordinator.of(settings, cache, state, notifications, target)
         return cls(settings, registry, cache, state, notifications, host, target, liveness, fleet)
 
     async def serve(self) -> int:

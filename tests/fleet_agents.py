@@ -44,6 +44,7 @@ class Agent:
     started: dict[str, float] = field(default_factory=dict)  # tag -> when it started deploying it
     busy: tuple[Release, float] | None = None  # deploying what, until when
     dead: bool = False
+    crashes: int = 0  # the app's unexpected exits
 
     async def step(self, newest: Release) -> None:
         """One poll: finish a deploy whose time is up, else ask the gate, as the daemon's tick does."""
@@ -78,7 +79,8 @@ def agents(store: Store, policy: RolloutPolicy, count: int, clock: Callable[[], 
         name = f"host{n:03}"
         agent = Agent(name, None, clock, deploy_time, set((bad or {}).get(n, ())))  # type: ignore[arg-type]
         agent.coordinator = Coordinator(policy, store, name, ttl=ttl, serving=lambda a=agent: a.version,
-                                        notifications=notifications, clock=clock, heartbeat=False)
+                                        notifications=notifications, clock=clock, heartbeat=False,
+                                        crashes=lambda a=agent: a.crashes)
         fleet.append(agent)
     return fleet
 

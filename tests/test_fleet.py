@@ -205,3 +205,27 @@ def test_a_failing_bake_check_on_the_canary_quarantines_the_release_and_rolls_it
     assert "exited with status 1: error rate 12%" in quarantined.reason
     assert fleet[0].fetched == ["v2.0.0", "v1.0.0"] and fleet[0].version == "v1.0.0"  # rolled back
     assert all(not agent.fetched for agent in fleet[1:])
+
+
+def test_a_crash_of_the_canary_within_its_bake_quarantines_the_release(redis_store) -> None:
+    store = redis_store
+    policy = parse_rollout("canary=1,wave=25%,bake=60s")
+    clock = FakeClock()
+    fleet = agents(store, policy, 5, clock, ttl=TTL, deploy_time=DEPLOY)
+
+    async def scenario():
+        await poll_round(fleet, release("v1.0.0"))
+        fleet[0].crashes = 2  # crashed before this release: not its fault
+        newest = release("v2.0.0")
+        while fleet[0].version != "v2.0.0":
+            await poll_round(fleet, newest)
+            clock.now += ROUND
+        await poll_round(fleet, newest)
+        fleet[0].crashes += 1  # the supervisor restarted it once
+        await run(fleet, newest, clock, store, rounds=30)
+        return await store.read()
+
+    state, hosts = asyncio.run(scenario())
+    assert state.quarantine["v2.0.0"].reason == "v2.0.0 crashed 1 time(s) within its bake time (60s)"
+    assert all(not agent.fetched for agent in fleet[1:])
+    assert fleet[0].version == "v2.0.0"  # on-failure=halt: it stays, nobody else takes it

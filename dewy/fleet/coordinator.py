@@ -36,7 +36,7 @@ class Coordinator:
     def __init__(self, policy: RolloutPolicy, store: Store, host: str, *, ttl: float,
                  serving: Callable[[], str | None], notifications: Notifications | None = None,
                  clock: Callable[[], float] = time.time, heartbeat: bool = True, workdir: Path | None = None,
-                 hook_timeout: float = 300.0) -> None:
+                 hook_timeout: float = 300.0, crashes: Callable[[], int] = lambda: 0) -> None:
         self.policy = policy
         self.store = store
         self.host = host
@@ -53,24 +53,28 @@ class Coordinator:
         self._said: str | None = None  # the last waiting line logged at info (repeats go to debug)
         self.workdir = workdir or Path.cwd()  # where --bake-check runs
         self.hook_timeout = hook_timeout
+        self.crashes = crashes  # the app's unexpected exits so far (server mode's supervisor counts them)
+        self._crashes_before = 0  # ... when this host began serving its version
 
     @classmethod
-    def of(cls, settings, cache, state, notifications: Notifications) -> Coordinator:
+    def of(cls, settings, cache, state, notifications: Notifications, target) -> Coordinator:
         """The coordinator of ``settings.rollout`` over ``cache`` (a shared one: settings.check saw to it)."""
         policy = settings.rollout
+        supervisor = getattr(target, "supervisor", None)  # server mode: its crash count judges a bake
         with settings.given("cache"):
             store = open_store(cache, app_key(settings.registry, settings.slot))
         return cls(policy, store, f"{socket.gethostname()}:{settings.dir}",
                    ttl=policy.ttl or max(3 * settings.interval, 3.0),
                    serving=lambda: state.current.tag if state.current else None, notifications=notifications,
-                   workdir=settings.dir, hook_timeout=settings.hook_timeout)
+                   workdir=settings.dir, hook_timeout=settings.hook_timeout,
+                   crashes=(lambda: supervisor.crashes) if supervisor else (lambda: 0))
 
     def record(self) -> Host:
         """This host's heartbeat as of now."""
         version = self.serving()
         now = self.clock()
         if version != self._version or not self._since:
-            self._version, self._since = version, now
+            self._version, self._since, self._crashes_before = version, now, self.crashes()
         failed, error = self._failed or (None, None)
         return Host(self.host, now, self.ttl, version, self._since, failed, error)
 
@@ -127,12 +131,19 @@ class Coordinator:
         return await self.store.peek(wave) if wave else (fleet, {})
 
     async def _baked_well(self, fleet: Fleet, release: Release) -> bool:
-        """While ``release`` bakes here in a rollout, ``--bake-check`` must pass; a failure is reported as the
-        release's (quarantined for the fleet)."""
+        """While ``release`` bakes here in a rollout, the app must not crash and ``--bake-check`` must pass; a
+        failure is reported as the release's (quarantined for the fleet)."""
         rollout = fleet.rollout
         command = self.policy.bake_check
-        if not command or rollout is None or rollout.tag != release.tag or rollout.done is not None \
+        if rollout is None or rollout.tag != release.tag or rollout.done is not None \
                 or self.clock() - self._since >= self.policy.bake:
+            return True
+        crashed = self.crashes() - self._crashes_before
+        if crashed:
+            await self.report(release, f"{release.tag} crashed {crashed} time(s) within its bake time "
+                                       f"({self.policy.bake:g}s)")
+            return False
+        if not command:
             return True
         try:
             await run_hook("bake-check", command, cwd=self.workdir, env={"DEWY_VERSION": release.tag},
