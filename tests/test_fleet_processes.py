@@ -34,9 +34,11 @@ from tests.test_redis import RedisServer
 
 HOSTS = 20
 TTL = 3.0
-POLICY = f"canary=1,wave=25%,max-parallel=5,bake=1s,ttl={TTL:g}s"
+POLICY = f"canary=1,wave=25%,max-parallel=5,bake=1s,ttl={TTL:g}s,on-failure=rollback"
 GOOD = "#!/bin/sh\nexec sleep 600\n"
 BAD = "#!/bin/sh\necho 'cannot open the database' >&2\nexit 3\n"
+# fails on a host whose dir holds FAIL_HERE (releases/TS/run -> the dir)
+PICKY = '#!/bin/sh\ntest -e "$(dirname "$(dirname "$(dirname "$(readlink -f "$0")")")")/FAIL_HERE" && exit 3\nexec sleep 600\n'
 
 
 def publish(registry: Path, tag: str, script: str) -> None:
@@ -105,6 +107,14 @@ def wait_all(hosts: list[Dewy], event: str, version: str, timeout: float) -> Non
     deadline = time.monotonic() + timeout
     for dewy in hosts:
         dewy.wait_for(event, timeout=max(1.0, deadline - time.monotonic()), already=True, version=version)
+
+
+def redeployed_after(dewy: Dewy, first: str, then: str, timeout: float = 60) -> None:
+    """``then`` deployed after ``first`` was (a rollback by redeploying the previous release)."""
+    records = dewy.seen
+    at = next(i for i, r in enumerate(records) if r.get("event") == "deployed" and r.get("version") == first)
+    if not any(r.get("event") == "deployed" and r.get("version") == then for r in records[at:]):
+        dewy.wait_for("deployed", timeout=timeout, version=then)
 
 
 @pytest.fixture
@@ -190,6 +200,28 @@ def test_20_processes_canary_then_waves_a_failing_canary_alone_and_kill_9_mid_ro
                                capture_output=True, text=True, timeout=30).stdout
         assert "rollout: v1.0.0 -> v3.0.0" in table and "quarantined: v2.0.0: failed on" in table
         assert len([line for line in table.splitlines() if " serving " in line]) == HOSTS - 2
+
+        # v4.0.0 fails on host10 only, in the second wave: rolled back there and on every host that took it;
+        # no host of a later wave deploys it
+        (tmp_path / "host10" / "site" / "FAIL_HERE").touch()
+        publish(registry, "v4.0.0", PICKY)
+        failed = hosts[10].wait_for("fleet-admitted", timeout=120, version="v4.0.0")
+        assert failed["wave"] == 2
+        hosts[10].wait_for("fleet-quarantine", timeout=60, version="v4.0.0")
+        for dewy in survivors:
+            dewy.wait_for(("fleet-quarantined", "fleet-rollback"), timeout=30, already=True, version="v4.0.0")
+        drain(hosts)
+        took = [n for n, dewy in enumerate(hosts) if any(r.get("event") == "deployed" and r.get("version") == "v4.0.0"
+                                                          for r in dewy.seen)]
+        assert len(took) >= 6  # the canary, the first wave (and hosts of the second that deployed it)
+        for n in took:
+            redeployed_after(hosts[n], "v4.0.0", "v3.0.0")
+        waves = {n: next((r["wave"] for r in dewy.seen if r.get("event") == "fleet-admitted"
+                          and r.get("version") == "v4.0.0"), None) for n, dewy in enumerate(hosts)}
+        for n, dewy in enumerate(hosts):
+            if waves[n] is None or waves[n] > 2:
+                assert not any(r.get("event") == "deploying" and r.get("version") == "v4.0.0" for r in dewy.seen), n
+        assert any(wave is None for n, wave in waves.items() if n not in killed)  # later waves existed
     finally:
         sampler.close()
         for dewy in hosts:
