@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from dewy import __version__
 from dewy.archive import DEFAULT_MAX_MEMBERS
 from dewy.errors import DewyError, UsageError
+from dewy.fleet.policy import EXAMPLE as ROLLOUT_EXAMPLE
+from dewy.fleet.policy import parse_rollout
 from dewy.quantities import parse_duration, parse_size
 from dewy.settings import (
     DEFAULT_MAX_ARCHIVE, LOG_FORMATS, LOG_LEVELS, MODE_SETTINGS, MODES, Missing, SettingError,
@@ -21,7 +24,7 @@ from dewy.settings import (
 )
 
 # How errors of settings.check name a setting (run_args, given after --, has no name)
-FLAG_NAMES = {"registry": "--registry", "ports": "--port", "health_path": "--health-path"}
+FLAG_NAMES = {"registry": "--registry", "ports": "--port", "health_path": "--health-path", "rollout": "--rollout"}
 # How flags give what a mode needs (settings.REQUIRED)
 # Commands to a running daemon (dewy.control): what each does, and what its VERSION is (None: takes none)
 CONTROL_COMMANDS = {
@@ -69,6 +72,7 @@ _health_path = _argument(check_health_path)
 _address = _argument(parse_address)
 _window = _argument(check_deploy_window)
 _age = _argument(parse_drain_time)
+_rollout = _argument(parse_rollout)
 
 
 def _url(kind: str):
@@ -115,6 +119,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-release-age", type=_age, default=0.0, metavar="DURATION",
                         help="deploy a release only once it was published this long ago, e.g. 1h (default 0)")
     parser.add_argument("--dry-run", action="store_true", help="poll and log what would be deployed; change nothing")
+    parser.add_argument("--rollout", type=_rollout, metavar="POLICY",
+                        help=f"deploy across the fleet sharing --cache (redis://, consul://) canary first, then in waves: "
+                             f"{ROLLOUT_EXAMPLE}[,on-failure=halt|rollback][,ttl=30s]")
+    parser.add_argument("--bake-check", metavar="CMD", help="with --rollout: shell command run while a new release bakes "
+                                                            "here; non-zero exit quarantines it for the fleet")
     parser.add_argument("-v", "--version", action="version", version=f"dewy {__version__}")
     _config_misplaced(parser)
 
@@ -217,6 +226,10 @@ def parse(argv: list[str]) -> Settings:
             args.registry = with_calver(args.registry, args.calver)
         except ValueError as exc:
             raise UsageError(f"--calver: {exc}") from None
+    if args.bake_check:
+        if args.rollout is None:
+            raise UsageError("--bake-check needs --rollout: it decides whether a release baking in a rollout is good")
+        args.rollout = replace(args.rollout, bake_check=args.bake_check)
     mode = args.command
     settings = Settings(
         mode=mode, registry=args.registry, interval=args.interval, poll_backoff_max=args.poll_backoff_max,
@@ -228,7 +241,7 @@ def parse(argv: list[str]) -> Settings:
         keep_releases=args.keep_releases, trusted_keys=args.trusted_key, admin_port=args.admin_port,
         admin_address=args.admin_address, telemetry=args.telemetry, otlp_endpoint=args.otlp_endpoint,
         otlp_insecure=args.otlp_insecure, webhook=args.webhook, deploy_window=args.deploy_window,
-        min_release_age=args.min_release_age, dry_run=args.dry_run,
+        min_release_age=args.min_release_age, dry_run=args.dry_run, rollout=args.rollout,
     )
     for name in MODE_SETTINGS[mode] & vars(args).keys():
         setattr(settings, name, getattr(args, name))
@@ -290,6 +303,20 @@ def container_list(argv: list[str]) -> int:
     return show(args.admin_port, args.json)
 
 
+def fleet_status(argv: list[str]) -> int:
+    """``dewy fleet status NAME``: the hosts of a fleet rollout and its progress, from the shared cache."""
+    parser = Parser(prog="dewy fleet status", description="every host of the app, its version and state, and the rollout")
+    parser.add_argument("name", nargs="?", metavar="NAME", help="the instance of dewy@NAME (/etc/dewy/NAME.toml)")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="the app's config file instead of NAME's")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    if (args.name is None) == (args.config is None):
+        raise UsageError("dewy fleet status: give NAME or --config FILE")
+    from dewy.fleet.status import main as show
+
+    return show(args.name, args.config, args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -299,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             return control(argv)
         if argv[:2] == ["container", "list"]:
             return container_list(argv[2:])
+        if argv[:2] == ["fleet", "status"]:
+            return fleet_status(argv[2:])
         settings = parse(argv)
         from dewy.config import load_credentials
 

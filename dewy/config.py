@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dewy.errors import UsageError
+from dewy.fleet.policy import RolloutPolicy, rollout_from
 from dewy.quantities import count, parse_duration, parse_percent, parse_size
 from dewy.settings import (
     LOG_FORMATS, LOG_LEVELS, MODE_SETTINGS, MODES, AppLimits, Missing, Origin, SettingError, Settings, check,
@@ -232,6 +233,17 @@ def _environment(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def _rollout(value: Any) -> RolloutPolicy:
+    if not isinstance(value, dict):
+        raise Bad(f"expected a table ([rollout]) with keys such as canary = 1, wave = \"25%\", not {_kind(value)}")
+    try:
+        return rollout_from(value)
+    except ValueError as exc:  # "KEY: reason": placed on the key's line
+        key, _, reason = str(exc).partition(": ")
+        raw = next((k for k in value if k.replace("_", "-").lower() == key), None)
+        raise (Bad(reason, raw) if raw else Bad(str(exc))) from None
+
+
 # -- schema -------------------------------------------------------------------------------
 
 # key -> (converter, Settings/AppLimits field)
@@ -262,6 +274,7 @@ TOP: dict[str, tuple[Callable[[Any], Any], str]] = {
     "deploy_window": (lambda value: check_deploy_window(_string(value)), "deploy_window"),
     "min_release_age": (_drain_time, "min_release_age"),
     "dry_run": (_boolean, "dry_run"),
+    "rollout": (_rollout, "rollout"),
 }
 SERVER: dict[str, tuple[Callable[[Any], Any], str]] = {
     "ports": (_ports, "ports"),

@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from dewy import log, targets, telemetry
 from dewy.cache import CACHES, Cache
@@ -42,6 +43,9 @@ from dewy.targets import Candidate, DeployTarget
 from dewy.tasks import Background
 from dewy.urls import Url
 from dewy.webhook import Webhook
+
+if TYPE_CHECKING:
+    from dewy.fleet.coordinator import Coordinator
 
 MAX_BACKOFF = 300.0
 IDLE_BEAT = 1.0  # between cycles, how often the loop tells the watchdog it is fine
@@ -67,7 +71,8 @@ class Backoff:
 
 class Daemon:
     def __init__(self, settings: Settings, registry: Registry, cache: Cache, state: State, notifications: Notifications,
-                 host: Host, target: DeployTarget, liveness: Liveness, webhook: Webhook | None = None) -> None:
+                 host: Host, target: DeployTarget, liveness: Liveness, webhook: Webhook | None = None,
+                 fleet: Coordinator | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.cache = cache
@@ -76,6 +81,7 @@ class Daemon:
         self.host = host
         self.target = target
         self.liveness = liveness
+        self.fleet = fleet  # --rollout: the fleet admits this host to a new release (dewy.fleet)
         self.backoff = Backoff(settings.interval, cap=settings.poll_backoff_max)
         self.stopping = asyncio.Event()
         self.background = Background()
@@ -115,7 +121,12 @@ class Daemon:
                               cache_url=cache_url, verification=verification)
         with settings.given("webhook"):
             webhook = Webhook.from_settings(settings) if settings.webhook else None
-        return cls(settings, registry, cache, state, notifications, host, target, liveness, webhook)
+        fleet = None
+        if settings.rollout:
+            from dewy.fleet.coordinator import Coordinator
+
+            fleet = Coordinator.of(settings, cache, state, notifications, target)
+        return cls(settings, registry, cache, state, notifications, host, target, liveness, webhook, fleet)
 
     async def serve(self) -> int:
         """Cycle until a stop is requested; 0 then. An internal error (a bug) ends dewy with 1 but, as a
@@ -190,6 +201,8 @@ class Daemon:
         except DewyError as exc:
             log.error("stop-failed", str(exc))
         finally:
+            if self.fleet:
+                await self.fleet.aclose()
             await self.registry.aclose()
             await self.cache.aclose()
             await self.notifications.aclose()
@@ -275,6 +288,11 @@ class Daemon:
         await self.target.converge()
         with self.liveness.step(POLL_ALLOWANCE), log.attempt("poll", "asked the registry"):
             release = await self.registry.current()
+        if self.fleet:
+            if not self.target.is_current(release) and self._held(release):
+                return  # a host held here takes no turn of the fleet's (it would keep a wave waiting)
+            if (release := await self.fleet.gate(release)) is None:
+                return  # not this host's turn, or quarantined for the fleet: nothing is fetched
         if self.target.is_current(release):
             log.debug("up-to-date", f"{release.tag} is deployed", version=release.tag)
             self.schedule.settled(self.state)
@@ -282,10 +300,14 @@ class Daemon:
         if release.cache_key in self.state.quarantine:
             log.debug("quarantined", f"{release.tag} is quarantined: {self.state.quarantine[release.cache_key]}", version=release.tag)
             return
-        if self.control.holds(release) or self.schedule.holds(release, self.state):  # pinned, paused; window, age
+        if self._held(release):
             return
         await self.target.ready(release)
         await self.deploy(release)
+
+    def _held(self, release: Release) -> bool:
+        """Pinned or paused (the operator), outside the deploy window or too young (the schedule)."""
+        return self.control.holds(release) or self.schedule.holds(release, self.state)
 
     async def deploy(self, release: Release) -> None:
         previous = self.state.current
@@ -373,9 +395,11 @@ class Daemon:
                                timeout=self.settings.hook_timeout)
 
     async def _report(self, release: Release, error: str | None = None) -> None:
-        """Best effort: the deploy (or its rollback) happened whether the registry hears of it or not."""
+        """Best effort: the deploy (or its rollback) happened whether the registry (and the fleet) hears of it or not."""
         try:
             with self.liveness.step(POLL_ALLOWANCE):
+                if self.fleet:
+                    await self.fleet.report(release, error)
                 await self.registry.report(release, self.settings.mode, error)
         except Exception as exc:
             log.warning("report-failed", f"could not record the deploy in the registry: {describe(exc)}",

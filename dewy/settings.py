@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from dewy.archive import DEFAULT_MAX_MEMBERS
 from dewy.errors import UsageError
+from dewy.fleet.policy import RolloutPolicy
 from dewy.quantities import count, parse_duration
 from dewy.runargs import RunOptions, parse_run_args
 from dewy.urls import Url
@@ -35,6 +36,7 @@ LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("text", "json")
 RUNTIMES = ("podman", "docker", "auto")
 DEFAULT_MAX_ARCHIVE = "4G"
+SHARED_CACHES = ("redis", "rediss", "consul")  # the caches a fleet shares (a rollout needs one)
 
 #: What each mode takes beyond the settings common to all: its command's flags, its config file's tables.
 MODE_SETTINGS: dict[str, frozenset[str]] = {
@@ -117,6 +119,7 @@ class Settings:
     deploy_window: str | None = None  # when updates may start (dewy.schedule)
     min_release_age: float = 0.0  # seconds a release must have been published before it is deployed
     dry_run: bool = False  # poll and log what would be deployed; change nothing (dewy.dryrun)
+    rollout: RolloutPolicy | None = None  # --rollout / [rollout]: canary and waves over a shared cache
     #: run_args parsed (the env files read) once, by check()
     run_options: RunOptions = field(default_factory=RunOptions, compare=False, repr=False)
     #: where a config file set each value, by field (notifiers also by item: ``notifiers[1]``)
@@ -170,6 +173,9 @@ def check(settings: Settings, name: Callable[[str], str | None]) -> None:
             raise Missing(setting, settings.mode)
     if settings.mode == "server" and settings.health_path and not settings.ports:
         raise SettingError("health_path", f"{name('health_path')} needs {name('ports')} to check the app through")
+    if settings.rollout and Url.parse(settings.cache or "memory://").scheme not in SHARED_CACHES:
+        raise named("rollout", "a rollout coordinates the hosts of a fleet through a shared cache: "
+                               "add --cache redis://HOST or consul://HOST (cache = \"...\" in a config file)")
     if settings.mode == "container":
         if Url.parse(settings.registry).scheme != "img":
             raise named("registry", "dewy container deploys images: use an img://HOST/REPO registry")

@@ -241,6 +241,7 @@ def _true_false(ok: bool) -> _Reply:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: without it each answer waits ~40 ms
 
     def _serve(self) -> None:
         consul: ConsulServer = self.server.owner  # type: ignore[attr-defined]

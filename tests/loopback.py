@@ -9,11 +9,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 
 
+class _Listener(ThreadingHTTPServer):
+    request_queue_size = 128  # socketserver's 5 resets connections when a fleet of clients connects at once
+
+
 class LoopbackServer:
     """Base of the GitHub, Slack and Consul test servers; handlers reach the server object as ``self.server.owner``."""
 
     def _serve(self, handler: type[BaseHTTPRequestHandler], name: str) -> None:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _Listener(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._httpd.owner = self  # type: ignore[attr-defined]
         self.port: int = self._httpd.server_address[1]

@@ -143,7 +143,7 @@ def test_relative_path_is_reported_absolute(tmp_path) -> None:
     # unknown keys and tables, with suggestions
     (MINIMAL + "\nintervall = 5\n", ":4: unknown key 'intervall'; did you mean 'interval'?"),
     (MINIMAL + 'log-level = "debug"\n', ":3: unknown key 'log-level'; did you mean 'log_level'?"),
-    (MINIMAL + "colour = 1\n", ":3: unknown key 'colour'; known keys: admin_address, admin_port, after_deploy_hook, app,"),
+    (MINIMAL + "hue = 1\n", ":3: unknown key 'hue'; known keys: admin_address, admin_port, after_deploy_hook, app,"),
     ('mode = "server"\nregistry = "file:///r"\n\n[server]\ncommand = ["app"]\n# poll\nintervall = 5\n',
      ":7: unknown key 'intervall' in [server]; did you mean 'interval'? "
      "('interval' is a top-level key: it goes above the first [table] header)"),

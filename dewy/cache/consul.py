@@ -123,6 +123,22 @@ class ConsulCache:
             return False
         return await self._cas("PUT", key, index, _encode(value, ttl))  # replace the expired value we saw, nothing newer
 
+    async def versioned(self, key: str) -> tuple[bytes | None, int]:
+        """The value of ``key`` (None: absent) and its ModifyIndex (0: absent), for :meth:`swap`."""
+        entry = await self._entry(key)
+        return (None, 0) if entry is None else (entry[0], entry[2])
+
+    async def swap(self, key: str, value: bytes, index: int) -> bool:
+        """Check-and-set: store ``value`` only if ``key`` is still at ``index`` (0: only if absent)."""
+        return await self._cas("PUT", key, index, _encode(value, None))
+
+    async def scan(self, key_prefix: str) -> list[bytes]:
+        """The values of every key that starts with ``key_prefix``, in one recursive read."""
+        response = await self._request("GET", key_prefix, params={"recurse": "true"}, missing_ok=True)
+        if response is None:
+            return []
+        return [_decode(entry)[0] for entry in _json(response, self.where)]
+
     async def aclose(self) -> None:
         await self.http.aclose()
 

@@ -59,7 +59,7 @@ class RedisCache:
         return f"RedisCache({self.where!r}, ttl={self.ttl})"
 
     @property
-    def _redis(self) -> Redis:
+    def client(self) -> Redis:
         """One client per event loop, created on first use (no connection at construction time)."""
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
@@ -72,7 +72,8 @@ class RedisCache:
         return self._client
 
     @contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
+    def errors(self, what: str) -> Iterator[None]:
+        """A Redis failure of ``what`` (a command's name) as one CacheError line naming this Redis."""
         try:
             yield
         except (RedisError, OSError) as exc:
@@ -82,16 +83,16 @@ class RedisCache:
             raise CacheError(f"{self.where}: {what} failed: {detail}") from None
 
     async def get(self, key: str) -> bytes | None:
-        with self._errors("GET"):
-            return await self._redis.get(PREFIX + key)
+        with self.errors("GET"):
+            return await self.client.get(PREFIX + key)
 
     async def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        with self._errors("SET"):
-            await self._redis.set(PREFIX + key, value, px=_ms(ttl) if ttl else None)
+        with self.errors("SET"):
+            await self.client.set(PREFIX + key, value, px=_ms(ttl) if ttl else None)
 
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
-        with self._errors("SET NX"):
-            return bool(await self._redis.set(PREFIX + key, value, px=_ms(ttl), nx=True))
+        with self.errors("SET NX"):
+            return bool(await self.client.set(PREFIX + key, value, px=_ms(ttl), nx=True))
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -1,0 +1,183 @@
+"""One host's side of a fleet rollout: its heartbeat, the gate the daemon asks before a deploy, its reports.
+
+The daemon asks :meth:`Coordinator.gate` with the release the registry names, before it
+fetches anything: the gate answers the release to deploy now (the new one once this host is
+admitted, the previous one when the new one was quarantined for the fleet and
+``on-failure=rollback``), or None: wait, fetching nothing. The daemon tells
+:meth:`Coordinator.report` how each deploy ended; a release that did not come up is
+quarantined for the whole fleet, and this host's notifiers say where and why.
+
+The heartbeat beats in the background (a third of the TTL), so a host busy with a long
+download still counts; a host killed stops beating and is gone one TTL later.
+Time is ``clock`` (wall time: the hosts compare their heartbeats), injectable for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dewy import log
+from dewy.errors import CacheError, HookError
+from dewy.fleet.plan import Fleet, Host, admitted, advance, fail, unchanged_for
+from dewy.fleet.policy import RolloutPolicy
+from dewy.fleet.stores import Store, app_key, open_store
+from dewy.hooks import run_hook
+from dewy.notifiers import Notifications
+from dewy.registry import Release
+from dewy.registry.shared import release_from_json, release_to_json
+from dewy.tasks import Background
+
+
+class Coordinator:
+    def __init__(self, policy: RolloutPolicy, store: Store, host: str, *, ttl: float,
+                 serving: Callable[[], str | None], notifications: Notifications | None = None,
+                 clock: Callable[[], float] = time.time, heartbeat: bool = True, workdir: Path | None = None,
+                 hook_timeout: float = 300.0, crashes: Callable[[], int] = lambda: 0) -> None:
+        self.policy = policy
+        self.store = store
+        self.host = host
+        self.ttl = ttl
+        self.serving = serving  # the tag this host serves now
+        self.notifications = notifications
+        self.clock = clock
+        self.background = Background()
+        self._heartbeat: asyncio.Task | None = None
+        self._beats = heartbeat  # False: the caller beats (simulated hosts on a fake clock)
+        self._version: str | None = None
+        self._since = 0.0
+        self._failed: tuple[str, str] | None = None  # (tag, why) of the last release that did not come up here
+        self._said: str | None = None  # the last waiting line logged at info (repeats go to debug)
+        self.workdir = workdir or Path.cwd()  # where --bake-check runs
+        self.hook_timeout = hook_timeout
+        self.crashes = crashes  # the app's unexpected exits so far (server mode's supervisor counts them)
+        self._crashes_before = 0  # ... when this host began serving its version
+
+    @classmethod
+    def of(cls, settings, cache, state, notifications: Notifications, target) -> Coordinator:
+        """The coordinator of ``settings.rollout`` over ``cache`` (a shared one: settings.check saw to it)."""
+        policy = settings.rollout
+        supervisor = getattr(target, "supervisor", None)  # server mode: its crash count judges a bake
+        with settings.given("cache"):
+            store = open_store(cache, app_key(settings.registry, settings.slot))
+        return cls(policy, store, f"{socket.gethostname()}:{settings.dir}",
+                   ttl=policy.ttl or max(3 * settings.interval, 3.0),
+                   serving=lambda: state.current.tag if state.current else None, notifications=notifications,
+                   workdir=settings.dir, hook_timeout=settings.hook_timeout,
+                   crashes=(lambda: supervisor.crashes) if supervisor else (lambda: 0))
+
+    def record(self) -> Host:
+        """This host's heartbeat as of now."""
+        version = self.serving()
+        now = self.clock()
+        if version != self._version or not self._since:
+            self._version, self._since, self._crashes_before = version, now, self.crashes()
+        failed, error = self._failed or (None, None)
+        return Host(self.host, now, self.ttl, version, self._since, failed, error)
+
+    async def beat(self) -> None:
+        await self.store.beat(self.record())
+
+    async def _beating(self) -> None:
+        """Beat a third of the TTL apart for dewy's whole life; a cache outage is told once, when it starts."""
+        down = False
+        while True:
+            try:
+                await self.beat()
+                down = False
+            except CacheError as exc:
+                if not down:
+                    log.warning("fleet-heartbeat", f"{exc}; this host counts as gone after {self.ttl:g}s without one")
+                down = True
+            await asyncio.sleep(self.ttl / 3)
+
+    async def gate(self, release: Release) -> Release | None:
+        """The release to deploy now, or None: this host waits (and fetches nothing)."""
+        if self._heartbeat is None and self._beats:
+            self._heartbeat = self.background.start(self._beating(), "the fleet heartbeat")
+        await self.beat()
+        tag, version = release.tag, self.serving()
+        target = release_to_json(release)
+        fleet, members = await self._current_wave()
+        if version != tag and not unchanged_for(self.policy, fleet, members, self.host, tag, self.clock()):
+            fleet = await self.store.update(lambda now_fleet, hosts: advance(self.policy, now_fleet, hosts, target, self.clock()))
+        quarantined = fleet.quarantine.get(tag)
+        if quarantined:
+            back = quarantined.previous
+            if version == tag and self.policy.on_failure == "rollback" and back and back["tag"] != tag:
+                self._say("fleet-rollback", f"{tag} is quarantined for the fleet (it failed on {quarantined.host}: "
+                                            f"{quarantined.reason}): going back to {back['tag']}", version=tag)
+                return release_from_json(back)
+            self._say("fleet-quarantined", f"{tag} is quarantined for the fleet: it failed on {quarantined.host}: "
+                                           f"{quarantined.reason}", version=tag)
+            return None
+        if version == tag:
+            return release if await self._baked_well(fleet, release) else None
+        if admitted(fleet, self.host, tag):
+            self._said = None
+            log.info("fleet-admitted", f"{tag}: this host's turn in the rollout", version=tag,
+                     wave=len(fleet.rollout.waves) - 1)
+            return release
+        self._say("fleet-waiting", self._waiting(fleet, tag), version=tag)
+        return None
+
+    async def _current_wave(self) -> tuple[Fleet, dict[str, Host]]:
+        """The document and the heartbeats of its current wave's hosts (not the whole fleet's)."""
+        fleet, _ = await self.store.peek(())
+        wave = fleet.rollout.waves[-1].hosts if fleet.rollout and fleet.rollout.waves else ()
+        return await self.store.peek(wave) if wave else (fleet, {})
+
+    async def _baked_well(self, fleet: Fleet, release: Release) -> bool:
+        """While ``release`` bakes here in a rollout, the app must not crash and ``--bake-check`` must pass; a
+        failure is reported as the release's (quarantined for the fleet)."""
+        rollout = fleet.rollout
+        command = self.policy.bake_check
+        if rollout is None or rollout.tag != release.tag or rollout.done is not None \
+                or self.clock() - self._since >= self.policy.bake:
+            return True
+        crashed = self.crashes() - self._crashes_before
+        if crashed:
+            await self.report(release, f"{release.tag} crashed {crashed} time(s) within its bake time "
+                                       f"({self.policy.bake:g}s)")
+            return False
+        if not command:
+            return True
+        try:
+            await run_hook("bake-check", command, cwd=self.workdir, env={"DEWY_VERSION": release.tag},
+                           timeout=self.hook_timeout)
+        except HookError as exc:
+            await self.report(release, str(exc))
+            return False
+        return True
+
+    def _waiting(self, fleet: Fleet, tag: str) -> str:
+        rollout = fleet.rollout
+        step = "the canary" if len(rollout.waves) <= 1 else f"wave {len(rollout.waves) - 1}"
+        return f"{tag} waits for its turn in the rollout: {step} is deploying or baking ({self.policy.bake:g}s)"
+
+    def _say(self, event: str, line: str, **fields) -> None:
+        """A waiting line at info the first time, at debug while it stays the same."""
+        (log.debug if line == self._said else log.info)(event, line, **fields)
+        self._said = line
+
+    async def report(self, release: Release, error: str | None) -> None:
+        """How a deploy ended here; a failure quarantines ``release`` for the fleet and says so."""
+        if error is None:
+            await self.beat()
+            return
+        self._failed = (release.tag, error)
+        await self.beat()
+        fleet = await self.store.update(lambda now_fleet, hosts: fail(now_fleet, release.tag, self.host, error, self.clock()))
+        if fleet.quarantine[release.tag].host != self.host:
+            return  # another host failed first and told
+        log.error("fleet-quarantine", f"{release.tag} is quarantined for the fleet: it failed on {self.host}: {error}",
+                  version=release.tag, host=self.host)
+        if self.notifications:
+            await self.notifications.error("rollback", f"{release.tag} is quarantined for the fleet: it failed on {self.host}",
+                                           version=release.tag, **{"failed on": self.host, "reason": error})
+
+    async def aclose(self) -> None:
+        await self.background.cancel()

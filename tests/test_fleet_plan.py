@@ -1,0 +1,165 @@
+"""The admission logic of a fleet rollout, as pure functions of the shared state, the heartbeats and the time."""
+
+from __future__ import annotations
+
+import json
+
+from dewy.fleet.plan import (
+    BAKING, DEPLOYING, FAILED, GONE, SERVING, WAITING, Fleet, Host, admitted, advance, deploying, fail, host_states,
+    unchanged_for,
+)
+from dewy.fleet.policy import parse_rollout
+
+V1, V2 = {"tag": "v1.0.0"}, {"tag": "v2.0.0"}
+TTL = 30.0
+
+
+class World:
+    """Twenty hosts on v1.0.0, a policy, a clock: each step is what the hosts would do."""
+
+    def __init__(self, spec: str, hosts: int = 20) -> None:
+        self.policy = parse_rollout(spec)
+        self.now = 1000.0
+        self.hosts = {f"h{n:02}": Host(f"h{n:02}", self.now, TTL, "v1.0.0", 0.0) for n in range(hosts)}
+        self.fleet = Fleet()
+        self.killed: set[str] = set()
+
+    def tick(self, seconds: float = 1.0) -> list[str]:
+        """Time passes, live hosts beat, the fleet advances; the hosts admitted to v2.0.0 now."""
+        self.now += seconds
+        for name, host in self.hosts.items():
+            if name not in self.killed:
+                self.hosts[name] = Host(name, self.now, TTL, host.version, host.since, host.failed, host.error)
+        self.fleet = advance(self.policy, self.fleet, self.hosts, V2, self.now)
+        return [name for name in self.hosts if admitted(self.fleet, name, "v2.0.0")]
+
+    def serve(self, *names: str, tag: str = "v2.0.0") -> None:
+        for name in names:
+            host = self.hosts[name]
+            self.hosts[name] = Host(name, self.now, TTL, tag, self.now)
+
+    def kill(self, name: str) -> None:
+        self.killed.add(name)  # it beats no more
+
+    def deploying(self) -> list[str]:
+        return deploying(self.fleet, self.hosts, self.now)
+
+
+def test_canary_alone_then_waves_of_a_quarter_each_after_its_bake() -> None:
+    world = World("canary=1,wave=25%,max-parallel=5,bake=10m")
+    assert world.tick() == ["h00"]  # the canary alone
+    assert world.tick(3600) == ["h00"]  # nobody else while it has not served v2.0.0
+    world.serve("h00")
+    assert world.tick(599) == ["h00"]  # baking
+    assert host_states(world.policy, world.fleet, world.hosts, world.now)["h00"] == BAKING
+    wave1 = [n for n in world.tick(1) if n != "h00"]
+    assert wave1 == ["h01", "h02", "h03", "h04", "h05"]  # 25% of 20
+    states = host_states(world.policy, world.fleet, world.hosts, world.now)
+    assert {states[n] for n in wave1} == {DEPLOYING} and states["h06"] == WAITING
+    world.serve(*wave1[:4])
+    assert len(world.tick(3600)) == 6  # wave 2 waits for the whole of wave 1
+    world.serve(wave1[4])
+    assert len(world.tick(599)) == 6
+    assert len(world.tick(1)) == 11
+    waves = [len(w.hosts) for w in world.fleet.rollout.waves]
+    assert waves == [1, 5, 5]
+
+
+def test_never_more_than_max_parallel_deploying_within_a_wave() -> None:
+    world = World("canary=1,wave=50%,max-parallel=3,bake=0", hosts=21)
+    world.tick()
+    world.serve("h00")
+    seen_max = 0
+    for _ in range(40):
+        admitted_now = world.tick()
+        seen_max = max(seen_max, len(world.deploying()))
+        world.serve(*[n for n in admitted_now if world.hosts[n].version != "v2.0.0"][:1])  # one finishes per tick
+    assert seen_max == 3
+    assert all(h.version == "v2.0.0" for h in world.hosts.values())
+    assert world.fleet.rollout.done is not None
+    assert [len(w.hosts) for w in world.fleet.rollout.waves] == [1, 11, 9]
+
+
+def test_a_dead_host_stops_counting_after_its_ttl_and_never_stalls_the_rollout() -> None:
+    world = World("canary=1,wave=5,max-parallel=2,bake=0", hosts=8)
+    world.tick()
+    world.kill("h00")  # the canary dies before serving
+    assert world.tick(TTL - 1) == ["h00"]  # within its TTL it still counts: nobody else
+    assert world.tick(2) == ["h00", "h01"]  # gone (its old admission stays on record): a new canary, alone
+    assert host_states(world.policy, world.fleet, world.hosts, world.now)["h00"] == GONE
+    world.serve("h01")
+    world.tick()
+    assert world.deploying() == ["h02", "h03"]
+    world.kill("h02")
+    world.tick(TTL + 1)
+    assert world.deploying() == ["h03", "h04"]  # its slot is freed
+    assert "h02" not in world.fleet.rollout.waves[-1].admitted
+
+
+def test_a_release_failing_on_the_canary_is_quarantined_and_nobody_else_is_admitted() -> None:
+    world = World("canary=1,wave=25%,bake=0,on-failure=rollback")
+    world.fleet = advance(world.policy, Fleet(), world.hosts, V1, world.now)  # v1.0.0 is the fleet's release
+    assert world.tick() == ["h00"]
+    world.fleet = fail(world.fleet, "v2.0.0", "h00", "exited with 1", world.now)
+    world.hosts["h00"] = Host("h00", world.now, TTL, "v1.0.0", 0.0, "v2.0.0", "exited with 1")
+    for _ in range(5):
+        assert world.tick(60) == []
+    quarantined = world.fleet.quarantine["v2.0.0"]
+    assert (quarantined.host, quarantined.reason, quarantined.previous) == ("h00", "exited with 1", V1)
+    states = host_states(world.policy, world.fleet, world.hosts, world.now)
+    assert states["h00"] == FAILED and states["h01"] == SERVING
+    # a second failure elsewhere keeps the first one's story
+    assert fail(world.fleet, "v2.0.0", "h05", "other", world.now).quarantine["v2.0.0"].host == "h00"
+
+
+def test_a_newer_release_starts_over_from_the_canary() -> None:
+    world = World("canary=1,wave=25%,bake=0")
+    world.tick()
+    world.serve("h00")
+    world.tick()
+    v3 = {"tag": "v3.0.0"}
+    fleet = advance(world.policy, world.fleet, world.hosts, v3, world.now)
+    assert fleet.rollout.tag == "v3.0.0" and fleet.rollout.previous == V2
+    assert [w.hosts for w in fleet.rollout.waves] == [("h00",)]
+
+
+def test_the_document_survives_its_json() -> None:
+    world = World("canary=2,wave=25%,bake=0")
+    world.tick()
+    world.fleet = fail(world.fleet, "v2.0.0", "h00", "boom", world.now)
+    assert Fleet.from_json(json.loads(json.dumps(world.fleet.to_json()))) == world.fleet
+
+
+def test_a_host_joining_after_the_rollout_ended_gets_a_wave_of_its_own() -> None:
+    world = World("canary=1,wave=100%,bake=0", hosts=3)
+    world.tick()
+    world.serve("h00")
+    world.tick()
+    world.serve("h01", "h02")
+    world.tick()
+    assert world.fleet.rollout.done is not None
+    world.hosts["h03"] = Host("h03", world.now, TTL, None, 0.0)  # a new host, nothing deployed
+    assert "h03" in world.tick()
+    assert world.fleet.rollout.done is None
+    world.serve("h03")
+    world.tick()
+    assert world.fleet.rollout.done is not None
+
+
+def test_a_waiting_host_skips_the_transaction_only_when_it_would_change_nothing() -> None:
+    """unchanged_for, from the current wave's heartbeats alone, never hides this host's admission (the wave's own
+    hosts fill its free slots when they poll)."""
+    world = World("canary=1,wave=25%,max-parallel=2,bake=30s", hosts=12)
+    skipped = 0
+    for step in range(120):
+        world.tick(5)
+        for name in [n for n, h in world.hosts.items() if h.version != "v2.0.0"][:2]:
+            world.serve(name) if admitted(world.fleet, name, "v2.0.0") and step % 3 == 0 else None
+        wave = world.fleet.rollout.waves[-1].hosts
+        members = {n: h for n, h in world.hosts.items() if n in wave}
+        for name in [n for n in world.hosts if not admitted(world.fleet, n, "v2.0.0")]:
+            if unchanged_for(world.policy, world.fleet, members, name, "v2.0.0", world.now):
+                skipped += 1
+                assert not admitted(advance(world.policy, world.fleet, world.hosts, V2, world.now), name, "v2.0.0")
+    assert skipped > 100
+    assert all(h.version == "v2.0.0" for h in world.hosts.values())
