@@ -17,13 +17,13 @@ from dewy.artifacts import ARTIFACTS, Artifact
 from dewy.artifacts.file import LocalFile
 from dewy.errors import ArtifactError, CorruptArchive
 from dewy.fsutil import TEMP_PREFIX, bad_file_name, fsync_dir, remove_temp_files, sync_filesystem
+from dewy.progress import SAMPLE
 from dewy.registry import Release
 from dewy.signing import MinisignCheck, Signed, TrustedKey, await_signature, fetch_check, finish
 from dewy.spool import Aborted, Spool, SpoolReader
 from dewy.urls import Url
 
 
-PROGRESS_TICK = 1.0  # how often a fetch samples its progress
 _FEED = 8 << 20  # bytes hashed per mapping (a multiple of the page size)
 
 
@@ -310,7 +310,7 @@ async def _all_of(tasks: list[asyncio.Future], spool: Spool, reader: SpoolReader
     pending = set(tasks)
     try:
         while pending:
-            done, pending = await asyncio.wait(pending, timeout=PROGRESS_TICK, return_when=asyncio.FIRST_EXCEPTION)
+            done, pending = await asyncio.wait(pending, timeout=SAMPLE, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 failure = task.exception()
                 if failure is not None and not isinstance(failure, Aborted):
