@@ -17,6 +17,7 @@ from pathlib import Path
 from dewy.fsutil import TEMP_PREFIX
 from dewy.spool import Spool, SpoolReader
 
+SAMPLE = 1.0  # how often long work is looked at: a line is due only every INTERVAL
 QUIET = 5.0  # work that ends sooner tells nothing
 INTERVAL = 5.0  # between two lines
 
@@ -36,6 +37,7 @@ class Progress:
         self.done = 0
         self.total: int | None = None
         now = clock()
+        self.began = now
         self.due = now + quiet
         self.mark = (now, 0)  # (time, bytes done) when the rate was last measured: it is the recent rate
 
@@ -62,6 +64,16 @@ class Progress:
                 line += f", {duration(left)} left"
                 fields["eta"] = round(left)
         self.report(line, fields)
+
+    def elapsed(self, phase: str) -> None:
+        """Work whose size nobody tells (an image pull through Podman 4's API): how long it has taken so far."""
+        now = self.clock()
+        if now < self.due:
+            return
+        self.due = now + self.interval
+        self.phase = phase
+        taken = now - self.began
+        self.report(f"{phase} {self.version}: {duration(taken)} so far", {"phase": phase, "elapsed": round(taken)})
 
     def sample(self, spool: Spool, extractor: SpoolReader | None) -> None:
         """From a fetch: the download while bytes arrive, then the extraction catching up with them."""

@@ -33,13 +33,18 @@ class Spool:
         self.total: int | None = self.size if complete else None  # announced by the download when it knows
         self.done = complete
         self.aborted = False
+        self.held: int | None = None  # see of_file
         self._changed = threading.Condition()
         self._wake_at = _NEVER  # the least size a waiting reader needs: writes below it wake nobody
 
     @classmethod
-    def of_file(cls, path: Path, name: str | None = None) -> Spool:
-        """A spool over a file already complete (a cached artifact)."""
-        return cls(path, name or path.name, complete=True)
+    def of_file(cls, path: Path, name: str | None = None, held: int | None = None) -> Spool:
+        """A spool over a file already complete (a cached artifact, a file:// source); with ``held``, an open
+        descriptor of it, every reader reads that file even if ``path`` is replaced meanwhile."""
+        spool = cls(path, name or path.name, complete=True)
+        spool.held = held
+        spool.size = spool.total = os.fstat(held).st_size if held is not None else spool.size
+        return spool
 
     def write(self, data: bytes | memoryview) -> int:
         view = memoryview(data)
@@ -101,7 +106,7 @@ class SpoolReader:
 
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
-        self.fd = os.open(spool.path, os.O_RDONLY | os.O_CLOEXEC)
+        self.fd = os.dup(spool.held) if spool.held is not None else os.open(spool.path, os.O_RDONLY | os.O_CLOEXEC)
         self.pos = 0
 
     def fileno(self) -> int:

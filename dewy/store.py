@@ -8,21 +8,22 @@ import mmap
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from dewy import log
-from dewy.artifacts import ARTIFACTS
+from dewy.artifacts import ARTIFACTS, Artifact
+from dewy.artifacts.file import LocalFile
 from dewy.errors import ArtifactError, CorruptArchive
 from dewy.fsutil import TEMP_PREFIX, bad_file_name, fsync_dir, remove_temp_files, sync_filesystem
+from dewy.progress import SAMPLE
 from dewy.registry import Release
 from dewy.signing import MinisignCheck, Signed, TrustedKey, await_signature, fetch_check, finish
 from dewy.spool import Aborted, Spool, SpoolReader
 from dewy.urls import Url
 
 
-PROGRESS_TICK = 1.0  # how often a fetch samples its progress
 _FEED = 8 << 20  # bytes hashed per mapping (a multiple of the page size)
 
 
@@ -130,11 +131,13 @@ class ArtifactStore:
 
     async def fetch(self, release: Release, unpack: Callable[[SpoolReader], None] | None = None,
                     progress: Callable[[Spool, SpoolReader | None], None] | None = None) -> Path:
-        """The verified archive for ``release``, downloading it unless already stored.
+        """The verified archive for ``release``, downloading it unless already stored or local (file://).
 
         ``unpack`` (blocking, run in a thread) reads the bytes while they arrive; the artifact
         is stored only once the download, every verifier and ``unpack`` have succeeded, and
         its bytes (with all ``unpack`` wrote on the same filesystem) are on disk: one syncfs.
+        A plain .tar that is unpacked is not stored: its release holds every byte of it, and
+        keeping it too would write them twice; the caller hands it to :meth:`done_with`.
         The first failure ends the others and nothing is stored; what ``unpack`` wrote is the
         caller's to delete. ``progress`` is called about every second while this runs.
         With trusted keys a stored archive's signature is checked again (the keys may have changed).
@@ -153,42 +156,63 @@ class ArtifactStore:
                         target.unlink(missing_ok=True)
                         raise
             return target
+        artifact = ARTIFACTS.load(Url.parse(release.artifact_url))
+        if isinstance(artifact, LocalFile) and not self.trusted_keys:
+            return await self._in_place(release, artifact, unpack, progress)
         verifiers = await self.verifiers(release)
+        keep = unpack is None or not release.artifact_name.lower().endswith(".tar")
         fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.directory)
         spool = Spool(Path(temp), release.artifact_name, fd)
-        reader = spool.reader() if unpack else None
-        verifying = _thread("verify", _feed, spool.reader(), verifiers)
-        work = [asyncio.ensure_future(self._download(release, spool)), verifying]
         try:
             try:
-                await _all_of(work + ([_thread("extract", unpack, reader)] if unpack else []), spool, reader, progress)
-            except Exception:
-                if not verifying.cancelled() and verifying.exception() is None:  # every byte came and was checked:
-                    await asyncio.to_thread(_verify, verifiers, Path(temp))  # a mismatch explains a failed extraction
-                raise
-            await asyncio.to_thread(_verify, verifiers, Path(temp))
-            await asyncio.to_thread(sync_filesystem, self.directory)
-            os.replace(temp, target)
-            fsync_dir(self.directory)
+                await _one_pass(spool, verifiers, unpack, progress, self._download(artifact, spool))
+            finally:
+                os.close(fd)
+            if keep:
+                await asyncio.to_thread(sync_filesystem, self.directory)
+                os.replace(temp, target)
+                fsync_dir(self.directory)
+            else:
+                target = Path(temp)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
-        finally:
-            os.close(fd)
-            if reader:
-                reader.close()
+        self._fetched(release, verifiers, f"downloaded {release.artifact_name} ({spool.size} bytes)")
+        return target
+
+    def _fetched(self, release: Release, verifiers: list[Verifier], line: str) -> None:
+        """Note who signed the bytes, and tell their sha256 (the ``downloaded`` event, read or downloaded)."""
         checksum = next(v for v in verifiers if isinstance(v, Checksum))
         signed = next((v.signed for v in verifiers if isinstance(v, Signature)), None)
         if signed:
             self.signed[release.cache_key] = signed
-        log.info("downloaded", f"downloaded {release.artifact_name} ({spool.size} bytes)", version=release.tag,
-                 sha256=checksum.sha256.hexdigest(), verified=bool(checksum.expected),
-                 **({"signed_by": str(signed)} if signed else {}))
-        return target
+        log.info("downloaded", line, version=release.tag, sha256=checksum.sha256.hexdigest(),
+                 verified=bool(checksum.expected), **({"signed_by": str(signed)} if signed else {}))
 
-    async def _download(self, release: Release, spool: Spool) -> None:
+    async def _in_place(self, release: Release, artifact: LocalFile, unpack: Callable[[SpoolReader], None] | None,
+                        progress: Callable[[Spool, SpoolReader | None], None] | None) -> Path:
+        """A file:// artifact is local already: verified and unpacked where it lies, never copied into the cache.
+        (With trusted keys it is copied: the signature must cover bytes nobody else can change while they are read.)"""
+        verifiers = await self.verifiers(release)
+        fd = artifact.open()
         try:
-            await ARTIFACTS.load(Url.parse(release.artifact_url)).download(spool)  # type: ignore[arg-type]
+            spool = Spool.of_file(artifact.path, release.artifact_name, fd)
+            await _one_pass(spool, verifiers, unpack, progress)
+        finally:
+            os.close(fd)
+        self._fetched(release, verifiers, f"read {release.artifact_name} where it lies ({spool.size} bytes)")
+        return artifact.path
+
+    def done_with(self, artifact: Path) -> None:
+        """Done with what :meth:`fetch` returned: an artifact the cache does not keep (a downloaded plain .tar,
+        all of whose bytes are in its release) is deleted, before the release is made durable, so its bytes are
+        never written out (the kernel drops the dirty pages of a deleted file)."""
+        if artifact.parent == self.directory and artifact.name.startswith(TEMP_PREFIX):
+            artifact.unlink(missing_ok=True)
+
+    async def _download(self, artifact: Artifact, spool: Spool) -> None:
+        try:
+            await artifact.download(spool)  # type: ignore[arg-type]
         except BaseException:
             spool.abort()
             raise
@@ -231,6 +255,27 @@ def _feed(reader: SpoolReader, verifiers: list[Verifier]) -> None:
             offset = end
 
 
+async def _one_pass(spool: Spool, verifiers: list[Verifier], unpack: Callable[[SpoolReader], None] | None,
+                    progress: Callable[[Spool, SpoolReader | None], None] | None,
+                    download: Coroutine[None, None, None] | None = None) -> None:
+    """Feed the verifiers and ``unpack`` the bytes of ``spool`` while ``download`` (if any) writes them; raise
+    the first failure, or a verifier's verdict where all bytes came (a mismatch explains a failed extraction)."""
+    reader = spool.reader() if unpack else None
+    verifying = _thread("verify", _feed, spool.reader(), verifiers)
+    work = ([asyncio.ensure_future(download)] if download else []) + [verifying]
+    try:
+        try:
+            await _all_of(work + ([_thread("extract", unpack, reader)] if unpack else []), spool, reader, progress)
+        except Exception:
+            if not verifying.cancelled() and verifying.exception() is None:  # every byte came and was checked
+                await asyncio.to_thread(_verify, verifiers, spool.path)
+            raise
+        await asyncio.to_thread(_verify, verifiers, spool.path)
+    finally:
+        if reader:
+            reader.close()
+
+
 def _thread(name: str, work: Callable[..., None], *args: object) -> asyncio.Future:
     """Run blocking ``work`` in a thread of its own: readers waiting for bytes must never hold the pool's
     threads that the download writing those bytes may need (file://, s3://, gs:// write from one)."""
@@ -265,7 +310,7 @@ async def _all_of(tasks: list[asyncio.Future], spool: Spool, reader: SpoolReader
     pending = set(tasks)
     try:
         while pending:
-            done, pending = await asyncio.wait(pending, timeout=PROGRESS_TICK, return_when=asyncio.FIRST_EXCEPTION)
+            done, pending = await asyncio.wait(pending, timeout=SAMPLE, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 failure = task.exception()
                 if failure is not None and not isinstance(failure, Aborted):

@@ -8,12 +8,14 @@ what the real-protocol servers cannot produce (expired tokens, garbage).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -22,6 +24,10 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from dewy.artifacts import ARTIFACTS
+from dewy.progress import Progress
+from dewy.spool import Spool
+from dewy.urls import Url
 from tests.conftest import host_artifact, tar_gz
 from tests.harness import APP, ClientLoop, Dewy, free_port
 
@@ -266,6 +272,19 @@ def deploy_two_versions(tmp_path: Path, store, bucket: str, prefix: str, registr
         return dewy.seen
     finally:
         dewy.kill()
+
+
+def progress_of_download(url: str, work: Path) -> str:
+    """The progress line of v1.0.0's download of ``url`` once its bytes are in ("3 MiB of 3 MiB": the size was announced)."""
+    fd, path = tempfile.mkstemp(dir=work)
+    spool = Spool(Path(path), "app.tar.gz", fd)
+    try:
+        asyncio.run(ARTIFACTS.load(Url.parse(url)).download(spool))
+    finally:
+        os.close(fd)
+    lines: list[str] = []
+    Progress("v1.0.0", lambda line, fields: lines.append(line), quiet=0).sample(spool, None)
+    return lines[0]
 
 
 MEASURE_DOWNLOAD = r"""

@@ -37,16 +37,17 @@ def test_hooks_see_the_deploy_and_a_failing_before_hook_aborts_it(tmp_path) -> N
         assert env["DEWY_PREVIOUS_VERSION"] == ""
         assert env["DEWY_COMMAND"] == "assets"
         assert Path(env["DEWY_RELEASE_DIR"]) == (tmp_path / "site" / "current").resolve()
+        assert Path(env["DEWY_ARTIFACT"]) == registry / "v1.0.0" / host_artifact(), "a file:// artifact is read in place"
         assert any(e.get("event") == "after-hook-output" and e["msg"] == "one" for e in dewy.seen)
         assert any(e.get("event") == "before-hook-output" and e["msg"] == "before v1.0.0 after " for e in dewy.seen)
 
         publish(registry, "v1.1.0", {"index.html": "two"})
-        (tmp_path / "cache" / "artifacts" / f"v1.1.0--{host_artifact()}.block").touch()  # make the before hook fail
+        (registry / "v1.1.0" / f"{host_artifact()}.block").touch()  # make the before hook fail
         failure = dewy.wait_for("deploy-failed")
         assert "before hook" in failure["msg"] and "exited with status 1" in failure["msg"]
         assert served(tmp_path) == "one"
         assert len(list((tmp_path / "site" / "releases").iterdir())) == 1, "a failed before hook leaves no partial release"
-        (tmp_path / "cache" / "artifacts" / f"v1.1.0--{host_artifact()}.block").unlink()
+        (registry / "v1.1.0" / f"{host_artifact()}.block").unlink()
         dewy.wait_for("deployed", version="v1.1.0")
         assert served(tmp_path) == "two"
         assert "DEWY_PREVIOUS_VERSION=v1.0.0" in (tmp_path / "site" / "hook-env").read_text()

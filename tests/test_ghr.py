@@ -22,7 +22,7 @@ from dewy.artifacts import deadline as deadline_module
 from dewy.errors import ArtifactError, ArtifactNotReady, RegistryError, UsageError
 from dewy.http import RateLimited
 from dewy.registry import github as github_module
-from dewy.registry.github import CHUNK_SIZE
+from dewy.http import READ_SIZE as CHUNK_SIZE  # the most one network read brings
 from dewy.registry import REGISTRIES, Release, shipped_text
 from tests.conftest import host_artifact
 from tests.github_server import GitHubServer

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from dewy.registry import REGISTRIES
 from dewy.store import ArtifactStore
 from dewy.urls import Url
 from tests.conftest import host_artifact, tar_gz
+from tests.objectstores import progress_of_download
 from tests.objectstores import (StandIn, big_file, closed_port_url, deploy_two_versions, download_memory_growth,
                                 gcs_emulator, release_files)
 from tests.loopback import Trickle
@@ -344,3 +346,10 @@ def test_a_trickling_download_is_abandoned_at_its_total_deadline(google_env) -> 
     assert message.startswith("gs://bucket/v1/app.tar.gz: the download stalled (")
     assert message.endswith("after the first 0.5 s); dewy retries")
 
+
+
+def test_the_download_announces_its_size_so_progress_shows_how_much_is_left(tmp_path, emulated) -> None:
+    bucket = emulated.bucket()
+    emulated.put(bucket, "v1.0.0/app.tar.gz", os.urandom(3 << 20))
+    assert progress_of_download(f"gs://{bucket}/v1.0.0/app.tar.gz", tmp_path).startswith(
+        "downloading v1.0.0: 3 MiB of 3 MiB")

@@ -40,6 +40,16 @@ def test_quiet_for_short_work_then_a_line_every_interval_with_rate_and_time_left
     assert lines[0][2] == {"phase": "downloading", "bytes": 200 * MiB, "total": GiB, "rate": 40 * MiB, "eta": 21}
 
 
+def test_work_of_no_known_size_tells_the_time_it_has_taken() -> None:
+    clock, lines = Clock(), []
+    progress = Progress("v2.0.0", lambda line, fields: lines.append((line, fields)), clock=clock)
+    for second in range(0, 11):  # an image pull whose runtime tells no bytes, sampled every second
+        clock.now = second
+        progress.elapsed("pulling")
+    assert lines == [("pulling v2.0.0: 5 s so far", {"phase": "pulling", "elapsed": 5}),
+                     ("pulling v2.0.0: 10 s so far", {"phase": "pulling", "elapsed": 10})]
+
+
 def test_the_rate_is_the_recent_one_and_a_stall_shows_as_zero() -> None:
     clock, lines = Clock(), []
     progress = Progress("v2.0.0", lambda line, fields: lines.append(line), clock=clock)

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from dewy.registry import REGISTRIES
 from dewy.store import ArtifactStore
 from dewy.urls import Url
 from tests.conftest import host_artifact, tar_gz
+from tests.objectstores import progress_of_download
 from tests.objectstores import (AWS_ENV, AWS_SECRET, AWS_UNSET, REGION, StandIn, big_file, closed_port_url,
                                 deploy_two_versions, download_memory_growth, moto_server, release_files, start_dewy)
 from tests.harness import ClientLoop, free_port, get
@@ -379,3 +381,10 @@ def test_a_deadline_passed_before_the_body_arrives_is_the_same_one_line(aws, mon
         with pytest.raises(ArtifactError) as raised:
             asyncio.run(asyncio.wait_for(ARTIFACTS.load(Url.parse(url)).download(io.BytesIO()), 5))
     assert str(raised.value).startswith(f"{url}: the download stalled (0 bytes in ")
+
+
+def test_the_download_announces_its_size_so_progress_shows_how_much_is_left(tmp_path, moto, aws) -> None:
+    bucket = moto.bucket()
+    moto.put(bucket, "v1.0.0/app.tar.gz", os.urandom(3 << 20))
+    assert progress_of_download(f"s3://{REGION}/{bucket}/v1.0.0/app.tar.gz?endpoint={moto.endpoint}", tmp_path) \
+        .startswith("downloading v1.0.0: 3 MiB of 3 MiB")

@@ -28,13 +28,12 @@ def current(registry_dir):
     return asyncio.run(registry.current())
 
 
-def test_fetch_verifies_published_checksum(tmp_path) -> None:
+def test_a_file_artifact_is_verified_where_it_lies_not_copied(tmp_path) -> None:
     publish(tmp_path / "reg", "v1.0.0", {"a": "1"}, checksums=True)
     store = ArtifactStore(tmp_path / "cache")
-    release = current(tmp_path / "reg")
-    path = asyncio.run(store.fetch(release))
-    assert path.name == f"v1.0.0--{host_artifact()}"
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == (tmp_path / "reg/v1.0.0/checksums.txt").read_text().split()[0]
+    path = asyncio.run(store.fetch(current(tmp_path / "reg")))
+    assert path == tmp_path / "reg" / "v1.0.0" / host_artifact()
+    assert list((tmp_path / "cache").iterdir()) == [], "the source is local: the cache keeps no second copy"
 
 
 def test_checksum_mismatch_stores_nothing(tmp_path) -> None:
@@ -180,15 +179,55 @@ def test_a_failed_download_ends_the_extraction_and_is_the_error_told(tmp_path, m
     assert leftovers(tmp_path) == []
 
 
+class Sent:
+    """A downloaded artifact: ``data``, then the end."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def download(self, out) -> None:
+        out.write(self.data)
+
+    async def aclose(self) -> None:
+        pass
+
+
 def test_a_stored_artifact_is_extracted_without_a_download(tmp_path, monkeypatch) -> None:
-    publish(tmp_path / "reg", "v1.0.0", {"index.html": "one"}, checksums=True)
-    release = current(tmp_path / "reg")
-    first, _ = staged_fetch(tmp_path, release)
+    release = current_of("app.tar.gz")
+    first, _ = staged_fetch(tmp_path, release, Sent(gzip.compress(tar_of({"index.html": b"one"}))), monkeypatch)
     monkeypatch.setattr(ARTIFACTS, "load", lambda url: pytest.fail("the stored artifact is used"))
     second, releases = staged_fetch(tmp_path, release)
     assert (second / "index.html").read_text() == "one" and second != first
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [release.cache_key]
 
 
-def current_of(name: str) -> Release:
-    return Release("v1.0.0", semver.Version.parse("1.0.0"), name, "file:///held/" + name)
+def test_a_downloaded_plain_tar_is_not_kept_beside_its_release(tmp_path, monkeypatch) -> None:
+    big = os.urandom(3 << 20)
+    monkeypatch.setattr(ARTIFACTS, "load", lambda url: Sent(tar_of({"big.bin": big})))
+    store, releases = ArtifactStore(tmp_path / "cache"), Releases(tmp_path / "site")
+
+    async def deploy():
+        name = releases.new_name()
+        with releases.building(name) as partial:
+            artifact = await store.fetch(current_of("app.tar"), lambda reader: extract(reader, partial))
+            assert artifact.read_bytes()[512:1024] == big[:512], "the hooks still see the artifact before the switch"
+            store.done_with(artifact)
+            return releases.complete(name)
+
+    release = asyncio.run(deploy())
+    assert (release / "big.bin").read_bytes() == big
+    assert list((tmp_path / "cache").iterdir()) == [], "every byte of it is in the release: not written twice"
+
+
+def test_prune_keeps_only_the_artifacts_of_kept_releases(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(ARTIFACTS, "load", lambda url: Sent(gzip.compress(tar_of({"index.html": b"x"}))))
+    store = ArtifactStore(tmp_path / "cache")
+    old, new = current_of("app.tar.gz", "v1.0.0"), current_of("app.tar.gz", "v1.1.0")
+    for release in (old, new):
+        asyncio.run(store.fetch(release))
+    store.prune({new.cache_key})
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [new.cache_key]
+
+
+def current_of(name: str, tag: str = "v1.0.0") -> Release:
+    return Release(tag, semver.Version.parse(tag[1:]), name, "file:///held/" + name)

@@ -32,6 +32,7 @@ from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from dewy.artifacts import expect
 from dewy.artifacts.deadline import Stalled, Watchdog, stalled
 from dewy.errors import ArtifactError, UsageError
 from dewy.lazyclient import LazyClient
@@ -168,6 +169,7 @@ class GCSObject:
 
                 def hook(response, *args, **kwargs) -> None:
                     watchdog.watch(response.raw)
+                    expect(out, object_size(response))
 
                 session.hooks["response"].append(hook)
                 try:
@@ -191,6 +193,17 @@ class GCSObject:
 
     async def aclose(self) -> None:
         self.client.close()
+
+
+def object_size(response: requests.Response) -> int | None:
+    """The object's size, from the answer to its download (all of it, or the rest of it after a broken connection)."""
+    if "alt=media" not in response.url:
+        return None
+    if response.status_code == 206:
+        total = response.headers.get("Content-Range", "").rpartition("/")[2]
+        return int(total) if total.isdigit() else None
+    length = response.headers.get("Content-Length", "")
+    return int(length) if response.status_code == 200 and length.isdigit() else None
 
 
 class _Progress:

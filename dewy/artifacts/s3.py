@@ -31,6 +31,7 @@ from botocore.config import Config
 from botocore.parsers import ResponseParserError
 
 from dewy import __version__
+from dewy.artifacts import expect
 from dewy.artifacts.deadline import Stalled, Watchdog, stalled
 from dewy.errors import ArtifactError, UsageError
 from dewy.lazyclient import LazyClient
@@ -199,7 +200,9 @@ class S3Object:
     def _download(self, out: BinaryIO) -> None:
         start = time.monotonic()
         try:
-            body = self.client.get().get_object(Bucket=self.place.bucket, Key=self.place.key)["Body"]
+            answer = self.client.get().get_object(Bucket=self.place.bucket, Key=self.place.key)
+            expect(out, answer.get("ContentLength"))
+            body = answer["Body"]
             try:
                 self._copy(body, out, start)
             finally:

@@ -56,9 +56,10 @@ from dewy.container.ports import LABEL_PORTS, ContainerPorts, PortMapping, needs
 from dewy.container.proxy import TcpProxy
 from dewy.container.runtimes import (
     LABEL_APP, LABEL_DIGEST, LABEL_IMAGE, LABEL_REPLICA, LABEL_ROLLOUT, LABEL_VERSION, Container,
-    ContainerRuntimeError, ReplicaSpec, Runtime,
+    ContainerRuntimeError, PullProgress, ReplicaSpec, Runtime,
 )
 from dewy.errors import AppStartError, DewyError
+from dewy.progress import SAMPLE, Progress
 from dewy.runargs import RunOptions
 from dewy.state import DrainingEntry, ReplicaEntry, ReplicaSet, RolloutEntry, State
 from dewy.tasks import Background
@@ -217,13 +218,22 @@ class Replicas:
         return ImageVersion(self.version, self.image, self.digest) if self.version and self.image else None
 
     async def pull(self, image: ImageVersion, credentials: tuple[str, str] | None, tls_verify: bool,
-                   verified_id: str | None = None) -> None:
-        """Pull ``image``. ``verified_id``: the image id whose signature was checked; the pull must bring exactly
-        it (not what a tag moved since then names), and the replicas then start from that id."""
+                   progress: Progress, verified_id: str | None = None) -> None:
+        """Pull ``image``, telling ``progress`` how far it is (bytes where the runtime says, else the time taken).
+        ``verified_id``: the image id whose signature was checked; the pull must bring exactly it (not what a
+        tag moved since then names), and the replicas then start from that id."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         log.info("pulling", f"pulling {image.reference}", version=image.tag, image=image.reference)
-        image_id = await self.runtime.pull(image.reference, credentials, tls_verify)
+        pulled = PullProgress()
+        pulling = asyncio.ensure_future(self.runtime.pull(image.reference, credentials, tls_verify, pulled))
+        try:
+            while not (await asyncio.wait({pulling}, timeout=SAMPLE))[0]:
+                counted = pulled.counted()
+                progress.update("pulling", *counted) if counted else progress.elapsed("pulling")
+        finally:
+            pulling.cancel()  # a stop: the runtime's thread ends with its call
+        image_id = pulling.result()
         log.info("pulled", f"pulled {image.reference} in {loop.time() - started:.1f}s", version=image.tag,
                  image=image.reference, image_id=image_id)
         if verified_id is not None:

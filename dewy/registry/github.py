@@ -38,7 +38,6 @@ BYTES_MEDIA_TYPE = "application/octet-stream"
 # A total deadline for one API request, its whole answer included: a server answering a byte every
 # few seconds never trips dewy.http.TIMEOUT. Downloads have theirs (dewy.artifacts.deadline).
 REQUEST_DEADLINE = 60.0
-CHUNK_SIZE = 1 << 16  # the most one network read brings (httpcore reads 64 KiB at a time)
 SECONDARY_LIMIT_WAIT = 60.0  # GitHub's advice when a rate-limit answer carries no timing header
 NAME = re.compile(r"[A-Za-z0-9._-]+\Z")
 

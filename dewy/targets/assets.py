@@ -112,6 +112,7 @@ class AssetsTarget(BaseTarget):
     def discard(self, candidate: Unpackable) -> None:
         """The partial release of a candidate that was not activated (a failed before-deploy hook, a stop)."""
         if not candidate.kept:
+            self.store.done_with(candidate.artifact)
             self.releases.remove(self.releases.directory / (PARTIAL_PREFIX + candidate.name))
 
     async def activate(self, candidate: Unpackable) -> None:
@@ -122,6 +123,7 @@ class AssetsTarget(BaseTarget):
         if candidate.kept:
             release_dir = self.releases.directory / name
         else:
+            self.store.done_with(candidate.artifact)  # before the release's syncfs: an artifact not kept is never written
             with self.liveness.step(None), on_disk(self.releases.directory, f"release {name}"):
                 release_dir = await self._complete(name)
         switched = Switched(release_dir, self.releases.current_dir(),

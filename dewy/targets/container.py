@@ -96,7 +96,7 @@ class ContainerTarget(BaseTarget):
             with self.liveness.step(None):  # registry reads, bounded by their deadlines
                 verified = await self.images.verify(self._images(), release)
         with self.liveness.step(None):
-            await self.replicas.pull(image, *self._pull_options(), verified_id=verified and verified.image_id)
+            await self.replicas.pull(image, *self._pull_options(), progress, verified_id=verified and verified.image_id)
         return Candidate(release, env={"DEWY_IMAGE": image.reference, "DEWY_IMAGE_DIGEST": image.digest},
                          deployed={"image": image.reference, "digest": image.digest or None,
                                    "signed_by": str(verified.signed) if verified else None},

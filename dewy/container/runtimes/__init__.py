@@ -97,13 +97,39 @@ class ReplicaSpec:
     options: RunOptions
 
 
+class PullProgress:
+    """How far an image pull is, from the lines its runtime streams: Docker's (and Podman 5's compatMode) tell each
+    layer's bytes (``progressDetail``); Podman 4's libpod pull tells none, and only the time taken is shown.
+    Written by the pull's thread, read by the event loop (plain assignments: no lock needed)."""
+
+    def __init__(self) -> None:
+        self.layers: dict[str, tuple[int, int]] = {}  # layer -> (bytes done, bytes in all)
+
+    def seen(self, line: dict) -> None:
+        layer, status, detail = line.get("id"), line.get("status"), line.get("progressDetail") or {}
+        if not isinstance(layer, str) or not isinstance(detail, dict):
+            return
+        if status == "Downloading" and isinstance(detail.get("total"), int) and detail["total"] > 0:
+            self.layers = {**self.layers, layer: (int(detail.get("current") or 0), detail["total"])}
+        elif status in ("Download complete", "Pull complete") and layer in self.layers:
+            self.layers = {**self.layers, layer: (self.layers[layer][1],) * 2}
+
+    def counted(self) -> tuple[int, int] | None:
+        """(bytes done, bytes in all) of the layers seen so far, or None while the runtime told no bytes."""
+        layers = self.layers
+        if not layers:
+            return None
+        return sum(done for done, _ in layers.values()), sum(total for _, total in layers.values())
+
+
 class Runtime(Protocol):
     """The container operations a rollout needs; every method may raise ContainerRuntimeError."""
 
     name: str
 
-    async def pull(self, reference: str, credentials: tuple[str, str] | None, tls_verify: bool) -> str:
-        """Pull ``HOST/REPO:TAG``; returns the image id."""
+    async def pull(self, reference: str, credentials: tuple[str, str] | None, tls_verify: bool,
+                   progress: PullProgress) -> str:
+        """Pull ``HOST/REPO:TAG``, telling ``progress`` each line the runtime streams; returns the image id."""
 
     async def ensure_network(self, name: str, labels: dict[str, str]) -> None:
         """Create the bridge network with DNS (aliases resolve) unless it exists."""
@@ -196,6 +222,13 @@ def detect(choice: str | None, environ: dict[str, str] | None = None) -> tuple[s
 
 def missing_sdk(library: str, runtime: str) -> UsageError:
     return UsageError(f"--runtime {runtime} needs the {library} Python library: pip install 'dewy[container]'")
+
+
+def failed(line: dict, where: str) -> None:
+    """Raise the error a runtime's streamed answer ends with (the pull's HTTP status was 200 already)."""
+    error = line.get("error") or (line.get("errorDetail") or {}).get("message")
+    if error:
+        raise ContainerRuntimeError(f"{where}: {' '.join(str(error).split())[:400]}")
 
 
 async def in_thread(where: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:

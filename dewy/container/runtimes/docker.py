@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from dewy.container.runtimes import (
-    Container, ContainerRuntimeError, Image, ReplicaSpec, from_inspect, in_thread, missing_sdk, tcp_ports,
+    Container, Image, PullProgress, ReplicaSpec, failed, from_inspect, in_thread, missing_sdk,
+    tcp_ports,
 )
 from dewy.runargs import RunOptions
 
@@ -27,16 +28,16 @@ class DockerRuntime:
     def _not_found(self, exc: BaseException) -> bool:
         return isinstance(exc, self._docker.errors.NotFound)
 
-    async def pull(self, reference: str, credentials: tuple[str, str] | None, tls_verify: bool) -> str:
+    async def pull(self, reference: str, credentials: tuple[str, str] | None, tls_verify: bool,
+                   progress: PullProgress) -> str:
         """The engine decides about TLS (its insecure-registries; loopback is insecure by default)."""
 
         def pull() -> str:
             repository, _, tag = reference.rpartition(":")
             auth = {"username": credentials[0], "password": credentials[1]} if credentials else None
-            for progress in self.api.pull(repository, tag=tag, stream=True, decode=True, auth_config=auth):
-                error = progress.get("error") or (progress.get("errorDetail") or {}).get("message")
-                if error:
-                    raise ContainerRuntimeError(f"docker pull {reference}: {' '.join(str(error).split())[:400]}")
+            for line in self.api.pull(repository, tag=tag, stream=True, decode=True, auth_config=auth):
+                failed(line, f"docker pull {reference}")
+                progress.seen(line)
             return self.api.inspect_image(reference)["Id"]
 
         return await in_thread(f"docker pull {reference}", pull)

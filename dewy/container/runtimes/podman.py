@@ -7,7 +7,8 @@ import signal
 from typing import Any
 
 from dewy.container.runtimes import (
-    Container, ContainerRuntimeError, Image, ReplicaSpec, from_inspect, in_thread, missing_sdk, tcp_ports,
+    Container, ContainerRuntimeError, Image, PullProgress, ReplicaSpec, failed, from_inspect, in_thread, missing_sdk,
+    tcp_ports,
 )
 from dewy.runargs import RunOptions
 
@@ -34,14 +35,19 @@ class PodmanRuntime:
             raise ContainerRuntimeError(f"{where}: HTTP {response.status_code}: {message.strip()[:400]}")
         return response
 
-    async def pull(self, reference: str, credentials: tuple[str, str] | None, tls_verify: bool) -> str:
+    async def pull(self, reference: str, credentials: tuple[str, str] | None, tls_verify: bool,
+                   progress: PullProgress) -> str:
         def pull() -> str:
             repository, _, tag = reference.rpartition(":")
             auth = {"username": credentials[0], "password": credentials[1]} if credentials else None
-            image = self.client.images.pull(repository, tag=tag, tls_verify=tls_verify, auth_config=auth)
-            if isinstance(image, list):
-                image = image[0]
-            return image.id or self.client.images.get(reference).id  # the compat pull's answer may name no id
+            image_id = None
+            for line in self.client.images.pull(repository, tag=tag, tls_verify=tls_verify, auth_config=auth,
+                                                stream=True, decode=True):
+                failed(line, f"podman pull {reference}")
+                progress.seen(line)
+                if "images" in line and isinstance(line.get("id"), str):  # libpod's last line names the image
+                    image_id = line["id"]
+            return image_id or self.client.images.get(reference).id  # the compat form's lines name no image
 
         return await in_thread(f"podman pull {reference}", pull)
 
