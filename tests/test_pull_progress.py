@@ -19,7 +19,9 @@ from tests.podman import PORT, PodmanService, ensure_packages, registry  # noqa:
 
 pytestmark = pytest.mark.system
 
-LAYER = 12 << 20  # random bytes (the first progress line comes after 5 s: 7 s left to look at it): gzip leaves them as large, so the pull takes LAYER / RATE seconds
+# random bytes: gzip leaves them as large, so the pull takes LAYER / RATE seconds (12 s: the first progress
+# line comes after 5 s, which leaves time to look at progress.json while the pull lasts)
+LAYER = 12 << 20
 RATE = 1 << 20  # bytes per second through the proxy
 
 
