@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dewy import log
+from dewy.errors import AppStartError
 from dewy.faults import describe
 from dewy.registry import Registry, Release
 from dewy.state import Deployed, Pause, Pin, State, Waiting
@@ -200,7 +201,11 @@ class Control:
             if current and _same_tag(current.tag, tag):
                 pinned, how = current.tag, ""
             else:
-                pinned, how = await self._pin_to(tag)
+                try:
+                    pinned, how = await self._pin_to(tag)
+                except AppStartError as exc:  # undone: what ran before serves on
+                    raise Refused(f"{tag} did not start and was rolled back: {exc}; {self._current() or 'nothing'} "
+                                  f"keeps serving and {tag} is quarantined") from None
                 how += f"switched from {current.tag if current else 'nothing'}; "
             self.state.pin = Pin(pinned, _now(), uid)
             self.state.save()
