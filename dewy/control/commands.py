@@ -22,7 +22,7 @@ from pathlib import Path
 from dewy import log
 from dewy.errors import AppStartError
 from dewy.faults import describe
-from dewy.registry import Registry, Release
+from dewy.registry import Release
 from dewy.state import Deployed, Pause, Pin, State, Waiting
 from dewy.targets import Candidate, DeployTarget
 from dewy.versions import same_tag as _same_tag
@@ -43,11 +43,12 @@ class Control:
     """The commands (one method each, named in :data:`COMMANDS`) and the cycle's gate (:meth:`holds`)."""
 
     def __init__(self, state: State, target: DeployTarget, switch: Callable[[Candidate], Awaitable[None]],
-                 poll_now: asyncio.Event, registry: Registry, deploy: Callable[[Release], Awaitable[None]]) -> None:
+                 poll_now: asyncio.Event, lookup: Callable[[str], Awaitable[Release]],
+                 deploy: Callable[[Release], Awaitable[None]]) -> None:
         self.state = state
         self.target = target
         self.switch = switch
-        self.registry = registry  # a pin of a version not kept here looks it up
+        self.lookup = lookup  # a pin of a version not kept here asks the registry for it (Registry.release)
         self.deploy_release = deploy  # ... and deploys it as the cycle deploys a new release
         self.poll_now = poll_now
         self.lock = asyncio.Lock()  # one cycle or one switching command at a time
@@ -221,7 +222,7 @@ class Control:
             if candidate is not None:
                 await self._again(kept, candidate)
                 return kept.tag, ""
-        release = await self.registry.release(tag)
+        release = await self.lookup(tag)
         self._refuse_quarantined(release.cache_key, release.tag)
         await self.deploy_release(release)
         return release.tag, "fetched from the registry and "
