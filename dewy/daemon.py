@@ -89,7 +89,7 @@ class Daemon:
         self.poll_now = asyncio.Event()  # a poll before the interval is up: a webhook, a deploy window opening
         self.schedule = Schedule.of(settings.deploy_window, settings.min_release_age, self.poll_now)
         self.webhook = webhook
-        self.control = Control(state, target, self.switch, self.poll_now)
+        self.control = Control(state, target, self.switch, self.poll_now, self.release, self.deploy)
 
     @classmethod
     def from_settings(cls, settings: Settings, host: Host) -> Daemon:
@@ -302,14 +302,20 @@ class Daemon:
             return
         if self._held(release):
             return
-        await self.target.ready(release)
         await self.deploy(release)
+
+    async def release(self, tag: str) -> Release:
+        """The registry's release ``tag`` (``dewy pin``), asked with a poll's allowance of the watchdog."""
+        with self.liveness.step(POLL_ALLOWANCE):
+            return await self.registry.release(tag)
 
     def _held(self, release: Release) -> bool:
         """Pinned or paused (the operator), outside the deploy window or too young (the schedule)."""
         return self.control.holds(release) or self.schedule.holds(release, self.state)
 
     async def deploy(self, release: Release) -> None:
+        """Fetch, verify and switch to ``release``: the registry's newest, or the one ``dewy pin`` names."""
+        await self.target.ready(release)
         previous = self.state.current
         log.info("deploying", f"deploying {release.tag}", version=release.tag, previous_version=previous and previous.tag)
         try:

@@ -98,6 +98,11 @@ def parse_tag(tag: str) -> semver.Version | None:
         return None
 
 
+def same_tag(tag: str, given: str) -> bool:
+    """``v1.2.0`` and ``1.2.0`` name the same version."""
+    return tag == given or tag.lstrip("vV") == given.lstrip("vV")
+
+
 def with_calver(registry: str, text: str) -> str:
     """``--calver FORMAT`` as upstream passes it on: the registry URL's ``calver=`` key (ValueError if bad)."""
     CalVerFormat(text)
@@ -221,11 +226,24 @@ class Selection:
         return self.calver.parse(tag) if self.calver else parse_tag(tag)
 
     def eligible(self, version: semver.Version | CalVer) -> bool:
+        return self._refusal(version) is None
+
+    def refusal(self, tag: str) -> str | None:
+        """Why ``tag`` may not be deployed under these rules (a pin names it), in words; None when it may."""
+        version = self.parse(tag)
+        if version is None:
+            return (f"not a calendar version of the form {self.calver.text}" if self.calver
+                    else "not a semantic version (like v1.2.3)")
+        return self._refusal(version)
+
+    def _refusal(self, version: semver.Version | CalVer) -> str | None:
         if version.prerelease and not self.prerelease:
-            return False
+            return "a pre-release, and pre-releases are skipped without pre-release=true"
         if self.slot is not None and version.build != self.slot:
-            return False
-        return self.constraint is None or self.constraint.allows(version)
+            return f"not of slot {self.slot!r}"
+        if self.constraint is not None and not self.constraint.allows(version):
+            return f"outside constraint={self.constraint.text}"
+        return None
 
     def newest(self, items: Iterable[T], tag_of: Callable[[T], str]) -> T | None:
         """The item whose tag is the highest eligible version (build metadata only selects the slot)."""

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import pwd
+import re
 import signal
 import socket
 import stat
@@ -116,6 +117,43 @@ def test_rollback_pin_unpin_switch_without_a_failed_request_and_each_is_audited(
     assert seen == [("rollback", 0, "v1.1.0", "v1.0.0", "ok"), ("pin", 0, "v1.0.0", "v1.0.0", "refused"),
                     ("quarantine", 0, "v1.0.0", "v1.0.0", "ok"), ("pin", 0, "v1.0.0", "v1.1.0", "ok"),
                     ("unpin", 0, "v1.1.0", "v1.1.0", "ok"), ("rollback", 0, "v1.2.0", "v1.0.0", "ok")]
+
+
+def test_a_pin_to_a_version_never_deployed_here_fetches_it_and_a_failed_one_changes_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    registry, app = tmp_path / "registry", tmp_path / "app"
+    for tag, knobs in (("v1.0.0", ()), ("v1.1.0", ("CRASH",)), ("v1.2.0", ())):
+        release(registry, tag, *knobs)
+    daemon = start(tmp_path, port)  # deploys the newest only: v1.0.0 is on no disk here
+    try:
+        daemon.wait_for("deployed", version="v1.2.0")
+        assert [e["version"] for e in daemon.seen if e.get("event") == "deployed"] == ["v1.2.0"]
+        with ClientLoop(port) as client:
+            code, answer, _ = dewy(app, "pin", "1.0.0")
+            assert code == 0 and (answer["from"], answer["to"]) == ("v1.2.0", "v1.0.0"), answer
+            assert answer["message"] == ("pinned on v1.0.0: fetched from the registry and switched from v1.2.0; "
+                                         "no other version is deployed until dewy unpin")
+            assert client.wait_for_body("v1.0.0")
+            daemon.wait_for("held", version="v1.2.0")
+
+            code, answer, _ = dewy(app, "pin", "v1.9.0")
+            assert (code, answer["error"]) == (1, f"{registry.as_uri()} has no release v1.9.0"), answer
+            code, answer, _ = dewy(app, "pin", "v1.1.0")  # fetched, verified, does not start: undone
+            assert code == 1 and answer["to"] == "v1.0.0", answer
+            assert re.fullmatch(r"v1\.1\.0 did not start and was rolled back: app version v1\.1\.0 \(generation \d+, "
+                                r"pid \d+\) exited with status 3 before it became ready; v1\.0\.0 keeps serving and "
+                                r"v1\.1\.0 is quarantined", answer["error"]), answer
+            assert client.wait_for_body("v1.0.0")
+        assert client.failures == [] and client.ok > 20
+        shown = status(app)
+        assert (shown["version"], shown["pinned"]["tag"]) == ("v1.0.0", "v1.0.0")
+        assert list(shown["quarantined"]) == [f"v1.1.0--{_artifact(registry)}"]
+        assert daemon.wait_for("deployed", version="v1.0.0", already=True)["release_dir"]
+        seen = [(a["command"], a.get("from_version"), a.get("to_version"), a["outcome"]) for a in audits(daemon, 3)]
+        assert seen == [("pin", "v1.2.0", "v1.0.0", "ok"), ("pin", "v1.0.0", "v1.0.0", "refused"),
+                        ("pin", "v1.0.0", "v1.0.0", "refused")]
+    finally:
+        daemon.kill()
 
 
 def _artifact(registry: Path) -> str:

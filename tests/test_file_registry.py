@@ -130,3 +130,28 @@ def test_a_calver_release_survives_the_shared_cache_roundtrip(tmp_path) -> None:
     publish(tmp_path, "2024.02.01.0+blue", {"f": "x"})
     release = current(tmp_path, "?calver=YYYY.0M.0D.MICRO", slot="blue")
     assert release_from_json(release_to_json(release)) == release
+
+
+def lookup(path, tag: str, query: str = "", **kw):
+    """``registry.release(tag)`` (what ``dewy pin`` asks); the RegistryError's line if it refuses."""
+    try:
+        return asyncio.run(registry(path, query, **kw).release(tag))
+    except RegistryError as exc:
+        return str(exc)
+
+
+def test_a_release_by_tag_is_any_published_one_under_the_version_rules(tmp_path) -> None:
+    for tag in ("v1.0.0", "v1.1.0", "v1.2.0", "v2.0.0-rc.1", "v1.3.0+blue"):
+        publish(tmp_path, tag, {"f": tag}, checksums=tag == "v1.0.0")
+    older = lookup(tmp_path, "1.0.0")  # as the operator may type it
+    assert (older.tag, older.artifact_url) == ("v1.0.0", (tmp_path / "v1.0.0" / host_artifact()).as_uri())
+    assert older.checksums_url == (tmp_path / "v1.0.0" / "checksums.txt").as_uri()
+    where = tmp_path.as_uri()
+    assert lookup(tmp_path, "v1.9.0") == f"{where} has no release v1.9.0"
+    assert lookup(tmp_path, "v2.0.0-rc.1") == (f"{where}: v2.0.0-rc.1 is not deployed from this registry: it is a "
+                                              "pre-release, and pre-releases are skipped without pre-release=true")
+    assert lookup(tmp_path, "v2.0.0-rc.1", "?pre-release=true").tag == "v2.0.0-rc.1"
+    assert lookup(tmp_path, "v1.1.0", "?constraint=~1.2").endswith("it is outside constraint=~1.2")
+    assert lookup(tmp_path, "v1.1.0", slot="blue").endswith("it is not of slot 'blue'")
+    assert lookup(tmp_path, "latest").endswith("it is not a semantic version (like v1.2.3)")
+    assert lookup(tmp_path, "v1.1.0", "?calver=YYYY.0M").endswith("it is not a calendar version of the form YYYY.0M")

@@ -185,6 +185,38 @@ def test_change_on_a_later_page_is_noticed(github: GitHubServer) -> None:
     assert asyncio.run(run()) == ["v2.0.0", "v1.0.249"]
 
 
+def test_a_release_by_tag_comes_from_the_listing_a_poll_reads_anyway(github: GitHubServer) -> None:
+    """dewy pin's lookup: an older release (by tag, with or without the v) costs only 304s after a poll;
+    a draft or a tag GitHub does not have is one line, and so is a tag the version rules refuse."""
+    for tag in ("v1.0.0", "v1.1.0", "v2.0.0-rc.1"):
+        release(github, tag)
+    release(github, "v3.0.0", draft=True)
+
+    async def run() -> tuple[Release, list[str], list[int]]:
+        backend = registry()
+        try:
+            await backend.current()
+            github.requests.clear()
+            older = await backend.release("1.0.0")
+            statuses = [r.status for r in github.requests]
+            refused = []
+            for tag in ("v9.9.9", "v3.0.0", "v2.0.0-rc.1"):
+                with pytest.raises(RegistryError) as caught:
+                    await backend.release(tag)
+                refused.append(str(caught.value))
+            return older, refused, statuses
+        finally:
+            await backend.aclose()
+
+    older, refused, statuses = asyncio.run(run())
+    assert older.tag == "v1.0.0" and download(older.artifact_url) == b"v1.0.0"
+    assert older.id == str(github.release(OWNER, REPO, "v1.0.0").id)
+    assert statuses == [304]
+    assert refused == [f"ghr://{OWNER}/{REPO} has no release v9.9.9", f"ghr://{OWNER}/{REPO} has no release v3.0.0",
+                       f"ghr://{OWNER}/{REPO}: v2.0.0-rc.1 is not deployed from this registry: it is a pre-release, "
+                       "and pre-releases are skipped without pre-release=true"]
+
+
 def test_download_follows_redirect_without_sending_the_token_to_storage(github: GitHubServer) -> None:
     data = random.Random(1).randbytes(5 * CHUNK_SIZE + 123)
     github.add_release(OWNER, REPO, "v1.0.0", {ARTIFACT: data})

@@ -431,6 +431,14 @@ def test_url_forms() -> None:
     assert (registry.artifact, registry.timeout, registry.no_tls) == ("a.zip", 300, True)
 
 
+def test_a_release_by_tag_is_refused_in_one_line_without_asking_the_server() -> None:
+    registry = GrpcRegistry(Url.parse("grpc://127.0.0.1:9?no-tls=true"))  # nothing listens: nothing is asked
+    with pytest.raises(RegistryError) as caught:
+        asyncio.run(registry.release("v1.0.0"))
+    assert str(caught.value) == ("grpc://127.0.0.1:9?no-tls=true: cannot look up release v1.0.0: the gRPC registry "
+                                 "protocol only answers the current release; pin a version kept on this host")
+
+
 def test_bad_url_from_the_command_line_is_one_line_and_exit_2(tmp_path) -> None:
     result = subprocess.run([sys.executable, "-m", "dewy", "assets", "--registry", "grpc://127.0.0.1:9000?no-tsl=true"],
                             capture_output=True, text=True, timeout=30, cwd=tmp_path)

@@ -107,6 +107,19 @@ def test_upstreams_short_form_with_project_key_reads_the_same_releases(emulated)
     assert current(f"gs://{bucket}/apps/web?project=").tag == "v1.1.0", "empty project=: the credentials' project"
 
 
+def test_a_release_by_tag_is_an_older_version_prefix(emulated) -> None:
+    bucket = emulated.bucket()
+    for tag in ("v1.0.0", "v1.1.0", "v1.2.0"):
+        emulated.publish(bucket, "rel/", tag, {host_artifact(): tag.encode(), "checksums.txt": b""})
+    url = f"gs://{PROJECT}/{bucket}/rel"
+    older = asyncio.run(registry(url).release("1.0.0"))
+    assert (older.tag, older.checksums_url) == ("v1.0.0", f"gs://{bucket}/rel/v1.0.0/checksums.txt")
+    assert download(older.artifact_url) == b"v1.0.0"
+    with pytest.raises(RegistryError) as caught:
+        asyncio.run(registry(url).release("v1.0.1"))
+    assert str(caught.value) == f"{url} has no release v1.0.1"
+
+
 def test_artifact_auto_match_and_explicit_name(emulated) -> None:
     bucket = emulated.bucket()
     files = {"app_windows_amd64.zip": b"w", "app_darwin_arm64.tar.gz": b"d", "site.tar.gz": b"s", **release_files("v1.0.0")}

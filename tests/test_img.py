@@ -155,6 +155,31 @@ def test_deleting_the_newest_tag_converges_to_the_previous(registry: OciRegistry
     assert current(url).id == images["v1.0.0"].digest
 
 
+def test_a_release_by_tag_is_any_tag_with_its_digest_under_the_version_rules(registry: OciRegistry) -> None:
+    images = registry.push_tags(REPO, ["v1.0.0", "v1.1.0", "v1.2.0_blue", "latest"])
+    url = f"img://{registry.host}/{REPO}"
+
+    async def lookups() -> list[Release | str]:
+        answers: list[Release | str] = []
+        for tag, slot in (("1.0.0", None), ("v1.2.0_blue", "blue"), ("v1.9.0", None), ("latest", None)):
+            image = backend(url, slot=slot)
+            try:
+                answers.append(await image.release(tag))
+            except RegistryError as exc:
+                answers.append(str(exc))
+            finally:
+                await image.aclose()
+        return answers
+
+    older, blue, missing, latest = asyncio.run(lookups())
+    assert (older.tag, older.id, older.artifact_name) == ("v1.0.0", images["v1.0.0"].digest, f"{registry.host}/{REPO}:v1.0.0")
+    assert older.artifact_url == f"img://{registry.host}/{REPO}@{images['v1.0.0'].digest}"
+    assert (blue.tag, blue.version.build) == ("v1.2.0_blue", "blue")
+    assert missing == f"img://{registry.host}/{REPO} has no release v1.9.0"
+    assert latest == (f"img://{registry.host}/{REPO}: latest is not deployed from this registry: "
+                      "it is not a semantic version (like v1.2.3)")
+
+
 def test_report_does_nothing(registry: OciRegistry) -> None:
     registry.push_tags(REPO, ["v1.0.0"])
 

@@ -105,6 +105,19 @@ def test_constraint_and_calver_keys_choose_as_on_every_registry(moto, aws) -> No
     assert current(url_of(moto, bucket, "rel", "&calver=YYYY.0M.MICRO")).tag == "2024.02.1"
 
 
+def test_a_release_by_tag_is_an_older_version_prefix(moto, aws) -> None:
+    bucket = moto.bucket()
+    for tag in ("v1.0.0", "v1.1.0", "v1.2.0"):
+        moto.publish(bucket, "rel/", tag, {host_artifact(): tag.encode(), "checksums.txt": b""})
+    url = url_of(moto, bucket, "rel")
+    older = asyncio.run(registry(url).release("v1.0.0"))
+    assert older.tag == "v1.0.0" and download(older.artifact_url) == b"v1.0.0"
+    assert older.checksums_url.endswith("/rel/v1.0.0/checksums.txt?endpoint=" + moto.endpoint)
+    with pytest.raises(RegistryError) as caught:
+        asyncio.run(registry(url).release("v1.0.1"))
+    assert str(caught.value) == f"{url} has no release v1.0.1"
+
+
 def test_artifact_auto_match_and_explicit_name(moto, aws) -> None:
     bucket = moto.bucket()
     files = {"app_windows_amd64.zip": b"w", "app_darwin_arm64.tar.gz": b"d", "site.tar.gz": b"s",

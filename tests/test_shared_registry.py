@@ -33,6 +33,7 @@ class FakeRegistry:
         self.answer = answer
         self.asked = 0
         self.reports: list[tuple] = []
+        self.looked_up: list[str] = []
         self.closed = False
         self.gate: asyncio.Event | None = None
 
@@ -43,6 +44,10 @@ class FakeRegistry:
         if isinstance(self.answer, Exception):
             raise self.answer
         return self.answer
+
+    async def release(self, tag: str) -> Release:
+        self.looked_up.append(tag)
+        return release(tag)
 
     async def report(self, release: Release, command: str, error: str | None = None) -> None:
         self.reports.append((release.tag, command, error))
@@ -254,10 +259,13 @@ def test_unreadable_answers_are_ignored(cache) -> None:
     assert registry.asked == 1
 
 
-def test_report_and_close_go_to_the_real_registry_and_the_key_names_the_platform(cache) -> None:
+def test_report_lookup_and_close_go_to_the_real_registry_and_the_key_names_the_platform(cache) -> None:
     registry = FakeRegistry(release())
     host, = hosts(registry, cache, 1)
     run(host.report(release(), "assets"))
+    assert run(host.release("v1.0.0")) == release("v1.0.0")  # a pin's lookup: this host's, never shared
+    assert run(host.release("v1.0.0")) == release("v1.0.0")
     run(host.aclose())
     assert registry.reports == [("v1.2.3", "assets", None)] and registry.closed
+    assert registry.looked_up == ["v1.0.0", "v1.0.0"] and registry.asked == 0
     assert host.key.startswith(KEY + ":") and host.key != KEY  # amd64 and arm64 hosts never share an answer

@@ -4,7 +4,9 @@ Every command runs on the daemon's loop and answers with what happened; each is 
 ``control`` event (its journal MESSAGE_ID is fixed) naming the caller's uid, the command and the
 versions before and after. Commands that change what runs (``rollback``, ``pin`` to another
 version) wait for the cycle in flight and go through the daemon's own activation
-(:meth:`dewy.daemon.Daemon.switch`): hooks, graceful restart or rolling update, report, prune.
+(:meth:`dewy.daemon.Daemon.switch`): hooks, graceful restart or rolling update, report, prune; a
+pin to a version not kept here fetches it from the registry and deploys it as the cycle deploys a new
+release (:meth:`dewy.daemon.Daemon.deploy`: verified, and rolled back if it does not come up).
 The others change the state file and take effect at once; ``deploy --now`` wakes the daemon and
 answers once that poll is over.
 """
@@ -18,10 +20,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dewy import log
+from dewy.errors import AppStartError
 from dewy.faults import describe
 from dewy.registry import Release
 from dewy.state import Deployed, Pause, Pin, State, Waiting
 from dewy.targets import Candidate, DeployTarget
+from dewy.versions import same_tag as _same_tag
 
 
 GATES = ("pause", "pin")  # Waiting.gate of a release held back by an operator
@@ -39,10 +43,13 @@ class Control:
     """The commands (one method each, named in :data:`COMMANDS`) and the cycle's gate (:meth:`holds`)."""
 
     def __init__(self, state: State, target: DeployTarget, switch: Callable[[Candidate], Awaitable[None]],
-                 poll_now: asyncio.Event) -> None:
+                 poll_now: asyncio.Event, lookup: Callable[[str], Awaitable[Release]],
+                 deploy: Callable[[Release], Awaitable[None]]) -> None:
         self.state = state
         self.target = target
         self.switch = switch
+        self.lookup = lookup  # a pin of a version not kept here asks the registry for it (Registry.release)
+        self.deploy_release = deploy  # ... and deploys it as the cycle deploys a new release
         self.poll_now = poll_now
         self.lock = asyncio.Lock()  # one cycle or one switching command at a time
         self._asked: list[asyncio.Future] = []  # deploy --now callers, for the next cycle to answer
@@ -193,17 +200,37 @@ class Control:
         async with self.lock:
             current = self.state.current
             if current and _same_tag(current.tag, tag):
-                entry = current
+                pinned, how = current.tag, ""
             else:
-                entry = self._on_disk(tag)
-                if entry.key in self.state.quarantine:
-                    raise Refused(f"{entry.tag} is quarantined ({self.state.quarantine[entry.key]}); "
-                                  f"dewy quarantine NAME --clear {entry.tag} first")
-                await self._switch_to(entry)
-            self.state.pin = Pin(entry.tag, _now(), uid)
+                try:
+                    pinned, how = await self._pin_to(tag)
+                except AppStartError as exc:  # undone: what ran before serves on
+                    raise Refused(f"{tag} did not start and was rolled back: {exc}; {self._current() or 'nothing'} "
+                                  f"keeps serving and {tag} is quarantined") from None
+                how += f"switched from {current.tag if current else 'nothing'}; "
+            self.state.pin = Pin(pinned, _now(), uid)
             self.state.save()
-        switched = "" if entry is current else f"switched from {current.tag if current else 'nothing'}; "
-        return {"message": f"pinned on {entry.tag}: {switched}no other version is deployed until dewy unpin"}
+        return {"message": f"pinned on {pinned}: {how}no other version is deployed until dewy unpin"}
+
+    async def _pin_to(self, tag: str) -> tuple[str, str]:
+        """Switch to ``tag``: kept on this host, else fetched from the registry and deployed as a new release is
+        (verified, hooks, activation, rolled back if it does not come up). Its tag, and how it came."""
+        kept = next((d for d in reversed(self.state.history) if _same_tag(d.tag, tag)), None)
+        if kept is not None:
+            self._refuse_quarantined(kept.key, kept.tag)
+            candidate = await self.target.recall(kept)
+            if candidate is not None:
+                await self._again(kept, candidate)
+                return kept.tag, ""
+        release = await self.lookup(tag)
+        self._refuse_quarantined(release.cache_key, release.tag)
+        await self.deploy_release(release)
+        return release.tag, "fetched from the registry and "
+
+    def _refuse_quarantined(self, key: str, tag: str) -> None:
+        if key in self.state.quarantine:
+            raise Refused(f"{tag} is quarantined ({self.state.quarantine[key]}); "
+                          f"dewy quarantine NAME --clear {tag} first")
 
     async def rollback(self, request: dict, uid: int) -> dict:
         tag = request.get("version")
@@ -228,7 +255,8 @@ class Control:
         entry = next((d for d in reversed(self.state.history) if _same_tag(d.tag, tag)), None)
         if entry is None:
             raise Refused(f"{tag} is not on this host (kept here: {self._kept() or 'nothing'}); "
-                          "a version that was never deployed here cannot be pinned or rolled back to")
+                          f"a version that was never deployed here cannot be rolled back to (dewy pin NAME {tag} "
+                          "fetches it)")
         return entry
 
     async def _previous(self, current: Deployed) -> Deployed:
@@ -249,14 +277,12 @@ class Control:
         candidate = await self.target.recall(entry)
         if candidate is None:
             raise Refused(f"{entry.tag} is no longer on this host (pruned: --keep-releases)")
+        await self._again(entry, candidate)
+
+    async def _again(self, entry: Deployed, candidate: Candidate) -> None:
         log.info("deploying", f"deploying {entry.tag} again", version=entry.tag,
                  previous_version=self._current())
         await self.switch(candidate)
-
-
-def _same_tag(tag: str, given: str) -> bool:
-    """``v1.2.0`` and ``1.2.0`` name the same version."""
-    return tag == given or tag.lstrip("vV") == given.lstrip("vV")
 
 
 def _tags(quarantined: dict[str, str]) -> str:

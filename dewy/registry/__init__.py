@@ -11,6 +11,7 @@ from __future__ import annotations
 import platform
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
@@ -21,7 +22,7 @@ from dewy.archive import SUFFIXES
 from dewy.errors import ArtifactNotReady, RegistryError
 from dewy.fsutil import bad_file_name
 from dewy.urls import Plugins
-from dewy.versions import CalVer
+from dewy.versions import CalVer, Selection, same_tag
 
 REGISTRIES = Plugins("registry", {
     "ghr": "dewy.registry.ghr:GitHubReleases",
@@ -71,6 +72,11 @@ class Registry(Protocol):
 
     async def current(self) -> Release:
         """The newest eligible release; raises RegistryError, or ArtifactNotReady inside the upload grace."""
+
+    async def release(self, tag: str) -> Release:
+        """The release ``tag`` names (``1.2.0`` finds ``v1.2.0``), newest or not: ``dewy pin`` deploys it.
+        RegistryError in one line when the registry has no such release, its version rules refuse the tag,
+        or it cannot look one release up."""
 
     async def report(self, release: Release, command: str, error: str | None = None) -> None:
         """Record that ``release`` was shipped to this host (or failed with ``error``)."""
@@ -135,6 +141,19 @@ def missing_artifact(where: str, tag: str, wanted: str | None, names: list[str],
     shown = names[:SHOWN_NAMES] + ([f"... {len(names) - SHOWN_NAMES} more"] if len(names) > SHOWN_NAMES else [])
     listing = ", ".join(shown) if names else "no files"
     return RegistryError(f"{where}: release {tag} has no {what} (it has {listing}); set artifact= in the registry URL")
+
+
+def find_tag(where: str, given: str, tags: Iterable[str], selection: Selection, version_of=lambda tag: tag) -> str:
+    """The registry's own tag among ``tags`` for the version ``given`` (``1.2.0`` is ``v1.2.0``): a lookup by tag.
+    RegistryError in one line when the version rules (``version_of`` reads a tag's version text) refuse it or
+    the registry has no such release."""
+    why = selection.refusal(version_of(given))
+    if why:
+        raise RegistryError(f"{where}: {given} is not deployed from this registry: it is {why}")
+    tag = next((t for t in tags if same_tag(t, given)), None)
+    if tag is None:
+        raise RegistryError(f"{where} has no release {given}")
+    return tag
 
 
 @dataclass(frozen=True)

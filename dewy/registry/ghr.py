@@ -8,8 +8,8 @@ from urllib.parse import quote
 
 from dewy.artifacts.ghr import asset_url
 from dewy.errors import RegistryError, UsageError
-from dewy.registry import Release, release_files, shipped_name, shipped_text
-from dewy.registry.github import GitHub, split_ghr
+from dewy.registry import Release, find_tag, release_files, shipped_name, shipped_text
+from dewy.registry.github import GitHub, GitHubRelease, split_ghr
 from dewy.urls import Url
 from dewy.versions import QUERY_KEYS as VERSION_KEYS, Selection
 
@@ -37,10 +37,21 @@ class GitHubReleases:
 
     async def current(self) -> Release:
         releases = await self.github.releases(f"{self._api_path}/releases")
-        published = [r for r in releases if not r.draft and (self.prerelease or not r.prerelease)]
-        chosen = self.selection.newest(published, lambda r: r.tag)
+        chosen = self.selection.newest(self._published(releases), lambda r: r.tag)
         if chosen is None:
             raise RegistryError(self._nothing_eligible(len(releases)))
+        return self._release(chosen)
+
+    async def release(self, tag: str) -> Release:
+        """From the same (conditional) listing as :meth:`current`: a 304 costs no rate limit."""
+        published = self._published(await self.github.releases(f"{self._api_path}/releases"))
+        found = find_tag(self.where, tag, (r.tag for r in published), self.selection)
+        return self._release(next(r for r in published if r.tag == found))
+
+    def _published(self, releases: list[GitHubRelease]) -> list[GitHubRelease]:
+        return [r for r in releases if not r.draft and (self.prerelease or not r.prerelease)]
+
+    def _release(self, chosen: GitHubRelease) -> Release:
         tag = chosen.tag
         # An asset whose state is not "uploaded" is still being uploaded: not usable yet.
         assets = {a.name: a for a in chosen.assets if a.state == "uploaded"}

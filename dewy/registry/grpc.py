@@ -240,6 +240,10 @@ class GrpcRegistry:
             ) from None
         return self._release(answer)
 
+    async def release(self, tag: str) -> Release:
+        raise RegistryError(f"{self.url}: cannot look up release {tag}: the gRPC registry protocol only answers the "
+                            "current release; pin a version kept on this host")
+
     def _release(self, answer) -> Release:
         where = str(self.url)
         tag = answer.tag

@@ -55,7 +55,7 @@ from dewy import log
 from dewy.errors import RegistryError, UsageError
 from dewy.http import Conditional, RateLimited, Session, json_of, network_failure, retry_after, tls_context
 from dewy.http.bearer import Credentials, RegistryAuth
-from dewy.registry import Release
+from dewy.registry import Release, find_tag
 from dewy.urls import Url, redact
 from dewy.versions import QUERY_KEYS as VERSION_KEYS, Selection
 
@@ -278,11 +278,18 @@ class ImageRegistry:
             skipped = "non-semver tags" + ("" if self.prerelease else " and pre-releases (add pre-release=true)")
             slot = f" for slot {self.slot!r} (tag v1.2.3_{self.slot})" if self.slot else ""
             raise RegistryError(f"{self.where}: no eligible tag{slot} among {len(tags)} ({skipped} are skipped)")
-        digest = await self._digest(chosen)
+        return await self._release(chosen)
+
+    async def release(self, tag: str) -> Release:
+        """A tag of the (conditional) tags list, with its manifest digest."""
+        return await self._release(find_tag(self.where, tag, await self._tags(), self.selection, _semver_text))
+
+    async def _release(self, tag: str) -> Release:
+        digest = await self._digest(tag)
         return Release(
-            tag=chosen,
-            version=self.selection.parse(_semver_text(chosen)),
-            artifact_name=f"{self.reference}:{chosen}",
+            tag=tag,
+            version=self.selection.parse(_semver_text(tag)),
+            artifact_name=f"{self.reference}:{tag}",
             artifact_url=f"img://{self.reference}@{digest}",
             created_at=None,
             id=digest,

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from dewy.errors import RegistryError
 from dewy.lazyclient import LazyClient
-from dewy.registry import Release, release_files, shipped_name, shipped_text
+from dewy.registry import Release, find_tag, release_files, shipped_name, shipped_text
 from dewy.urls import Url
 from dewy.versions import QUERY_KEYS as VERSION_KEYS, Selection
 
@@ -111,6 +111,9 @@ class ObjectStoreRegistry(ABC):
     async def current(self) -> Release:
         return await asyncio.to_thread(self.newest_release)
 
+    async def release(self, tag: str) -> Release:
+        return await asyncio.to_thread(self.release_named, tag)
+
     async def report(self, release: Release, command: str, error: str | None = None) -> None:
         """Write the audit record into the version's directory. Failed deploys are not recorded (as for GitHub)."""
         if error is not None:
@@ -125,7 +128,7 @@ class ObjectStoreRegistry(ABC):
     # ------------------------------------------------------------ the shared logic
 
     def newest_release(self) -> Release:
-        tags = [name for name in self._names(self.list_versions(), "a version directory") if self.selection.parse(name) is not None]
+        tags = self._tags()
         tag = self.selection.newest(tags, str)
         if tag is None:
             raise RegistryError(self._nothing_eligible(tags))
@@ -133,13 +136,27 @@ class ObjectStoreRegistry(ABC):
             known, listed_at = self._known
             if known.tag == tag and time.monotonic() - listed_at < LISTING_TTL:
                 return known
+        self._known = None
+        release = self._release(tag)
+        if self.reuse_listing:
+            self._known = (release, time.monotonic())
+        return release
+
+    def release_named(self, tag: str) -> Release:
+        """The release in directory ``tag`` (``1.2.0`` finds ``v1.2.0/``), newest or not."""
+        return self._release(find_tag(str(self.url), tag, self._tags(), self.selection))
+
+    def _tags(self) -> list[str]:
+        """The version directories whose names are versions in this registry's scheme."""
+        return [name for name in self._names(self.list_versions(), "a version directory") if self.selection.parse(name) is not None]
+
+    def _release(self, tag: str) -> Release:
         listing = self.list_files(tag)
         if listing.created is not None and not isinstance(listing.created, datetime):
             raise RegistryError(f"{self.url}: release {tag}: the store gave {listing.created!r} as its time, not a time")
         names = sorted(n for n in self._names(listing.names, f"a file of {tag}") if not n.startswith(AUDIT_PREFIX))
-        self._known = None
         files = release_files(str(self.url), tag, self.artifact, names, listing.created)
-        release = Release(
+        return Release(
             tag=tag,
             version=self.selection.parse(tag),
             artifact_name=files.artifact,
@@ -149,9 +166,6 @@ class ObjectStoreRegistry(ABC):
             signature_url=self.file_url(tag, files.signature) if files.signature else None,
             id=tag,
         )
-        if self.reuse_listing:
-            self._known = (release, time.monotonic())
-        return release
 
     def _names(self, names: Iterable[object], what: str) -> list[str]:
         """The names a backend listed, each checked to be text (a misbehaving store answers anything)."""

@@ -29,7 +29,7 @@ Every host of a fleet polls every interval. With ``-c redis://...?ttl=30`` (or
 
 Only the registry answer is shared. What a host runs, its history and its
 quarantine stay in its own state file, so one host's deploy never makes another
-skip a release. ``report()`` goes straight to the real registry, per host.
+skip a release. ``report()`` and ``release(tag)`` (a pin) go straight to the real registry, per host.
 
 The key also names this host's OS and architecture: without ``artifact=`` the
 registry picks the archive for the asking host, so an amd64 and an arm64 host
@@ -135,6 +135,10 @@ class SharedRegistry:
             log.info("shared-cache-up", "shared cache reachable again; sharing the registry answer")
             self._cache_down = False
         return self._answer(record)
+
+    async def release(self, tag: str) -> Release:
+        """A pin's lookup, for this host alone: straight to the real registry."""
+        return await self.registry.release(tag)
 
     async def report(self, release: Release, command: str, error: str | None = None) -> None:
         await self.registry.report(release, command, error)
