@@ -283,7 +283,8 @@ def test_rollback_of_the_fleet_takes_every_host_that_took_the_release_back_whate
     assert took == ["host000", "host001", "host002", "host003", "host004", "host005"]
     assert sorted(name for name, host in hosts.items() if host.version == "v2.0.0") == took
     quarantined = after.quarantine["v2.0.0"]
-    assert quarantined.rollback and quarantined.previous == first and quarantined.host == "host012"
+    assert quarantined.rollback and quarantined.previous == first and quarantined.operator == 0
+    assert quarantined.reason == "rolled back for the fleet by uid 0 on host012"
     assert all(a.version == "v1.0.0" for a in fleet)  # back everywhere
     assert all(a.fetched == ["v2.0.0", "v1.0.0"] for a in fleet if a.name in took)
     assert all(not a.fetched for a in fleet if a.name not in took)  # nobody else ever fetched it

@@ -79,8 +79,11 @@ def test_pause_resume_and_rollback_of_the_fleet_through_one_hosts_control_channe
         assert code == 0 and (answer["from"], answer["to"]) == ("v2.0.0", "v1.0.0"), answer
         assert "the 2 host(s) on it go back" in answer["message"]
         for host in hosts:
-            host.wait_for("fleet-rollback", timeout=30, version="v2.0.0")
+            back = host.wait_for("fleet-rollback", timeout=30, version="v2.0.0")
+            assert "(rolled back for the fleet by uid 0 on " in back["msg"] and back["msg"].endswith("going back to v1.0.0")
             host.wait_for("deployed", timeout=60, version="v1.0.0")
+        table = subprocess.run(fleet, capture_output=True, text=True, check=True).stdout
+        assert "quarantined: v2.0.0: rolled back for the fleet by uid 0 on " in table
         code, answer, _ = dewy(sites[1], "rollback", "--fleet")
         assert code == 1 and answer["error"].startswith("v2.0.0 is rolled back for the fleet already")
         seen = [(a["command"], a["from_version"], a["to_version"], a["outcome"]) for a in audits(hosts[0], 2)]

@@ -191,16 +191,18 @@ def test_rollback_of_the_fleet_quarantines_the_rollouts_target_to_go_back_to_its
     world.tick()
     world.serve("h00")
     world.tick()
-    rolled = roll_back(world.fleet, "h03", "rolled back by uid 0 on h03", world.now)
-    assert rolled.quarantine["v2.0.0"] == Quarantined("h03", "rolled back by uid 0 on h03", world.now, V1, True)
+    rolled = roll_back(world.fleet, "h03", 0, world.now)
+    quarantined = rolled.quarantine["v2.0.0"]
+    assert quarantined == Quarantined("h03", "rolled back for the fleet by uid 0 on h03", world.now, V1, True, 0)
+    assert quarantined.story() == "rolled back for the fleet by uid 0 on h03"  # no host failed
     world.fleet = rolled
     assert world.tick(60) == []  # nobody more is admitted to it
     assert Fleet.from_json(json.loads(json.dumps(rolled.to_json()))) == rolled
     # a failure quarantined already (on-failure=halt kept the hosts on it) keeps its story, now rolled back
     failed = fail(advance(world.policy, Fleet(), world.hosts, V1, world.now), "v1.0.0", "h05", "boom", world.now)
-    again = roll_back(failed, "h03", "by hand", world.now).quarantine["v1.0.0"]
-    assert (again.host, again.reason, again.rollback) == ("h05", "boom", True)
-    assert roll_back(Fleet(), "h03", "by hand", world.now) == Fleet()  # no rollout: nothing to roll back
+    again = roll_back(failed, "h03", 0, world.now).quarantine["v1.0.0"]
+    assert (again.story(), again.rollback) == ("it failed on h05: boom", True)
+    assert roll_back(Fleet(), "h03", 0, world.now) == Fleet()  # no rollout: nothing to roll back
 
 
 def test_a_document_of_a_dewy_before_the_fleet_commands_still_reads() -> None:

@@ -113,11 +113,10 @@ class Coordinator:
             back = quarantined.previous
             going_back = self.policy.on_failure == "rollback" or quarantined.rollback
             if version == tag and going_back and back and back["tag"] != tag:
-                self._say("fleet-rollback", f"{tag} is quarantined for the fleet (it failed on {quarantined.host}: "
-                                            f"{quarantined.reason}): going back to {back['tag']}", version=tag)
+                self._say("fleet-rollback", f"{tag} is quarantined for the fleet ({quarantined.story()}): going back to "
+                                            f"{back['tag']}", version=tag)
                 return release_from_json(back)
-            self._say("fleet-quarantined", f"{tag} is quarantined for the fleet: it failed on {quarantined.host}: "
-                                           f"{quarantined.reason}", version=tag)
+            self._say("fleet-quarantined", f"{tag} is quarantined for the fleet: {quarantined.story()}", version=tag)
             return None
         if version == tag:
             return release if await self._baked_well(fleet, release) else None
@@ -201,8 +200,7 @@ class Coordinator:
         """``dewy rollback --fleet``: quarantine the rollout's target with rollback semantics; the document before
         and after, and the heartbeats (who is on the target)."""
         before, hosts = await self.store.read()
-        reason = f"rolled back for the fleet by uid {uid} on {self.host}"
-        after = await self.store.update(lambda fleet, now_hosts: roll_back(fleet, self.host, reason, self.clock()))
+        after = await self.store.update(lambda fleet, now_hosts: roll_back(fleet, self.host, uid, self.clock()))
         return before, after, hosts
 
     async def aclose(self) -> None:

@@ -74,6 +74,11 @@ class Quarantined:
     at: float
     previous: dict[str, Any] | None  # the release to go back to (on-failure=rollback)
     rollback: bool = False  # the hosts on it go back whatever on-failure says (dewy rollback --fleet)
+    operator: int | None = None  # the uid that quarantined it by hand (dewy rollback --fleet): no host failed
+
+    def story(self) -> str:
+        """Why, in a few words: where it failed, or who rolled it back."""
+        return self.reason if self.operator is not None else f"it failed on {self.host}: {self.reason}"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Quarantined:
@@ -205,15 +210,16 @@ def resume(fleet: Fleet) -> Fleet:
     return replace(fleet, paused=None)
 
 
-def roll_back(fleet: Fleet, host: str, reason: str, now: float) -> Fleet:
-    """``dewy rollback --fleet``: the rollout's target is quarantined for the fleet and every host on it goes back to
-    the rollout's previous release, whatever on-failure says (a failure already quarantined is kept, now rolled
-    back). Without a rollout, unchanged."""
+def roll_back(fleet: Fleet, host: str, uid: int, now: float) -> Fleet:
+    """``dewy rollback --fleet`` from ``uid`` on ``host``: the rollout's target is quarantined for the fleet and every
+    host on it goes back to the rollout's previous release, whatever on-failure says (a failure already quarantined
+    keeps its story, now rolled back). Without a rollout, unchanged."""
     rollout = fleet.rollout
     if rollout is None:
         return fleet
     known = fleet.quarantine.get(rollout.tag)
-    quarantined = replace(known, rollback=True) if known else Quarantined(host, reason, now, rollout.previous, True)
+    quarantined = replace(known, rollback=True) if known else Quarantined(
+        host, f"rolled back for the fleet by uid {uid} on {host}", now, rollout.previous, True, uid)
     return replace(fleet, quarantine={**fleet.quarantine, rollout.tag: quarantined})
 
 

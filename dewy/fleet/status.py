@@ -37,7 +37,8 @@ def describe(settings, fleet: Fleet, hosts: dict[str, Host], now: float) -> dict
             "deploying": deploying(fleet, hosts, now),
         },
         "paused": fleet.paused and {"host": fleet.paused.host, "uid": fleet.paused.uid, "at": _when(fleet.paused.at)},
-        "quarantine": {tag: {"host": q.host, "reason": q.reason, "at": _when(q.at), "rollback": q.rollback}
+        "quarantine": {tag: {"host": q.host, "reason": q.reason, "at": _when(q.at), "rollback": q.rollback,
+                             "by_uid": q.operator}
                        for tag, q in fleet.quarantine.items()},
         "hosts": [{"host": name, "version": host.version, "state": states[name], "last_heartbeat": _when(host.seen),
                    "seconds_ago": round(now - host.seen, 1), "error": host.error}
@@ -57,7 +58,8 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"paused: since {paused['at']} by uid {paused['uid']} on {paused['host']}: no host is admitted "
                      f"to a new release (dewy resume NAME --fleet)")
     for tag, q in info["quarantine"].items():
-        lines.append(f"quarantined: {tag}: failed on {q['host']} at {q['at']}: {q['reason']}")
+        lines.append(f"quarantined: {tag}: {q['reason']} at {q['at']}" if q["by_uid"] is not None
+                     else f"quarantined: {tag}: failed on {q['host']} at {q['at']}: {q['reason']}")
     rows = [("HOST", "VERSION", "STATE", "LAST HEARTBEAT")]
     rows += [(h["host"], h["version"] or "-", h["state"], f"{h['seconds_ago']:g}s ago") for h in info["hosts"]]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
