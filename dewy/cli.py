@@ -37,6 +37,11 @@ CONTROL_COMMANDS = {
     "deploy": ("poll now instead of at the next interval", None),
     "quarantine": ("list the quarantined versions, or --clear one", None),
 }
+FLEET_HELP = {  # the control commands that also apply to the whole fleet of a --rollout daemon
+    "rollback": "the whole fleet: quarantine the rollout's release; every host on it goes back to the previous one",
+    "pause": "the whole fleet: no host is admitted to a new release until dewy resume --fleet",
+    "resume": "the whole fleet: end a dewy pause --fleet",
+}
 FLAG_NEEDS = {
     "app_command": "the app command after --, e.g. dewy server --registry URL -p 8000 -- ./current/app",
 }
@@ -186,6 +191,8 @@ def build_parser() -> Parser:
             command.add_argument("--now", action="store_true", required=True, help="poll now instead of at the next interval")
         if name == "quarantine":
             command.add_argument("--clear", metavar="VERSION", help="deploy VERSION again once the registry names it")
+        if name in FLEET_HELP:
+            command.add_argument("--fleet", action="store_true", help=FLEET_HELP[name])
     return parser
 
 
@@ -284,7 +291,10 @@ def control(argv: list[str]) -> int:
         raise UsageError(f"dewy {args.command} needs NAME (dewy@NAME) or -d DIR")
     if args.command == "pin" and not version:
         raise UsageError("dewy pin needs the VERSION to hold, e.g. dewy pin NAME v1.2.0")
-    request = {"command": args.command, "version": version, "clear": getattr(args, "clear", None)}
+    fleet = getattr(args, "fleet", False) or None
+    if fleet and version:
+        raise UsageError("dewy rollback --fleet takes no VERSION: the fleet goes back to its rollout's previous release")
+    request = {"command": args.command, "version": version, "clear": getattr(args, "clear", None), "fleet": fleet}
     from dewy.control.client import main as send
 
     return send(name, args.dir, {k: v for k, v in request.items() if v is not None}, args.json)

@@ -38,7 +38,7 @@ from dewy.registry import REGISTRIES, Registry, Release
 from dewy.schedule import Schedule
 from dewy.settings import Settings
 from dewy.signing import SignatureRefused, Verification
-from dewy.state import State
+from dewy.state import Pause, State
 from dewy.targets import Candidate, DeployTarget
 from dewy.tasks import Background
 from dewy.urls import Url
@@ -90,6 +90,7 @@ class Daemon:
         self.schedule = Schedule.of(settings.deploy_window, settings.min_release_age, self.poll_now)
         self.webhook = webhook
         self.control = Control(state, target, self.switch, self.poll_now, self.release, self.deploy)
+        self.control.fleet = fleet  # dewy pause|resume|rollback --fleet
 
     @classmethod
     def from_settings(cls, settings: Settings, host: Host) -> Daemon:
@@ -226,6 +227,8 @@ class Daemon:
         if self.activity:
             parts.append(self.activity)
         parts += self.control.status()
+        if self.state.fleet_paused:
+            parts.append("fleet paused")
         running = self.target.status()
         if running:
             parts.append(running)
@@ -291,8 +294,10 @@ class Daemon:
         if self.fleet:
             if not self.target.is_current(release) and self._held(release):
                 return  # a host held here takes no turn of the fleet's (it would keep a wave waiting)
-            if (release := await self.fleet.gate(release)) is None:
-                return  # not this host's turn, or quarantined for the fleet: nothing is fetched
+            release = await self.fleet.gate(release)
+            self._record_fleet_pause()
+            if release is None:
+                return  # not this host's turn, paused or quarantined for the fleet: nothing is fetched
         if self.target.is_current(release):
             log.debug("up-to-date", f"{release.tag} is deployed", version=release.tag)
             self.schedule.settled(self.state)
@@ -308,6 +313,14 @@ class Daemon:
         """The registry's release ``tag`` (``dewy pin``), asked with a poll's allowance of the watchdog."""
         with self.liveness.step(POLL_ALLOWANCE):
             return await self.registry.release(tag)
+
+    def _record_fleet_pause(self) -> None:
+        """Keep the fleet's pause, as the gate read it, in the state file for ``dewy status`` (written when it changes)."""
+        paused = self.fleet.paused
+        recorded = paused and Pause(datetime.fromtimestamp(paused.at, timezone.utc).isoformat(), paused.uid, paused.host)
+        if recorded != self.state.fleet_paused:
+            self.state.fleet_paused = recorded
+            self.state.save()
 
     def _held(self, release: Release) -> bool:
         """Pinned or paused (the operator), outside the deploy window or too young (the schedule)."""

@@ -137,10 +137,12 @@ class Pin:
 
 @dataclass
 class Pause:
-    """No deploys (``dewy pause``) since ``at``, by ``uid``, until ``dewy resume``."""
+    """No deploys (``dewy pause``) since ``at``, by ``uid``, until ``dewy resume``; with ``host``, the fleet's pause
+    (``dewy pause --fleet`` on that host) as this host last read it."""
 
     at: str
     uid: int
+    host: str | None = None
 
 
 def _build(cls: type, data: Any) -> Any:
@@ -189,6 +191,7 @@ class State:
     pin: Pin | None = None
     paused: Pause | None = None
     waiting: Waiting | None = None  # a newer version a pin, a pause, the deploy window or the minimum age holds back
+    fleet_paused: Pause | None = None  # --rollout: the fleet's pause, as the fleet's gate last read it
 
     @classmethod
     def load(cls, path: Path) -> State:
@@ -211,6 +214,7 @@ class State:
             pin=_record(Pin, data.get("pin")),
             paused=_record(Pause, data.get("paused")),
             waiting=_record(Waiting, data.get("waiting")),
+            fleet_paused=_record(Pause, data.get("fleet_paused")),
         )
 
     def save(self) -> None:
@@ -224,7 +228,8 @@ class State:
             "last_error": self.last_error,
         }
         # only when set: a file of a dewy that never held a version is written back unchanged
-        data.update({k: asdict(v) for k, v in (("pin", self.pin), ("paused", self.paused), ("waiting", self.waiting)) if v})
+        data.update({k: asdict(v) for k, v in (("pin", self.pin), ("paused", self.paused), ("waiting", self.waiting),
+                                                ("fleet_paused", self.fleet_paused)) if v})
         with on_disk(self.path.parent, "the state file"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.path, json.dumps(data, indent=2).encode())

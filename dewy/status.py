@@ -71,6 +71,7 @@ def status(name: str | None, directory: Path | None) -> dict:
         "quarantined": state.quarantine,
         "pinned": asdict(state.pin) if state.pin else None,
         "paused": asdict(state.paused) if state.paused else None,
+        "fleet_paused": asdict(state.fleet_paused) if state.fleet_paused else None,
         "last_check": state.last_check,
         "last_error": state.last_error,
         "in_progress": working["line"] if working and alive(working.get("pid")) else None,
@@ -134,6 +135,10 @@ def _holds(info: dict) -> list[tuple[str, str]]:
         rows.append(("pinned", f"{pin['tag']} {until} (uid {pin['uid']}, {pin['at'][:19]} UTC)"))
     if paused:
         rows.append(("paused", f"since {paused['at'][:19]} UTC (uid {paused['uid']}), until dewy resume"))
+    fleet = info.get("fleet_paused")
+    if fleet:
+        rows.append(("fleet paused", f"since {fleet['at'][:19]} UTC (uid {fleet['uid']} on {fleet['host']}), "
+                                     "until dewy resume NAME --fleet"))
     return rows
 
 

@@ -200,6 +200,10 @@ def test_pause_holds_a_new_release_until_resume_and_deploy_now_polls_at_once(tmp
         assert seen == [("pause", 0, "v1.0.0", "v1.0.0"), ("deploy", 0, "v1.0.0", "v1.0.0"),
                         ("resume", 0, "v1.0.0", "v1.0.0"), ("deploy", 0, "v1.1.0", "v1.2.0"),
                         ("quarantine", 0, "v1.2.0", "v1.2.0"), ("resume", 0, "v1.2.0", "v1.2.0")]
+        code, answer, _ = dewy(app, "pause", "--fleet")  # a dewy without --rollout has no fleet
+        assert code == 1
+        assert answer["error"] == "--fleet needs a daemon started with --rollout (a [rollout] table): this one deploys alone"
+        assert status(app)["paused"] is None
     finally:
         daemon.kill()
 
@@ -255,6 +259,9 @@ def test_a_command_to_a_dewy_that_is_not_running_is_one_line(tmp_path: Path) -> 
     code, answer, stderr = dewy(tmp_path / "app", "pause")
     assert (code, answer) == (1, {})
     assert stderr == f"dewy: error: dewy in {tmp_path / 'app'} is not running (no control socket at {tmp_path / 'app'}/.dewy/control.sock)\n"
+    code, answer, stderr = dewy(tmp_path / "app", "rollback", "v1.0.0", "--fleet")
+    assert (code, answer) == (2, {}) and stderr == ("dewy: error: dewy rollback --fleet takes no VERSION: the fleet goes "
+                                                    "back to its rollout's previous release\n")
 
 
 def test_dry_run_beside_the_serving_dewy_logs_what_it_would_deploy_and_changes_nothing(tmp_path: Path) -> None:

@@ -229,3 +229,62 @@ def test_a_crash_of_the_canary_within_its_bake_quarantines_the_release(redis_sto
     assert state.quarantine["v2.0.0"].reason == "v2.0.0 crashed 1 time(s) within its bake time (60s)"
     assert all(not agent.fetched for agent in fleet[1:])
     assert fleet[0].version == "v2.0.0"  # on-failure=halt: it stays, nobody else takes it
+
+
+def test_a_fleet_pause_holds_the_rollout_and_resume_lets_it_go_on(redis_store) -> None:
+    store = redis_store
+    policy = parse_rollout("canary=1,wave=25%,max-parallel=5,bake=60s")
+    clock = FakeClock()
+    fleet = agents(store, policy, 20, clock, ttl=TTL, deploy_time=DEPLOY)
+    v2 = release("v2.0.0")
+
+    async def scenario():
+        await poll_round(fleet, release("v1.0.0"))
+        while not any(a.busy for a in fleet):  # the canary starts
+            await poll_round(fleet, v2)
+            clock.now += ROUND
+        await fleet[7].coordinator.pause(0)  # an operator on host007: dewy pause NAME --fleet
+        for _ in range(100):  # 500s on the clock: the canary finishes and bakes; nobody else starts
+            await poll_round(fleet, v2)
+            clock.now += ROUND
+        held = [a.name for a in fleet if a.fetched]
+        document, _ = await store.read()
+        ended = await fleet[3].coordinator.resume()
+        samples = await run(fleet, v2, clock, store)
+        return held, document, ended, samples
+
+    held, document, ended, samples = asyncio.run(scenario())
+    assert held == ["host000"] and fleet[0].version == "v2.0.0"
+    assert document.paused.host == "host007" and ended == document.paused
+    assert all(a.version == "v2.0.0" and a.fetched == ["v2.0.0"] for a in fleet)  # resumed: it reached everyone
+    assert max(samples) == 5
+
+
+def test_rollback_of_the_fleet_takes_every_host_that_took_the_release_back_whatever_on_failure_says(redis_store) -> None:
+    store = redis_store
+    policy = parse_rollout("canary=1,wave=25%,max-parallel=5,bake=60s,on-failure=halt")
+    clock = FakeClock()
+    fleet = agents(store, policy, 20, clock, ttl=TTL, deploy_time=DEPLOY)
+    first = release_to_json(release("v1.0.0"))
+    v2 = release("v2.0.0")
+
+    async def scenario():
+        await poll_round(fleet, release("v1.0.0"))
+        await store.update(lambda state, hosts: advance(policy, state, hosts, first, clock.now))
+        while sum(a.version == "v2.0.0" for a in fleet) < 6:  # the canary and the first wave serve it
+            await poll_round(fleet, v2)
+            clock.now += ROUND
+        before, after, hosts = await fleet[12].coordinator.roll_back(0)  # dewy rollback NAME --fleet on host012
+        await run(fleet, v2, clock, store, rounds=40)
+        return after, hosts
+
+    after, hosts = asyncio.run(scenario())
+    took = [a.name for a in fleet if "v2.0.0" in a.fetched]
+    assert took == ["host000", "host001", "host002", "host003", "host004", "host005"]
+    assert sorted(name for name, host in hosts.items() if host.version == "v2.0.0") == took
+    quarantined = after.quarantine["v2.0.0"]
+    assert quarantined.rollback and quarantined.previous == first and quarantined.operator == 0
+    assert quarantined.reason == "rolled back for the fleet by uid 0 on host012"
+    assert all(a.version == "v1.0.0" for a in fleet)  # back everywhere
+    assert all(a.fetched == ["v2.0.0", "v1.0.0"] for a in fleet if a.name in took)
+    assert all(not a.fetched for a in fleet if a.name not in took)  # nobody else ever fetched it

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from dewy.fleet.plan import (
-    BAKING, DEPLOYING, FAILED, GONE, SERVING, WAITING, Fleet, Host, admitted, advance, deploying, fail, host_states,
-    unchanged_for,
+    BAKING, DEPLOYING, FAILED, GONE, SERVING, WAITING, Fleet, Host, Paused, Quarantined, admitted, advance, deploying,
+    fail, host_states, pause, resume, roll_back, unchanged_for,
 )
 from dewy.fleet.policy import parse_rollout
 
@@ -163,3 +163,49 @@ def test_a_waiting_host_skips_the_transaction_only_when_it_would_change_nothing(
                 assert not admitted(advance(world.policy, world.fleet, world.hosts, V2, world.now), name, "v2.0.0")
     assert skipped > 100
     assert all(h.version == "v2.0.0" for h in world.hosts.values())
+
+
+def test_a_paused_fleet_admits_nobody_more_and_its_admitted_hosts_deploy_on_until_resumed() -> None:
+    world = World("canary=1,wave=25%,max-parallel=2,bake=0")
+    world.tick()
+    world.serve("h00")
+    assert world.tick() == ["h00", "h01", "h02"]  # wave 1, two of its five at once
+    world.fleet = pause(world.fleet, "h07", 0, world.now)
+    paused_at = world.now
+    world.serve("h01")
+    for _ in range(5):
+        assert world.tick(3600) == ["h00", "h01", "h02"]  # h02 deploys on; the free slot stays free
+    assert world.deploying() == ["h02"]
+    # unchanged_for skips the transaction of a paused fleet: advance would change nothing
+    assert unchanged_for(world.policy, world.fleet, {}, "h03", "v2.0.0", world.now)
+    assert advance(world.policy, world.fleet, world.hosts, {"tag": "v3.0.0"}, world.now) == world.fleet  # nor a new one
+    assert pause(world.fleet, "h09", 1000, world.now).paused == Paused("h07", 0, paused_at)  # the first pause is kept
+    world.fleet = resume(world.fleet)
+    assert world.fleet.paused is None
+    assert world.tick() == ["h00", "h01", "h02", "h03"]  # the freed slot is filled at once
+
+
+def test_rollback_of_the_fleet_quarantines_the_rollouts_target_to_go_back_to_its_previous_release() -> None:
+    world = World("canary=1,wave=25%,bake=0")  # on-failure=halt: a rollback is asked for all the same
+    world.fleet = advance(world.policy, Fleet(), world.hosts, V1, world.now)  # v1.0.0 is the fleet's release
+    world.tick()
+    world.serve("h00")
+    world.tick()
+    rolled = roll_back(world.fleet, "h03", 0, world.now)
+    quarantined = rolled.quarantine["v2.0.0"]
+    assert quarantined == Quarantined("h03", "rolled back for the fleet by uid 0 on h03", world.now, V1, True, 0)
+    assert quarantined.story() == "rolled back for the fleet by uid 0 on h03"  # no host failed
+    world.fleet = rolled
+    assert world.tick(60) == []  # nobody more is admitted to it
+    assert Fleet.from_json(json.loads(json.dumps(rolled.to_json()))) == rolled
+    # a failure quarantined already (on-failure=halt kept the hosts on it) keeps its story, now rolled back
+    failed = fail(advance(world.policy, Fleet(), world.hosts, V1, world.now), "v1.0.0", "h05", "boom", world.now)
+    again = roll_back(failed, "h03", 0, world.now).quarantine["v1.0.0"]
+    assert (again.story(), again.rollback) == ("it failed on h05: boom", True)
+    assert roll_back(Fleet(), "h03", 0, world.now) == Fleet()  # no rollout: nothing to roll back
+
+
+def test_a_document_of_a_dewy_before_the_fleet_commands_still_reads() -> None:
+    old = {"rollout": None, "quarantine": {"v2.0.0": {"host": "h00", "reason": "boom", "at": 1.0, "previous": V1}}}
+    fleet = Fleet.from_json(old)
+    assert fleet.paused is None and fleet.quarantine["v2.0.0"].rollback is False

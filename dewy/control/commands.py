@@ -8,7 +8,9 @@ version) wait for the cycle in flight and go through the daemon's own activation
 pin to a version not kept here fetches it from the registry and deploys it as the cycle deploys a new
 release (:meth:`dewy.daemon.Daemon.deploy`: verified, and rolled back if it does not come up).
 The others change the state file and take effect at once; ``deploy --now`` wakes the daemon and
-answers once that poll is over.
+answers once that poll is over. With ``"fleet": true``, ``pause``, ``resume`` and ``rollback``
+apply to the whole fleet of a ``--rollout`` daemon: they change the fleet's shared document through
+the daemon's coordinator (:mod:`dewy.fleet`), and every host follows at its next poll.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dewy import log
 from dewy.errors import AppStartError
@@ -27,6 +30,8 @@ from dewy.state import Deployed, Pause, Pin, State, Waiting
 from dewy.targets import Candidate, DeployTarget
 from dewy.versions import same_tag as _same_tag
 
+if TYPE_CHECKING:
+    from dewy.fleet.coordinator import Coordinator
 
 GATES = ("pause", "pin")  # Waiting.gate of a release held back by an operator
 
@@ -41,6 +46,8 @@ def _now() -> str:
 
 class Control:
     """The commands (one method each, named in :data:`COMMANDS`) and the cycle's gate (:meth:`holds`)."""
+
+    fleet: Coordinator | None = None  # --rollout: the daemon's side of the fleet, for the --fleet commands
 
     def __init__(self, state: State, target: DeployTarget, switch: Callable[[Candidate], Awaitable[None]],
                  poll_now: asyncio.Event, lookup: Callable[[str], Awaitable[Release]],
@@ -127,10 +134,12 @@ class Control:
         """Run one request from ``uid`` (root, checked by the channel) and log it as an audit event."""
         name = request["command"]
         before = self._current()
-        command = COMMANDS.get(name)
+        commands = FLEET_COMMANDS if request.get("fleet") else COMMANDS
+        command = commands.get(name)
         try:
             if command is None:
-                raise Refused(f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
+                raise Refused(f"unknown command {name!r}{' --fleet' if request.get('fleet') else ''} "
+                              f"(known: {', '.join(commands)})")
             answer = {"ok": True, **await command(self, request, uid)}
         except Refused as exc:
             answer = {"ok": False, "error": str(exc)}
@@ -249,6 +258,52 @@ class Control:
                            f"host stays on {entry.tag} until a newer release is published or dewy unpin",
                 "from": current.tag}
 
+    # -- the fleet-wide commands -----------------------------------------------------------
+
+    def _coordinator(self) -> Coordinator:
+        if self.fleet is None:
+            raise Refused("--fleet needs a daemon started with --rollout (a [rollout] table): this one deploys alone")
+        return self.fleet
+
+    async def pause_fleet(self, request: dict, uid: int) -> dict:
+        from dewy.fleet.coordinator import describe_pause
+
+        fleet = await self._coordinator().pause(uid)
+        self.poll_now.set()  # this host says it is paused at once
+        return {"message": f"the fleet is paused ({describe_pause(fleet.paused)}): no host is admitted to a new "
+                           "release until dewy resume NAME --fleet; hosts deploying already finish"}
+
+    async def resume_fleet(self, request: dict, uid: int) -> dict:
+        from dewy.fleet.coordinator import describe_pause
+
+        ended = await self._coordinator().resume()
+        if ended is None:
+            raise Refused("the fleet is not paused")
+        self.poll_now.set()
+        return {"message": f"the fleet is resumed (it was paused {describe_pause(ended)}): the rollout goes on at "
+                           "the hosts' next polls"}
+
+    async def rollback_fleet(self, request: dict, uid: int) -> dict:
+        if request.get("version"):
+            raise Refused("rollback --fleet takes no VERSION: the fleet goes back to its rollout's previous release")
+        before, after, hosts = await self._coordinator().roll_back(uid)
+        rollout = after.rollout
+        if rollout is None:
+            raise Refused("the fleet has no rollout to roll back (no release was rolled out through it yet)")
+        tag, known = rollout.tag, before.quarantine.get(rollout.tag)
+        if known and known.rollback:
+            raise Refused(f"{tag} is rolled back for the fleet already ({known.reason})")
+        back = after.quarantine[tag].previous
+        on_it = sorted(name for name, host in hosts.items() if host.version == tag)
+        self.poll_now.set()
+        if not back or back["tag"] == tag:
+            return {"message": f"{tag} is quarantined for the fleet: no other host deploys it; the fleet recorded no "
+                               f"release before it, so the hosts on it stay ({', '.join(on_it) or 'none'}): dewy "
+                               "rollback NAME on each", "from": tag, "to": tag}
+        return {"message": f"rolled back the fleet from {tag} to {back['tag']}: {tag} is quarantined for the fleet "
+                           f"and the {len(on_it)} host(s) on it go back at their next poll ({', '.join(on_it) or 'none'})",
+                "from": tag, "to": back["tag"]}
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _on_disk(self, tag: str) -> Deployed:
@@ -297,4 +352,9 @@ COMMANDS: dict[str, Callable[[Control, dict, int], Awaitable[dict]]] = {
     "resume": Control.resume,
     "deploy": Control.deploy,
     "quarantine": Control.quarantine,
+}
+FLEET_COMMANDS: dict[str, Callable[[Control, dict, int], Awaitable[dict]]] = {
+    "rollback": Control.rollback_fleet,
+    "pause": Control.pause_fleet,
+    "resume": Control.resume_fleet,
 }

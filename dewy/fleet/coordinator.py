@@ -5,7 +5,9 @@ fetches anything: the gate answers the release to deploy now (the new one once t
 admitted, the previous one when the new one was quarantined for the fleet and
 ``on-failure=rollback``), or None: wait, fetching nothing. The daemon tells
 :meth:`Coordinator.report` how each deploy ended; a release that did not come up is
-quarantined for the whole fleet, and this host's notifiers say where and why.
+quarantined for the whole fleet, and this host's notifiers say where and why. The operators'
+fleet-wide commands (``dewy pause|resume|rollback NAME --fleet``, through this host's control
+channel) change the shared document through :meth:`pause`, :meth:`resume` and :meth:`roll_back`.
 
 The heartbeat beats in the background (a third of the TTL), so a host busy with a long
 download still counts; a host killed stops beating and is gone one TTL later.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from dewy import log
 from dewy.errors import CacheError, HookError
-from dewy.fleet.plan import Fleet, Host, admitted, advance, fail, unchanged_for
+from dewy.fleet.plan import Fleet, Host, Paused, admitted, advance, fail, pause, resume, roll_back, unchanged_for
 from dewy.fleet.policy import RolloutPolicy
 from dewy.fleet.stores import Store, app_key, open_store
 from dewy.hooks import run_hook
@@ -55,6 +57,7 @@ class Coordinator:
         self.hook_timeout = hook_timeout
         self.crashes = crashes  # the app's unexpected exits so far (server mode's supervisor counts them)
         self._crashes_before = 0  # ... when this host began serving its version
+        self.paused: Paused | None = None  # the fleet's pause as the gate last read it (dewy status shows it)
 
     @classmethod
     def of(cls, settings, cache, state, notifications: Notifications, target) -> Coordinator:
@@ -104,15 +107,16 @@ class Coordinator:
         fleet, members = await self._current_wave()
         if version != tag and not unchanged_for(self.policy, fleet, members, self.host, tag, self.clock()):
             fleet = await self.store.update(lambda now_fleet, hosts: advance(self.policy, now_fleet, hosts, target, self.clock()))
+        self.paused = fleet.paused
         quarantined = fleet.quarantine.get(tag)
         if quarantined:
             back = quarantined.previous
-            if version == tag and self.policy.on_failure == "rollback" and back and back["tag"] != tag:
-                self._say("fleet-rollback", f"{tag} is quarantined for the fleet (it failed on {quarantined.host}: "
-                                            f"{quarantined.reason}): going back to {back['tag']}", version=tag)
+            going_back = self.policy.on_failure == "rollback" or quarantined.rollback
+            if version == tag and going_back and back and back["tag"] != tag:
+                self._say("fleet-rollback", f"{tag} is quarantined for the fleet ({quarantined.story()}): going back to "
+                                            f"{back['tag']}", version=tag)
                 return release_from_json(back)
-            self._say("fleet-quarantined", f"{tag} is quarantined for the fleet: it failed on {quarantined.host}: "
-                                           f"{quarantined.reason}", version=tag)
+            self._say("fleet-quarantined", f"{tag} is quarantined for the fleet: {quarantined.story()}", version=tag)
             return None
         if version == tag:
             return release if await self._baked_well(fleet, release) else None
@@ -154,6 +158,8 @@ class Coordinator:
         return True
 
     def _waiting(self, fleet: Fleet, tag: str) -> str:
+        if fleet.paused:
+            return f"{tag} waits: the fleet's rollout is paused ({describe_pause(fleet.paused)}; dewy resume NAME --fleet)"
         rollout = fleet.rollout
         step = "the canary" if len(rollout.waves) <= 1 else f"wave {len(rollout.waves) - 1}"
         return f"{tag} waits for its turn in the rollout: {step} is deploying or baking ({self.policy.bake:g}s)"
@@ -179,5 +185,29 @@ class Coordinator:
             await self.notifications.error("rollback", f"{release.tag} is quarantined for the fleet: it failed on {self.host}",
                                            version=release.tag, **{"failed on": self.host, "reason": error})
 
+    async def pause(self, uid: int) -> Fleet:
+        """``dewy pause --fleet``: no host is admitted to a new release until resumed; the fleet as written."""
+        return await self.store.update(lambda fleet, hosts: pause(fleet, self.host, uid, self.clock()))
+
+    async def resume(self) -> Paused | None:
+        """``dewy resume --fleet``: the pause it ended (None: the fleet was not paused)."""
+        fleet, _ = await self.store.peek(())
+        if fleet.paused:
+            await self.store.update(lambda now_fleet, hosts: resume(now_fleet))
+        return fleet.paused
+
+    async def roll_back(self, uid: int) -> tuple[Fleet, Fleet, dict[str, Host]]:
+        """``dewy rollback --fleet``: quarantine the rollout's target with rollback semantics; the document before
+        and after, and the heartbeats (who is on the target)."""
+        before, hosts = await self.store.read()
+        after = await self.store.update(lambda fleet, now_hosts: roll_back(fleet, self.host, uid, self.clock()))
+        return before, after, hosts
+
     async def aclose(self) -> None:
         await self.background.cancel()
+
+
+def describe_pause(paused: Paused) -> str:
+    """Who paused the fleet, where and when, in a few words."""
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(paused.at))
+    return f"since {at} UTC by uid {paused.uid} on {paused.host}"

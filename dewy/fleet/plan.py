@@ -1,8 +1,9 @@
 """Who may deploy now: pure functions of the fleet's shared state, the hosts' heartbeats and the time.
 
-The shared state (:class:`Fleet`) is one document per app: the rollout in progress and the
-versions quarantined for the whole fleet. Each host writes only its own heartbeat
-(:class:`Host`); the document changes only through :func:`advance` and :func:`fail`, which the
+The shared state (:class:`Fleet`) is one document per app: the rollout in progress, the
+versions quarantined for the whole fleet and an operator's pause. Each host writes only its own
+heartbeat (:class:`Host`); the document changes only through :func:`advance`, :func:`fail` and
+the operators' :func:`pause`, :func:`resume` and :func:`roll_back`, which the
 stores apply as optimistic transactions (whoever computes on a stale document retries), so
 any host may compute the next step and any host may die in the middle.
 
@@ -72,12 +73,32 @@ class Quarantined:
     reason: str
     at: float
     previous: dict[str, Any] | None  # the release to go back to (on-failure=rollback)
+    rollback: bool = False  # the hosts on it go back whatever on-failure says (dewy rollback --fleet)
+    operator: int | None = None  # the uid that quarantined it by hand (dewy rollback --fleet): no host failed
+
+    def story(self) -> str:
+        """Why, in a few words: where it failed, or who rolled it back."""
+        return self.reason if self.operator is not None else f"it failed on {self.host}: {self.reason}"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Quarantined:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class Paused:
+    """No host is admitted to a new release (``dewy pause --fleet``) since ``at``, by ``uid`` on ``host``."""
+
+    host: str
+    uid: int
+    at: float
 
 
 @dataclass(frozen=True)
 class Fleet:
     rollout: Rollout | None = None
     quarantine: dict[str, Quarantined] = field(default_factory=dict)  # tag -> where and why
+    paused: Paused | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +111,9 @@ class Fleet:
         if rollout:
             waves = tuple(Wave(tuple(w["hosts"]), dict(w["admitted"])) for w in rollout["waves"])
             rollout = Rollout(rollout["target"], rollout["previous"], rollout["started"], waves, rollout.get("done"))
-        return cls(rollout, {tag: Quarantined(**q) for tag, q in data.get("quarantine", {}).items()})
+        paused = data.get("paused")
+        return cls(rollout, {tag: Quarantined.from_json(q) for tag, q in data.get("quarantine", {}).items()},
+                   Paused(**paused) if paused else None)
 
 
 def live(hosts: dict[str, Host], now: float) -> dict[str, Host]:
@@ -100,8 +123,8 @@ def live(hosts: dict[str, Host], now: float) -> dict[str, Host]:
 def advance(policy: RolloutPolicy, fleet: Fleet, hosts: dict[str, Host], target: dict[str, Any], now: float) -> Fleet:
     """The fleet after admitting every host that may deploy ``target`` now (a new rollout if it is new)."""
     tag = target["tag"]
-    if tag in fleet.quarantine:
-        return fleet
+    if tag in fleet.quarantine or fleet.paused:
+        return fleet  # paused: nobody more is admitted (those admitted already deploy on)
     rollout = fleet.rollout
     if rollout is None or rollout.tag != tag:
         previous = rollout.target if rollout and rollout.tag not in fleet.quarantine else (rollout and rollout.previous)
@@ -152,6 +175,8 @@ def unchanged_for(policy: RolloutPolicy, fleet: Fleet, members: dict[str, Host],
     ``members`` alone: ``host`` is admitted already, or it is in the wave and no slot is free, or it is not and
     the wave still deploys (its own hosts fill its slots) or bakes. Then a waiting host skips the transaction
     (and reading the whole fleet's heartbeats): a poll costs the same in a fleet of 20 or of 500."""
+    if fleet.paused:
+        return True
     rollout = fleet.rollout
     if rollout is None or rollout.tag != tag or tag in fleet.quarantine or not rollout.waves:
         return False
@@ -173,6 +198,29 @@ def fail(fleet: Fleet, tag: str, host: str, reason: str, now: float) -> Fleet:
     rollout = fleet.rollout
     previous = rollout.previous if rollout and rollout.tag == tag else None
     return replace(fleet, quarantine={**fleet.quarantine, tag: Quarantined(host, reason, now, previous)})
+
+
+def pause(fleet: Fleet, host: str, uid: int, now: float) -> Fleet:
+    """``dewy pause --fleet`` from ``uid`` on ``host``: admit nobody more (the first pause is the one kept)."""
+    return fleet if fleet.paused else replace(fleet, paused=Paused(host, uid, now))
+
+
+def resume(fleet: Fleet) -> Fleet:
+    """``dewy resume --fleet``: the rollout goes on at the hosts' next polls."""
+    return replace(fleet, paused=None)
+
+
+def roll_back(fleet: Fleet, host: str, uid: int, now: float) -> Fleet:
+    """``dewy rollback --fleet`` from ``uid`` on ``host``: the rollout's target is quarantined for the fleet and every
+    host on it goes back to the rollout's previous release, whatever on-failure says (a failure already quarantined
+    keeps its story, now rolled back). Without a rollout, unchanged."""
+    rollout = fleet.rollout
+    if rollout is None:
+        return fleet
+    known = fleet.quarantine.get(rollout.tag)
+    quarantined = replace(known, rollback=True) if known else Quarantined(
+        host, f"rolled back for the fleet by uid {uid} on {host}", now, rollout.previous, True, uid)
+    return replace(fleet, quarantine={**fleet.quarantine, rollout.tag: quarantined})
 
 
 def admitted(fleet: Fleet, host: str, tag: str) -> bool:

@@ -36,7 +36,10 @@ def describe(settings, fleet: Fleet, hosts: dict[str, Host], now: float) -> dict
             "started": _when(rollout.started), "done": _when(rollout.done), "waves": [len(w.hosts) for w in rollout.waves],
             "deploying": deploying(fleet, hosts, now),
         },
-        "quarantine": {tag: {"host": q.host, "reason": q.reason, "at": _when(q.at)} for tag, q in fleet.quarantine.items()},
+        "paused": fleet.paused and {"host": fleet.paused.host, "uid": fleet.paused.uid, "at": _when(fleet.paused.at)},
+        "quarantine": {tag: {"host": q.host, "reason": q.reason, "at": _when(q.at), "rollback": q.rollback,
+                             "by_uid": q.operator}
+                       for tag, q in fleet.quarantine.items()},
         "hosts": [{"host": name, "version": host.version, "state": states[name], "last_heartbeat": _when(host.seen),
                    "seconds_ago": round(now - host.seen, 1), "error": host.error}
                   for name, host in sorted(hosts.items())],
@@ -50,8 +53,13 @@ def render(info: dict[str, Any]) -> str:
         progress = "done " + rollout["done"] if rollout["done"] else f"step {len(rollout['waves'])}, deploying: " \
             f"{', '.join(rollout['deploying']) or 'none'}"
         lines.append(f"rollout: {rollout['previous'] or '-'} -> {rollout['version']} (started {rollout['started']}; {progress})")
+    paused = info["paused"]
+    if paused:
+        lines.append(f"paused: since {paused['at']} by uid {paused['uid']} on {paused['host']}: no host is admitted "
+                     f"to a new release (dewy resume NAME --fleet)")
     for tag, q in info["quarantine"].items():
-        lines.append(f"quarantined: {tag}: failed on {q['host']} at {q['at']}: {q['reason']}")
+        lines.append(f"quarantined: {tag}: {q['reason']} at {q['at']}" if q["by_uid"] is not None
+                     else f"quarantined: {tag}: failed on {q['host']} at {q['at']}: {q['reason']}")
     rows = [("HOST", "VERSION", "STATE", "LAST HEARTBEAT")]
     rows += [(h["host"], h["version"] or "-", h["state"], f"{h['seconds_ago']:g}s ago") for h in info["hosts"]]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]

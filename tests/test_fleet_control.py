@@ -1,0 +1,94 @@
+"""The fleet-wide commands end to end: two real ``dewy server`` processes on a real redis-server, the real CLI.
+
+``dewy pause -d DIR --fleet`` on one host holds a new release on both until ``dewy resume --fleet``
+on the other; ``dewy rollback --fleet`` takes both back to the rollout's previous release under the
+default ``on-failure=halt``; each command is one ``control`` audit event on the host it was sent to.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Dewy, free_port
+from tests.test_control import audits, dewy, status
+from tests.test_fleet_processes import GOOD, publish
+from tests.test_redis import RedisServer
+
+POLICY = "canary=1,wave=100%,bake=0,ttl=3s"
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path)
+    yield server
+    server.close()
+
+
+def test_pause_resume_and_rollback_of_the_fleet_through_one_hosts_control_channel(tmp_path, redis_server) -> None:
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    publish(registry, "v1.0.0", GOOD)
+    hosts, sites = [], [tmp_path / f"host{n}" / "site" for n in range(2)]
+    try:
+        for site in sites:
+            site.parent.mkdir()
+            hosts.append(Dewy(["server", "-r", registry.as_uri(), "-i", "0.5", "-c",
+                               f"redis://127.0.0.1:{redis_server.port}/0", "--rollout", POLICY,
+                               "-p", f"127.0.0.1:{free_port()}", "--settle-time", "0.3", "-d", str(site),
+                               "--", "/bin/sh", "current/run"], cwd=site.parent))
+        for host in hosts:
+            host.wait_for("deployed", timeout=60, version="v1.0.0")
+
+        code, answer, _ = dewy(sites[0], "pause", "--fleet")
+        assert code == 0 and answer["message"].startswith("the fleet is paused (since "), answer
+        publish(registry, "v2.0.0", GOOD)
+        for host in hosts:
+            held = host.wait_for("fleet-waiting", timeout=30, version="v2.0.0")
+            assert "the fleet's rollout is paused" in held["msg"] and "by uid 0 on" in held["msg"]
+        for site in sites:
+            shown = status(site)
+            assert shown["version"] == "v1.0.0" and shown["fleet_paused"]["uid"] == 0
+        rendered = subprocess.run([sys.executable, "-m", "dewy", "status", "-d", str(sites[1])], capture_output=True,
+                                  text=True, check=True).stdout
+        assert "fleet paused: since " in rendered and "until dewy resume NAME --fleet" in rendered
+        config = tmp_path / "shop.toml"
+        config.write_text(f'mode = "server"\nregistry = "{registry.as_uri()}"\n'
+                          f'cache = "redis://127.0.0.1:{redis_server.port}/0"\nrollout = {{ canary = 1, wave = "100%", bake = "0s" }}\n'
+                          f'[server]\ncommand = ["/bin/sh", "current/run"]\n')
+        fleet = [sys.executable, "-m", "dewy", "fleet", "status", "--config", str(config)]
+        info = json.loads(subprocess.run([*fleet, "--json"], capture_output=True, text=True, check=True).stdout)
+        assert info["paused"]["uid"] == 0 and info["paused"]["host"].endswith("/host0/site")
+        assert {h["state"] for h in info["hosts"]} == {"serving"}
+        table = subprocess.run(fleet, capture_output=True, text=True, check=True).stdout
+        assert "paused: since " in table and "no host is admitted to a new release" in table
+
+        code, answer, _ = dewy(sites[1], "resume", "--fleet")
+        assert code == 0 and answer["message"].startswith("the fleet is resumed"), answer
+        for host in hosts:
+            host.wait_for("deployed", timeout=60, version="v2.0.0")
+        assert all(status(site)["fleet_paused"] is None for site in sites)
+        code, answer, stderr = dewy(sites[1], "resume", "--fleet")
+        assert (code, answer["error"]) == (1, "the fleet is not paused")
+
+        code, answer, _ = dewy(sites[0], "rollback", "--fleet")
+        assert code == 0 and (answer["from"], answer["to"]) == ("v2.0.0", "v1.0.0"), answer
+        assert "the 2 host(s) on it go back" in answer["message"]
+        for host in hosts:
+            back = host.wait_for("fleet-rollback", timeout=30, version="v2.0.0")
+            assert "(rolled back for the fleet by uid 0 on " in back["msg"] and back["msg"].endswith("going back to v1.0.0")
+            host.wait_for("deployed", timeout=60, version="v1.0.0")
+        table = subprocess.run(fleet, capture_output=True, text=True, check=True).stdout
+        assert "quarantined: v2.0.0: rolled back for the fleet by uid 0 on " in table
+        code, answer, _ = dewy(sites[1], "rollback", "--fleet")
+        assert code == 1 and answer["error"].startswith("v2.0.0 is rolled back for the fleet already")
+        seen = [(a["command"], a["from_version"], a["to_version"], a["outcome"]) for a in audits(hosts[0], 2)]
+        assert seen == [("pause", "v1.0.0", "v1.0.0", "ok"), ("rollback", "v2.0.0", "v1.0.0", "ok")]
+    finally:
+        for host in hosts:
+            if host.process.poll() is None:
+                host.stop()
