@@ -10,23 +10,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
-
-from tests.harness import Dewy, free_port
 from tests.test_control import audits, dewy, status
-from tests.test_fleet_processes import GOOD, publish
-from tests.test_redis import RedisServer
+from tests.test_fleet_processes import GOOD, fleet_host, publish, redis_server  # noqa: F401 (a fixture)
 
 POLICY = "canary=1,wave=100%,bake=0,ttl=3s"
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path)
-    yield server
-    server.close()
 
 
 def test_pause_resume_and_rollback_of_the_fleet_through_one_hosts_control_channel(tmp_path, redis_server) -> None:
@@ -36,11 +24,7 @@ def test_pause_resume_and_rollback_of_the_fleet_through_one_hosts_control_channe
     hosts, sites = [], [tmp_path / f"host{n}" / "site" for n in range(2)]
     try:
         for site in sites:
-            site.parent.mkdir()
-            hosts.append(Dewy(["server", "-r", registry.as_uri(), "-i", "0.5", "-c",
-                               f"redis://127.0.0.1:{redis_server.port}/0", "--rollout", POLICY,
-                               "-p", f"127.0.0.1:{free_port()}", "--settle-time", "0.3", "-d", str(site),
-                               "--", "/bin/sh", "current/run"], cwd=site.parent))
+            hosts.append(fleet_host(site.parent, registry.as_uri(), redis_server.port, POLICY))
         for host in hosts:
             host.wait_for("deployed", timeout=60, version="v1.0.0")
 

@@ -124,6 +124,14 @@ def redis_server(tmp_path):
     server.close()
 
 
+def fleet_host(home: Path, registry: str, redis_port: int, policy: str, database: int = 0) -> Dewy:
+    """A real ``dewy server`` in ``home`` of the fleet rolling out ``registry`` over the redis-server on ``redis_port``."""
+    home.mkdir()
+    return Dewy(["server", "-r", registry, "-i", "0.5", "-c", f"redis://127.0.0.1:{redis_port}/{database}",
+                 "--rollout", policy, "-p", f"127.0.0.1:{free_port()}", "--settle-time", "0.3",
+                 "-d", str(home / "site"), "--", "/bin/sh", "current/run"], cwd=home)
+
+
 def test_20_processes_canary_then_waves_a_failing_canary_alone_and_kill_9_mid_rollout(tmp_path, redis_server) -> None:
     registry = tmp_path / "registry"
     registry.mkdir()
@@ -133,11 +141,7 @@ def test_20_processes_canary_then_waves_a_failing_canary_alone_and_kill_9_mid_ro
     hosts: list[Dewy] = []
     try:
         for n in range(HOSTS):
-            home = tmp_path / f"host{n:02}"
-            home.mkdir()
-            hosts.append(Dewy(["server", "-r", url, "-i", "0.5", "-c", f"redis://127.0.0.1:{redis_server.port}/5",
-                               "--rollout", POLICY, "-p", f"127.0.0.1:{free_port()}", "--settle-time", "0.3",
-                               "-d", str(home / "site"), "--", "/bin/sh", "current/run"], cwd=home))
+            hosts.append(fleet_host(tmp_path / f"host{n:02}", url, redis_server.port, POLICY, database=5))
         wait_all(hosts, "deployed", "v1.0.0", timeout=120)
         drain(hosts)
         admitted = sorted((_when(r), n) for n, dewy in enumerate(hosts) for r in dewy.seen
