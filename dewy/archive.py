@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bz2
 import errno
+import functools
 import gzip
 import io
 import lzma
@@ -55,8 +56,10 @@ _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, er
 _COPY_CHUNK = 8 * 1024 * 1024  # one copy_file_range call; the size limit is checked between calls
 
 
+@functools.cache
 def _zstd() -> tuple[Callable[[IO[bytes]], IO[bytes]] | None, tuple[type[Exception], ...]]:
-    """The zstd reader: the standard library's (Python 3.14) where present, else the zstandard package.
+    """The zstd reader: the standard library's (Python 3.14) where present, else the zstandard package;
+    loaded at the first zstd archive (a daemon that never sees one does not carry the C library).
 
     zstandard's reader ends quietly at a cut-off frame; the strict tar header check
     still fails such an archive, as the end-of-archive block never arrives.
@@ -77,15 +80,18 @@ def _zstd() -> tuple[Callable[[IO[bytes]], IO[bytes]] | None, tuple[type[Excepti
     return reader, (zstandard.ZstdError,)
 
 
-_ZSTD_OPENER, _ZSTD_ERRORS = _zstd()
+def _open_zstd(raw: IO[bytes]) -> IO[bytes]:
+    opener, _ = _zstd()
+    assert opener is not None  # extract() refuses a zstd archive first when there is no reader
+    return opener(raw)
 
 _TAR_OPENERS: dict[str, Callable[[IO[bytes]], IO[bytes]] | None] = {
     ".tar.gz": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
     ".tgz": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
     ".tar.bz2": bz2.BZ2File,
     ".tar.xz": lzma.LZMAFile,
-    ".tar.zst": _ZSTD_OPENER,
-    ".tzst": _ZSTD_OPENER,
+    ".tar.zst": _open_zstd,
+    ".tzst": _open_zstd,
     ".tar": None,  # read in place
 }
 SUFFIXES = (*_TAR_OPENERS, ".zip")
@@ -97,8 +103,12 @@ _ZIP_UNIX = 3  # ZipInfo.create_system: only then does external_attr carry a Uni
 
 # The ways the decompressors and readers report a damaged archive.
 # NotImplementedError: a zip compression method zipfile cannot read.
-_DECODE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError, NotImplementedError,
-                  *_ZSTD_ERRORS)
+_DECODE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError, NotImplementedError)
+
+
+def _decode_errors() -> tuple[type[Exception], ...]:
+    """:data:`_DECODE_ERRORS`, and zstd's once a zstd reader was loaded."""
+    return _DECODE_ERRORS + (_zstd()[1] if _zstd.cache_info().currsize else ())
 
 
 def extract(archive: Path | SpoolReader, dest: Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -126,7 +136,7 @@ def extract(archive: Path | SpoolReader, dest: Path, *, max_bytes: int = DEFAULT
             extractor.plain_tar(reader)
         else:
             opener = _TAR_OPENERS[suffix]
-            if opener is None:
+            if opener is _open_zstd and _zstd()[0] is None:
                 raise ArchiveError(f"{name}: extracting {suffix} needs the zstandard package (pip install zstandard)")
             extractor.tar(reader, opener)
         extractor.recheck_symlinks()
@@ -190,7 +200,7 @@ class _Extractor:
         """Report the many ways a damaged archive fails to decode as one error."""
         try:
             yield
-        except _DECODE_ERRORS as e:
+        except _decode_errors() as e:
             raise self.corrupt(name, e) from e
 
     def corrupt(self, name: str | None, e: Exception) -> ArchiveError:
@@ -348,7 +358,7 @@ class _Extractor:
             while left:
                 try:
                     chunk = stream.read(min(left, _CHUNK))
-                except _DECODE_ERRORS as e:
+                except _decode_errors() as e:
                     raise self.corrupt(info.name, e) from e
                 if not chunk:
                     raise self.error(info.name, "is truncated or corrupt: unexpected end of data", CorruptArchive)

@@ -314,14 +314,15 @@ def test_dewy_exits_at_once_past_a_worker_thread_a_stop_left_blocked() -> None:
 
 def test_an_assets_daemon_loads_neither_the_supervisor_nor_container_mode(tmp_path) -> None:
     """A mode's machinery is imported only when that mode runs: an assets host never pays for the others,
-    nor for signature checks it did not ask for (cryptography is an extra for a pip install)."""
+    nor for signature checks it did not ask for (cryptography is an extra for a pip install), nor for zstd
+    archives, cron windows or fleet rollouts before it meets one."""
     (tmp_path / "registry").mkdir()
     program = ("import sys\nfrom pathlib import Path\nfrom dewy.daemon import Daemon\nfrom dewy.host import PlainProcess\n"
                "from dewy.settings import Settings\n"
                f"Daemon.from_settings(Settings(mode='assets', registry={(tmp_path / 'registry').as_uri()!r}, "
                f"dir=Path({str(tmp_path / 'site')!r})), PlainProcess())\n"
                "print(sorted(m for m in sys.modules if m.startswith(('dewy.server', 'dewy.container', 'dewy.systemd.service',"
-               " 'dewy.targets.', 'dewy.cosign', 'cryptography'))))\n")
+               " 'dewy.targets.', 'dewy.cosign', 'cryptography', 'zstandard', 'cronsim', 'dewy.fleet.coordinator'))))\n")
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30,
                             cwd=Path(__file__).parent.parent, env={**os.environ, "DEWY_CACHEDIR": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr
