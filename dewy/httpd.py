@@ -114,6 +114,11 @@ class Server:
         self.server: asyncio.Server | None = None
         self._slots = asyncio.Semaphore(limits.max_connections)
 
+    @property
+    def full(self) -> bool:
+        """Every connection slot is taken: the next connection is answered 503."""
+        return self._slots.locked()
+
     async def start(self, host: str, port: int) -> None:
         """Listen; OSError if the address cannot be bound (:func:`bind_error` says it in a few words)."""
         self.server = await asyncio.start_server(self._connection, host, port, limit=self.limits.max_head)
@@ -131,7 +136,7 @@ class Server:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer(writer)
         try:
-            if self._slots.locked():
+            if self.full:
                 await _write(writer, json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many connections"}))
                 return
             async with self._slots:
