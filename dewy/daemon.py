@@ -382,11 +382,11 @@ class Daemon:
         """Long work says how far it is (log, STATUS=, ``dewy status``) until it ends."""
         shown = ProgressFile(self.state.path.with_name("progress.json"))
 
-        def tell(line: str, fields: dict) -> None:
+        def tell(line: str, fields: dict) -> None:  # dewy status and STATUS= show it by the time it is logged
             self.activity = line
-            log.info("progress", line, version=release.tag, **fields)
-            self.host.status(self.status())
             shown.write(line)
+            self.host.status(self.status())
+            log.info("progress", line, version=release.tag, **fields)
         try:
             yield Progress(release.tag, tell, clock=self.liveness.clock)
         finally:
