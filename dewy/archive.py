@@ -11,17 +11,17 @@ tarfile/zipfile extraction is not used because its safety checks depend on the
 Python patch level; only their readers are.
 
 Speed: a plain .tar is read in place (its headers parsed, its members' bytes copied
-by the kernel with copy_file_range(2) straight from the artifact), compressed tars
+by the kernel with copy_file_range(2) straight from the artifact, or written from the
+memory they were downloaded into: :class:`~dewy.spool.MemorySpool`), compressed tars
 stream through the C decompressors in 1 MiB reads, and the tree is made with as few
 system calls per member as the checks allow (directories this extraction made are
 known to be real, so their paths are not looked at again). The source may still be
-arriving (a :class:`~dewy.spool.SpoolReader`): reads wait for its bytes.
+arriving (a :class:`~dewy.spool.SpoolReader` or ``MemoryReader``): reads wait for its bytes.
 """
 
 from __future__ import annotations
 
 import bz2
-import errno
 import functools
 import gzip
 import io
@@ -39,7 +39,9 @@ from pathlib import Path
 from typing import IO
 
 from dewy.errors import ArchiveError, CorruptArchive
-from dewy.spool import Spool, SpoolReader
+from dewy.spool import MemoryReader, Spool, SpoolReader, write_all
+
+Reader = SpoolReader | MemoryReader
 
 DEFAULT_MAX_BYTES = 4 * 1024**3
 # Members of one archive. Large real apps (a bundled node_modules) have tens of thousands of files;
@@ -51,9 +53,7 @@ _CHUNK = 1024 * 1024
 _MAX_LINK = 4096  # PATH_MAX: a longer zip "symlink" is garbage, not a link
 _MAX_TAR_META = 1024 * 1024  # tarfile reads pax/GNU long-name headers into memory whole
 _SHOWN_NAME = 160  # longest member name quoted whole in an error line
-_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM}  # try the next way of copying
-
-_COPY_CHUNK = 8 * 1024 * 1024  # one copy_file_range call; the size limit is checked between calls
+_COPY_CHUNK = 8 * 1024 * 1024  # bytes of a member copied between two checks of the size limit
 
 
 @functools.cache
@@ -111,7 +111,7 @@ def _decode_errors() -> tuple[type[Exception], ...]:
     return _DECODE_ERRORS + (_zstd()[1] if _zstd.cache_info().currsize else ())
 
 
-def extract(archive: Path | SpoolReader, dest: Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
+def extract(archive: Path | Reader, dest: Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
             max_members: int = DEFAULT_MAX_MEMBERS) -> None:
     """Extract archive (.tar.gz .tgz .tar.bz2 .tar.xz .tar.zst .tzst .tar .zip, chosen by its name,
     case-insensitive) into dest (an existing empty directory).
@@ -121,7 +121,7 @@ def extract(archive: Path | SpoolReader, dest: Path, *, max_bytes: int = DEFAULT
     empty the site. dest may then hold partial files (the caller deletes it), but
     nothing is ever written outside dest.
     """
-    reader = archive if isinstance(archive, SpoolReader) else Spool.of_file(archive).reader()
+    reader = archive if isinstance(archive, (SpoolReader, MemoryReader)) else Spool.of_file(archive).reader()
     name = reader.spool.name
     try:
         lower = name.lower()
@@ -188,7 +188,6 @@ class _Extractor:
         self.made = 0  # members that put something in dest ("./" does not)
         self.files: set[str] = set()  # regular files extracted so far: the only valid hardlink targets
         self.dirs: set[str] = {""}  # real directories this extraction made or checked: no member can replace one
-        self.kernel_copy: Callable[..., int] | None = os.copy_file_range  # falls back as the filesystem requires
         self.symlinks: list[tuple[str, str, str]] = []  # (member name, path, target)
 
     def error(self, name: str | None, problem: str, kind: type[ArchiveError] = ArchiveError) -> ArchiveError:
@@ -250,8 +249,9 @@ class _Extractor:
                 while chunk := raw.read(_CHUNK):
                     self.count(len(chunk), None)
 
-    def plain_tar(self, source: SpoolReader) -> None:
-        """Read an uncompressed tar in place: headers through tarfile, members' bytes copied by the kernel."""
+    def plain_tar(self, source: Reader) -> None:
+        """Read an uncompressed tar in place: headers through tarfile, members' bytes copied where they lie
+        (by the kernel from a spool file, in one write each from memory)."""
         with self.reading(None):
             tf = tarfile.open(fileobj=source, mode="r:", tarinfo=_StrictTarInfo)  # type: ignore[call-overload]
         with tf:
@@ -348,7 +348,7 @@ class _Extractor:
                     if not chunk:
                         return
                     self.count(len(chunk), name)
-                    _write_all(fd, chunk)
+                    write_all(fd, chunk)
         return fill
 
     def drained(self, stream: IO[bytes], info: tarfile.TarInfo) -> Callable[[int], None]:
@@ -363,41 +363,21 @@ class _Extractor:
                 if not chunk:
                     raise self.error(info.name, "is truncated or corrupt: unexpected end of data", CorruptArchive)
                 self.count(len(chunk), info.name)
-                _write_all(fd, chunk)
+                write_all(fd, chunk)
                 left -= len(chunk)
         return fill
 
-    def copied(self, source: SpoolReader, info: tarfile.TarInfo) -> Callable[[int], None]:
-        """Fill a file with the member's bytes where they lie in the archive, waiting for them to arrive."""
+    def copied(self, source: Reader, info: tarfile.TarInfo) -> Callable[[int], None]:
+        """Fill a file with the member's bytes where they lie in the archive, as they arrive."""
         def fill(fd: int) -> None:
             offset, left = info.offset_data, info.size
             while left:
-                size = min(left, _COPY_CHUNK)
-                if not source.spool.wait(offset + size):  # copied as it arrives
-                    raise self.error(info.name, "is truncated or corrupt: unexpected end of data", CorruptArchive)
+                size = min(left, _COPY_CHUNK)  # the size limit is checked between pieces
                 self.count(size, info.name)
-                self.copy_range(source.fileno(), fd, offset, size)
+                if not source.copy_to(fd, offset, size):
+                    raise self.error(info.name, "is truncated or corrupt: unexpected end of data", CorruptArchive)
                 offset, left = offset + size, left - size
         return fill
-
-    def copy_range(self, src: int, dst: int, offset: int, size: int) -> None:
-        """copy_file_range(2) (shares the blocks on filesystems that can), else sendfile(2), else read and write."""
-        while size:
-            try:
-                if self.kernel_copy is os.copy_file_range:
-                    done = os.copy_file_range(src, dst, size, offset)
-                elif self.kernel_copy is os.sendfile:
-                    done = os.sendfile(dst, src, offset, size)
-                else:
-                    done = _write_all(dst, os.pread(src, min(size, _CHUNK), offset))
-            except OSError as e:
-                if e.errno not in _NO_KERNEL_COPY or self.kernel_copy is None:
-                    raise
-                self.kernel_copy = os.sendfile if self.kernel_copy is os.copy_file_range else None
-                continue
-            if not done:
-                raise self.error(None, "is truncated or corrupt: unexpected end of data", CorruptArchive)
-            offset, size = offset + done, size - done
 
     def directory(self, name: str, mode: int) -> None:
         """Owner rwx is forced so later members can be written and the caller can delete the release."""
@@ -500,13 +480,6 @@ class _Extractor:
             else:
                 self.dirs.add(here)
         return path
-
-
-def _write_all(fd: int, data: bytes) -> int:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    return len(data)
 
 
 def _escapes(rel: str) -> bool:

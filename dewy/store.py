@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import mmap
 import os
 import tempfile
 import threading
@@ -20,11 +19,12 @@ from dewy.fsutil import TEMP_PREFIX, bad_file_name, fsync_dir, remove_temp_files
 from dewy.progress import SAMPLE
 from dewy.registry import Release
 from dewy.signing import MinisignCheck, Signed, TrustedKey, await_signature, fetch_check, finish
-from dewy.spool import Aborted, Spool, SpoolReader
+from dewy.spool import Aborted, MemoryReader, MemorySpool, Spool, SpoolReader
 from dewy.urls import Url
 
-
-_FEED = 8 << 20  # bytes hashed per mapping (a multiple of the page size)
+AnySpool = Spool | MemorySpool
+Unpack = Callable[[SpoolReader | MemoryReader], None]
+Sample = Callable[[AnySpool, SpoolReader | MemoryReader | None], None]
 
 
 def default_cache_dir() -> Path:
@@ -48,14 +48,19 @@ class Verifier(Protocol):
     release switched to before every verifier of :meth:`ArtifactStore.verifiers` has passed.
     """
 
+    needs_file: bool  # its verdict reads the whole artifact again: the bytes must be spooled to a file
+
     def update(self, data: bytes | memoryview) -> None: ...
 
-    def verify(self, artifact: Path) -> None:
-        """Raise ArtifactError if the bytes fed (all of them in ``artifact`` now) are not the published ones."""
+    def verify(self, artifact: Path | None) -> None:
+        """Raise ArtifactError if the bytes fed (all of them in ``artifact`` now, if spooled to a file) are not the
+        published ones."""
 
 
 class Checksum:
     """The sha256 of the bytes, against the published one when the release has one."""
+
+    needs_file = False
 
     def __init__(self, release: Release, expected: str | None) -> None:
         self.release = release
@@ -65,7 +70,7 @@ class Checksum:
     def update(self, data: bytes | memoryview) -> None:
         self.sha256.update(data)
 
-    def verify(self, artifact: Path) -> None:
+    def verify(self, artifact: Path | None) -> None:
         actual = self.sha256.hexdigest()
         if self.expected and actual != self.expected:
             raise ArtifactError(f"{self.release.artifact_name} of {self.release.tag}: sha256 mismatch (published"
@@ -79,11 +84,15 @@ class Signature:
     def __init__(self, check: MinisignCheck) -> None:
         self.check = check
         self.signed: Signed | None = None
+        self.needs_file = not check.prehashed
 
     def update(self, data: bytes | memoryview) -> None:
         self.check.update(data)
 
-    def verify(self, artifact: Path) -> None:
+    def verify(self, artifact: Path | None) -> None:
+        if artifact is None:
+            self.signed = self.check.verify()  # prehashed: what update saw is all it needs
+            return
         with artifact.open("rb") as file:
             self.signed = finish(self.check, file)
 
@@ -129,15 +138,17 @@ class ArtifactStore:
             found.append(Signature(await fetch_check(release, self.trusted_keys)))
         return found
 
-    async def fetch(self, release: Release, unpack: Callable[[SpoolReader], None] | None = None,
-                    progress: Callable[[Spool, SpoolReader | None], None] | None = None) -> Path:
+    async def fetch(self, release: Release, unpack: Unpack | None = None, progress: Sample | None = None) -> Path | None:
         """The verified archive for ``release``, downloading it unless already stored or local (file://).
 
         ``unpack`` (blocking, run in a thread) reads the bytes while they arrive; the artifact
         is stored only once the download, every verifier and ``unpack`` have succeeded, and
         its bytes (with all ``unpack`` wrote on the same filesystem) are on disk: one syncfs.
-        A plain .tar that is unpacked is not stored: its release holds every byte of it, and
-        keeping it too would write them twice; the caller hands it to :meth:`done_with`.
+        A downloaded plain .tar that is unpacked is not stored: its release holds every byte
+        of it, and keeping it too would write them twice. Its bytes go from memory straight
+        into the release (a :class:`MemorySpool`) and None is returned; only where a verifier
+        must read the whole file again (a legacy minisign signature) is it spooled to a file,
+        which the caller hands to :meth:`done_with`.
         The first failure ends the others and nothing is stored; what ``unpack`` wrote is the
         caller's to delete. ``progress`` is called about every second while this runs.
         With trusted keys a stored archive's signature is checked again (the keys may have changed).
@@ -161,6 +172,11 @@ class ArtifactStore:
             return await self._in_place(release, artifact, unpack, progress)
         verifiers = await self.verifiers(release)
         keep = unpack is None or not release.artifact_name.lower().endswith(".tar")
+        if not keep and not any(v.needs_file for v in verifiers):
+            streamed = MemorySpool(release.artifact_name)
+            await _one_pass(streamed, verifiers, unpack, progress, self._download(artifact, streamed))
+            self._fetched(release, verifiers, f"downloaded {release.artifact_name} ({streamed.size} bytes) into its release")
+            return None
         fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.directory)
         spool = Spool(Path(temp), release.artifact_name, fd)
         try:
@@ -189,8 +205,8 @@ class ArtifactStore:
         log.info("downloaded", line, version=release.tag, sha256=checksum.sha256.hexdigest(),
                  verified=bool(checksum.expected), **({"signed_by": str(signed)} if signed else {}))
 
-    async def _in_place(self, release: Release, artifact: LocalFile, unpack: Callable[[SpoolReader], None] | None,
-                        progress: Callable[[Spool, SpoolReader | None], None] | None) -> Path:
+    async def _in_place(self, release: Release, artifact: LocalFile, unpack: Unpack | None,
+                        progress: Sample | None) -> Path:
         """A file:// artifact is local already: verified and unpacked where it lies, never copied into the cache.
         (With trusted keys it is copied: the signature must cover bytes nobody else can change while they are read.)"""
         verifiers = await self.verifiers(release)
@@ -203,14 +219,14 @@ class ArtifactStore:
         self._fetched(release, verifiers, f"read {release.artifact_name} where it lies ({spool.size} bytes)")
         return artifact.path
 
-    def done_with(self, artifact: Path) -> None:
+    def done_with(self, artifact: Path | None) -> None:
         """Done with what :meth:`fetch` returned: an artifact the cache does not keep (a downloaded plain .tar,
         all of whose bytes are in its release) is deleted, before the release is made durable, so its bytes are
         never written out (the kernel drops the dirty pages of a deleted file)."""
-        if artifact.parent == self.directory and artifact.name.startswith(TEMP_PREFIX):
+        if artifact is not None and artifact.parent == self.directory and artifact.name.startswith(TEMP_PREFIX):
             artifact.unlink(missing_ok=True)
 
-    async def _download(self, artifact: Artifact, spool: Spool) -> None:
+    async def _download(self, artifact: Artifact, spool: AnySpool) -> None:
         try:
             await artifact.download(spool)  # type: ignore[arg-type]
         except BaseException:
@@ -237,26 +253,16 @@ class ArtifactStore:
                 entry.unlink(missing_ok=True)
 
 
-def _feed(reader: SpoolReader, verifiers: list[Verifier]) -> None:
-    """Give every verifier the bytes as they arrive, mapped from the page cache rather than copied (a thread of
-    its own: hashing never holds up the event loop, and runs beside the extraction)."""
-    spool, offset = reader.spool, 0
+def _feed(reader: SpoolReader | MemoryReader, verifiers: list[Verifier]) -> None:
+    """Give every verifier the bytes as they arrive, as views rather than copies (a thread of its own: hashing
+    never holds up the event loop, and runs beside the extraction)."""
     with reader:
-        while True:
-            whole = spool.wait(offset + _FEED)
-            end = offset + _FEED if whole else spool.size
-            if end > offset:
-                with mmap.mmap(reader.fileno(), end - offset, access=mmap.ACCESS_READ, offset=offset) as window:
-                    with memoryview(window) as view:
-                        for verifier in verifiers:
-                            verifier.update(view)
-            if not whole:
-                return
-            offset = end
+        for view in reader.views():
+            for verifier in verifiers:
+                verifier.update(view)
 
 
-async def _one_pass(spool: Spool, verifiers: list[Verifier], unpack: Callable[[SpoolReader], None] | None,
-                    progress: Callable[[Spool, SpoolReader | None], None] | None,
+async def _one_pass(spool: AnySpool, verifiers: list[Verifier], unpack: Unpack | None, progress: Sample | None,
                     download: Coroutine[None, None, None] | None = None) -> None:
     """Feed the verifiers and ``unpack`` the bytes of ``spool`` while ``download`` (if any) writes them; raise
     the first failure, or a verifier's verdict where all bytes came (a mismatch explains a failed extraction)."""
@@ -265,7 +271,8 @@ async def _one_pass(spool: Spool, verifiers: list[Verifier], unpack: Callable[[S
     work = ([asyncio.ensure_future(download)] if download else []) + [verifying]
     try:
         try:
-            await _all_of(work + ([_thread("extract", unpack, reader)] if unpack else []), spool, reader, progress)
+            await _all_of(work + ([_thread("extract", _unpacking, unpack, reader)] if unpack else []), spool, reader,
+                          progress)
         except Exception:
             if not verifying.cancelled() and verifying.exception() is None:  # every byte came and was checked
                 await asyncio.to_thread(_verify, verifiers, spool.path)
@@ -274,6 +281,13 @@ async def _one_pass(spool: Spool, verifiers: list[Verifier], unpack: Callable[[S
     finally:
         if reader:
             reader.close()
+
+
+def _unpacking(unpack: Unpack, reader: SpoolReader | MemoryReader) -> None:
+    """Unpack, then let go of the bytes: a memory spool must not hold the download back for a reader that is done
+    (a plain .tar ends at its end-of-archive marker; whatever follows is for the verifiers only)."""
+    with reader:
+        unpack(reader)
 
 
 def _thread(name: str, work: Callable[..., None], *args: object) -> asyncio.Future:
@@ -299,8 +313,8 @@ def _thread(name: str, work: Callable[..., None], *args: object) -> asyncio.Futu
     return future
 
 
-async def _all_of(tasks: list[asyncio.Future], spool: Spool, reader: SpoolReader | None,
-                  progress: Callable[[Spool, SpoolReader | None], None] | None) -> None:
+async def _all_of(tasks: list[asyncio.Future], spool: AnySpool, reader: SpoolReader | MemoryReader | None,
+                  progress: Sample | None) -> None:
     """Wait for every task; at the first real failure (or a stop) end the others and raise it.
 
     A failure once every byte is in aborts nothing: the other readers finish by themselves,
@@ -330,7 +344,7 @@ async def _all_of(tasks: list[asyncio.Future], spool: Spool, reader: SpoolReader
         raise
 
 
-def _verify(verifiers: list[Verifier], artifact: Path) -> None:
+def _verify(verifiers: list[Verifier], artifact: Path | None) -> None:
     """Every verifier's verdict, in a thread: the legacy signature form reads the whole file."""
     for verifier in verifiers:
         verifier.verify(artifact)

@@ -7,6 +7,7 @@ import io
 import os
 import stat
 import tarfile
+import threading
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -14,14 +15,45 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from dewy.archive import DEFAULT_MAX_BYTES, DEFAULT_MAX_MEMBERS, extract
+from dewy import archive as dewy_archive
+from dewy.archive import DEFAULT_MAX_BYTES, DEFAULT_MAX_MEMBERS
 from dewy.errors import ArchiveError
+from dewy.spool import WINDOW, Aborted, MemorySpool
 
 TAR_MODES = {"app.tar.gz": "w:gz", "app.tgz": "w:gz", "app.tar.bz2": "w:bz2", "app.tar.xz": "w:xz", "app.tar.zst": "zst",
              "app.tzst": "zst", "app.tar": "w"}
 
 
-SAFETY = ["app.tar.gz", "app.tar", "app.tar.zst"]  # streamed, read in place, zstd: the checks hold for each
+# streamed through a decompressor, read in place, zstd, a plain tar from memory as it downloads: the checks hold for each
+SAFETY = ["app.tar.gz", "app.tar", "app.tar.zst", "streamed.tar"]
+PLAIN = ["app.tar", "streamed.tar"]
+
+
+def extract(archive: Path, dest: Path, **limits: int) -> None:
+    """dewy's extract; a ``streamed*`` archive is read from a MemorySpool that a thread writes it into meanwhile,
+    in 64 KiB pieces, as a downloaded plain .tar is."""
+    if not archive.name.startswith("streamed"):
+        return dewy_archive.extract(archive, dest, **limits)
+    spool = MemorySpool(archive.name)
+    reader = spool.reader()
+
+    def download() -> None:
+        with archive.open("rb") as source:
+            try:
+                while piece := source.read(64 << 10):
+                    spool.write(piece)
+            except Aborted:
+                return
+        spool.finish()
+
+    writer = threading.Thread(target=download)
+    writer.start()
+    try:
+        with reader:
+            dewy_archive.extract(reader, dest, **limits)
+    finally:
+        writer.join(30)
+        assert not writer.is_alive(), "the writer was held back by a reader that is done"
 
 
 # Building archives.
@@ -337,19 +369,42 @@ def test_gzip_crc_error_rejected(tmp_path: Path, dest: Path) -> None:
     rejected(archive, dest, "app.tar.gz is truncated or corrupt: CRC check failed")
 
 
-def test_tar_cut_between_members_rejected(tmp_path: Path, dest: Path) -> None:
+@pytest.mark.parametrize("name", PLAIN)
+def test_tar_cut_between_members_rejected(tmp_path: Path, dest: Path, name: str) -> None:
     """tarfile itself would call this a complete one-member archive."""
     data = make_tar(tmp_path / "good.tar", reg("a", b"a" * 512), reg("b", b"b")).read_bytes()
-    archive = tmp_path / "app.tar"
+    archive = tmp_path / name
     archive.write_bytes(data[:1024])
-    rejected(archive, dest, "app.tar is truncated or corrupt: unexpected end of data")
+    rejected(archive, dest, f"{name} is truncated or corrupt: unexpected end of data")
 
 
-def test_tar_cut_inside_member_rejected(tmp_path: Path, dest: Path) -> None:
+@pytest.mark.parametrize("name", PLAIN)
+def test_tar_cut_inside_member_rejected(tmp_path: Path, dest: Path, name: str) -> None:
     data = make_tar(tmp_path / "good.tar", reg("a", b"a" * 4096)).read_bytes()
-    archive = tmp_path / "app.tar"
+    archive = tmp_path / name
     archive.write_bytes(data[:2048])
-    rejected(archive, dest, "app.tar: member 'a' is truncated or corrupt: unexpected end of data")
+    rejected(archive, dest, f"{name}: member 'a' is truncated or corrupt: unexpected end of data")
+
+
+def test_a_streamed_tar_holds_only_a_window_of_its_bytes_and_never_what_follows_its_end(tmp_path: Path, dest: Path) -> None:
+    """A 48 MiB member and 32 MiB after the end-of-archive marker, downloaded into memory: the extraction holds at
+    most the window (plus a piece) at any time, and, done at the marker, does not hold the rest of the download back."""
+    size = 48 << 20
+    archive = tmp_path / "streamed.tar"
+    with tarfile.open(archive, "w") as tf:
+        info = tarfile.TarInfo("big")
+        info.size = size
+        tf.addfile(info, io.BytesIO(os.urandom(size)))
+    with archive.open("ab") as out:
+        out.write(bytes(32 << 20))
+    tracemalloc.start()
+    try:
+        extract(archive, dest)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (dest / "big").read_bytes() == archive.read_bytes()[512:512 + size]
+    assert peak < WINDOW + (2 << 20), peak
 
 
 @pytest.mark.parametrize("name", ["app.tar.gz", "app.tar.xz", "app.tar.bz2", "app.tar.zst", "app.zip", "app.tar"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import mmap
 import re
 import subprocess
@@ -212,12 +213,17 @@ def test_trusted_keys_from_a_config_file_and_flags_are_read_at_startup(tmp_path,
                              " No such file or directory\n")
 
 
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tar"])
 @pytest.mark.parametrize("legacy", FORMS)
-def test_the_signature_is_checked_as_the_release_extracts_and_a_refusal_leaves_nothing(tmp_path, keys, legacy) -> None:
+def test_the_signature_is_checked_as_the_release_extracts_and_a_refusal_leaves_nothing(tmp_path, keys, legacy,
+                                                                                         suffix) -> None:
     """One pass: the signature is one of the store's verifiers, fed the bytes the extraction reads; the legacy form
-    is checked over the spooled file after the last byte. Bytes other than the signed ones store and name nothing."""
+    is checked over the spooled file after the last byte (a plain .tar otherwise goes from memory into its release).
+    Bytes other than the signed ones store and name nothing."""
     registry = tmp_path / "reg"
-    archive = publish(registry, "v1.0.0", {"index.html": "x" * 200_000})
+    archive = publish(registry, "v1.0.0", {"index.html": "x" * 200_000}, name=host_artifact(suffix=suffix))
+    if suffix == ".tar":
+        archive.write_bytes(gzip.decompress(archive.read_bytes()))
     good = sign(keys[0], archive, legacy=legacy, comment="CI run 7")
     releases = Releases(tmp_path / "site")
 

@@ -14,11 +14,11 @@ import pytest
 import semver
 
 from dewy.archive import extract
-from dewy.artifacts import ARTIFACTS
+from dewy.artifacts import ARTIFACTS, room
 from dewy.errors import ArchiveError, ArtifactError
 from dewy.registry import REGISTRIES, Release
 from dewy.releases import Releases
-from dewy.spool import Spool
+from dewy.spool import WINDOW, Spool
 from dewy.store import ArtifactStore, parse_checksums
 from tests.conftest import host_artifact, publish
 
@@ -201,22 +201,70 @@ def test_a_stored_artifact_is_extracted_without_a_download(tmp_path, monkeypatch
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [release.cache_key]
 
 
-def test_a_downloaded_plain_tar_is_not_kept_beside_its_release(tmp_path, monkeypatch) -> None:
+def test_a_downloaded_plain_tar_goes_from_memory_into_its_release_and_never_into_a_file(tmp_path, monkeypatch) -> None:
     big = os.urandom(3 << 20)
     monkeypatch.setattr(ARTIFACTS, "load", lambda url: Sent(tar_of({"big.bin": big})))
     store, releases = ArtifactStore(tmp_path / "cache"), Releases(tmp_path / "site")
+    in_the_cache = []
 
     async def deploy():
         name = releases.new_name()
         with releases.building(name) as partial:
-            artifact = await store.fetch(current_of("app.tar"), lambda reader: extract(reader, partial))
-            assert artifact.read_bytes()[512:1024] == big[:512], "the hooks still see the artifact before the switch"
-            store.done_with(artifact)
+            def unpack(reader) -> None:
+                extract(reader, partial)
+                in_the_cache.extend((tmp_path / "cache").iterdir())  # while the bytes are still being read
+
+            assert await store.fetch(current_of("app.tar"), unpack) is None, "no file holds the artifact"
             return releases.complete(name)
 
     release = asyncio.run(deploy())
     assert (release / "big.bin").read_bytes() == big
-    assert list((tmp_path / "cache").iterdir()) == [], "every byte of it is in the release: not written twice"
+    assert in_the_cache == [] and list((tmp_path / "cache").iterdir()) == [], "every byte of it is in the release"
+
+
+class Flood:
+    """A download on the event loop, as ghr:// writes: 1 MiB pieces, each followed by ``room``."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.sent = data, 0
+        self.full = asyncio.Event()  # made in the test's loop
+
+    async def download(self, out) -> None:
+        for start in range(0, len(self.data), 1 << 20):
+            self.sent += out.write(self.data[start:start + (1 << 20)])
+            if out._held >= WINDOW:
+                self.full.set()
+            await room(out)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_a_download_into_memory_waits_for_a_slow_extraction_and_the_event_loop_runs_meanwhile(tmp_path, monkeypatch) -> None:
+    payload = os.urandom(40 << 20)
+    store, releases = ArtifactStore(tmp_path / "cache"), Releases(tmp_path / "site")
+    extracting = threading.Event()
+
+    async def deploy():
+        flood = Flood(tar_of({"big.bin": payload}))
+        monkeypatch.setattr(ARTIFACTS, "load", lambda url: flood)
+        name = releases.new_name()
+        with releases.building(name) as partial:
+            def unpack(reader) -> None:
+                extracting.wait(30)  # a slow disk
+                extract(reader, partial)
+
+            fetching = asyncio.ensure_future(store.fetch(current_of("app.tar"), unpack))
+            await asyncio.wait_for(flood.full.wait(), 30)  # this coroutine runs: the loop is not blocked
+            for _ in range(100):
+                await asyncio.sleep(0)
+            assert flood.sent <= WINDOW + (1 << 20), "the download waits for the extraction"
+            extracting.set()
+            assert await asyncio.wait_for(fetching, 30) is None
+            return releases.complete(name)
+
+    release = asyncio.run(deploy())
+    assert (release / "big.bin").read_bytes() == payload
 
 
 def test_prune_keeps_only_the_artifacts_of_kept_releases(tmp_path, monkeypatch) -> None:

@@ -24,6 +24,13 @@ class Artifact(Protocol):
         """Release connections."""
 
 
+async def room(out: BinaryIO) -> None:
+    """After a write on the event loop: let a sink that holds the bytes in memory (a MemorySpool) catch up,
+    as its write never blocks the loop. A write from a thread waits inside ``write`` instead."""
+    wait = getattr(out, "room", None)
+    if wait is not None:
+        await wait()
+
 
 def expect(out: BinaryIO, size: int | None) -> None:
     """Tell a sink that shows progress (a spool) how many bytes are coming; a plain file needs not know."""

@@ -24,7 +24,7 @@ from urllib.parse import unquote
 import httpx
 
 from dewy import log
-from dewy.artifacts import expect
+from dewy.artifacts import expect, room
 from dewy.artifacts.deadline import download_deadline, stalled
 from dewy.errors import DewyError, RegistryError, UsageError
 from dewy.http import Conditional, RateLimited, Session, json_of, network_failure, retry_after
@@ -209,6 +209,7 @@ class GitHub:
                     with self._network(response.request.method, response.request.url):
                         async for chunk in response.aiter_bytes():  # as it arrives: counted at once
                             out.write(chunk)
+                            await room(out)
                             received += len(chunk)
                             deadline.reschedule(download_deadline(start, received))
                 finally:

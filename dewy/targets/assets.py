@@ -27,7 +27,7 @@ from dewy.registry import Registry, Release
 from dewy.releases import PARTIAL_PREFIX, Releases
 from dewy.settings import Settings
 from dewy.signing import Verification
-from dewy.spool import SpoolReader
+from dewy.spool import MemoryReader, SpoolReader
 from dewy.state import Deployed, State
 from dewy.store import ArtifactStore, default_cache_dir
 from dewy.targets import BaseTarget, Candidate, recalled
@@ -38,7 +38,7 @@ from dewy.urls import Url
 class Unpackable(Candidate):
     """A fetched artifact and the name its release directory will have."""
 
-    artifact: Path = Path()
+    artifact: Path | None = None  # None: its bytes went straight into the release (a downloaded plain .tar)
     name: str = ""
     kept: bool = False  # a release already on disk (recalled): nothing to complete, never removed
 
@@ -87,7 +87,7 @@ class AssetsTarget(BaseTarget):
         signed = self.store.signed.get(release.cache_key)
         old_dir = self.releases.current_dir()
         return Unpackable(release, env={"DEWY_RELEASE_DIR": str(self.releases.directory / name),
-                                        "DEWY_ARTIFACT": str(artifact)},
+                                        "DEWY_ARTIFACT": str(artifact) if artifact else ""},
                           deployed={"release_dir": str(self.releases.directory / name),
                                     "signed_by": str(signed) if signed else None},
                           rolled_back={"release_dir": str(old_dir) if old_dir else None}, artifact=artifact, name=name)
@@ -102,8 +102,8 @@ class AssetsTarget(BaseTarget):
                           rolled_back={"release_dir": str(old_dir) if old_dir else None},
                           name=deployed.release, kept=True)
 
-    def _unpacker(self, partial: Path, name: str) -> Callable[[SpoolReader], None]:
-        def unpack(reader: SpoolReader) -> None:
+    def _unpacker(self, partial: Path, name: str) -> Callable[[SpoolReader | MemoryReader], None]:
+        def unpack(reader: SpoolReader | MemoryReader) -> None:
             with on_disk(self.releases.directory, f"release {name}"):
                 archive.extract(reader, partial, max_bytes=self.settings.max_archive_size,
                                 max_members=self.settings.max_archive_members)
