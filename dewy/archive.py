@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import bz2
 import functools
-import gzip
 import io
 import lzma
 import os
 import posixpath
 import stat
 import tarfile
+import threading
 import time
 import zipfile
 import zlib
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO
 
 from dewy.errors import ArchiveError, CorruptArchive
-from dewy.spool import MemoryReader, Spool, SpoolReader, write_all
+from dewy.spool import Aborted, MemoryReader, MemorySpool, Spool, SpoolReader, write_all
 
 Reader = SpoolReader | MemoryReader
 
@@ -54,6 +54,7 @@ _MAX_LINK = 4096  # PATH_MAX: a longer zip "symlink" is garbage, not a link
 _MAX_TAR_META = 1024 * 1024  # tarfile reads pax/GNU long-name headers into memory whole
 _SHOWN_NAME = 160  # longest member name quoted whole in an error line
 _COPY_CHUNK = 8 * 1024 * 1024  # bytes of a member copied between two checks of the size limit
+_DECODED_WINDOW = 4 * 1024 * 1024  # decompressed bytes held ahead of the tar reader (more than one metadata header)
 
 
 @functools.cache
@@ -85,9 +86,47 @@ def _open_zstd(raw: IO[bytes]) -> IO[bytes]:
     assert opener is not None  # extract() refuses a zstd archive first when there is no reader
     return opener(raw)
 
+class _Gunzip:
+    """gzip members decoded by zlib in large C calls (wbits=31 checks each member's CRC and size): GzipFile's
+    Python work between its 128 KiB pieces would keep taking the GIL from the thread that writes the files.
+    As with GzipFile, members may follow one another, and zero bytes after a member are padding."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.decoder = zlib.decompressobj(31)
+        self.started = False
+
+    def read(self, size: int = _CHUNK) -> bytes:
+        while True:
+            if self.decoder.eof:
+                rest = self.decoder.unused_data.lstrip(b"\0")
+                while not rest:  # the next member, or the end
+                    more = self.raw.read(_CHUNK)
+                    if not more:
+                        return b""
+                    rest = more.lstrip(b"\0")
+                self.decoder = zlib.decompressobj(31)
+                data = rest
+            elif self.decoder.unconsumed_tail:
+                data = self.decoder.unconsumed_tail
+            else:
+                data = self.raw.read(_CHUNK // 4)
+                if not data:
+                    raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+            out = self.decoder.decompress(data, size)
+            if out:
+                return out
+
+    def __enter__(self) -> _Gunzip:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 _TAR_OPENERS: dict[str, Callable[[IO[bytes]], IO[bytes]] | None] = {
-    ".tar.gz": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
-    ".tgz": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
+    ".tar.gz": _Gunzip,  # type: ignore[dict-item]
+    ".tgz": _Gunzip,  # type: ignore[dict-item]
     ".tar.bz2": bz2.BZ2File,
     ".tar.xz": lzma.LZMAFile,
     ".tar.zst": _open_zstd,
@@ -230,24 +269,52 @@ class _Extractor:
 
     # Archive formats: each member is checked for its type here, the rest is common.
 
-    def tar(self, source: IO[bytes], opener: Callable[[IO[bytes]], IO[bytes]]) -> None:
-        """Stream the tar: forward-only reads keep memory flat and never seek back in compressed data."""
-        with self.reading(None):
-            raw = opener(source)
-        with raw:
-            with self.reading(None):
-                tf = tarfile.open(fileobj=raw, mode="r|", tarinfo=_StrictTarInfo)
-            with tf:
-                def fill_of(info: tarfile.TarInfo) -> Callable[[int], None]:
-                    if info.sparse is not None:  # its data is not one run of bytes
-                        return self.streamed(info.name, lambda: tf.extractfile(info))  # type: ignore[arg-type, return-value]
-                    return self.drained(tf.fileobj, info)  # type: ignore[arg-type]
-
-                self.tar_members(tf, fill_of)
-            # Read to the end so the gzip CRC / xz check is verified, counting in case of a bomb hidden there.
-            with self.reading(None):
-                while chunk := raw.read(_CHUNK):
+    def tar(self, source: SpoolReader, opener: Callable[[IO[bytes]], IO[bytes]]) -> None:
+        """Decompress in a thread of its own (the C decoders release the GIL) into a window in memory that the
+        plain tar reader parses and writes out: decoding overlaps the parsing and the files' system calls, as
+        gzip beside tar does, and memory stays flat. Compressed data is only ever read forward."""
+        decoded = MemorySpool(self.archive_name, window=_DECODED_WINDOW)
+        reader = decoded.reader()
+        failure: list[BaseException] = []
+        decoder = threading.Thread(target=self.decode, args=(source, opener, decoded, failure), name="decompress",
+                                   daemon=True)
+        decoder.start()
+        try:
+            with reader:
+                self.plain_tar(reader)
+                # Read to the end so the gzip CRC / xz check is verified, counting in case of a bomb hidden there
+                # (but for the rest of the last record: tar pads the archive to a multiple of it).
+                reader.read(-reader.tell() % tarfile.RECORDSIZE)
+                while chunk := reader.read(_CHUNK):
                     self.count(len(chunk), None)
+            complete = True
+        except Aborted:  # the decoder stopped: its failure, or the download's, is the one to tell
+            complete = False
+        finally:
+            source.stop()  # if the decoder still reads (this extraction failed): its next read ends it
+            decoder.join()
+        if failure:
+            raise failure[0]
+        if not complete:
+            raise Aborted()
+
+    def decode(self, source: SpoolReader, opener: Callable[[IO[bytes]], IO[bytes]], decoded: MemorySpool,
+               failure: list[BaseException]) -> None:
+        """The decoder thread: ``source`` decompressed into ``decoded``; what went wrong is put in ``failure``."""
+        try:
+            with self.reading(None):
+                raw = opener(source)
+                with raw:
+                    while chunk := raw.read(_CHUNK):
+                        decoded.write(chunk)
+        except Aborted:  # the extraction is done with it, or the download failed
+            decoded.abort()
+            return
+        except BaseException as exc:  # told by the extraction thread
+            failure.append(exc)
+            decoded.abort()
+            return
+        decoded.finish()
 
     def plain_tar(self, source: Reader) -> None:
         """Read an uncompressed tar in place: headers through tarfile, members' bytes copied where they lie
@@ -349,22 +416,6 @@ class _Extractor:
                         return
                     self.count(len(chunk), name)
                     write_all(fd, chunk)
-        return fill
-
-    def drained(self, stream: IO[bytes], info: tarfile.TarInfo) -> Callable[[int], None]:
-        """Fill a file straight from the tar stream: no file object per member, which small files would feel."""
-        def fill(fd: int) -> None:
-            left = info.size
-            while left:
-                try:
-                    chunk = stream.read(min(left, _CHUNK))
-                except _decode_errors() as e:
-                    raise self.corrupt(info.name, e) from e
-                if not chunk:
-                    raise self.error(info.name, "is truncated or corrupt: unexpected end of data", CorruptArchive)
-                self.count(len(chunk), info.name)
-                write_all(fd, chunk)
-                left -= len(chunk)
         return fill
 
     def copied(self, source: Reader, info: tarfile.TarInfo) -> Callable[[int], None]:

@@ -26,7 +26,7 @@ from pathlib import Path
 _NEVER = 1 << 62
 _COPY_CHUNK = 8 << 20  # one copy_file_range call, one memory map of the bytes fed to the verifiers
 _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM}  # try the next way of copying
-WINDOW = 8 << 20  # bytes a MemorySpool holds at most (plus one write): the slowest reader sets the pace
+WINDOW = 8 << 20  # bytes a MemorySpool holds by default, at most (plus one write): the slowest reader sets the pace
 
 
 class Aborted(Exception):
@@ -42,7 +42,8 @@ class _Landing:
         self.total: int | None = size if complete else None  # announced by the download when it knows
         self.done = complete
         self.aborted = False
-        self._changed = threading.Condition()
+        self._lock = threading.RLock()  # taken directly where nobody waits or is woken: cheaper than the condition
+        self._changed = threading.Condition(self._lock)
         self._wake_at = _NEVER  # the least size a waiting reader needs: writes below it wake nobody
 
     def _grown(self, count: int) -> None:
@@ -66,13 +67,16 @@ class _Landing:
             self.aborted = True
             self._changed.notify_all()
 
-    def wait(self, end: int) -> bool:
-        """Block until bytes up to ``end`` are there (True), or the spool ended shorter (False); Aborted if abandoned."""
+    def wait(self, end: int, reader: _Reader | None = None) -> bool:
+        """Block until bytes up to ``end`` are there (True), or the spool ended shorter (False); Aborted if abandoned
+        (or ``reader``, who waits, was stopped)."""
+        if self.size >= end and not self.aborted and not (reader and reader.stopped):
+            return True  # there already: most reads
         with self._changed:
-            while not self.aborted and self.size < end and not self.done:
+            while not self.aborted and self.size < end and not self.done and not (reader and reader.stopped):
                 self._wake_at = min(self._wake_at, end)
                 self._changed.wait()
-            if self.aborted:
+            if self.aborted or reader and reader.stopped:
                 raise Aborted()
             return self.size >= end
 
@@ -126,6 +130,16 @@ class _Reader:
 
     spool: _Landing
     pos: int
+    stopped = False
+
+    def stop(self) -> None:
+        """End this reader's reads (Aborted), waiting ones too, while the spool goes on for the others."""
+        with self.spool._changed:
+            self.stopped = True
+            self.spool._changed.notify_all()
+
+    def _wait(self, end: int) -> bool:
+        return self.spool.wait(end, self)
 
     def readable(self) -> bool:
         return True
@@ -147,13 +161,13 @@ class _Reader:
         return pos
 
     def _end(self) -> int:
-        self.spool.wait(_NEVER)  # the end is known only once the spool is complete
+        self._wait(_NEVER)  # the end is known only once the spool is complete
         return self.spool.size
 
     def read(self, size: int = -1) -> bytes:
         if size < 0:
             size = max(self._end() - self.pos, 0)
-        self.spool.wait(self.pos + size)
+        self._wait(self.pos + size)
         data = self._read_at(self.pos, size)
         self.pos += len(data)
         return data
@@ -193,7 +207,7 @@ class SpoolReader(_Reader):
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
         view = memoryview(buffer)
-        self.spool.wait(self.pos + len(view))
+        self._wait(self.pos + len(view))
         count = os.preadv(self.fd, [view], self.pos)
         self.pos += count
         return count
@@ -202,7 +216,7 @@ class SpoolReader(_Reader):
         """Every byte from the reader's position on, as they arrive, mapped from the page cache rather than copied."""
         offset = self.pos
         while True:
-            whole = self.spool.wait(offset + _COPY_CHUNK)
+            whole = self._wait(offset + _COPY_CHUNK)
             end = offset + _COPY_CHUNK if whole else self.spool.size
             if end > offset:
                 with mmap.mmap(self.fd, end - offset, access=mmap.ACCESS_READ, offset=offset) as window:
@@ -218,7 +232,7 @@ class SpoolReader(_Reader):
         end = offset + size
         while offset < end:
             piece = min(end - offset, _COPY_CHUNK)
-            if not self.spool.wait(offset + piece):
+            if not self._wait(offset + piece):
                 return False
             while piece:
                 try:
@@ -249,23 +263,30 @@ class MemorySpool(_Landing):
     once all of them have read past it. A write from a thread waits while the window is full; the event loop
     never blocks, it awaits :meth:`room` after each write instead."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, window: int = WINDOW) -> None:
         super().__init__(name)
+        self.window = window
         self.path: Path | None = None  # no file: the bytes are gone once read
         self._chunks: deque[tuple[int, bytes]] = deque()  # (offset, bytes), in order, ending at self.size
         self._held = 0  # bytes in _chunks
         self._floors: dict[MemoryReader, int] = {}  # each open reader's lowest offset it may still read
+        self.oldest_end = _NEVER  # where the oldest chunk held ends: a reader short of it frees nothing
+        self._blocked = 0  # writers waiting in write
         self._wakers: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
     def write(self, data: bytes | memoryview) -> int:
         chunk = bytes(data)  # kept while readers catch up: never a view of a buffer the writer reuses
         on_loop = _on_event_loop()
         with self._changed:
-            while not on_loop and self._held >= WINDOW and not self.aborted:
+            while not on_loop and self._held >= self.window and not self.aborted:
+                self._blocked += 1
                 self._changed.wait()
+                self._blocked -= 1
             if self.aborted:
                 raise Aborted()
             if self._floors:  # once every reader is done, the bytes are for nobody
+                if not self._chunks:
+                    self.oldest_end = self.size + len(chunk)
                 self._chunks.append((self.size, chunk))
                 self._held += len(chunk)
             self._grown(len(chunk))
@@ -277,7 +298,7 @@ class MemorySpool(_Landing):
             with self._changed:
                 if self.aborted:
                     raise Aborted()
-                if self._held < WINDOW:
+                if self._held < self.window:
                     return
                 event = asyncio.Event()
                 self._wakers.append((asyncio.get_running_loop(), event))
@@ -293,7 +314,7 @@ class MemorySpool(_Landing):
     def _pieces(self, start: int, end: int) -> list[memoryview]:
         """The bytes in [start, end) that are in, as views of the chunks (the caller's floor keeps them)."""
         pieces = []
-        with self._changed:
+        with self._lock:
             for offset, chunk in self._chunks:
                 stop = offset + len(chunk)
                 if stop <= start:
@@ -305,7 +326,7 @@ class MemorySpool(_Landing):
 
     def _passed(self, reader: MemoryReader, floor: int | None) -> None:
         """``reader`` will read nothing below ``floor`` again (None: it is closed); let go of what nobody needs."""
-        with self._changed:
+        with self._lock:
             if floor is None:
                 self._floors.pop(reader, None)
             else:
@@ -313,12 +334,13 @@ class MemorySpool(_Landing):
             low = min(self._floors.values(), default=self.size)
             while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) <= low:
                 self._held -= len(self._chunks.popleft()[1])
-            if self._held < WINDOW:
+            self.oldest_end = self._chunks[0][0] + len(self._chunks[0][1]) if self._chunks else _NEVER
+            if self._held < self.window and (self._blocked or self._wakers):
                 self._changed.notify_all()
                 self._wake_writers()
 
     def _wake_writers(self) -> None:
-        with self._changed:
+        with self._lock:
             wakers, self._wakers = self._wakers, []
         for loop, event in wakers:
             try:
@@ -354,7 +376,7 @@ class MemoryReader(_Reader):
 
     def views(self) -> Iterator[memoryview]:
         """Every byte from the reader's position on, as they arrive, as views of the chunks."""
-        while self.spool.wait(self.pos + 1):
+        while self._wait(self.pos + 1):
             for piece in self.spool._pieces(self.pos, _NEVER):
                 yield piece
                 self.pos += len(piece)
@@ -365,7 +387,7 @@ class MemoryReader(_Reader):
         False if the spool ends before them."""
         end = offset + size
         while offset < end:
-            if not self.spool.wait(offset + 1):
+            if not self._wait(offset + 1):
                 return False
             for piece in self.spool._pieces(offset, end):
                 offset += write_all(fd, piece)
@@ -375,7 +397,8 @@ class MemoryReader(_Reader):
     def _passing(self, floor: int) -> None:
         if floor > self._floor:
             self._floor = floor
-            self.spool._passed(self, floor)
+            if floor >= self.spool.oldest_end:  # else nothing could be let go: the spool need not hear of it
+                self.spool._passed(self, floor)
 
     def close(self) -> None:
         self.spool._passed(self, None)

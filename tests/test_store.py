@@ -85,10 +85,10 @@ class Watched(Spool):
         super().__init__(*args, **kwargs)
         self.waited_ahead = threading.Event()
 
-    def wait(self, end: int) -> bool:
+    def wait(self, end: int, reader=None) -> bool:
         if end > self.size and not self.done:
             self.waited_ahead.set()
-        return super().wait(end)
+        return super().wait(end, reader)
 
 
 @pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
