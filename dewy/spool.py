@@ -350,7 +350,8 @@ class MemorySpool(_Landing):
 
 
 class MemoryReader(_Reader):
-    """Reader of a :class:`MemorySpool`: forward only, but for one byte back (tarfile looks at the last byte of a
+    """Reader of a :class:`MemorySpool`: forward only, but a read may be repeated (the tar reader hands a header it
+    does not parse itself to tarfile) and the last byte copied read again (tarfile looks at the last byte of a
     member's data to see that it is there); a seek further back is an error, not a wrong byte."""
 
     def __init__(self, spool: MemorySpool) -> None:
@@ -371,7 +372,7 @@ class MemoryReader(_Reader):
 
     def _read_at(self, offset: int, size: int) -> bytes:
         data = b"".join(self.spool._pieces(offset, offset + size))
-        self._passing(offset + len(data) - 1)
+        self._passing(offset)
         return data
 
     def views(self) -> Iterator[memoryview]:

@@ -361,6 +361,57 @@ def test_truncated_tar_gz_rejected(tmp_path: Path, dest: Path) -> None:
     rejected(archive, dest, "is truncated or corrupt: Compressed file ended")  # in 'a', or in the 1 MiB read ahead
 
 
+@pytest.mark.parametrize("kind", PLAIN + ["app.tar.gz"])
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT], ids=["ustar", "gnu", "pax"])
+def test_every_header_form_extracts_as_tarfile_reads_it(tmp_path: Path, dest: Path, kind: str, fmt: int) -> None:
+    """dewy parses plain headers itself and leaves the rest to tarfile: a long path (ustar's prefix field, GNU's
+    long-name member, a pax header), a non-ASCII name, modes, mtimes and links come out as tarfile lists them."""
+    deep = "/".join(["d" * 30] * 4) + "/leaf.txt"  # 128 characters: beyond the 100 of the name field
+    members = [dirent("dir/", 0o750), reg("dir/caf\u00e9.txt", b"cafe", 0o640, mtime=1_600_000_000), reg(deep, b"deep", 0o751),
+               sym("link", "dir/caf\u00e9.txt"), reg("empty", b"", 0o600, mtime=1_700_000_000), hard("hard", "dir/caf\u00e9.txt")]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as tf:
+        for info, data in members:
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+    archive = tmp_path / kind
+    archive.write_bytes(gzip.compress(buffer.getvalue()) if kind.endswith(".gz") else buffer.getvalue())
+    extract(archive, dest)
+    with tarfile.open(fileobj=io.BytesIO(buffer.getvalue())) as tf:
+        listed = tf.getmembers()
+    parents = {str(parent) for m in listed for parent in Path(m.name).parents if str(parent) != "."}
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == sorted({m.name for m in listed} | parents)
+    for member in listed:
+        path = dest / member.name
+        if member.issym():
+            assert os.readlink(path) == member.linkname
+        elif member.islnk():
+            continue  # the target's inode: checked below
+        elif member.isdir():
+            assert mode_of(path) == member.mode
+        else:
+            assert (mode_of(path), int(path.stat().st_mtime)) == (member.mode, member.mtime), member.name
+    assert (dest / deep).read_bytes() == b"deep" and (dest / "hard").stat().st_ino == (dest / "dir/caf\u00e9.txt").stat().st_ino
+
+
+@pytest.mark.parametrize("kind", PLAIN)
+def test_a_pax_global_header_applies_to_every_member_after_it(tmp_path: Path, dest: Path, kind: str) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"mtime": "1234567890"}) as tf:
+        for info, data in (reg("a", b"a", mtime=1_700_000_000), reg("b", b"b", mtime=1_700_000_000)):
+            tf.addfile(info, io.BytesIO(data))
+    (tmp_path / kind).write_bytes(buffer.getvalue())
+    extract(tmp_path / kind, dest)
+    assert [int((dest / name).stat().st_mtime) for name in "ab"] == [1234567890] * 2  # as tarfile reads them
+
+
+@pytest.mark.parametrize("kind", PLAIN)
+def test_a_header_with_a_wrong_checksum_is_refused(tmp_path: Path, dest: Path, kind: str) -> None:
+    data = bytearray(make_tar(tmp_path / "good.tar", reg("a", b"a"), reg("b", b"b")).read_bytes())
+    data[1024] ^= 0x01  # the second member's name: "b" -> "c", its checksum no longer matches
+    (tmp_path / kind).write_bytes(data)
+    rejected(tmp_path / kind, dest, f"{kind} is truncated or corrupt: invalid header")
+
+
 def test_a_tar_gz_of_several_gzip_members_and_zero_padding_extracts(tmp_path: Path, dest: Path) -> None:
     """As gzip -d reads it: members one after the other (cat a.gz b.gz), zero bytes after the last are padding."""
     tar = make_tar(tmp_path / "inner.tar", reg("a", os.urandom(300_000)), reg("b", b"b")).read_bytes()
