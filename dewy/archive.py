@@ -12,11 +12,14 @@ Python patch level; only their readers are.
 
 Speed: a plain .tar is read in place (its headers parsed, its members' bytes copied
 by the kernel with copy_file_range(2) straight from the artifact, or written from the
-memory they were downloaded into: :class:`~dewy.spool.MemorySpool`), compressed tars
-stream through the C decompressors in 1 MiB reads, and the tree is made with as few
-system calls per member as the checks allow (directories this extraction made are
-known to be real, so their paths are not looked at again). The source may still be
-arriving (a :class:`~dewy.spool.SpoolReader` or ``MemoryReader``): reads wait for its bytes.
+memory they were downloaded into: :class:`~dewy.spool.MemorySpool`); a compressed tar
+is decoded by the C decompressors in a thread of its own into such a memory window,
+which the same in-place reader parses meanwhile (as ``gzip -d`` beside ``tar`` works).
+Plain ustar/GNU headers are parsed here, in a few C-level calls; pax and GNU long-name
+headers, and anything odd, are left to tarfile. The tree is made with as few system
+calls per member as the checks allow (directories this extraction made are known to be
+real, so their paths are not looked at again). The source may still be arriving (a
+:class:`~dewy.spool.SpoolReader` or ``MemoryReader``): reads wait for its bytes.
 """
 
 from __future__ import annotations
