@@ -57,6 +57,7 @@ _MAX_LINK = 4096  # PATH_MAX: a longer zip "symlink" is garbage, not a link
 _MAX_TAR_META = 1024 * 1024  # tarfile reads pax/GNU long-name headers into memory whole
 _SHOWN_NAME = 160  # longest member name quoted whole in an error line
 _COPY_CHUNK = 8 * 1024 * 1024  # bytes of a member copied between two checks of the size limit
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC  # O_EXCL never follows a symlink
 _DECODED_WINDOW = 4 * 1024 * 1024  # decompressed bytes held ahead of the tar reader (more than one metadata header)
 
 
@@ -254,7 +255,10 @@ class _Extractor:
         try:
             yield
         except OSError as e:
-            raise self.error(name, f"cannot be extracted: {e.strerror or e}") from e
+            raise self.unwritable(name, e) from e
+
+    def unwritable(self, name: str, e: OSError) -> ArchiveError:
+        return self.error(name, f"cannot be extracted: {e.strerror or e}")
 
     def count(self, size: int, name: str | None) -> None:
         """Add bytes about to be written; the actual data, not the headers, is what a bomb lies about."""
@@ -326,8 +330,9 @@ class _Extractor:
         is also the reader for the rest of an archive once it has seen a pax global header."""
         tf: tarfile.TarFile | None = None
         offset = 0
+        decode_errors = _decode_errors()  # a try per member rather than reading(): a small file feels the difference
         while True:
-            with self.reading(None):
+            try:
                 source.seek(offset)
                 plain = None if tf is not None and tf.pax_headers else _plain_header(source.read(tarfile.BLOCKSIZE))
                 if plain is None:
@@ -343,6 +348,8 @@ class _Extractor:
                         return
                     tf.members.clear()  # tarfile keeps every header read; 100,000 of them would be memory for nothing
                     offset = tf.offset
+            except decode_errors as e:
+                raise self.corrupt(None, e) from e
             if plain is None:
                 self.member(info.name)
                 with self.writing(info.name):
@@ -350,7 +357,7 @@ class _Extractor:
                 continue
             kind, name, mode, size, mtime, link = plain
             self.member(name)
-            with self.writing(name):
+            try:
                 if kind == tarfile.REGTYPE:
                     self.file(name, mode, mtime, self.copied(source, name, offset + tarfile.BLOCKSIZE, size))
                     offset += -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
@@ -360,6 +367,8 @@ class _Extractor:
                     self.symlink(name, link)
                 else:
                     self.hardlink(name, link)
+            except OSError as e:
+                raise self.unwritable(name, e) from e
             offset += tarfile.BLOCKSIZE
 
     def fill_of(self, source: Reader, tf: tarfile.TarFile, info: tarfile.TarInfo) -> Callable[[int], None]:
@@ -419,8 +428,14 @@ class _Extractor:
         The archive's mtime is kept so web servers' Last-Modified/ETag of unchanged assets survive a deploy.
         """
         rel = self.relative(name)
-        path = self.make_room(name, rel, is_dir=False)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)  # O_EXCL never follows a symlink
+        fd = None
+        if rel.rpartition("/")[0] in self.dirs:  # a real directory: nothing to make, only the name itself to look at
+            try:
+                fd = os.open(os.path.join(self.dest, rel), _NEW_FILE, 0o600)
+            except FileExistsError:
+                pass  # an earlier member's, or a directory: make_room decides
+        if fd is None:
+            fd = os.open(self.make_room(name, rel, is_dir=False), _NEW_FILE, 0o600)
         try:
             fill(fd)
             os.fchmod(fd, mode & 0o777)
@@ -562,7 +577,6 @@ class _Extractor:
 
 _USTAR_MAGIC = (b"ustar\x0000", b"ustar  \x00")  # POSIX, GNU
 _PLAIN_TYPES = (tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE)
-_NUMBERS = ((100, 108), (124, 136), (136, 148), (148, 156))  # mode, size, mtime, checksum: octal text
 
 
 def _plain_header(block: bytes) -> tuple[bytes, str, int, int, int, str] | None:
@@ -574,7 +588,8 @@ def _plain_header(block: bytes) -> tuple[bytes, str, int, int, int, str] | None:
     if len(block) != tarfile.BLOCKSIZE or block[257:265] not in _USTAR_MAGIC or kind not in _PLAIN_TYPES:
         return None
     try:
-        mode, size, mtime, checksum = (int(block[start:end].split(b"\0", 1)[0].strip() or b"0", 8) for start, end in _NUMBERS)
+        mode, size, mtime, checksum = (_octal(block[100:108]), _octal(block[124:136]), _octal(block[136:148]),
+                                       _octal(block[148:156]))
     except ValueError:
         return None
     if min(mode, size, mtime) < 0 or checksum != sum(block) - sum(block[148:156]) + 256:  # as tarfile's unsigned sum
@@ -585,6 +600,11 @@ def _plain_header(block: bytes) -> tuple[bytes, str, int, int, int, str] | None:
     if prefix:
         name = f"{prefix}/{name}"
     return kind, name, mode, size, mtime, _header_text(block[157:257])
+
+
+def _octal(field: bytes) -> int:
+    """A number field as tarfile reads one written in octal digits (a base-256 one is ValueError: tarfile reads it)."""
+    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
 
 
 def _header_text(field: bytes) -> str:
