@@ -198,9 +198,10 @@ class S3Object:
         self.client = LazyClient(lambda: make_client(self.place))
 
     def _download(self, out: BinaryIO) -> None:
-        start = time.monotonic()
         try:
-            answer = self.client.get().get_object(Bucket=self.place.bucket, Key=self.place.key)
+            client = self.client.get()
+            start = time.monotonic()  # the deadline is the transfer's: making a client (cold, up to a second) is not
+            answer = client.get_object(Bucket=self.place.bucket, Key=self.place.key)
             expect(out, answer.get("ContentLength"))
             body = answer["Body"]
             try:
