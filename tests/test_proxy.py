@@ -270,7 +270,9 @@ def test_no_socket_is_left_open_when_connecting_to_a_backend_fails_unexpectedly(
                 except ConnectionResetError:
                     pass
             await settled(proxy, started)
-            assert open_fds() == before
+            # A leak is one or two sockets per connection (40 here); the process may open a stray fd of its own
+            # meanwhile (a thread of an earlier test ending, the loop's lazily made parts), so a little noise is allowed.
+            assert open_fds() - before <= 2, "sockets left open by the proxy"
             proxy.close()
 
     run(main())
