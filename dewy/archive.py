@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import bz2
 import functools
-import io
 import lzma
 import os
 import posixpath
@@ -42,9 +41,7 @@ from pathlib import Path
 from typing import IO
 
 from dewy.errors import ArchiveError, CorruptArchive
-from dewy.spool import Aborted, MemoryReader, MemorySpool, Spool, SpoolReader, write_all
-
-Reader = SpoolReader | MemoryReader
+from dewy.spool import Aborted, MemoryReader, MemorySpool, Reader, Spool, SpoolReader, write_all
 
 DEFAULT_MAX_BYTES = 4 * 1024**3
 # Members of one archive. Large real apps (a bundled node_modules) have tens of thousands of files;
@@ -79,8 +76,8 @@ def _zstd() -> tuple[Callable[[IO[bytes]], IO[bytes]] | None, tuple[type[Excepti
         import zstandard
     except ImportError:
         return None, ()
-    def reader(raw: IO[bytes]) -> IO[bytes]:  # buffered: tarfile reads 10 KiB at a time, a C call each
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK, closefd=False), _CHUNK)
+    def reader(raw: IO[bytes]) -> IO[bytes]:  # read in 1 MiB pieces by the decoder thread
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK, closefd=False)
 
     return reader, (zstandard.ZstdError,)
 
@@ -90,6 +87,7 @@ def _open_zstd(raw: IO[bytes]) -> IO[bytes]:
     assert opener is not None  # extract() refuses a zstd archive first when there is no reader
     return opener(raw)
 
+
 class _Gunzip:
     """gzip members decoded by zlib in large C calls (wbits=31 checks each member's CRC and size): GzipFile's
     Python work between its 128 KiB pieces would keep taking the GIL from the thread that writes the files.
@@ -98,7 +96,6 @@ class _Gunzip:
     def __init__(self, raw: IO[bytes]) -> None:
         self.raw = raw
         self.decoder = zlib.decompressobj(31)
-        self.started = False
 
     def read(self, size: int = _CHUNK) -> bytes:
         while True:

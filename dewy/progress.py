@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dewy.fsutil import TEMP_PREFIX
-from dewy.spool import MemoryReader, MemorySpool, Spool, SpoolReader
+from dewy.spool import AnySpool, Reader
 
 SAMPLE = 1.0  # how often long work is looked at: a line is due only every INTERVAL
 QUIET = 5.0  # work that ends sooner tells nothing
@@ -75,7 +75,7 @@ class Progress:
         taken = now - self.began
         self.report(f"{phase} {self.version}: {duration(taken)} so far", {"phase": phase, "elapsed": round(taken)})
 
-    def sample(self, spool: Spool | MemorySpool, extractor: SpoolReader | MemoryReader | None) -> None:
+    def sample(self, spool: AnySpool, extractor: Reader | None) -> None:
         """From a fetch: the download while bytes arrive, then the extraction catching up with them."""
         if spool.done and extractor is not None:
             self.update("extracting", extractor.tell(), spool.size)

@@ -114,7 +114,7 @@ class Spool(_Landing):
         try:
             count = os.copy_file_range(src, self.fd, size)
         except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            if e.errno not in _NO_KERNEL_COPY:
                 raise
             count = os.sendfile(self.fd, src, None, size)
         with self._changed:
@@ -403,6 +403,10 @@ class MemoryReader(_Reader):
 
     def close(self) -> None:
         self.spool._passed(self, None)
+
+
+Reader = SpoolReader | MemoryReader  # what an extraction or a verifier reads from
+AnySpool = Spool | MemorySpool
 
 
 def write_all(fd: int, data: bytes | memoryview) -> int:

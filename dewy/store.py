@@ -19,12 +19,11 @@ from dewy.fsutil import TEMP_PREFIX, bad_file_name, fsync_dir, remove_temp_files
 from dewy.progress import SAMPLE
 from dewy.registry import Release
 from dewy.signing import MinisignCheck, Signed, TrustedKey, await_signature, fetch_check, finish
-from dewy.spool import Aborted, MemoryReader, MemorySpool, Spool, SpoolReader
+from dewy.spool import Aborted, AnySpool, MemorySpool, Reader, Spool
 from dewy.urls import Url
 
-AnySpool = Spool | MemorySpool
-Unpack = Callable[[SpoolReader | MemoryReader], None]
-Sample = Callable[[AnySpool, SpoolReader | MemoryReader | None], None]
+Unpack = Callable[[Reader], None]
+Sample = Callable[[AnySpool, Reader | None], None]
 
 
 def default_cache_dir() -> Path:
@@ -253,7 +252,7 @@ class ArtifactStore:
                 entry.unlink(missing_ok=True)
 
 
-def _feed(reader: SpoolReader | MemoryReader, verifiers: list[Verifier]) -> None:
+def _feed(reader: Reader, verifiers: list[Verifier]) -> None:
     """Give every verifier the bytes as they arrive, as views rather than copies (a thread of its own: hashing
     never holds up the event loop, and runs beside the extraction)."""
     with reader:
@@ -283,7 +282,7 @@ async def _one_pass(spool: AnySpool, verifiers: list[Verifier], unpack: Unpack |
             reader.close()
 
 
-def _unpacking(unpack: Unpack, reader: SpoolReader | MemoryReader) -> None:
+def _unpacking(unpack: Unpack, reader: Reader) -> None:
     """Unpack, then let go of the bytes: a memory spool must not hold the download back for a reader that is done
     (a plain .tar ends at its end-of-archive marker; whatever follows is for the verifiers only)."""
     with reader:
@@ -313,7 +312,7 @@ def _thread(name: str, work: Callable[..., None], *args: object) -> asyncio.Futu
     return future
 
 
-async def _all_of(tasks: list[asyncio.Future], spool: AnySpool, reader: SpoolReader | MemoryReader | None,
+async def _all_of(tasks: list[asyncio.Future], spool: AnySpool, reader: Reader | None,
                   progress: Sample | None) -> None:
     """Wait for every task; at the first real failure (or a stop) end the others and raise it.
 

@@ -163,8 +163,11 @@ def test_connections_past_the_limit_are_answered_503_at_once() -> None:
     async def main() -> None:
         hook, _, task = await served(Limits(max_body=1 << 20, head_timeout=5, max_connections=4))
         idle = [await asyncio.open_connection("127.0.0.1", hook.server.port) for _ in range(4)]
-        while not hook.server.full:  # the server has accepted them: they hold every slot
-            await asyncio.sleep(0.01)
+        async def accepted() -> None:  # the server has accepted them: they hold every slot
+            while not hook.server.full:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(accepted(), 10)
         answer, took = await exchange(hook.server.port, b"")
         assert answer.startswith(b"HTTP/1.1 503 ") and took < 2
         for _, writer in idle:

@@ -27,7 +27,7 @@ from dewy.registry import Registry, Release
 from dewy.releases import PARTIAL_PREFIX, Releases
 from dewy.settings import Settings
 from dewy.signing import Verification
-from dewy.spool import MemoryReader, SpoolReader
+from dewy.spool import Reader
 from dewy.state import Deployed, State
 from dewy.store import ArtifactStore, default_cache_dir
 from dewy.targets import BaseTarget, Candidate, recalled
@@ -102,8 +102,8 @@ class AssetsTarget(BaseTarget):
                           rolled_back={"release_dir": str(old_dir) if old_dir else None},
                           name=deployed.release, kept=True)
 
-    def _unpacker(self, partial: Path, name: str) -> Callable[[SpoolReader | MemoryReader], None]:
-        def unpack(reader: SpoolReader | MemoryReader) -> None:
+    def _unpacker(self, partial: Path, name: str) -> Callable[[Reader], None]:
+        def unpack(reader: Reader) -> None:
             with on_disk(self.releases.directory, f"release {name}"):
                 archive.extract(reader, partial, max_bytes=self.settings.max_archive_size,
                                 max_members=self.settings.max_archive_members)
