@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 
 from dewy.cache import CACHES
+from dewy.fleet.coordinator import FORGET_AFTER, Coordinator
 from dewy.fleet.plan import advance
 from dewy.fleet.policy import parse_rollout
 from dewy.registry.shared import release_to_json
@@ -288,3 +289,25 @@ def test_rollback_of_the_fleet_takes_every_host_that_took_the_release_back_whate
     assert all(a.version == "v1.0.0" for a in fleet)  # back everywhere
     assert all(a.fetched == ["v2.0.0", "v1.0.0"] for a in fleet if a.name in took)
     assert all(not a.fetched for a in fleet if a.name not in took)  # nobody else ever fetched it
+
+
+def test_a_host_without_a_heartbeat_for_a_week_is_forgotten_and_one_that_beats_again_is_back(store) -> None:
+    """Decommissioned hosts do not stay in the shared state (and in ``dewy fleet status``) for ever."""
+    clock = FakeClock()
+    policy = parse_rollout("canary=1")
+
+    async def main() -> list[list[str]]:
+        left, resting, here = (Coordinator(policy, store, name, ttl=TTL, serving=lambda: "v1.0.0", clock=clock,
+                                           heartbeat=False) for name in ("left", "resting", "here"))
+        seen = []
+        await left.beat()
+        clock.now += FORGET_AFTER - 86400
+        await resting.beat()
+        clock.now += 2 * 86400  # left: a week and a day without a heartbeat; resting: two days
+        await here.beat()
+        seen.append(sorted((await store.read())[1]))
+        await left.beat()
+        seen.append(sorted((await store.read())[1]))
+        return seen
+
+    assert asyncio.run(main()) == [["here", "resting"], ["here", "left", "resting"]]

@@ -114,6 +114,9 @@ class ConsulCache:
     async def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
         await self._request("PUT", key, content=_encode(value, ttl))
 
+    async def delete(self, key: str) -> None:
+        await self._request("DELETE", key)
+
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
         entry = await self._entry(key)
         if entry is None:

@@ -10,7 +10,8 @@ fleet-wide commands (``dewy pause|resume|rollback NAME --fleet``, through this h
 channel) change the shared document through :meth:`pause`, :meth:`resume` and :meth:`roll_back`.
 
 The heartbeat beats in the background (a third of the TTL), so a host busy with a long
-download still counts; a host killed stops beating and is gone one TTL later.
+download still counts; a host killed stops beating and is gone one TTL later (``dewy fleet status`` lists it as
+gone); one without a heartbeat for a week has left the fleet, and the next host to look deletes its heartbeat.
 Time is ``clock`` (wall time: the hosts compare their heartbeats), injectable for tests.
 """
 
@@ -32,6 +33,10 @@ from dewy.notifiers import Notifications
 from dewy.registry import Release
 from dewy.registry.shared import release_from_json, release_to_json
 from dewy.tasks import Background
+
+
+FORGET_AFTER = 7 * 86400.0  # a host without a heartbeat this long has left the fleet: its heartbeat is deleted
+TIDY_EVERY = 3600.0  # how often a host looks for such heartbeats
 
 
 class Coordinator:
@@ -58,6 +63,7 @@ class Coordinator:
         self.crashes = crashes  # the app's unexpected exits so far (server mode's supervisor counts them)
         self._crashes_before = 0  # ... when this host began serving its version
         self.paused: Paused | None = None  # the fleet's pause as the gate last read it (dewy status shows it)
+        self._tidied = -TIDY_EVERY  # when this host last looked for hosts gone for good
 
     @classmethod
     def of(cls, settings, cache, state, notifications: Notifications, target) -> Coordinator:
@@ -83,6 +89,15 @@ class Coordinator:
 
     async def beat(self) -> None:
         await self.store.beat(self.record())
+        now = self.clock()
+        if now - self._tidied >= TIDY_EVERY:  # rarely: it reads every heartbeat
+            self._tidied = now
+            _, hosts = await self.store.read()
+            gone = sorted(name for name, host in hosts.items() if now - host.seen > FORGET_AFTER)
+            if gone:
+                await self.store.forget(gone)
+                log.info("fleet-forgot", f"forgot {len(gone)} host(s) of the fleet without a heartbeat for "
+                                         f"{FORGET_AFTER / 86400:g} days: {', '.join(gone)}", hosts=gone)
 
     async def _beating(self) -> None:
         """Beat a third of the TTL apart for dewy's whole life; a cache outage is told once, when it starts."""

@@ -41,6 +41,9 @@ class Store(Protocol):
     async def update(self, change: Change) -> Fleet:
         """Apply ``change`` atomically to the document as it is now; the document as written (or left)."""
 
+    async def forget(self, names: list[str]) -> None:
+        """Delete the heartbeats of ``names`` (hosts gone for good); one that beats again is simply back."""
+
 
 def app_key(registry: str, slot: str | None) -> str:
     """The fleet of one app: the hosts sharing a registry URL and a slot."""
@@ -108,6 +111,11 @@ class RedisStore:
                 raw, *beats = await pipe.execute()
         return _document(raw, self.cache.where), _hosts(beat for beat in (beats[0] if beats else []) if beat)
 
+    async def forget(self, names: list[str]) -> None:
+        if names:
+            with self.cache.errors("HDEL"):
+                await self.cache.client.hdel(self.hosts_key, *names)
+
     async def update(self, change: Change) -> Fleet:
         from redis.exceptions import WatchError
 
@@ -148,6 +156,10 @@ class ConsulStore:
     async def peek(self, names: tuple[str, ...]) -> tuple[Fleet, dict[str, Host]]:
         fleet, hosts = await self.read()  # one recursive read is one request however many hosts
         return fleet, {name: host for name, host in hosts.items() if name in names}
+
+    async def forget(self, names: list[str]) -> None:
+        for name in names:
+            await self.cache.delete(self.hosts_prefix + name)
 
     async def update(self, change: Change) -> Fleet:
         for _ in range(ATTEMPTS):
