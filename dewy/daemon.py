@@ -292,8 +292,10 @@ class Daemon:
         with self.liveness.step(POLL_ALLOWANCE), log.attempt("poll", "asked the registry"):
             release = await self.registry.current()
         if self.fleet:
-            if not self.target.is_current(release) and self._held(release):
-                return  # a host held here takes no turn of the fleet's (it would keep a wave waiting)
+            held = not self.target.is_current(release) and self._held(release)
+            await self.fleet.hold(release.tag if held else None)
+            if held:
+                return  # the rollout passes this host by until its own gates let the release through
             release = await self.fleet.gate(release)
             self._record_fleet_pause()
             if release is None:

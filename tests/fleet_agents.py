@@ -45,9 +45,11 @@ class Agent:
     busy: tuple[Release, float] | None = None  # deploying what, until when
     dead: bool = False
     crashes: int = 0  # the app's unexpected exits
+    holds: set[str] = field(default_factory=set)  # tags its own gates hold back (its pin, pause, deploy window)
 
     async def step(self, newest: Release) -> None:
-        """One poll: finish a deploy whose time is up, else ask the gate, as the daemon's tick does."""
+        """One poll: finish a deploy whose time is up, else (unless its own gates hold the release) ask the gate,
+        as the daemon's tick does."""
         if self.dead:
             return
         if self.busy:
@@ -61,6 +63,11 @@ class Agent:
             else:
                 self.version = target.tag
                 await self.coordinator.report(target, None)
+            return
+        held = newest.tag in self.holds and newest.tag != self.version
+        await self.coordinator.hold(newest.tag if held else None)
+        if held:
+            await self.coordinator.beat()  # a real host's heartbeat beats in the background meanwhile
             return
         chosen = await self.coordinator.gate(newest)
         if chosen is not None and chosen.tag != self.version:

@@ -291,6 +291,54 @@ def test_rollback_of_the_fleet_takes_every_host_that_took_the_release_back_whate
     assert all(not a.fetched for a in fleet if a.name not in took)  # nobody else ever fetched it
 
 
+def test_hosts_held_by_their_own_gates_never_stall_the_rollout_and_follow_once_let_go(store) -> None:
+    """host000 (the canary by name) and host003 are paused by their operators: the rollout goes round them."""
+    policy = parse_rollout("canary=1,wave=50%,bake=60s")
+    clock = FakeClock()
+    fleet = agents(store, policy, 6, clock, ttl=TTL, deploy_time=DEPLOY)
+    v2 = release("v2.0.0")
+
+    async def scenario():
+        await poll_round(fleet, release("v1.0.0"))
+        for held in (fleet[0], fleet[3]):
+            held.holds.add("v2.0.0")
+        for _ in range(100):  # 500 s on the clock: the other four take it, canary first
+            await poll_round(fleet, v2)
+            clock.now += ROUND
+        while_held = [a.name for a in fleet if a.fetched]
+        for held in (fleet[0], fleet[3]):
+            held.holds.clear()  # dewy resume on each
+        await run(fleet, v2, clock, store)
+        return while_held
+
+    took = asyncio.run(scenario())
+    assert took == ["host001", "host002", "host004", "host005"]
+    assert all(a.version == "v2.0.0" and a.fetched == ["v2.0.0"] for a in fleet)
+    assert fleet[1].started["v2.0.0"] < min(fleet[n].started["v2.0.0"] for n in (2, 4, 5))  # host001: the canary
+
+
+def test_a_waiting_host_on_consul_reads_the_heartbeats_once_per_poll() -> None:
+    """The document first, alone; the heartbeats (one recursive read) only when a wave is in progress."""
+    clock = FakeClock()
+    policy = parse_rollout("canary=1,bake=60s")
+    with ConsulServer() as consul:
+        cache = CACHES.load(CACHES.url(f"consul://127.0.0.1:{consul.port}/dewy"))
+        store = open_store(cache, app_key("file:///registry", None))
+
+        async def main() -> tuple[int, int]:
+            canary, waiting = (Coordinator(policy, store, name, ttl=TTL, serving=lambda: "v1.0.0", clock=clock,
+                                           heartbeat=False) for name in ("host0", "host1"))
+            await waiting.beat()
+            assert await canary.gate(release("v2.0.0")) is not None  # the canary's turn
+            asked = len(consul.requests)
+            idle = await waiting.gate(release("v2.0.0"))
+            recursive = [r for r in consul.requests[asked:] if r.method == "GET" and "recurse" in r.query]
+            await cache.aclose()
+            return idle, len(recursive)
+
+        assert asyncio.run(main()) == (None, 1)
+
+
 def test_a_host_without_a_heartbeat_for_a_week_is_forgotten_and_one_that_beats_again_is_back(store) -> None:
     """Decommissioned hosts do not stay in the shared state (and in ``dewy fleet status``) for ever."""
     clock = FakeClock()

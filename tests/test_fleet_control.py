@@ -76,3 +76,39 @@ def test_pause_resume_and_rollback_of_the_fleet_through_one_hosts_control_channe
         for host in hosts:
             if host.process.poll() is None:
                 host.stop()
+
+
+def test_a_host_its_operator_paused_is_passed_by_and_follows_once_resumed(tmp_path, redis_server) -> None:
+    """``dewy pause`` on one host (its own, not ``--fleet``): the rollout's canary is another host, and the paused
+    one takes the release once resumed. Its name sorts first, so the rollout would pick it as the canary if its
+    heartbeat did not say it is held, and then wait for it for ever."""
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    publish(registry, "v1.0.0", GOOD)
+    sites, hosts = [tmp_path / f"host{n}" / "site" for n in range(2)], []
+    try:
+        hosts.append(fleet_host(sites[0].parent, registry.as_uri(), redis_server.port, POLICY))
+        hosts[0].wait_for("deployed", timeout=60, version="v1.0.0")
+        code, answer, _ = dewy(sites[0], "pause")
+        assert code == 0, answer
+        publish(registry, "v2.0.0", GOOD)
+        hosts[0].wait_for("held", timeout=30, version="v2.0.0")
+        hosts.append(fleet_host(sites[1].parent, registry.as_uri(), redis_server.port, POLICY))
+        hosts[1].wait_for("deployed", timeout=60, version="v2.0.0")
+        assert status(sites[0])["version"] == "v1.0.0"
+        config = tmp_path / "shop.toml"
+        config.write_text(f'mode = "server"\nregistry = "{registry.as_uri()}"\n'
+                          f'cache = "redis://127.0.0.1:{redis_server.port}/0"\nrollout = {{ canary = 1 }}\n'
+                          f'[server]\ncommand = ["/bin/sh", "current/run"]\n')
+        info = json.loads(subprocess.run([sys.executable, "-m", "dewy", "fleet", "status", "--config", str(config),
+                                          "--json"], capture_output=True, text=True, check=True).stdout)
+        shown = {h["host"].rsplit("/", 2)[-2]: (h["version"], h["state"], h["held"]) for h in info["hosts"]}
+        assert shown == {"host0": ("v1.0.0", "held", "v2.0.0"), "host1": ("v2.0.0", "serving", None)}
+
+        code, answer, _ = dewy(sites[0], "resume")
+        assert code == 0, answer
+        hosts[0].wait_for("deployed", timeout=60, version="v2.0.0")
+    finally:
+        for host in hosts:
+            if host.process.poll() is None:
+                host.stop()

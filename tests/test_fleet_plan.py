@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from dewy.fleet.plan import (
-    BAKING, DEPLOYING, FAILED, GONE, SERVING, WAITING, Fleet, Host, Paused, Quarantined, admitted, advance, deploying,
+    BAKING, DEPLOYING, FAILED, GONE, HELD, SERVING, WAITING, Fleet, Host, Paused, Quarantined, admitted, advance, deploying,
     fail, host_states, pause, resume, roll_back, unchanged_for,
 )
 from dewy.fleet.policy import parse_rollout
@@ -29,7 +30,7 @@ class World:
         self.now += seconds
         for name, host in self.hosts.items():
             if name not in self.killed:
-                self.hosts[name] = Host(name, self.now, TTL, host.version, host.since, host.failed, host.error)
+                self.hosts[name] = replace(host, seen=self.now)
         self.fleet = advance(self.policy, self.fleet, self.hosts, V2, self.now)
         return [name for name in self.hosts if admitted(self.fleet, name, "v2.0.0")]
 
@@ -37,6 +38,10 @@ class World:
         for name in names:
             host = self.hosts[name]
             self.hosts[name] = Host(name, self.now, TTL, tag, self.now)
+
+    def hold(self, name: str, tag: str | None) -> None:
+        """``name``'s own gates (its pin, pause, deploy window) hold ``tag`` back (None: no more), as its heartbeat says."""
+        self.hosts[name] = replace(self.hosts[name], held=tag)
 
     def kill(self, name: str) -> None:
         self.killed.add(name)  # it beats no more
@@ -144,6 +149,42 @@ def test_a_host_joining_after_the_rollout_ended_gets_a_wave_of_its_own() -> None
     world.serve("h03")
     world.tick()
     assert world.fleet.rollout.done is not None
+
+
+def test_a_host_held_by_its_own_gates_is_passed_by_and_gets_a_turn_once_they_let_the_release_through() -> None:
+    world = World("canary=1,wave=100%,bake=0", hosts=4)
+    world.hold("h00", "v2.0.0")  # e.g. dewy pause on h00: admitting it would keep the canary's step waiting for ever
+    assert world.tick() == ["h01"]  # the canary is the first host that would take the release
+    states = host_states(world.policy, world.fleet, world.hosts, world.now)
+    assert states["h00"] == HELD and states["h01"] == DEPLOYING
+    world.serve("h01")
+    assert world.tick() == ["h01", "h02", "h03"]
+    assert world.deploying() == ["h02", "h03"]
+    world.serve("h02", "h03")
+    world.tick()
+    assert world.fleet.rollout.done is not None  # every host that would take it has it
+    world.hold("h00", None)  # resumed: a wave of its own
+    assert "h00" in world.tick() and world.fleet.rollout.done is None
+    world.serve("h00")
+    world.tick()
+    assert world.fleet.rollout.done is not None
+    assert host_states(world.policy, world.fleet, world.hosts, world.now)["h00"] == SERVING
+
+
+def test_a_host_admitted_and_then_held_frees_its_turn_and_gets_a_later_one() -> None:
+    world = World("canary=1,wave=100%,max-parallel=1,bake=0", hosts=3)
+    assert world.tick() == ["h00"]
+    world.hold("h00", "v2.0.0")  # its deploy window closed before it fetched
+    members = {"h00": world.hosts["h00"]}
+    assert not unchanged_for(world.policy, world.fleet, members, "h01", "v2.0.0", world.now)  # h01 must step in
+    assert world.tick() == ["h01"]  # another canary; h00's turn is withdrawn, not kept for later
+    assert world.deploying() == ["h01"]
+    world.hold("h00", None)  # the window opens while the canary deploys: h00 waits for the next step
+    assert world.tick() == ["h01"]
+    world.serve("h01")
+    assert world.tick() == ["h00", "h01"] and world.deploying() == ["h00"]  # max-parallel=1: h00 first, h02 next
+    world.serve("h00")
+    assert world.tick() == ["h00", "h01", "h02"]
 
 
 def test_a_waiting_host_skips_the_transaction_only_when_it_would_change_nothing() -> None:

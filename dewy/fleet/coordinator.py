@@ -64,6 +64,7 @@ class Coordinator:
         self._crashes_before = 0  # ... when this host began serving its version
         self.paused: Paused | None = None  # the fleet's pause as the gate last read it (dewy status shows it)
         self._tidied = -TIDY_EVERY  # when this host last looked for hosts gone for good
+        self._held: str | None = None  # the tag this host's own gates hold back, as its heartbeat says
 
     @classmethod
     def of(cls, settings, cache, state, notifications: Notifications, target) -> Coordinator:
@@ -85,7 +86,7 @@ class Coordinator:
         if version != self._version or not self._since:
             self._version, self._since, self._crashes_before = version, now, self.crashes()
         failed, error = self._failed or (None, None)
-        return Host(self.host, now, self.ttl, version, self._since, failed, error)
+        return Host(self.host, now, self.ttl, version, self._since, failed, error, self._held)
 
     async def beat(self) -> None:
         await self.store.beat(self.record())
@@ -112,10 +113,24 @@ class Coordinator:
                 down = True
             await asyncio.sleep(self.ttl / 3)
 
-    async def gate(self, release: Release) -> Release | None:
-        """The release to deploy now, or None: this host waits (and fetches nothing)."""
+    def _start_heartbeat(self) -> None:
         if self._heartbeat is None and self._beats:
             self._heartbeat = self.background.start(self._beating(), "the fleet heartbeat")
+
+    async def hold(self, tag: str | None) -> None:
+        """This host's own gates (a pin, a pause, its deploy window, the release's age) hold ``tag`` back (None:
+        nothing): told in the heartbeat at once, so the rollout passes this host by instead of admitting it and
+        keeping its wave waiting. Once the gates let the release through, :meth:`gate` asks for a turn as usual."""
+        if tag == self._held:
+            return
+        self._held = tag
+        if tag is not None:
+            self._start_heartbeat()
+            await self.beat()  # (a cleared hold is told by the beat of the gate that follows)
+
+    async def gate(self, release: Release) -> Release | None:
+        """The release to deploy now, or None: this host waits (and fetches nothing)."""
+        self._start_heartbeat()
         await self.beat()
         tag, version = release.tag, self.serving()
         target = release_to_json(release)

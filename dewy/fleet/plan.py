@@ -10,7 +10,10 @@ any host may compute the next step and any host may die in the middle.
 A rollout admits hosts step by step: the ``canary`` first, then waves of ``wave`` of the
 live fleet, each step once the previous one has served the new version healthily for
 ``bake``; within a step at most ``max_parallel`` hosts deploy at once. A host whose
-heartbeat is older than its TTL is gone: it stops counting (a wave never waits for it).
+heartbeat is older than its TTL is gone: it stops counting (a wave never waits for it). So does,
+for one release, a host whose own gates hold that release back (its operator's pin or pause, its
+deploy window, the release's minimum age): it says so in its heartbeat (``held``), the rollout
+passes it by, and it asks for a turn of its own once its gates let the release through.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import Any
 
 from dewy.fleet.policy import RolloutPolicy
 
-SERVING, DEPLOYING, BAKING, WAITING, FAILED, GONE = "serving", "deploying", "baking", "waiting", "failed", "gone"
+SERVING, DEPLOYING, BAKING, WAITING, HELD, FAILED, GONE = (
+    "serving", "deploying", "baking", "waiting", "held", "failed", "gone")
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class Host:
     since: float = 0.0  # when it began serving ``version``
     failed: str | None = None  # a tag that did not come up here
     error: str | None = None  # why
+    held: str | None = None  # a tag this host's own gates hold back (a pin, a pause, its deploy window, its age)
 
     def alive(self, now: float) -> bool:
         return now - self.seen <= self.ttl
@@ -120,6 +125,12 @@ def live(hosts: dict[str, Host], now: float) -> dict[str, Host]:
     return {name: host for name, host in hosts.items() if host.alive(now)}
 
 
+def open_to(hosts: dict[str, Host], tag: str, now: float) -> dict[str, Host]:
+    """The live hosts that would deploy ``tag`` if admitted: one whose own gates hold it back is passed by as a
+    gone one is (admitting it would keep its wave waiting until its operator or its window lets it go)."""
+    return {name: host for name, host in live(hosts, now).items() if host.held != tag}
+
+
 def advance(policy: RolloutPolicy, fleet: Fleet, hosts: dict[str, Host], target: dict[str, Any], now: float) -> Fleet:
     """The fleet after admitting every host that may deploy ``target`` now (a new rollout if it is new)."""
     tag = target["tag"]
@@ -129,8 +140,12 @@ def advance(policy: RolloutPolicy, fleet: Fleet, hosts: dict[str, Host], target:
     if rollout is None or rollout.tag != tag:
         previous = rollout.target if rollout and rollout.tag not in fleet.quarantine else (rollout and rollout.previous)
         rollout = Rollout(target, previous, now)
-    up = live(hosts, now)
+    up = open_to(hosts, tag, now)
     on_target = {name for name, host in up.items() if host.version == tag}
+    held = live(hosts, now).keys() - up.keys()
+    if held:  # admitted before its gates closed: its turn is withdrawn (it gets a later one, not its old one)
+        rollout = replace(rollout, waves=tuple(Wave(wave.hosts, {name: at for name, at in wave.admitted.items()
+                                                                 if name not in held}) for wave in rollout.waves))
     return replace(fleet, rollout=_admit(policy, rollout, up, on_target, now))
 
 
@@ -181,7 +196,7 @@ def unchanged_for(policy: RolloutPolicy, fleet: Fleet, members: dict[str, Host],
     if rollout is None or rollout.tag != tag or tag in fleet.quarantine or not rollout.waves:
         return False
     wave = rollout.waves[-1]
-    up = live(members, now)
+    up = open_to(members, tag, now)
     if host in wave.hosts:
         busy = [name for name in wave.admitted if name in up and up[name].version != tag]
         return host in wave.admitted or len(busy) >= (policy.max_parallel or len(wave.hosts))
@@ -236,6 +251,8 @@ def host_states(policy: RolloutPolicy, fleet: Fleet, hosts: dict[str, Host], now
     for name, host in hosts.items():
         if not host.alive(now):
             states[name] = GONE
+        elif host.held and host.held != host.version:
+            states[name] = HELD
         elif host.failed and host.failed in fleet.quarantine and rollout is not None and host.failed == rollout.tag:
             states[name] = FAILED
         elif rollout is None or rollout.done is not None:
@@ -252,10 +269,11 @@ def host_states(policy: RolloutPolicy, fleet: Fleet, hosts: dict[str, Host], now
 
 
 def deploying(fleet: Fleet, hosts: dict[str, Host], now: float) -> list[str]:
-    """Hosts admitted to the rollout that are alive and not yet serving its target: what max_parallel bounds."""
+    """Hosts admitted to the rollout that are alive, not held and not yet serving its target: what max_parallel
+    bounds."""
     rollout = fleet.rollout
     if rollout is None:
         return []
+    up = open_to(hosts, rollout.tag, now)
     return sorted(name for wave in rollout.waves for name in wave.admitted
-                  if name in hosts and hosts[name].alive(now) and hosts[name].version != rollout.tag
-                  and hosts[name].failed != rollout.tag)
+                  if name in up and up[name].version != rollout.tag and up[name].failed != rollout.tag)

@@ -41,7 +41,8 @@ def describe(settings, fleet: Fleet, hosts: dict[str, Host], now: float) -> dict
                              "by_uid": q.operator}
                        for tag, q in fleet.quarantine.items()},
         "hosts": [{"host": name, "version": host.version, "state": states[name], "last_heartbeat": _when(host.seen),
-                   "seconds_ago": round(now - host.seen, 1), "error": host.error}
+                   "seconds_ago": round(now - host.seen, 1), "error": host.error,
+                   "held": host.held}
                   for name, host in sorted(hosts.items())],
     }
 

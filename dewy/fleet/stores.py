@@ -154,6 +154,9 @@ class ConsulStore:
         return _document(raw, self.cache.where), _hosts(await self.cache.scan(self.hosts_prefix))
 
     async def peek(self, names: tuple[str, ...]) -> tuple[Fleet, dict[str, Host]]:
+        if not names:  # the document alone: every poll of a fleet host asks it first
+            raw, _ = await self.cache.versioned(self.state_key)
+            return _document(raw, self.cache.where), {}
         fleet, hosts = await self.read()  # one recursive read is one request however many hosts
         return fleet, {name: host for name, host in hosts.items() if name in names}
 
