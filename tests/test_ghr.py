@@ -361,6 +361,15 @@ def test_gh_token_is_used_when_github_token_is_unset(github: GitHubServer, monke
     assert github.requests[-1].headers["authorization"] == f"Bearer {TOKEN}"
 
 
+def test_gh_token_wins_over_github_token_as_upstream(github: GitHubServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In GitHub Actions GITHUB_TOKEN is the workflow's own token; GH_TOKEN is the one an operator sets on purpose."""
+    release(github, "v1.0.0")
+    monkeypatch.setenv("GITHUB_TOKEN", "the-workflows-token")
+    monkeypatch.setenv("GH_TOKEN", TOKEN)
+    current()
+    assert github.requests[-1].headers["authorization"] == f"Bearer {TOKEN}"
+
+
 @pytest.mark.parametrize("url", [
     "ghr://acme", "ghr://acme/app/extra", "ghr:///app", "ghr://acme/app?artifcat=x", "ghr://acme/app?pre-release=maybe",
 ])

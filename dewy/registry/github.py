@@ -134,7 +134,8 @@ class _Page:
 
 class GitHub:
     """The API at GITHUB_API_URL (default api.github.com) as a GitHub App installation (GITHUB_APP_ID, ...:
-    :mod:`dewy.http.githubapp`), else with the token from GITHUB_TOKEN or GH_TOKEN.
+    :mod:`dewy.http.githubapp`), else with the token from GH_TOKEN or GITHUB_TOKEN (GH_TOKEN first, as
+    upstream: in GitHub Actions GITHUB_TOKEN is always set, to the workflow's own token).
 
     Failures are raised as ``error`` (RegistryError for polls, ArtifactError for
     downloads), except rate limits, which are always :class:`RateLimited`.
@@ -145,7 +146,7 @@ class GitHub:
         if not re.match(r"https?://[^/]", self.api_url):
             raise UsageError(f"GITHUB_API_URL={redact(self.api_url)!r} is not an http(s) URL (GitHub Enterprise: https://HOST/api/v3)")
         app = app_from_env()  # a GitHub App, when configured, wins over a token (as upstream)
-        self._token = "" if app else (os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN") or "").strip()
+        self._token = "" if app else (os.environ.get("GH_TOKEN") or os.environ.get("GITHUB_TOKEN") or "").strip()
         self._error = error
         self._pages: Conditional[_Page] = Conditional()
         self._app = GitHubAppAuth(app, self.api_url, error) if app else None
