@@ -98,7 +98,7 @@ def test_a_host_its_operator_paused_is_passed_by_and_follows_once_resumed(tmp_pa
         assert status(sites[0])["version"] == "v1.0.0"
         config = tmp_path / "shop.toml"
         config.write_text(f'mode = "server"\nregistry = "{registry.as_uri()}"\n'
-                          f'cache = "redis://127.0.0.1:{redis_server.port}/0"\nrollout = {{ canary = 1 }}\n'
+                          f'cache = "redis://127.0.0.1:{redis_server.port}/0"\nrollout = {{ canary = 1, bake = "0s" }}\n'
                           f'[server]\ncommand = ["/bin/sh", "current/run"]\n')
         info = json.loads(subprocess.run([sys.executable, "-m", "dewy", "fleet", "status", "--config", str(config),
                                           "--json"], capture_output=True, text=True, check=True).stdout)
