@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
+import lzma
 import os
 import stat
 import tarfile
@@ -419,6 +421,28 @@ def test_a_tar_gz_of_several_gzip_members_and_zero_padding_extracts(tmp_path: Pa
     archive.write_bytes(gzip.compress(tar[:100_000]) + gzip.compress(tar[100_000:]) + bytes(4096))
     extract(archive, dest)
     assert (dest / "a").read_bytes() == tar[512:300_512] and (dest / "b").read_bytes() == b"b"
+
+
+@pytest.mark.parametrize("name, compress", [("app.tar.bz2", bz2.compress), ("app.tar.xz", lzma.compress)])
+def test_bz2_and_xz_streams_follow_one_another_and_what_is_not_a_stream_after_them_ends_the_archive(
+        tmp_path: Path, dest: Path, name: str, compress) -> None:
+    """As bzip2 -d and xz -d read them (cat a.xz b.xz), and as BZ2File and LZMAFile ignore what follows."""
+    tar = make_tar(tmp_path / "inner.tar", reg("a", os.urandom(300_000)), reg("b", b"b")).read_bytes()
+    archive = tmp_path / name
+    archive.write_bytes(compress(tar[:100_000]) + compress(tar[100_000:]) + bytes(4096) + b"trailing junk")
+    extract(archive, dest)
+    assert (dest / "a").read_bytes() == tar[512:300_512] and (dest / "b").read_bytes() == b"b"
+
+
+@pytest.mark.parametrize("name, compress", [("app.tar.bz2", bz2.compress), ("app.tar.xz", lzma.compress)])
+def test_a_damaged_bz2_or_xz_stream_is_rejected_even_after_the_first(tmp_path: Path, dest: Path, name: str,
+                                                                     compress) -> None:
+    tar = make_tar(tmp_path / "inner.tar", reg("a", os.urandom(300_000)), reg("b", b"b")).read_bytes()
+    second = bytearray(compress(tar[100_000:]))
+    second[len(second) // 2] ^= 0xFF
+    archive = tmp_path / name
+    archive.write_bytes(compress(tar[:100_000]) + second)
+    rejected(archive, dest, f"{name} is truncated or corrupt: ")
 
 
 def test_gzip_crc_error_rejected(tmp_path: Path, dest: Path) -> None:
