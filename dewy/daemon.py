@@ -416,15 +416,20 @@ class Daemon:
                                timeout=self.settings.hook_timeout)
 
     async def _report(self, release: Release, error: str | None = None) -> None:
-        """Best effort: the deploy (or its rollback) happened whether the registry (and the fleet) hears of it or not."""
-        try:
-            with self.liveness.step(POLL_ALLOWANCE):
-                if self.fleet:
+        """Best effort: the deploy (or its rollback) happened whether the fleet and the registry hear of it or not
+        (each is told even if the other could not be)."""
+        with self.liveness.step(POLL_ALLOWANCE):
+            if self.fleet:
+                try:
                     await self.fleet.report(release, error)
+                except Exception as exc:
+                    log.warning("report-failed", f"could not tell the fleet of the deploy: {describe(exc)}",
+                                version=release.tag)
+            try:
                 await self.registry.report(release, self.settings.mode, error)
-        except Exception as exc:
-            log.warning("report-failed", f"could not record the deploy in the registry: {describe(exc)}",
-                        version=release.tag)
+            except Exception as exc:
+                log.warning("report-failed", f"could not record the deploy in the registry: {describe(exc)}",
+                            version=release.tag)
 
 
 def run(settings: Settings) -> int:

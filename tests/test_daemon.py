@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dewy.daemon import MAX_BACKOFF, Backoff, Daemon
-from dewy.errors import RegistryError
+from dewy.errors import CacheError, RegistryError
 from dewy.host import PlainProcess
 from dewy.notifiers import ERROR_LIMIT, Notifications
 from dewy.registry import REGISTRIES
@@ -152,6 +152,54 @@ def test_any_exception_in_a_cycle_is_that_cycles_error_in_one_line(tmp_path, cap
         daemon.registry = REGISTRIES.load(REGISTRIES.url(daemon.settings.registry))
         await daemon.cycle()
         assert daemon.backoff.failures == 0 and daemon.state.current.tag == "v1.0.0"
+
+    asyncio.run(main())
+
+
+class CacheDownFleet:
+    """A fleet gate that admits every release and whose shared cache is down when told how a deploy ended."""
+
+    paused = None
+
+    async def hold(self, tag: str | None) -> None:
+        pass
+
+    async def gate(self, release):
+        return release
+
+    async def report(self, release, error) -> None:
+        raise CacheError("redis://127.0.0.1:6379/0: connection refused")
+
+
+class Reported:
+    """The file:// registry, keeping what it was told."""
+
+    def __init__(self, registry) -> None:
+        self.registry = registry
+        self.reports: list[tuple[str, str | None]] = []
+
+    async def current(self):
+        return await self.registry.current()
+
+    async def report(self, release, mode, error) -> None:
+        self.reports.append((release.tag, error))
+
+    async def aclose(self) -> None:
+        await self.registry.aclose()
+
+
+def test_a_deploy_the_fleet_cannot_hear_of_is_still_recorded_in_the_registry(tmp_path, caplog) -> None:
+    async def main() -> None:
+        app_release(tmp_path, "v1.0.0")
+        daemon = Daemon.from_settings(settings(tmp_path), PlainProcess())
+        daemon.registry = Reported(REGISTRIES.load(REGISTRIES.url(daemon.settings.registry)))
+        daemon.fleet = CacheDownFleet()
+        logging.getLogger("dewy").propagate = True
+        with caplog.at_level(logging.WARNING, logger="dewy"):
+            await daemon.cycle()
+        assert daemon.state.current.tag == "v1.0.0" and daemon.registry.reports == [("v1.0.0", None)]
+        assert [r.getMessage() for r in caplog.records] == [
+            "could not tell the fleet of the deploy: redis://127.0.0.1:6379/0: connection refused"]
 
     asyncio.run(main())
 

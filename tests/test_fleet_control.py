@@ -104,6 +104,7 @@ def test_a_host_its_operator_paused_is_passed_by_and_follows_once_resumed(tmp_pa
                                           "--json"], capture_output=True, text=True, check=True).stdout)
         shown = {h["host"].rsplit("/", 2)[-2]: (h["version"], h["state"], h["held"]) for h in info["hosts"]}
         assert shown == {"host0": ("v1.0.0", "held", "v2.0.0"), "host1": ("v2.0.0", "serving", None)}
+        assert info["rollout"]["version"] == "v2.0.0" and info["rollout"]["done"], info["rollout"]  # all that would take it
 
         code, answer, _ = dewy(sites[0], "resume")
         assert code == 0, answer

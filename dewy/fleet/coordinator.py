@@ -200,9 +200,14 @@ class Coordinator:
         self._said = line
 
     async def report(self, release: Release, error: str | None) -> None:
-        """How a deploy ended here; a failure quarantines ``release`` for the fleet and says so."""
+        """How a deploy ended here; a failure quarantines ``release`` for the fleet and says so. A success moves the
+        rollout on at once (the step after it, or its end: else only a host still waiting would, at its next poll,
+        and once every host has the release none is left to mark the rollout done)."""
         if error is None:
             await self.beat()
+            target = release_to_json(release)
+            await self.store.update(lambda fleet, hosts: advance(self.policy, fleet, hosts, target, self.clock())
+                                    if fleet.rollout and fleet.rollout.tag == release.tag else fleet)
             return
         self._failed = (release.tag, error)
         await self.beat()
