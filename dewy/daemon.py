@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -420,16 +420,17 @@ class Daemon:
         (each is told even if the other could not be)."""
         with self.liveness.step(POLL_ALLOWANCE):
             if self.fleet:
-                try:
-                    await self.fleet.report(release, error)
-                except Exception as exc:
-                    log.warning("report-failed", f"could not tell the fleet of the deploy: {describe(exc)}",
-                                version=release.tag)
-            try:
-                await self.registry.report(release, self.settings.mode, error)
-            except Exception as exc:
-                log.warning("report-failed", f"could not record the deploy in the registry: {describe(exc)}",
-                            version=release.tag)
+                await _best_effort("tell the fleet of the deploy", self.fleet.report(release, error), release)
+            await _best_effort("record the deploy in the registry",
+                               self.registry.report(release, self.settings.mode, error), release)
+
+
+async def _best_effort(what: str, report: Awaitable[None], release: Release) -> None:
+    """Await ``report``; its failure is one warning line (the deploy happened either way)."""
+    try:
+        await report
+    except Exception as exc:
+        log.warning("report-failed", f"could not {what}: {describe(exc)}", version=release.tag)
 
 
 def run(settings: Settings) -> int:
